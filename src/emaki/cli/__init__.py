@@ -1,0 +1,46 @@
+"""The `emaki` command line: translates flags into engine calls; prints errors on one line."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from emaki.errors import EmakiError
+
+app = typer.Typer(
+    name="emaki",
+    help="Anime-style image generation with Stable Diffusion 1.x checkpoints.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err_console = Console(stderr=True)
+
+
+def _register_commands() -> None:
+    # Each module adds its commands to `app` when imported.
+    from emaki.cli import generate  # noqa: F401
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `emaki` script: `EmakiError`s become one line and their exit code."""
+    _register_commands()
+    try:
+        app(args=argv, standalone_mode=False)
+    except EmakiError as e:
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False, markup=True)
+        sys.exit(e.exit_code)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        err_console.print("aborted")
+        sys.exit(130)
+    except Exception as e:  # click's usage errors
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise

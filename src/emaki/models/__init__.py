@@ -1,0 +1,1 @@
+"""Checkpoint files: formats, safe loading, layout conversion, hashes, configs."""
