@@ -1,1 +1,117 @@
-"""placeholder"""
+"""`emaki generate` and `emaki info`."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from emaki.cli import app
+from emaki.devices import DevicePolicy
+from emaki.errors import EmakiError, ParamsError
+from emaki.generate import GenerationProgress, generate
+from emaki.infotext import parse_infotext, read_infotext
+from emaki.params import GenerationParams, params_from_infotext
+
+console = Console()
+_SIZE = re.compile(r"^(\d+)[xX×](\d+)$")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """`512x768` → (512, 768): width × height."""
+    match = _SIZE.match(text.strip())
+    if not match:
+        raise ParamsError(f"--size: expected WIDTHxHEIGHT like 512x768, got {text!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def params_from_image(path: Path) -> GenerationParams:
+    text = read_infotext(path)
+    if not text:
+        raise EmakiError(f"{path}: the image holds no generation parameters")
+    return params_from_infotext(parse_infotext(text))
+
+
+@app.command("generate")
+def generate_command(
+    prompt: Annotated[str | None, typer.Argument(help="The prompt (A1111 syntax).")] = None,
+    negative: Annotated[str | None, typer.Option("--negative", "-n", help="Negative prompt.")] = None,
+    model: Annotated[str | None, typer.Option(help="Checkpoint file, diffusers folder or hub id (default: the bundled demo model).")] = None,
+    vae: Annotated[str | None, typer.Option(help="A separate VAE file.")] = None,
+    sampler: Annotated[str | None, typer.Option(help='Sampler by its A1111 name, e.g. "Euler a", "DPM++ 2M Karras".')] = None,
+    scheduler: Annotated[str | None, typer.Option(help="Schedule type (Automatic, Karras, ...).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Sampling steps.")] = None,
+    cfg: Annotated[float | None, typer.Option(help="CFG scale.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed; -1 for a random one.")] = None,
+    size: Annotated[str | None, typer.Option(help="WIDTHxHEIGHT, multiples of 8 (default: the model's native size).")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Images per batch.")] = None,
+    batch_count: Annotated[int | None, typer.Option("--batch-count", help="Number of batches.")] = None,
+    clip_skip: Annotated[int | None, typer.Option("--clip-skip", help="CLIP skip, A1111 numbering (2 = penultimate layer).")] = None,
+    ensd: Annotated[int | None, typer.Option("--ensd", help="Eta noise seed delta (NovelAI: 31337).")] = None,
+    rng: Annotated[str | None, typer.Option(help="Noise source: CPU, GPU or NV.")] = None,
+    prompt_dialect: Annotated[str | None, typer.Option("--prompt-dialect", help="a1111 or novelai.")] = None,
+    from_image: Annotated[Path | None, typer.Option("--from", help="Regenerate from a PNG's parameters (other options override).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Folder for the images (default: EMAKI_HOME/outputs/<date>).")] = None,
+    precision: Annotated[str | None, typer.Option(help="fp32 (default on CPU), bf16, fp16 (GPU).")] = None,
+) -> None:
+    """Generate images from a prompt (txt2img)."""
+    base = params_from_image(from_image) if from_image else GenerationParams()
+    overrides: dict[str, Any] = {
+        "prompt": prompt,
+        "negative_prompt": negative,
+        "model": model,
+        "vae": vae,
+        "sampler_name": sampler,
+        "scheduler": scheduler if scheduler is not None else ("Automatic" if sampler else None),
+        "steps": steps,
+        "cfg_scale": cfg,
+        "seed": seed,
+        "batch_size": batch_size,
+        "n_iter": batch_count,
+        "clip_skip": clip_skip,
+        "eta_noise_seed_delta": ensd,
+        "rng": rng,
+        "prompt_dialect": prompt_dialect,
+    }
+    if size is not None:
+        overrides["width"], overrides["height"] = parse_size(size)
+    if from_image is None and prompt is None:
+        raise ParamsError("prompt: give a prompt, or --from IMAGE to regenerate one")
+    params = base.updated(**{k: v for k, v in overrides.items() if v is not None})
+    if precision not in (None, "fp32", "bf16", "fp16"):
+        raise ParamsError(f"--precision: expected fp32, bf16 or fp16, got {precision!r}")
+    try:
+        policy = DevicePolicy.choose(precision)  # type: ignore[arg-type]
+    except ValueError as e:
+        raise ParamsError(f"--precision: {e}") from None
+    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
+                  MofNCompleteColumn(), TimeRemainingColumn(), console=console, transient=True) as bar:
+        task = bar.add_task("loading model", total=None)
+
+        def on_progress(event: GenerationProgress) -> None:
+            bar.update(task, description=f"batch {event.batch + 1}/{event.batches}",
+                       total=event.steps, completed=event.step)
+
+        result = generate(params, out_dir=out, progress=on_progress, policy=policy)
+    for image in result.images:
+        console.print(str(image.path), highlight=False)
+
+
+@app.command("info")
+def info_command(
+    image: Annotated[Path, typer.Argument(help="A PNG/JPEG/WebP made by emaki, A1111 or NovelAI.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the parsed fields as JSON.")] = False,
+) -> None:
+    """Print the generation parameters stored in an image."""
+    text = read_infotext(image)
+    if not text:
+        raise EmakiError(f"{image}: the image holds no generation parameters")
+    if as_json:
+        console.print_json(json.dumps(parse_infotext(text), ensure_ascii=False))
+    else:
+        print(text)

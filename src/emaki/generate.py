@@ -1,0 +1,207 @@
+"""txt2img: params → model (cached) → conditioning → sampler → VAE → PNG with infotext.
+
+Reads top to bottom like the diffusers pipeline: check inputs, encode the prompts, prepare the
+latents, denoise, decode, write.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+import emaki
+from emaki.devices import DevicePolicy
+from emaki.errors import Interrupted
+from emaki.home import outputs_dir
+from emaki.infotext import build_infotext
+from emaki.models.loader import DEFAULT_CACHE, LoadedModel, ModelCache
+from emaki.models.resolve import resolve_model
+from emaki.output import dated_folder, save_png
+from emaki.params import MAX_SEED, GenerationParams
+from emaki.prompts import PromptEncoder, encode_negative_prompts, encode_prompts, extract_networks
+from emaki.safety import ensure_allowed
+from emaki.sampling import ImageRNG, get_sampler, parse_sampler_name, sigmas_for
+from emaki.sampling.denoiser import CFGDenoiser, DiscreteEpsDenoiser
+from emaki.sampling.progress import StepInfo
+
+
+@dataclass(frozen=True)
+class GenerationProgress:
+    """One sampler step of one batch: what progress bars and previews are made of."""
+
+    batch: int
+    batches: int
+    step: int
+    steps: int
+    latent: torch.Tensor
+
+
+@dataclass
+class GeneratedImage:
+    image: Image.Image
+    seed: int
+    infotext: str
+    path: Path | None = None
+
+
+@dataclass
+class GenerationResult:
+    params: GenerationParams  # as run: the seed resolved, the size filled in
+    images: list[GeneratedImage] = field(default_factory=list)
+
+
+ProgressCallback = Callable[[GenerationProgress], None]
+
+
+def resolve_seed(seed: int) -> int:
+    return secrets.randbelow(MAX_SEED + 1) if seed == -1 else seed
+
+
+def native_size(model: LoadedModel) -> int:
+    config = model.components.config
+    return int(config.unet.get("sample_size") or 64) * config.vae_scale_factor
+
+
+def infotext_for(params: GenerationParams, model: LoadedModel, seed: int, subseed: int,
+                 sampler_name: str, schedule: str, uses_ensd: bool, prompt: str) -> str:
+    """The v1.10.1 field order (specs/FORMATS.md §5.1)."""
+    variation = params.subseed_strength > 0
+    resized = params.seed_resize_from_w > 0 and params.seed_resize_from_h > 0
+    fields = {
+        "Steps": params.steps,
+        "Sampler": sampler_name,
+        "Schedule type": schedule,
+        "CFG scale": float(params.cfg_scale),
+        "Seed": seed,
+        "Size": f"{params.width}x{params.height}",
+        "Model hash": model.hash,
+        "Model": model.name,
+        "VAE hash": model.vae_hash,
+        "VAE": model.vae_name,
+        "Variation seed": subseed if variation else None,
+        "Variation seed strength": float(params.subseed_strength) if variation else None,
+        "Seed resize from": f"{params.seed_resize_from_w}x{params.seed_resize_from_h}" if resized else None,
+        "Clip skip": params.clip_skip if params.clip_skip > 1 else None,
+        "ENSD": params.eta_noise_seed_delta if params.eta_noise_seed_delta and uses_ensd else None,
+        "RNG": params.rng if params.rng != "GPU" else None,
+        "Emphasis": params.emphasis if params.emphasis != "Original" else None,
+        "Prompt dialect": "NovelAI" if params.prompt_dialect == "novelai" else None,
+        "Eta": params.eta,
+        "Version": f"emaki {emaki.__version__}",
+    }
+    return build_infotext(prompt, params.negative_prompt, fields)
+
+
+def _prepare(model: LoadedModel, policy: DevicePolicy) -> None:
+    parts = model.components
+    parts.unet.to(policy.device)
+    parts.vae.to(policy.device)
+    parts.text_encoder.to(policy.device)
+    if policy.channels_last:
+        parts.unet.to(memory_format=torch.channels_last)
+
+
+def _decode(model: LoadedModel, latents: torch.Tensor, policy: DevicePolicy) -> list[Image.Image]:
+    vae = model.components.vae
+    scale = float(vae.config.get("scaling_factor", 0.18215))
+    with torch.inference_mode(), policy.autocast():
+        pixels = vae.decode(latents / scale).sample
+    pixels = ((pixels.float() + 1) / 2).clamp(0, 1)
+    arrays = (pixels.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+    return [Image.fromarray(a) for a in arrays]
+
+
+def generate(
+    params: GenerationParams,
+    *,
+    out_dir: Path | None = None,
+    save: bool = True,
+    progress: ProgressCallback | None = None,
+    interrupt: threading.Event | None = None,
+    policy: DevicePolicy | None = None,
+    cache: ModelCache = DEFAULT_CACHE,
+) -> GenerationResult:
+    """Make `params.batch_size × params.n_iter` images; write them unless `save=False`."""
+    ensure_allowed(params.prompt, params.negative_prompt)
+    sampler_name, schedule = parse_sampler_name(params.sampler_name, params.scheduler)
+    sampler = get_sampler(sampler_name)
+    policy = policy or DevicePolicy.choose()
+    model = cache.get(resolve_model(params.model), params.vae)
+    size = native_size(model)
+    params = params.updated(
+        seed=resolve_seed(params.seed),
+        subseed=resolve_seed(params.subseed),
+        width=params.width or size,
+        height=params.height or size,
+        sampler_name=sampler_name,
+        scheduler=schedule,
+    )
+    assert params.width is not None and params.height is not None
+    _prepare(model, policy)
+    parts = model.components
+    factor = parts.config.vae_scale_factor
+    if params.width % factor or params.height % factor:
+        from emaki.errors import ParamsError
+
+        raise ParamsError(f"size: {params.width}x{params.height} must be a multiple of {factor} for this model")
+    latent_shape = (parts.config.latent_channels, params.height // factor, params.width // factor)
+    prompt_text, _networks = extract_networks(params.prompt)
+    encoder = PromptEncoder(parts.text_encoder, parts.tokenizer, clip_skip=params.clip_skip,
+                            emphasis=params.emphasis)
+    schedule_steps = params.steps * 2 if sampler.second_order else params.steps
+    denoise_model = DiscreteEpsDenoiser(_eps_model(model, policy), parts.alphas_cumprod)
+    sigmas = sigmas_for(sampler, schedule, params.steps, denoise_model.model_sigmas)
+    options = {k: v for k, v in (("eta", params.eta), ("s_noise", params.s_noise)) if v is not None}
+    result = GenerationResult(params)
+    folder = out_dir if out_dir is not None else dated_folder(outputs_dir())
+    batch = params.batch_size
+    for batch_index in range(params.n_iter):
+        first = batch_index * batch
+        variation = params.subseed_strength > 0
+        seeds = [params.seed + (0 if variation else first + i) for i in range(batch)]
+        subseeds = [params.subseed + first + i for i in range(batch)]
+        with torch.inference_mode():
+            conds = encode_prompts(encoder, [prompt_text] * batch, schedule_steps, dialect=params.prompt_dialect)
+            unconds = encode_negative_prompts(encoder, [params.negative_prompt] * batch, schedule_steps,
+                                              dialect=params.prompt_dialect)
+        rng = ImageRNG(latent_shape, seeds, subseeds=subseeds, subseed_strength=params.subseed_strength,
+                       seed_resize_from_h=params.seed_resize_from_h // factor if params.seed_resize_from_h else 0,
+                       seed_resize_from_w=params.seed_resize_from_w // factor if params.seed_resize_from_w else 0,
+                       source=params.rng, eta_noise_seed_delta=params.eta_noise_seed_delta)
+        x = rng.first().to(policy.device) * sigmas[0]
+        guided = CFGDenoiser(denoise_model, conds, unconds, params.cfg_scale)
+
+        def on_step(info: StepInfo, batch_index: int = batch_index) -> None:
+            if interrupt is not None and interrupt.is_set():
+                raise Interrupted("interrupted")
+            if progress is not None:
+                progress(GenerationProgress(batch_index, params.n_iter, info.step + 1, info.total, info.x))
+
+        with torch.inference_mode():
+            latents = sampler(guided, x, sigmas.to(policy.device), noise_sampler=lambda s, sn: rng.next().to(policy.device),
+                              callback=on_step, **options)
+        for i, image in enumerate(_decode(model, latents, policy)):
+            text = infotext_for(params, model, seeds[i], subseeds[i], sampler_name, schedule,
+                                sampler.uses_ensd, params.prompt)
+            path = save_png(image, text, folder, seeds[i]) if save else None
+            result.images.append(GeneratedImage(image, seeds[i], text, path))
+    return result
+
+
+def _eps_model(model: LoadedModel, policy: DevicePolicy) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    unet = model.components.unet
+
+    def eps(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        if policy.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with policy.autocast():
+            return unet(x, t, encoder_hidden_states=context).sample.float()
+
+    return eps

@@ -1,0 +1,168 @@
+"""A1111 "infotext": the `parameters` text written into every image, and reading it back.
+
+Writing follows v1.10.1 `create_infotext` (specs/FORMATS.md §5.1), parsing follows
+`parse_generation_parameters` (§5.2). NovelAI images are read as A1111 does.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from emaki.errors import EmakiError
+
+PARAMETERS_KEY = "parameters"
+
+_RE_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+_RE_SIZE = re.compile(r"^(\d+)x(\d+)$")
+_NOVELAI_SAMPLERS = {
+    "k_euler_ancestral": "Euler a",
+    "k_euler": "Euler",
+    "k_lms": "LMS",
+    "k_heun": "Heun",
+    "k_dpm_2": "DPM2",
+    "k_dpm_2_ancestral": "DPM2 a",
+    "k_dpmpp_2s_ancestral": "DPM++ 2S a",
+    "k_dpmpp_2m": "DPM++ 2M",
+    "k_dpmpp_sde": "DPM++ SDE",
+    "ddim": "DDIM",
+    "plms": "PLMS",
+}
+
+
+def quote(value: Any) -> str:
+    """A value as v1.10.1 writes it: JSON-quoted when it holds `,`, newline or `:`.
+
+    >>> quote("easynegative: c74b4e810b03, bad-hands-5: aa7651be154c")
+    '"easynegative: c74b4e810b03, bad-hands-5: aa7651be154c"'
+    >>> quote("Euler a")
+    'Euler a'
+    """
+    text = str(value)
+    if "," not in text and "\n" not in text and ":" not in text:
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
+def unquote(text: str) -> str:
+    if len(text) < 2 or text[0] != '"' or text[-1] != '"':
+        return text
+    try:
+        return str(json.loads(text))
+    except json.JSONDecodeError:
+        return text
+
+
+def format_number(value: float | int) -> str:
+    """7.0 → "7", 7.5 → "7.5" (how A1111 users see CFG and strengths)."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def build_infotext(prompt: str, negative_prompt: str, fields: Mapping[str, Any]) -> str:
+    """The infotext string: prompt, `Negative prompt:` line, then `k: v` pairs (None dropped).
+
+    >>> build_infotext("1girl", "", {"Steps": 20, "Sampler": "Euler a", "CFG scale": 7.0, "Seed": 1})
+    '1girl\\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1'
+    """
+    pairs = []
+    for key, value in fields.items():
+        if value is None:
+            continue
+        shown = format_number(value) if isinstance(value, float) else value
+        pairs.append(key if key == shown else f"{key}: {quote(shown)}")
+    negative = f"\nNegative prompt: {negative_prompt}" if negative_prompt else ""
+    return f"{prompt}{negative}\n{', '.join(pairs)}".strip()
+
+
+def parse_infotext(text: str) -> dict[str, str]:
+    """Parse an infotext into A1111's dict of strings (`Prompt`, `Negative prompt`, fields…).
+
+    >>> d = parse_infotext('a cat\\nNegative prompt: dog\\nSteps: 20, Size: 512x768, TI hashes: "a: 1, b: 2"')
+    >>> d["Prompt"], d["Negative prompt"], d["Size-1"], d["Size-2"], d["TI hashes"], d["Clip skip"]
+    ('a cat', 'dog', '512', '768', 'a: 1, b: 2', '1')
+    """
+    result: dict[str, str] = {}
+    prompt_lines: list[str] = []
+    negative_lines: list[str] = []
+    *lines, last = text.strip().split("\n")
+    if len(_RE_PARAM.findall(last)) < 3:
+        lines.append(last)
+        last = ""
+    in_negative = False
+    for line in lines:
+        line = line.strip()
+        if line.startswith("Negative prompt:"):
+            in_negative = True
+            line = line[len("Negative prompt:") :].strip()
+        (negative_lines if in_negative else prompt_lines).append(line)
+    result["Prompt"] = "\n".join(prompt_lines)
+    result["Negative prompt"] = "\n".join(negative_lines)
+    for key, value in _RE_PARAM.findall(last):
+        value = unquote(value.strip())
+        size = _RE_SIZE.match(value)
+        if size:
+            result[f"{key}-1"], result[f"{key}-2"] = size.group(1), size.group(2)
+        else:
+            result[key] = value
+    result.setdefault("Clip skip", "1")
+    result.setdefault("RNG", "GPU")
+    result.setdefault("Schedule type", "Automatic")
+    return result
+
+
+def _novelai_infotext(info: Mapping[str, Any]) -> str | None:
+    if info.get("Software") != "NovelAI":
+        return None
+    try:
+        comment = json.loads(str(info.get("Comment", "{}")))
+    except json.JSONDecodeError:
+        return None
+    sampler = _NOVELAI_SAMPLERS.get(str(comment.get("sampler", "")).lower(), "Euler a")
+    return (
+        f"{info.get('Description', '')}\nNegative prompt: {comment.get('uc', '')}\n"
+        f"Steps: {comment.get('steps')}, Sampler: {sampler}, CFG scale: {comment.get('scale')}, "
+        f"Seed: {comment.get('seed')}, Size: {comment.get('width')}x{comment.get('height')}, "
+        "Clip skip: 2, ENSD: 31337"
+    )
+
+
+def _exif_user_comment(image: Image.Image) -> str | None:
+    raw = image.getexif().get_ifd(0x8769).get(0x9286)
+    if not isinstance(raw, bytes | bytearray) or len(raw) < 8:
+        return None
+    head, body = bytes(raw[:8]), bytes(raw[8:])
+    if head.startswith(b"UNICODE"):
+        return body.decode("utf-16-be", errors="replace")
+    return body.decode("utf-8", errors="replace").strip("\0")
+
+
+def read_infotext(image_path: str | Path) -> str | None:
+    """The generation parameters stored in an image (PNG text, EXIF UserComment, NovelAI)."""
+    path = Path(image_path)
+    try:
+        with Image.open(path) as image:
+            info = dict(image.info)
+            text = info.get(PARAMETERS_KEY)
+            if isinstance(text, str) and text:
+                return text
+            novelai = _novelai_infotext(info)
+            if novelai:
+                return novelai
+            comment = _exif_user_comment(image)
+            if comment:
+                return comment
+            gif_comment = info.get("comment")
+            if isinstance(gif_comment, bytes):
+                return gif_comment.decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        raise EmakiError(f"{path}: no such image") from None
+    except OSError as e:
+        raise EmakiError(f"{path}: not a readable image ({e})") from None
+    return None

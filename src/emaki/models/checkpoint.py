@@ -1,0 +1,192 @@
+"""Single-file SD 1.x checkpoints: read (any user file), normalise, infer sizes, write.
+
+Users' files come in many shapes (specs/FORMATS.md §7.2): with or without the `state_dict`
+wrapper, old text-encoder key names without `text_model.`, EMA copies, fp16/fp32/bf16. They are
+normalised here into one flat LDM-layout dict. The architecture sizes are read from the tensor
+shapes (SD 1.x conventions fill in what shapes cannot tell, e.g. 8 attention heads), unless the
+file carries emaki's own `emaki_config` metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from emaki.errors import ModelLoadError
+from emaki.models.configs import SD1_SCHEDULE, ModelConfig
+from emaki.models.convert import TEXT_PREFIX, UNET_PREFIX, VAE_PREFIX, components_to_ldm
+from emaki.models.safe_load import load_tensors
+
+CONFIG_METADATA_KEY = "emaki_config"
+_OLD_TEXT_KEY = re.compile(r"^cond_stage_model\.transformer\.(embeddings|encoder|final_layer_norm)\.")
+
+
+def normalize_state_dict(data: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Unwrap `state_dict`, rename old text-encoder keys, keep tensors only."""
+    inner = data.get("state_dict", data)
+    if not isinstance(inner, dict):
+        inner = data
+    out: dict[str, torch.Tensor] = {}
+    for key, value in inner.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            continue
+        out[_OLD_TEXT_KEY.sub(r"cond_stage_model.transformer.text_model.\1.", key)] = value
+    return out
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelConfig]:
+    """The normalised LDM state dict of a single-file checkpoint and its architecture."""
+    path = Path(path)
+    data, metadata = load_tensors(path)
+    state = normalize_state_dict(data)
+    if not any(k.startswith(UNET_PREFIX) for k in state):
+        raise ModelLoadError(
+            f"{path}: not an SD 1.x checkpoint (no 'model.diffusion_model.' UNet weights; "
+            f"{len(state)} tensors found)"
+        )
+    for prefix, part in ((TEXT_PREFIX, "text encoder"), (VAE_PREFIX, "VAE")):
+        if not any(k.startswith(prefix) for k in state):
+            raise ModelLoadError(f"{path}: the checkpoint has no {part} weights ('{prefix}*')")
+    if CONFIG_METADATA_KEY in metadata:
+        try:
+            config = ModelConfig.from_dict(json.loads(metadata[CONFIG_METADATA_KEY]))
+        except (KeyError, TypeError, json.JSONDecodeError) as e:
+            raise ModelLoadError(f"{path}: unreadable '{CONFIG_METADATA_KEY}' metadata ({e})") from None
+    else:
+        config = infer_config(state, path)
+    return state, config
+
+
+def _shape(state: dict[str, torch.Tensor], key: str, path: Path) -> tuple[int, ...]:
+    if key not in state:
+        raise ModelLoadError(f"{path}: missing tensor {key!r}; not a complete SD 1.x checkpoint")
+    return tuple(state[key].shape)
+
+
+def _count(state: dict[str, torch.Tensor], pattern: str) -> int:
+    regex = re.compile(pattern)
+    return len({m.group(1) for k in state if (m := regex.match(k))})
+
+
+def infer_unet_config(state: dict[str, torch.Tensor], path: Path) -> dict[str, Any]:
+    p = UNET_PREFIX
+    in_channels = _shape(state, p + "input_blocks.0.0.weight", path)[1]
+    out_channels = _shape(state, p + "out.2.weight", path)[0]
+    n_input = _count(state, re.escape(p) + r"input_blocks\.(\d+)\.")
+    downsamplers = [i for i in range(n_input) if p + f"input_blocks.{i}.0.op.weight" in state]
+    levels = len(downsamplers) + 1
+    per_level = (n_input - 1 - len(downsamplers)) // levels
+    channels, has_attn = [], []
+    for level in range(levels):
+        first = 1 + level * (per_level + 1)
+        channels.append(_shape(state, p + f"input_blocks.{first}.0.out_layers.3.weight", path)[0])
+        has_attn.append(p + f"input_blocks.{first}.1.proj_in.weight" in state)
+    attn_key = next((k for k in state if k.startswith(p) and k.endswith("attn2.to_k.weight")), None)
+    cross_dim = tuple(state[attn_key].shape)[1] if attn_key else 768
+    if cross_dim == 1024:
+        raise ModelLoadError(f"{path}: this is an SD 2.x checkpoint (1024-wide text context); emaki loads SD 1.x")
+    proj_in = next((state[k] for k in state if k.startswith(p) and k.endswith("proj_in.weight")), None)
+    return {
+        "sample_size": 64,
+        "in_channels": in_channels,
+        "out_channels": out_channels,
+        "down_block_types": ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in has_attn],
+        "up_block_types": ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(has_attn)],
+        "block_out_channels": channels,
+        "layers_per_block": per_level,
+        "cross_attention_dim": cross_dim,
+        "attention_head_dim": 8,
+        "norm_num_groups": 32,
+        "use_linear_projection": proj_in is not None and proj_in.ndim == 2,
+    }
+
+
+def infer_vae_config(state: dict[str, torch.Tensor], path: Path, prefix: str = VAE_PREFIX) -> dict[str, Any]:
+    p = prefix
+    levels = _count(state, re.escape(p) + r"encoder\.down\.(\d+)\.")
+    per_level = _count(state, re.escape(p) + r"encoder\.down\.0\.block\.(\d+)\.")
+    channels = [_shape(state, p + f"encoder.down.{i}.block.0.conv2.weight", path)[0] for i in range(levels)]
+    latent = _shape(state, p + "quant_conv.weight", path)[0] // 2
+    return {
+        "in_channels": _shape(state, p + "encoder.conv_in.weight", path)[1],
+        "out_channels": _shape(state, p + "decoder.conv_out.weight", path)[0],
+        "down_block_types": ["DownEncoderBlock2D"] * levels,
+        "up_block_types": ["UpDecoderBlock2D"] * levels,
+        "block_out_channels": channels,
+        "layers_per_block": per_level,
+        "latent_channels": latent,
+        "norm_num_groups": 32,
+        "sample_size": 512,
+        "scaling_factor": 0.18215,
+    }
+
+
+def infer_text_encoder_config(state: dict[str, torch.Tensor], path: Path) -> dict[str, Any]:
+    p = TEXT_PREFIX + "text_model."
+    vocab, hidden = _shape(state, p + "embeddings.token_embedding.weight", path)
+    positions = _shape(state, p + "embeddings.position_embedding.weight", path)[0]
+    layers = _count(state, re.escape(p) + r"encoder\.layers\.(\d+)\.")
+    intermediate = _shape(state, p + "encoder.layers.0.mlp.fc1.weight", path)[0]
+    return {
+        "vocab_size": vocab,
+        "hidden_size": hidden,
+        "intermediate_size": intermediate,
+        "num_hidden_layers": layers,
+        "num_attention_heads": max(1, hidden // 64),  # CLIP's 64-wide heads
+        "max_position_embeddings": positions,
+        "hidden_act": "quick_gelu",
+        "layer_norm_eps": 1e-5,
+        "projection_dim": hidden,
+        "bos_token_id": 49406,
+        "eos_token_id": 49407,
+        "pad_token_id": 1,
+    }
+
+
+def infer_config(state: dict[str, torch.Tensor], path: Path) -> ModelConfig:
+    """Architecture sizes from tensor shapes, with SD 1.x conventions for the rest."""
+    return ModelConfig(
+        unet=infer_unet_config(state, path),
+        vae=infer_vae_config(state, path),
+        text_encoder=infer_text_encoder_config(state, path),
+        schedule=dict(SD1_SCHEDULE),
+    )
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Call `write(tmp_path)`, then rename onto `path`: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_single_file(components: Any, path: str | Path, *, dtype: torch.dtype | None = torch.float16,
+                     metadata: dict[str, str] | None = None) -> Path:
+    """Write `components` as one LDM-layout `.safetensors`, the layout users' checkpoints have.
+
+    The architecture goes into the `emaki_config` metadata so sizes that SD 1.x conventions
+    cannot express (tiny models, the demo model) load back exactly.
+    """
+    path = Path(path)
+    config: ModelConfig = components.config
+    state = components_to_ldm(components.unet, components.vae, components.text_encoder,
+                              config.unet, config.vae)
+    tensors = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
+               for k, v in state.items()}
+    meta = {"format": "pt", CONFIG_METADATA_KEY: json.dumps(config.to_dict())}
+    meta.update(metadata or {})
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    return path

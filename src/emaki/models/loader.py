@@ -1,0 +1,195 @@
+"""Load an SD 1.x model from whatever the user has: a single file, a diffusers folder, a hub id.
+
+Everything is offline: configs are inferred from the file or shipped in the package, and the
+tokenizer files ship in the package. Models are built without random initialisation (empty
+weights, then the checkpoint's tensors assigned), so a full SD 1.5 file loads in seconds.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import init_empty_weights
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from emaki.errors import ModelLoadError
+from emaki.models.checkpoint import normalize_state_dict, read_checkpoint
+from emaki.models.components import SDComponents
+from emaki.models.configs import SD1_SCHEDULE, ModelConfig
+from emaki.models.convert import VAE_PREFIX, ldm_to_text_encoder, ldm_to_unet, ldm_to_vae
+from emaki.models.hashes import autov2_hash
+from emaki.models.safe_load import load_tensors
+from emaki.models.tokenizer import load_clip_tokenizer
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to run, with what the infotext says about it."""
+
+    components: SDComponents
+    name: str
+    source: str
+    hash: str | None
+    vae_name: str | None = None
+    vae_hash: str | None = None
+
+
+def _assign(module_cls: type, config: dict, state: dict[str, torch.Tensor], what: str, source: str) -> torch.nn.Module:
+    with init_empty_weights(include_buffers=False):
+        module = module_cls(**config) if module_cls is not CLIPTextModel else CLIPTextModel(CLIPTextConfig(**config))
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise ModelLoadError(f"{source}: the {what} weights do not fit an SD 1.x {what} ({detail})")
+    for key, value in state.items():
+        if tuple(value.shape) != tuple(expected[key].shape):
+            raise ModelLoadError(
+                f"{source}: {what} tensor {key!r} has shape {tuple(value.shape)}, "
+                f"expected {tuple(expected[key].shape)}"
+            )
+    state = {k: v.to(torch.float32) if v.is_floating_point() else v for k, v in state.items()}
+    module.load_state_dict(state, assign=True, strict=True)
+    return module.eval().requires_grad_(False)
+
+
+def components_from_ldm(state: dict[str, torch.Tensor], config: ModelConfig, source: str) -> SDComponents:
+    """Build the three modules from a normalised LDM state dict (float32 weights)."""
+    unet = _assign(UNet2DConditionModel, config.unet, ldm_to_unet(state, config.unet), "UNet", source)
+    vae = _assign(AutoencoderKL, config.vae, ldm_to_vae(state, config.vae), "VAE", source)
+    text = _assign(CLIPTextModel, config.text_encoder, ldm_to_text_encoder(state), "text encoder", source)
+    alphas = state.get("alphas_cumprod")
+    components = SDComponents(unet, vae, text, load_clip_tokenizer(), config)
+    if alphas is not None and alphas.numel() == config.schedule["num_train_timesteps"]:
+        components.alphas_cumprod = alphas.to(torch.float64)
+    return components
+
+
+def load_single_file(path: Path) -> SDComponents:
+    state, config = read_checkpoint(path)
+    return components_from_ldm(state, config, str(path))
+
+
+def load_diffusers(source: str) -> SDComponents:
+    """A diffusers folder (`model_index.json`) or a hub id, through diffusers' own loading."""
+    local = Path(source).is_dir()
+    try:
+        unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet")
+        vae = AutoencoderKL.from_pretrained(source, subfolder="vae")
+        text = CLIPTextModel.from_pretrained(source, subfolder="text_encoder")
+    except (OSError, ValueError, EnvironmentError) as e:
+        where = "folder" if local else "hub id (no network access, or not a diffusers SD 1.x repo)"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"{source}: cannot load diffusers {where}: {first}") from None
+    config = ModelConfig(
+        unet={k: v for k, v in unet.config.items() if not k.startswith("_")},
+        vae={k: v for k, v in vae.config.items() if not k.startswith("_")},
+        text_encoder=text.config.to_dict(),
+        schedule=dict(SD1_SCHEDULE),
+    )
+    for module in (unet, vae, text):
+        module.to(torch.float32).eval().requires_grad_(False)
+    return SDComponents(unet, vae, text, load_clip_tokenizer(), config)
+
+
+def read_vae_state(path: Path) -> dict[str, torch.Tensor]:
+    """A standalone VAE (`*.vae.pt` / `.safetensors`, keys without prefix) as `first_stage_model.*`."""
+    data, _ = load_tensors(path)
+    state = normalize_state_dict(data)
+    out = {}
+    for key, value in state.items():
+        if key.startswith(("loss.", "model_ema.")):
+            continue
+        out[key if key.startswith(VAE_PREFIX) else VAE_PREFIX + key] = value
+    if not any(k.startswith(VAE_PREFIX + "decoder.") for k in out):
+        raise ModelLoadError(f"{path}: not a VAE file (no 'decoder.*' weights)")
+    return out
+
+
+def with_vae(components: SDComponents, vae_path: Path) -> SDComponents:
+    """A copy of `components` whose VAE weights come from `vae_path`."""
+    state = ldm_to_vae(read_vae_state(vae_path), components.config.vae)
+    vae = _assign(AutoencoderKL, components.config.vae, state, "VAE", str(vae_path))
+    replaced = copy.copy(components)
+    replaced.vae = vae
+    return replaced
+
+
+def looks_like_hub_id(source: str) -> bool:
+    parts = source.split("/")
+    return len(parts) == 2 and all(parts) and not source.startswith((".", "/", "~"))
+
+
+def load_model_uncached(source: str | os.PathLike[str], vae: str | os.PathLike[str] | None = None) -> LoadedModel:
+    """Load `source` (file, diffusers folder or hub id), optionally replacing its VAE."""
+    text = str(source)
+    path = Path(text).expanduser()
+    if path.is_file():
+        components = load_single_file(path)
+        name, model_hash = path.stem, autov2_hash(path)
+    elif path.is_dir():
+        if not (path / "model_index.json").is_file() and not (path / "unet").is_dir():
+            raise ModelLoadError(f"{path}: folder is not a diffusers model (no model_index.json)")
+        components, name, model_hash = load_diffusers(str(path)), path.name, None
+    elif looks_like_hub_id(text):
+        components, name, model_hash = load_diffusers(text), text.split("/")[-1], None
+    else:
+        raise ModelLoadError(f"{text}: no such model file or folder (expected a .safetensors/.ckpt "
+                             "file, a diffusers folder, or a hub id like 'org/name')")
+    loaded = LoadedModel(components, name, str(path if path.exists() else text), model_hash)
+    if vae is not None:
+        vae_path = Path(vae).expanduser()
+        if not vae_path.is_file():
+            raise ModelLoadError(f"{vae_path}: no such VAE file")
+        loaded.components = with_vae(components, vae_path)
+        loaded.vae_name, loaded.vae_hash = vae_path.name, autov2_hash(vae_path)
+    return loaded
+
+
+class ModelCache:
+    """Keeps the most recently used model(s) in memory, keyed by file identity and VAE."""
+
+    def __init__(self, capacity: int = 1) -> None:
+        self.capacity = capacity
+        self._items: dict[tuple, LoadedModel] = {}
+
+    @staticmethod
+    def _key(source: str, vae: str | None) -> tuple:
+        def ident(p: str | None) -> tuple:
+            if p is None:
+                return (None,)
+            path = Path(p).expanduser()
+            if path.is_file():
+                st = path.stat()
+                return (str(path.resolve()), st.st_size, st.st_mtime_ns)
+            return (str(path.resolve()) if path.exists() else p,)
+
+        return ident(source) + ident(vae)
+
+    def get(self, source: str | os.PathLike[str], vae: str | os.PathLike[str] | None = None) -> LoadedModel:
+        key = self._key(str(source), None if vae is None else str(vae))
+        if key in self._items:
+            self._items[key] = self._items.pop(key)  # most recent last
+            return self._items[key]
+        while len(self._items) >= self.capacity:
+            self._items.pop(next(iter(self._items)))
+        model = load_model_uncached(source, vae)
+        self._items[key] = model
+        return model
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
+DEFAULT_CACHE = ModelCache()
+
+
+def load_model(source: str | os.PathLike[str], vae: str | os.PathLike[str] | None = None) -> LoadedModel:
+    """Load through the process-wide cache: a second call with the same files does not reload."""
+    return DEFAULT_CACHE.get(source, vae)

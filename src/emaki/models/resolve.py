@@ -1,0 +1,38 @@
+"""Finding a model by what the user typed: a path, a name in the models folder, a hub id."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from emaki.errors import ModelLoadError
+from emaki.home import models_dir
+from emaki.models.loader import looks_like_hub_id
+
+MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin")
+
+
+def default_model() -> str:
+    """The bundled demo model, used when no model is given."""
+    from emaki.demo import demo_model_path
+
+    path = demo_model_path()
+    if not Path(path).is_file():
+        raise ModelLoadError(f"{path}: the bundled demo model is missing from this install; pass --model")
+    return str(path)
+
+
+def resolve_model(name: str | None, search: list[Path] | None = None) -> str:
+    """A path, or a file stem found under the model folders, or a hub id, or the demo model."""
+    if not name:
+        return default_model()
+    path = Path(name).expanduser()
+    if path.exists():
+        return str(path)
+    for folder in search if search is not None else [models_dir(), models_dir() / "Stable-diffusion"]:
+        for suffix in ("",) + MODEL_SUFFIXES:
+            candidate = folder / f"{name}{suffix}"
+            if candidate.is_file():
+                return str(candidate)
+    if looks_like_hub_id(name):
+        return name
+    raise ModelLoadError(f"{name}: no such model file, model name or hub id")

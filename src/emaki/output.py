@@ -1,0 +1,51 @@
+"""Writing images: PNG with the infotext chunk, atomically, never over an existing file."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from emaki.infotext import PARAMETERS_KEY
+
+_NUMBERED = re.compile(r"^(\d{5})-")
+
+
+def png_info(infotext: str) -> PngInfo:
+    """`parameters` as A1111 writes it: tEXt when latin-1 encodable, else uncompressed iTXt."""
+    info = PngInfo()
+    info.add_text(PARAMETERS_KEY, infotext)
+    return info
+
+
+def dated_folder(root: Path, today: dt.date | None = None) -> Path:
+    return root / (today or dt.date.today()).isoformat()
+
+
+def next_number(folder: Path) -> int:
+    numbers = [int(m.group(1)) for p in folder.glob("*.png") if (m := _NUMBERED.match(p.name))]
+    return max(numbers, default=-1) + 1
+
+
+def save_png(image: Image.Image, infotext: str, folder: Path, seed: int) -> Path:
+    """Save as `<folder>/<nnnnn>-<seed>.png`; the name is claimed with a hard link (no clobber)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".emaki-", suffix=".png.tmp", dir=folder)
+    os.close(fd)
+    try:
+        image.save(tmp, format="PNG", pnginfo=png_info(infotext))
+        number = next_number(folder)
+        while True:
+            target = folder / f"{number:05d}-{seed}.png"
+            try:
+                os.link(tmp, target)
+                return target
+            except FileExistsError:
+                number += 1
+    finally:
+        Path(tmp).unlink(missing_ok=True)

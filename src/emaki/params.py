@@ -1,0 +1,113 @@
+"""`GenerationParams`: the one object that flows from CLI/API through the engine into infotext.
+
+Field names follow the A1111 API payload (`/sdapi/v1/txt2img`) where one exists.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from emaki.errors import ParamsError
+
+MAX_SEED = 2**32 - 1
+
+
+class GenerationParams(BaseModel):
+    """Everything needed to make (and remake) an image."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    seed: int = Field(-1, ge=-1, le=MAX_SEED, description="-1 draws a random seed")
+    subseed: int = Field(-1, ge=-1, le=MAX_SEED)
+    subseed_strength: float = Field(0.0, ge=0.0, le=1.0)
+    seed_resize_from_w: int = Field(0, ge=0)
+    seed_resize_from_h: int = Field(0, ge=0)
+    sampler_name: str = "Euler a"
+    scheduler: str = "Automatic"
+    steps: int = Field(20, ge=1, le=1000)
+    cfg_scale: float = Field(7.0, ge=0.0, le=100.0)
+    width: int | None = Field(None, ge=8, le=4096, description="None: the model's native size")
+    height: int | None = Field(None, ge=8, le=4096)
+    batch_size: int = Field(1, ge=1, le=64)
+    n_iter: int = Field(1, ge=1, le=1000)
+    clip_skip: int = Field(1, ge=1, le=12)
+    eta: float | None = None
+    s_noise: float | None = None
+    eta_noise_seed_delta: int = Field(0, ge=0)
+    rng: Literal["CPU", "GPU", "NV"] = "CPU"
+    prompt_dialect: Literal["a1111", "novelai"] = "a1111"
+    emphasis: Literal["Original", "No norm", "Ignore", "None"] = "Original"
+    model: str | None = Field(None, description="checkpoint file, diffusers folder or hub id")
+    vae: str | None = None
+
+    @field_validator("width", "height")
+    @classmethod
+    def _multiple_of_8(cls, value: int | None) -> int | None:
+        if value is not None and value % 8:
+            raise ValueError(f"must be a multiple of 8, got {value}")
+        return value
+
+    @classmethod
+    def create(cls, **fields: Any) -> GenerationParams:
+        """Validate `fields`; a bad one raises `ParamsError` naming it and what was expected."""
+        try:
+            return cls(**fields)
+        except ValidationError as e:
+            raise params_error(e) from None
+
+    def updated(self, **fields: Any) -> GenerationParams:
+        return GenerationParams.create(**(self.model_dump() | fields))
+
+
+def params_error(error: ValidationError) -> ParamsError:
+    problems = []
+    for item in error.errors():
+        field = ".".join(str(p) for p in item["loc"]) or "params"
+        problems.append(f"{field}: {item['msg']} (got {item.get('input')!r})")
+    return ParamsError("invalid parameter " + "; ".join(problems))
+
+
+def params_from_infotext(fields: dict[str, str]) -> GenerationParams:
+    """`GenerationParams` from a parsed infotext (`emaki.infotext.parse_infotext`).
+
+    The sampler and schedule come back as written; the model is recorded by name (resolved
+    against the model folders by the caller).
+    """
+
+    def number(key: str, kind: type, default: Any = None) -> Any:
+        if key not in fields:
+            return default
+        try:
+            return kind(float(fields[key])) if kind is int else kind(fields[key])
+        except ValueError:
+            raise ParamsError(f"infotext field {key!r}: expected a number, got {fields[key]!r}") from None
+
+    values: dict[str, Any] = {
+        "prompt": fields.get("Prompt", ""),
+        "negative_prompt": fields.get("Negative prompt", ""),
+        "steps": number("Steps", int, 20),
+        "sampler_name": fields.get("Sampler", "Euler a"),
+        "scheduler": fields.get("Schedule type", "Automatic"),
+        "cfg_scale": number("CFG scale", float, 7.0),
+        "seed": number("Seed", int, -1),
+        "width": number("Size-1", int),
+        "height": number("Size-2", int),
+        "clip_skip": number("Clip skip", int, 1),
+        "eta_noise_seed_delta": number("ENSD", int, 0),
+        "rng": fields.get("RNG", "GPU"),
+        "emphasis": fields.get("Emphasis", "Original"),
+        "prompt_dialect": "novelai" if fields.get("Prompt dialect", "").lower() == "novelai" else "a1111",
+        "model": fields.get("Model"),
+        "eta": number("Eta", float),
+    }
+    if "Variation seed" in fields:
+        values["subseed"] = number("Variation seed", int)
+        values["subseed_strength"] = number("Variation seed strength", float, 0.0)
+    if "Seed resize from-1" in fields:
+        values["seed_resize_from_w"] = number("Seed resize from-1", int)
+        values["seed_resize_from_h"] = number("Seed resize from-2", int)
+    return GenerationParams.create(**values)

@@ -1,0 +1,103 @@
+"""The UNet as a k-diffusion denoiser, and classifier-free guidance over it.
+
+`DiscreteEpsDenoiser` is k-diffusion's `CompVisDenoiser`: a UNet trained to predict the noise
+eps at 1000 discrete timesteps becomes `f(x, sigma) -> x0`:
+
+    t = sigma_to_t(sigma)                 (log-sigma interpolation into the discrete table)
+    eps = unet(x / sqrt(sigma² + 1), t, cond)
+    x0 = x - sigma · eps
+
+`CFGDenoiser` batches the conditional and unconditional passes and combines them as
+composable diffusion (specs/FORMATS.md §4.4): x0 = u + Σ_i w_i · cfg · (c_i − u).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import torch
+
+EpsModel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class DiscreteEpsDenoiser:
+    """k-diffusion `CompVisDenoiser` over an eps-predicting model `eps_model(x, t, context)`."""
+
+    def __init__(self, eps_model: EpsModel, alphas_cumprod: torch.Tensor) -> None:
+        self.eps_model = eps_model
+        self.model_sigmas = ((1 - alphas_cumprod) / alphas_cumprod).sqrt().float()
+        self.log_sigmas = self.model_sigmas.log()
+
+    def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
+        """Fractional timestep whose log-sigma interpolates `sigma` in the discrete table."""
+        log_sigma = sigma.float().log()
+        dists = log_sigma - self.log_sigmas[:, None]
+        low = dists.ge(0).cumsum(dim=0).argmax(dim=0).clamp(max=self.log_sigmas.shape[0] - 2)
+        high = low + 1
+        low_v, high_v = self.log_sigmas[low], self.log_sigmas[high]
+        w = ((low_v - log_sigma) / (low_v - high_v)).clamp(0, 1)
+        return ((1 - w) * low + w * high).view(sigma.shape)
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        sigma_b = sigma.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+        c_in = 1 / (sigma_b**2 + 1) ** 0.5
+        eps = self.eps_model(x * c_in, self.sigma_to_t(sigma), context)
+        return x - eps.to(x.dtype) * sigma_b
+
+
+class Conditioning(Protocol):
+    def at(self, step: int) -> torch.Tensor: ...
+
+
+class ComposableParts(Protocol):
+    parts: Sequence[tuple[Conditioning, float]]
+
+
+def pad_tokens(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Stack (tokens, dim) tensors, repeating each one's last vector up to the longest."""
+    longest = max(t.shape[0] for t in tensors)
+    padded = [torch.cat([t, t[-1:].expand(longest - t.shape[0], -1)]) if t.shape[0] < longest else t
+              for t in tensors]
+    return torch.stack(padded)
+
+
+class CFGDenoiser:
+    """Classifier-free guidance with AND parts and scheduled prompts, as A1111's `CFGDenoiser`.
+
+    `step` counts denoiser calls (0-based); scheduled conditionings switch on it.
+    """
+
+    def __init__(self, denoiser: DiscreteEpsDenoiser, conds: Sequence[ComposableParts],
+                 unconds: Sequence[Conditioning], cfg_scale: float) -> None:
+        self.denoiser = denoiser
+        self.model_sigmas = denoiser.model_sigmas
+        self.conds = conds
+        self.unconds = unconds
+        self.cfg_scale = cfg_scale
+        self.step = 0
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        batch = x.shape[0]
+        cond_tensors, owners, weights = [], [], []
+        for i, cond in enumerate(self.conds):
+            for part, weight in cond.parts:
+                cond_tensors.append(part.at(self.step))
+                owners.append(i)
+                weights.append(weight)
+        uncond = pad_tokens([u.at(self.step) for u in self.unconds])
+        cond = pad_tokens(cond_tensors)
+        x_cond, sigma_cond = x[owners], sigma[owners]
+        if cond.shape[1] == uncond.shape[1]:
+            out = self.denoiser(torch.cat([x_cond, x]), torch.cat([sigma_cond, sigma]),
+                                torch.cat([cond, uncond]).to(x.device))
+            cond_out, uncond_out = out[: len(owners)], out[len(owners) :]
+        else:  # different chunk counts: two passes, as A1111 without pad_cond_uncond
+            cond_out = self.denoiser(x_cond, sigma_cond, cond.to(x.device))
+            uncond_out = self.denoiser(x, sigma, uncond.to(x.device))
+        denoised = uncond_out.clone()
+        for row, (owner, weight) in enumerate(zip(owners, weights, strict=True)):
+            denoised[owner] += (cond_out[row] - uncond_out[owner]) * (weight * self.cfg_scale)
+        self.step += 1
+        assert denoised.shape[0] == batch
+        return denoised

@@ -1,0 +1,67 @@
+"""Tiny SD-architecture models built at test time, in every layout users have on disk."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from emaki.models.checkpoint import save_single_file
+from emaki.models.components import SDComponents, build_random_components, sd_alphas_cumprod
+from emaki.models.configs import tiny_config
+from emaki.models.convert import components_to_ldm
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EMAKI_HOME", str(tmp_path_factory.mktemp("emaki-home")))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_components() -> SDComponents:
+    return build_random_components(tiny_config(), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_ldm_state(tiny_components: SDComponents) -> dict[str, torch.Tensor]:
+    c = tiny_components
+    return components_to_ldm(c.unet, c.vae, c.text_encoder, c.config.unet, c.config.vae)
+
+
+@pytest.fixture(scope="session")
+def tiny_safetensors(tmp_path_factory: pytest.TempPathFactory, tiny_components: SDComponents) -> Path:
+    """Single-file LDM layout, fp32, with emaki's config metadata."""
+    return save_single_file(tiny_components, tmp_path_factory.mktemp("st") / "tiny.safetensors", dtype=None)
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory, tiny_ldm_state: dict[str, torch.Tensor]) -> Path:
+    """The layout of the original SD/NAI .ckpt files: `state_dict` wrapper, fp16, old text keys,
+    EMA copies and schedule buffers, saved with torch.save (no config metadata)."""
+    state: dict[str, torch.Tensor] = {}
+    for key, value in tiny_ldm_state.items():
+        key = key.replace("cond_stage_model.transformer.text_model.", "cond_stage_model.transformer.")
+        state[key] = value.half()
+        if key.startswith("model.diffusion_model."):
+            state["model_ema." + "".join(key.split(".")[1:])] = (value + 1).half()
+    state["model_ema.decay"] = torch.tensor(0.9999)
+    state["alphas_cumprod"] = sd_alphas_cumprod(tiny_config()).float()
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
+    torch.save({"state_dict": state, "global_step": 470000, "epoch": 6}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_diffusers(tmp_path_factory: pytest.TempPathFactory, tiny_components: SDComponents) -> Path:
+    folder = tmp_path_factory.mktemp("diffusers") / "tiny-diffusers"
+    c = tiny_components
+    c.unet.save_pretrained(folder / "unet")
+    c.vae.save_pretrained(folder / "vae")
+    c.text_encoder.save_pretrained(folder / "text_encoder")
+    (folder / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    return folder
