@@ -23,6 +23,8 @@ err_console = Console(stderr=True)
 def _register_commands() -> None:
     # Each module adds its commands to `app` when imported.
     from emaki.cli import generate  # noqa: F401
+    from emaki.cli import merge  # noqa: F401
+    from emaki.cli import tokens  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -48,5 +48,20 @@ def build_random_components(config: ModelConfig, seed: int = 0) -> SDComponents:
     vae = AutoencoderKL(**config.vae)
     text_encoder = CLIPTextModel(CLIPTextConfig(**config.text_encoder))
     for module in (unet, vae, text_encoder):
+        _randomize_norms(module)
         module.eval().requires_grad_(False)
     return SDComponents(unet, vae, text_encoder, load_clip_tokenizer(), config)
+
+
+@torch.no_grad()
+def _randomize_norms(module: torch.nn.Module) -> None:
+    """Give norm layers trained-looking affine parameters instead of exactly 1 and 0.
+
+    With zero biases the final LayerNorm makes CLIP's output mean exactly 0, and A1111's
+    emphasis mean-restore (mean(z)/mean(z·w)) turns into 0/0: a fresh model would not
+    exercise what a trained one does.
+    """
+    for norm in module.modules():
+        if isinstance(norm, torch.nn.LayerNorm | torch.nn.GroupNorm) and norm.weight is not None:
+            norm.weight.add_(0.1 * torch.randn_like(norm.weight))
+            norm.bias.add_(0.1 * torch.randn_like(norm.bias))

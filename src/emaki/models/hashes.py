@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import struct
+import threading
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 _BLOCK = 1 << 20
 
@@ -47,3 +52,92 @@ def tensor_data_hash(path: str | Path) -> str:
         while block := f.read(_BLOCK):
             digest.update(block)
     return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class FileHashes:
+    """Every hash A1111 and Civitai show for one file (specs §6)."""
+
+    sha256: str
+    legacy: str
+    tensor_data: str | None = None  # safetensors only
+
+    @property
+    def autov2(self) -> str:
+        return self.sha256[:10]
+
+
+def _safetensors_data_start(path: Path, size: int) -> int | None:
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) == 9 and head[8:9] == b"{":
+        (header_len,) = struct.unpack("<Q", head[:8])
+        if 8 + header_len <= size:
+            return 8 + header_len
+    return None
+
+
+def file_hashes(path: str | Path, *, tensor_data: bool = True) -> FileHashes:
+    """sha256, legacy hash and (for safetensors, if asked) the tensor-data hash, in one read."""
+    path = Path(path)
+    size = path.stat().st_size
+    data_start = _safetensors_data_start(path, size) if tensor_data else None
+    whole, data = hashlib.sha256(), hashlib.sha256() if data_start is not None else None
+    buffer = bytearray(_BLOCK)
+    view = memoryview(buffer)
+    position = 0
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buffer):
+            block = view[:n]
+            whole.update(block)
+            if data is not None and data_start is not None and position + n > data_start:
+                data.update(block[max(0, data_start - position):])
+            position += n
+    return FileHashes(sha256=whole.hexdigest(), legacy=legacy_hash(path),
+                      tensor_data=data.hexdigest() if data is not None else None)
+
+
+class HashCache:
+    """Hashes remembered per file, valid while its path, size and mtime are unchanged.
+
+    `cache_file` (JSON) keeps them across runs; None keeps them for this process only.
+    """
+
+    def __init__(self, cache_file: str | Path | None = None):
+        self.cache_file = Path(cache_file) if cache_file is not None else None
+        self._entries: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        if self.cache_file is not None and self.cache_file.is_file():
+            try:
+                loaded = json.loads(self.cache_file.read_text(encoding="utf-8"))
+                if isinstance(loaded, dict) and isinstance(loaded.get("files"), dict):
+                    self._entries = loaded["files"]
+            except (OSError, ValueError):
+                self._entries = {}  # a damaged cache is only a cache
+
+    def get(self, path: str | Path, *, tensor_data: bool = False) -> FileHashes:
+        """The file's hashes, computed (and stored) only when the cache has none valid."""
+        path = Path(path).resolve()
+        stat = path.stat()
+        key = str(path)
+        entry = self._entries.get(key)
+        fresh = isinstance(entry, dict) and entry.get("size") == stat.st_size and entry.get("mtime_ns") == stat.st_mtime_ns
+        if fresh and entry is not None and (not tensor_data or "tensor_data" in entry):
+            return FileHashes(entry["sha256"], entry["legacy"], entry.get("tensor_data"))
+        hashes = file_hashes(path, tensor_data=tensor_data)
+        with self._lock:
+            self._entries[key] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": hashes.sha256,
+                                  "legacy": hashes.legacy, **({"tensor_data": hashes.tensor_data} if tensor_data else {})}
+            self._save()
+        return hashes
+
+    def _save(self) -> None:
+        if self.cache_file is None:
+            return
+        try:
+            self.cache_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.cache_file.with_name(f".{self.cache_file.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"version": 1, "files": self._entries}, indent=1), encoding="utf-8")
+            os.replace(tmp, self.cache_file)
+        except OSError:
+            pass  # an unwritable cache only costs time

@@ -1,0 +1,5 @@
+"""`python -m emaki` = the `emaki` command."""
+
+from emaki.cli import main
+
+main()

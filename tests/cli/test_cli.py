@@ -1,0 +1,92 @@
+"""The `emaki` command end to end, as a user runs it (subprocess: real exit codes and output)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def emaki(*args: str, env_home: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    if env_home is not None:
+        env["EMAKI_HOME"] = str(env_home)
+    return subprocess.run([sys.executable, "-m", "emaki", *args], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+def test_generate_info_and_regenerate_from_png(tmp_path, tiny_ckpt):
+    out = tmp_path / "out"
+    made = emaki("generate", "masterpiece, best quality, 1girl, silver hair, smile", "--negative",
+                 "lowres, bad anatomy", "--model", str(tiny_ckpt), "--sampler", "Euler a", "--steps", "3",
+                 "--cfg", "7", "--seed", "1234", "--size", "32x48", "--clip-skip", "2", "--out", str(out))
+    assert made.returncode == 0, made.stderr
+    files = sorted(out.glob("*.png"))
+    assert [f.name for f in files] == ["00000-1234.png"]
+    assert Image.open(files[0]).size == (32, 48)
+
+    info = emaki("info", str(files[0]))
+    assert info.returncode == 0, info.stderr
+    lines = info.stdout.strip().splitlines()
+    assert lines[0] == "masterpiece, best quality, 1girl, silver hair, smile"
+    assert lines[1] == "Negative prompt: lowres, bad anatomy"
+    assert lines[2].startswith("Steps: 3, Sampler: Euler a, Schedule type: Automatic, CFG scale: 7, Seed: 1234, "
+                               "Size: 32x48, Model hash: ")
+    assert "Model: tiny, Clip skip: 2, RNG: CPU, Version: emaki" in lines[2]
+
+    again = emaki("generate", "--from", str(files[0]), "--model", str(tiny_ckpt), "--out", str(out))
+    assert again.returncode == 0, again.stderr
+    second = out / "00001-1234.png"
+    assert np.array_equal(np.asarray(Image.open(files[0])), np.asarray(Image.open(second)))
+    assert Image.open(second).info["parameters"] == Image.open(files[0]).info["parameters"]
+
+
+def test_default_output_folder_is_under_emaki_home(tmp_path, tiny_safetensors):
+    made = emaki("generate", "a", "--model", str(tiny_safetensors), "--steps", "1", "--seed", "5",
+                 "--size", "32x32", env_home=tmp_path)
+    assert made.returncode == 0, made.stderr
+    [png] = list((tmp_path / "outputs").glob("*/00000-5.png"))
+    assert png.parent.name.count("-") == 2  # a date folder
+
+
+def emaki_in_process(capsys, *args: str) -> tuple[int, str]:
+    """The CLI's `main` in this process (no interpreter start-up): exit code and stderr."""
+    import pytest
+
+    from emaki.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(list(args))
+    return int(stop.value.code or 0), capsys.readouterr().err
+
+
+def test_errors_are_one_line_exit_2_and_write_nothing(tmp_path, tiny_safetensors, capsys):
+    out = tmp_path / "out"
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{}")
+    cases = {
+        ("--model", str(tmp_path / "missing.safetensors")): "missing.safetensors",
+        ("--model", str(corrupt)): "corrupt.safetensors",
+        ("--model", str(tiny_safetensors), "--sampler", "Euler z"): "Euler z",
+        ("--model", str(tiny_safetensors), "--size", "50x64"): "multiple of 8",
+        ("--model", str(tiny_safetensors), "--size", "big"): "--size",
+        ("--model", str(tiny_safetensors), "--seed", "-7"): "seed",
+    }
+    for extra, expected in cases.items():
+        code, stderr = emaki_in_process(capsys, "generate", "a cat", "--steps", "1", "--out", str(out), *extra)
+        assert code == 2, (extra, stderr)
+        assert expected in stderr, (extra, stderr)
+        assert "Traceback" not in stderr
+        assert len(stderr.strip().splitlines()) == 1, stderr
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_info_on_image_without_parameters(tmp_path, capsys):
+    plain = tmp_path / "plain.png"
+    Image.new("RGB", (8, 8)).save(plain)
+    code, stderr = emaki_in_process(capsys, "info", str(plain))
+    assert code == 2 and "no generation parameters" in stderr
