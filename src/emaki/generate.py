@@ -111,8 +111,8 @@ def _prepare(model: LoadedModel, policy: DevicePolicy) -> None:
 def _decode(model: LoadedModel, latents: torch.Tensor, policy: DevicePolicy) -> list[Image.Image]:
     vae = model.components.vae
     scale = float(vae.config.get("scaling_factor", 0.18215))
-    with torch.inference_mode(), policy.autocast():
-        pixels = vae.decode(latents / scale).sample
+    with torch.inference_mode():
+        pixels = vae.decode((latents / scale).to(vae.dtype)).sample
     pixels = ((pixels.float() + 1) / 2).clamp(0, 1)
     arrays = (pixels.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
     return [Image.fromarray(a) for a in arrays]
@@ -133,7 +133,7 @@ def generate(
     sampler_name, schedule = parse_sampler_name(params.sampler_name, params.scheduler)
     sampler = get_sampler(sampler_name)
     policy = policy or DevicePolicy.choose()
-    model = cache.get(resolve_model(params.model), params.vae)
+    model = cache.get(resolve_model(params.model), params.vae, policy.dtype)
     size = native_size(model)
     params = params.updated(
         seed=resolve_seed(params.seed),
@@ -199,9 +199,9 @@ def _eps_model(model: LoadedModel, policy: DevicePolicy) -> Callable[[torch.Tens
     unet = model.components.unet
 
     def eps(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        x = x.to(unet.dtype)
         if policy.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with policy.autocast():
-            return unet(x, t, encoder_hidden_states=context).sample.float()
+        return unet(x, t, encoder_hidden_states=context.to(unet.dtype)).sample.float()
 
     return eps

@@ -88,3 +88,13 @@ def test_ckpt_and_diffusers_folder_generate_the_same_image_as_the_file_they_came
 def test_missing_model_is_a_clear_error(tmp_path):
     with pytest.raises(ModelLoadError, match="nothing.safetensors"):
         run(tmp_path / "nothing.safetensors")
+
+
+def test_bf16_precision_runs_close_to_fp32(tiny_safetensors):
+    from emaki.devices import DevicePolicy
+
+    params = GenerationParams.create(prompt="1girl", model=str(tiny_safetensors), seed=3, steps=3, width=32,
+                                     height=32, sampler_name="Euler")
+    full = np.asarray(generate(params, save=False).images[0].image).astype(np.int16)
+    half = np.asarray(generate(params, save=False, policy=DevicePolicy.choose("bf16")).images[0].image)
+    assert np.abs(full - half.astype(np.int16)).mean() < 8

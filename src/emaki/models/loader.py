@@ -39,7 +39,8 @@ class LoadedModel:
     vae_hash: str | None = None
 
 
-def _assign(module_cls: type, config: dict, state: dict[str, torch.Tensor], what: str, source: str) -> torch.nn.Module:
+def _assign(module_cls: type, config: dict, state: dict[str, torch.Tensor], what: str, source: str,
+            dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     with init_empty_weights(include_buffers=False):
         module = module_cls(**config) if module_cls is not CLIPTextModel else CLIPTextModel(CLIPTextConfig(**config))
     expected = module.state_dict()
@@ -54,15 +55,20 @@ def _assign(module_cls: type, config: dict, state: dict[str, torch.Tensor], what
                 f"{source}: {what} tensor {key!r} has shape {tuple(value.shape)}, "
                 f"expected {tuple(expected[key].shape)}"
             )
-    state = {k: v.to(torch.float32) if v.is_floating_point() else v for k, v in state.items()}
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     module.load_state_dict(state, assign=True, strict=True)
     return module.eval().requires_grad_(False)
 
 
-def components_from_ldm(state: dict[str, torch.Tensor], config: ModelConfig, source: str) -> SDComponents:
-    """Build the three modules from a normalised LDM state dict (float32 weights)."""
-    unet = _assign(UNet2DConditionModel, config.unet, ldm_to_unet(state, config.unet), "UNet", source)
-    vae = _assign(AutoencoderKL, config.vae, ldm_to_vae(state, config.vae), "VAE", source)
+def components_from_ldm(state: dict[str, torch.Tensor], config: ModelConfig, source: str,
+                        dtype: torch.dtype = torch.float32) -> SDComponents:
+    """Build the three modules from a normalised LDM state dict.
+
+    UNet and VAE weights get `dtype`; the text encoder stays float32 (it is cheap, and the
+    emphasis mean-restore is sensitive to rounding).
+    """
+    unet = _assign(UNet2DConditionModel, config.unet, ldm_to_unet(state, config.unet), "UNet", source, dtype)
+    vae = _assign(AutoencoderKL, config.vae, ldm_to_vae(state, config.vae), "VAE", source, dtype)
     text = _assign(CLIPTextModel, config.text_encoder, ldm_to_text_encoder(state), "text encoder", source)
     alphas = state.get("alphas_cumprod")
     components = SDComponents(unet, vae, text, load_clip_tokenizer(), config)
@@ -71,12 +77,12 @@ def components_from_ldm(state: dict[str, torch.Tensor], config: ModelConfig, sou
     return components
 
 
-def load_single_file(path: Path) -> SDComponents:
+def load_single_file(path: Path, dtype: torch.dtype = torch.float32) -> SDComponents:
     state, config = read_checkpoint(path)
-    return components_from_ldm(state, config, str(path))
+    return components_from_ldm(state, config, str(path), dtype)
 
 
-def load_diffusers(source: str) -> SDComponents:
+def load_diffusers(source: str, dtype: torch.dtype = torch.float32) -> SDComponents:
     """A diffusers folder (`model_index.json`) or a hub id, through diffusers' own loading."""
     local = Path(source).is_dir()
     try:
@@ -93,8 +99,9 @@ def load_diffusers(source: str) -> SDComponents:
         text_encoder=text.config.to_dict(),
         schedule=dict(SD1_SCHEDULE),
     )
-    for module in (unet, vae, text):
-        module.to(torch.float32).eval().requires_grad_(False)
+    for module in (unet, vae):
+        module.to(dtype).eval().requires_grad_(False)
+    text.to(torch.float32).eval().requires_grad_(False)
     return SDComponents(unet, vae, text, load_clip_tokenizer(), config)
 
 
@@ -115,7 +122,7 @@ def read_vae_state(path: Path) -> dict[str, torch.Tensor]:
 def with_vae(components: SDComponents, vae_path: Path) -> SDComponents:
     """A copy of `components` whose VAE weights come from `vae_path`."""
     state = ldm_to_vae(read_vae_state(vae_path), components.config.vae)
-    vae = _assign(AutoencoderKL, components.config.vae, state, "VAE", str(vae_path))
+    vae = _assign(AutoencoderKL, components.config.vae, state, "VAE", str(vae_path), components.unet.dtype)
     replaced = copy.copy(components)
     replaced.vae = vae
     return replaced
@@ -126,19 +133,20 @@ def looks_like_hub_id(source: str) -> bool:
     return len(parts) == 2 and all(parts) and not source.startswith((".", "/", "~"))
 
 
-def load_model_uncached(source: str | os.PathLike[str], vae: str | os.PathLike[str] | None = None) -> LoadedModel:
+def load_model_uncached(source: str | os.PathLike[str], vae: str | os.PathLike[str] | None = None,
+                        dtype: torch.dtype = torch.float32) -> LoadedModel:
     """Load `source` (file, diffusers folder or hub id), optionally replacing its VAE."""
     text = str(source)
     path = Path(text).expanduser()
     if path.is_file():
-        components = load_single_file(path)
+        components = load_single_file(path, dtype)
         name, model_hash = path.stem, autov2_hash(path)
     elif path.is_dir():
         if not (path / "model_index.json").is_file() and not (path / "unet").is_dir():
             raise ModelLoadError(f"{path}: folder is not a diffusers model (no model_index.json)")
-        components, name, model_hash = load_diffusers(str(path)), path.name, None
+        components, name, model_hash = load_diffusers(str(path), dtype), path.name, None
     elif looks_like_hub_id(text):
-        components, name, model_hash = load_diffusers(text), text.split("/")[-1], None
+        components, name, model_hash = load_diffusers(text, dtype), text.split("/")[-1], None
     else:
         raise ModelLoadError(f"{text}: no such model file or folder (expected a .safetensors/.ckpt "
                              "file, a diffusers folder, or a hub id like 'org/name')")
@@ -172,14 +180,15 @@ class ModelCache:
 
         return ident(source) + ident(vae)
 
-    def get(self, source: str | os.PathLike[str], vae: str | os.PathLike[str] | None = None) -> LoadedModel:
-        key = self._key(str(source), None if vae is None else str(vae))
+    def get(self, source: str | os.PathLike[str], vae: str | os.PathLike[str] | None = None,
+            dtype: torch.dtype = torch.float32) -> LoadedModel:
+        key = self._key(str(source), None if vae is None else str(vae)) + (dtype,)
         if key in self._items:
             self._items[key] = self._items.pop(key)  # most recent last
             return self._items[key]
         while len(self._items) >= self.capacity:
             self._items.pop(next(iter(self._items)))
-        model = load_model_uncached(source, vae)
+        model = load_model_uncached(source, vae, dtype)
         self._items[key] = model
         return model
 
@@ -190,6 +199,7 @@ class ModelCache:
 DEFAULT_CACHE = ModelCache()
 
 
-def load_model(source: str | os.PathLike[str], vae: str | os.PathLike[str] | None = None) -> LoadedModel:
+def load_model(source: str | os.PathLike[str], vae: str | os.PathLike[str] | None = None,
+               dtype: torch.dtype = torch.float32) -> LoadedModel:
     """Load through the process-wide cache: a second call with the same files does not reload."""
-    return DEFAULT_CACHE.get(source, vae)
+    return DEFAULT_CACHE.get(source, vae, dtype)
