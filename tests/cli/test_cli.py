@@ -90,3 +90,10 @@ def test_info_on_image_without_parameters(tmp_path, capsys):
     Image.new("RGB", (8, 8)).save(plain)
     code, stderr = emaki_in_process(capsys, "info", str(plain))
     assert code == 2 and "no generation parameters" in stderr
+
+
+def test_policy_refusal_exits_3_and_writes_nothing(tmp_path, tiny_safetensors, capsys):
+    out = tmp_path / "out"
+    code, stderr = emaki_in_process(capsys, "generate", "(l0li:1.2), nude", "--model", str(tiny_safetensors),
+                                    "--out", str(out))
+    assert code == 3 and "Refused" in stderr and not out.exists()

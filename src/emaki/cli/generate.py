@@ -17,6 +17,7 @@ from emaki.errors import EmakiError, ParamsError
 from emaki.generate import GenerationProgress, generate
 from emaki.infotext import parse_infotext, read_infotext
 from emaki.params import GenerationParams, params_from_infotext
+from emaki.safety import ensure_allowed
 
 console = Console()
 _SIZE = re.compile(r"^(\d+)[xX×](\d+)$")
@@ -83,6 +84,7 @@ def generate_command(
     if from_image is None and prompt is None:
         raise ParamsError("prompt: give a prompt, or --from IMAGE to regenerate one")
     params = base.updated(**{k: v for k, v in overrides.items() if v is not None})
+    ensure_allowed(params.prompt, params.negative_prompt)  # before anything loads or prints
     if precision not in (None, "fp32", "bf16", "fp16"):
         raise ParamsError(f"--precision: expected fp32, bf16 or fp16, got {precision!r}")
     try:

@@ -36,8 +36,15 @@ def progress_bar(description: str) -> Iterator[Callable[[int, int], None]]:
         TransferSpeedColumn,
     )
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                  TimeRemainingColumn(), console=err_console, transient=True) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+    ) as bar:
         task = bar.add_task(description, total=None)
 
         def update(done: int, total: int) -> None:
@@ -56,25 +63,64 @@ def parse_blocks(text: str) -> tuple[float, ...]:
     except ValueError:
         raise MergeError(f"--blocks: expected 25 comma-separated numbers, got {text!r}") from None
     if len(values) != 25:
-        raise MergeError(f"--blocks: expected 25 values (IN00-IN11, M00, OUT00-OUT11), got {len(values)}")
+        raise MergeError(
+            f"--blocks: expected 25 values (IN00-IN11, M00, OUT00-OUT11), got {len(values)}"
+        )
     return values
 
 
 @app.command("merge")
 def merge_command(
-    models: Annotated[list[Path] | None, typer.Argument(help="Models A B [C] (.safetensors or .ckpt).", show_default=False)] = None,
-    mode: Annotated[str | None, typer.Option("--mode", "-m", help="weighted-sum: A·(1-α)+B·α; add-difference: A+(B-C)·α; no-interpolation: A only.")] = None,
-    alpha: Annotated[float | None, typer.Option("--alpha", "-a", help=f"α, the multiplier (default {DEFAULT_ALPHA}).")] = None,
-    blocks: Annotated[str | None, typer.Option(help="25 comma-separated UNet block weights IN00-IN11,M00,OUT00-OUT11 (replace α there).")] = None,
-    te_alpha: Annotated[float | None, typer.Option("--te-alpha", help="α for the text encoder (default: α).")] = None,
-    vae_alpha: Annotated[float | None, typer.Option("--vae-alpha", help="α for the VAE (default: α).")] = None,
-    dtype: Annotated[str | None, typer.Option(help="Store weights as fp16, bf16 or fp32 (default: as the inputs).")] = None,
-    vae: Annotated[Path | None, typer.Option("--vae", help="Bake this VAE into the result.")] = None,
-    discard: Annotated[str | None, typer.Option(help="Drop keys matching this regex (re.search).")] = None,
-    name: Annotated[str | None, typer.Option(help="Name recorded in the A1111 recipe (default: A1111's).")] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="The output .safetensors.")] = None,
-    recipe: Annotated[Path | None, typer.Option(help="Replay a recipe: a .json, or a model merged by emaki.")] = None,
-    save_recipe: Annotated[Path | None, typer.Option("--save-recipe", help="Also write the recipe as JSON here.")] = None,
+    models: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Models A B [C] (.safetensors or .ckpt).", show_default=False),
+    ] = None,
+    mode: Annotated[
+        str | None,
+        typer.Option(
+            "--mode",
+            "-m",
+            help="weighted-sum: A·(1-α)+B·α; add-difference: A+(B-C)·α; no-interpolation: A only.",
+        ),
+    ] = None,
+    alpha: Annotated[
+        float | None,
+        typer.Option("--alpha", "-a", help=f"α, the multiplier (default {DEFAULT_ALPHA})."),
+    ] = None,
+    blocks: Annotated[
+        str | None,
+        typer.Option(
+            help="25 comma-separated UNet block weights IN00-IN11,M00,OUT00-OUT11 (replace α there)."
+        ),
+    ] = None,
+    te_alpha: Annotated[
+        float | None, typer.Option("--te-alpha", help="α for the text encoder (default: α).")
+    ] = None,
+    vae_alpha: Annotated[
+        float | None, typer.Option("--vae-alpha", help="α for the VAE (default: α).")
+    ] = None,
+    dtype: Annotated[
+        str | None,
+        typer.Option(help="Store weights as fp16, bf16 or fp32 (default: as the inputs)."),
+    ] = None,
+    vae: Annotated[
+        Path | None, typer.Option("--vae", help="Bake this VAE into the result.")
+    ] = None,
+    discard: Annotated[
+        str | None, typer.Option(help="Drop keys matching this regex (re.search).")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Name recorded in the A1111 recipe (default: A1111's).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="The output .safetensors.")
+    ] = None,
+    recipe: Annotated[
+        Path | None, typer.Option(help="Replay a recipe: a .json, or a model merged by emaki.")
+    ] = None,
+    save_recipe: Annotated[
+        Path | None, typer.Option("--save-recipe", help="Also write the recipe as JSON here.")
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
 ) -> None:
     """Merge checkpoints in constant memory; the recipe goes into the output's metadata."""
@@ -85,11 +131,23 @@ def merge_command(
 
     base_dir = None
     if recipe is not None:
-        given = {"models": models, "--mode": mode, "--alpha": alpha, "--blocks": blocks, "--te-alpha": te_alpha,
-                 "--vae-alpha": vae_alpha, "--dtype": dtype, "--vae": vae, "--discard": discard, "--name": name}
+        given = {
+            "models": models,
+            "--mode": mode,
+            "--alpha": alpha,
+            "--blocks": blocks,
+            "--te-alpha": te_alpha,
+            "--vae-alpha": vae_alpha,
+            "--dtype": dtype,
+            "--vae": vae,
+            "--discard": discard,
+            "--name": name,
+        }
         extra = [flag for flag, value in given.items() if value]
         if extra:
-            raise MergeError(f"--recipe replays a recipe as written; drop {', '.join(extra)} (or edit the recipe)")
+            raise MergeError(
+                f"--recipe replays a recipe as written; drop {', '.join(extra)} (or edit the recipe)"
+            )
         the_recipe = load_recipe(recipe)
         base_dir = recipe.parent
         if out is None and isinstance(the_recipe.extra.get("output"), str):
@@ -98,42 +156,83 @@ def merge_command(
         paths = list(models or [])
         if not paths:
             raise MergeError("merge: give models A B [C], or --recipe FILE")
-        mode = mode or ("no-interpolation" if len(paths) == 1 else "add-difference" if len(paths) == 3 else "weighted-sum")
-        refs: list[InputRef | None] = [InputRef(str(p)) for p in paths] + [None] * (3 - len(paths))
+        mode = mode or (
+            "no-interpolation"
+            if len(paths) == 1
+            else "add-difference"
+            if len(paths) == 3
+            else "weighted-sum"
+        )
         if len(paths) > 3:
             raise MergeError(f"merge: at most three models (A B C), got {len(paths)}")
+        refs = [InputRef(str(p)) for p in paths]
         the_recipe = MergeRecipe(
-            mode=mode, a=refs[0], b=refs[1], c=refs[2],  # type: ignore[arg-type]
+            mode=mode,
+            a=refs[0],
+            b=refs[1] if len(refs) > 1 else None,
+            c=refs[2] if len(refs) > 2 else None,
             alpha=DEFAULT_ALPHA if alpha is None else alpha,
             blocks=parse_blocks(blocks) if blocks else None,
-            text_encoder_alpha=te_alpha, vae_alpha=vae_alpha, dtype=dtype,
-            vae=InputRef(str(vae)) if vae is not None else None, discard=discard, name=name,
+            text_encoder_alpha=te_alpha,
+            vae_alpha=vae_alpha,
+            dtype=dtype,
+            vae=InputRef(str(vae)) if vae is not None else None,
+            discard=discard,
+            name=name,
         )
     if out is None:
         raise MergeError("merge: give the output file with --out OUT.safetensors")
     try:
         with progress_bar("merging") as update:
-            result = merge(the_recipe, out, hashes=HashCache(hash_cache_path()), base_dir=base_dir,
-                           progress=update, overwrite=overwrite)
+            result = merge(
+                the_recipe,
+                out,
+                hashes=HashCache(hash_cache_path()),
+                base_dir=base_dir,
+                progress=update,
+                overwrite=overwrite,
+            )
     except KeyboardInterrupt:
         from emaki.errors import Interrupted
 
         raise Interrupted(f"{out}: merge interrupted; nothing was written") from None
     for path in result.rebuilt:
-        err_console.print(f"recomputed {path} from its recipe (file missing or changed)", highlight=False)
+        err_console.print(
+            f"recomputed {path} from its recipe (file missing or changed)", highlight=False
+        )
     if save_recipe is not None:
         write_recipe(result.recipe, save_recipe, output=result.path)
-    err_console.print(f"{result.nbytes / 1e9:.2f} GB of weights in {result.seconds:.1f} s", highlight=False)
+    err_console.print(
+        f"{result.nbytes / 1e9:.2f} GB of weights in {result.seconds:.1f} s", highlight=False
+    )
     console.print(str(result.path), highlight=False, soft_wrap=True)
 
 
 @app.command("lineage")
 def lineage_command(
     model: Annotated[Path, typer.Argument(help="The model to explain.")],
-    more: Annotated[list[Path] | None, typer.Argument(metavar="[CANDIDATES]...", help="More candidates.", show_default=False)] = None,
-    candidates: Annotated[list[Path] | None, typer.Option("--candidates", "-c", help="Candidate parents: --candidates A B C ...", show_default=False)] = None,
+    more: Annotated[
+        list[Path] | None,
+        typer.Argument(metavar="[CANDIDATES]...", help="More candidates.", show_default=False),
+    ] = None,
+    candidates: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--candidates",
+            "-c",
+            help="Candidate parents: --candidates A B C ...",
+            show_default=False,
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
-    nonnegative: Annotated[bool, typer.Option("--nonnegative", "--sparse", help="Coefficients ≥ 0; candidates not taking part get exactly 0.")] = False,
+    nonnegative: Annotated[
+        bool,
+        typer.Option(
+            "--nonnegative",
+            "--sparse",
+            help="Coefficients ≥ 0; candidates not taking part get exactly 0.",
+        ),
+    ] = False,
 ) -> None:
     """Estimate, block by block, which candidates a model was merged from and in what amounts."""
     from emaki.merge import trace_lineage
@@ -142,7 +241,9 @@ def lineage_command(
     if not paths:
         raise EmakiError("lineage: give candidate models with --candidates A B ...")
     with progress_bar("comparing") as update:
-        result = trace_lineage(model, [str(p) for p in paths], nonnegative=nonnegative, progress=update)
+        result = trace_lineage(
+            model, [str(p) for p in paths], nonnegative=nonnegative, progress=update
+        )
     if as_json:
         print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
     else:
@@ -161,11 +262,16 @@ def hash_command(
 
     cache = HashCache(None if no_cache else hash_cache_path())
     results: dict[str, dict[str, Any]] = {}
-    for path in files:
-        if not path.is_file():
-            raise EmakiError(f"{path}: no such file")
-        h = cache.get(path, tensor_data=True)
-        results[str(path)] = {"legacy": h.legacy, "autov2": h.autov2, "sha256": h.sha256, "tensor_data": h.tensor_data}
+    for file in files:
+        if not file.is_file():
+            raise EmakiError(f"{file}: no such file")
+        found = cache.get(file, tensor_data=True)
+        results[str(file)] = {
+            "legacy": found.legacy,
+            "autov2": found.autov2,
+            "sha256": found.sha256,
+            "tensor_data": found.tensor_data,
+        }
     if as_json:
         print(json.dumps(results, indent=2))
         return
