@@ -27,7 +27,7 @@ from emaki.output import dated_folder, save_png
 from emaki.params import MAX_SEED, GenerationParams
 from emaki.prompts import PromptEncoder, encode_negative_prompts, encode_prompts, extract_networks
 from emaki.safety import ensure_allowed
-from emaki.sampling import ImageRNG, get_sampler, parse_sampler_name, sigmas_for
+from emaki.sampling import ImageRNG, brownian_noise_sampler, get_sampler, parse_sampler_name, sigmas_for
 from emaki.sampling.denoiser import CFGDenoiser, DiscreteEpsDenoiser
 from emaki.sampling.progress import StepInfo
 
@@ -172,10 +172,11 @@ def generate(
             unconds = encode_negative_prompts(encoder, [params.negative_prompt] * batch, schedule_steps,
                                               dialect=params.prompt_dialect)
         rng = ImageRNG(latent_shape, seeds, subseeds=subseeds, subseed_strength=params.subseed_strength,
-                       seed_resize_from_h=params.seed_resize_from_h // factor if params.seed_resize_from_h else 0,
-                       seed_resize_from_w=params.seed_resize_from_w // factor if params.seed_resize_from_w else 0,
+                       seed_resize_from_h=params.seed_resize_from_h, seed_resize_from_w=params.seed_resize_from_w,
                        source=params.rng, eta_noise_seed_delta=params.eta_noise_seed_delta)
-        x = rng.first().to(policy.device) * sigmas[0]
+        x = sampler.initial_latent(rng.first().to(policy.device), sigmas[0])
+        noise_sampler = (brownian_noise_sampler(x, sigmas, seeds) if sampler.brownian_noise
+                         else rng.noise_sampler())
         guided = CFGDenoiser(denoise_model, conds, unconds, params.cfg_scale)
 
         def on_step(info: StepInfo, batch_index: int = batch_index) -> None:
@@ -185,7 +186,7 @@ def generate(
                 progress(GenerationProgress(batch_index, params.n_iter, info.step + 1, info.total, info.x))
 
         with torch.inference_mode():
-            latents = sampler(guided, x, sigmas.to(policy.device), noise_sampler=lambda s, sn: rng.next().to(policy.device),
+            latents = sampler(guided, x, sigmas.to(policy.device), noise_sampler=noise_sampler,
                               callback=on_step, **options)
         for i, image in enumerate(_decode(model, latents, policy)):
             text = infotext_for(params, model, seeds[i], subseeds[i], sampler_name, schedule,

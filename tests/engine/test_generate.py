@@ -98,3 +98,16 @@ def test_bf16_precision_runs_close_to_fp32(tiny_safetensors):
     full = np.asarray(generate(params, save=False).images[0].image).astype(np.int16)
     half = np.asarray(generate(params, save=False, policy=DevicePolicy.choose("bf16")).images[0].image)
     assert np.abs(full - half.astype(np.int16)).mean() < 8
+
+
+@pytest.mark.filterwarnings("ignore:Should have tb<=t1")  # torchsde's float32 round-off at sigma_max
+def test_every_sampler_runs_by_name_through_the_engine(tiny_safetensors):
+    from emaki.sampling import SAMPLERS
+
+    names = [s.name for s in (SAMPLERS.values() if isinstance(SAMPLERS, dict) else SAMPLERS)]
+    assert len(names) >= 18
+    for name in names:
+        params = GenerationParams.create(prompt="1girl", model=str(tiny_safetensors), seed=9, steps=2,
+                                         width=16, height=16, sampler_name=name)
+        first = pixels(generate(params, save=False))
+        assert np.array_equal(first, pixels(generate(params, save=False))), name
