@@ -100,7 +100,6 @@ def test_bf16_precision_runs_close_to_fp32(tiny_safetensors):
     assert np.abs(full - half.astype(np.int16)).mean() < 8
 
 
-@pytest.mark.filterwarnings("ignore:Should have tb<=t1")  # torchsde's float32 round-off at sigma_max
 def test_every_sampler_runs_by_name_through_the_engine(tiny_safetensors):
     from emaki.sampling import SAMPLERS
 

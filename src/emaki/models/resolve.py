@@ -33,6 +33,11 @@ def resolve_model(name: str | None, search: list[Path] | None = None) -> str:
             candidate = folder / f"{name}{suffix}"
             if candidate.is_file():
                 return str(candidate)
+    from emaki.demo import demo_model_path
+
+    demo = demo_model_path()
+    if name in (demo.stem, demo.name) and demo.is_file():  # infotexts name the demo model so
+        return str(demo)
     if looks_like_hub_id(name):
         return name
     raise ModelLoadError(f"{name}: no such model file, model name or hub id")
