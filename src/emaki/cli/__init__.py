@@ -24,6 +24,7 @@ def _register_commands() -> None:
     # Each module adds its commands to `app` when imported.
     from emaki.cli import generate  # noqa: F401
     from emaki.cli import merge  # noqa: F401
+    from emaki.cli import models  # noqa: F401
     from emaki.cli import tokens  # noqa: F401
 
 

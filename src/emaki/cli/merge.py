@@ -90,7 +90,8 @@ def merge_command(
     blocks: Annotated[
         str | None,
         typer.Option(
-            help="25 comma-separated UNet block weights IN00-IN11,M00,OUT00-OUT11 (replace α there)."
+            help="25 comma-separated UNet block weights IN00-IN11,M00,OUT00-OUT11 "
+            "(replace α there)."
         ),
     ] = None,
     te_alpha: Annotated[
@@ -146,7 +147,8 @@ def merge_command(
         extra = [flag for flag, value in given.items() if value]
         if extra:
             raise MergeError(
-                f"--recipe replays a recipe as written; drop {', '.join(extra)} (or edit the recipe)"
+                f"--recipe replays a recipe as written; drop {', '.join(extra)} "
+                "(or edit the recipe)"
             )
         the_recipe = load_recipe(recipe)
         base_dir = recipe.parent

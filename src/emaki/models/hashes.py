@@ -121,13 +121,17 @@ class HashCache:
         stat = path.stat()
         key = str(path)
         entry = self._entries.get(key)
-        fresh = isinstance(entry, dict) and entry.get("size") == stat.st_size and entry.get("mtime_ns") == stat.st_mtime_ns
+        fresh = (isinstance(entry, dict) and entry.get("size") == stat.st_size
+                 and entry.get("mtime_ns") == stat.st_mtime_ns)
         if fresh and entry is not None and (not tensor_data or "tensor_data" in entry):
             return FileHashes(entry["sha256"], entry["legacy"], entry.get("tensor_data"))
         hashes = file_hashes(path, tensor_data=tensor_data)
         with self._lock:
-            self._entries[key] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": hashes.sha256,
-                                  "legacy": hashes.legacy, **({"tensor_data": hashes.tensor_data} if tensor_data else {})}
+            entry = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                     "sha256": hashes.sha256, "legacy": hashes.legacy}
+            if tensor_data:
+                entry["tensor_data"] = hashes.tensor_data
+            self._entries[key] = entry
             self._save()
         return hashes
 
@@ -137,7 +141,8 @@ class HashCache:
         try:
             self.cache_file.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.cache_file.with_name(f".{self.cache_file.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"version": 1, "files": self._entries}, indent=1), encoding="utf-8")
+            text = json.dumps({"version": 1, "files": self._entries}, indent=1)
+            tmp.write_text(text, encoding="utf-8")
             os.replace(tmp, self.cache_file)
         except OSError:
             pass  # an unwritable cache only costs time

@@ -1,0 +1,343 @@
+"""Merge recipes as data: what was merged (paths and sha256), how, with which options.
+
+A recipe is JSON:
+
+```json
+{"emaki_merge_recipe": 1, "mode": "weighted-sum", "alpha": 0.3,
+ "blocks": null, "text_encoder_alpha": null, "vae_alpha": null, "dtype": "fp16",
+ "inputs": {"a": {"path": "/m/nai.safetensors", "sha256": "…", "legacy_hash": "…", "recipe": null},
+            "b": {"path": "/m/wd13.ckpt", "sha256": "…", "legacy_hash": "…", "recipe": null},
+            "c": null},
+ "vae": null, "discard": null, "name": null}
+```
+
+An input that is itself an emaki merge carries its own recipe, so a merge of merges can be
+rebuilt from the leaves when an intermediate file is gone. The same JSON (canonical: sorted
+keys, no spaces) goes into the output's `emaki_merge_recipe` metadata next to A1111's
+`sd_merge_recipe` and `sd_merge_models` (specs/FORMATS.md §7.1), so replaying a recipe writes a
+bit-identical file. A saved recipe file may add `"output"`, the path it was written to.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from emaki.errors import EmakiError
+from emaki.merge.blocks import UNET_BLOCKS
+
+RECIPE_VERSION = 1
+RECIPE_METADATA_KEY = "emaki_merge_recipe"
+MODES = ("weighted-sum", "add-difference", "no-interpolation")
+DTYPES = ("fp16", "bf16", "fp32")
+A1111_METHODS = {
+    "weighted-sum": "Weighted sum",
+    "add-difference": "Add difference",
+    "no-interpolation": "No interpolation",
+}
+
+
+class MergeError(EmakiError, ValueError):
+    """A merge cannot be done as asked: bad recipe, incompatible models, missing inputs."""
+
+
+@dataclass(frozen=True)
+class InputRef:
+    """One input model: where it was, what it hashed to, and how it was made if emaki made it."""
+
+    path: str
+    sha256: str | None = None
+    legacy_hash: str | None = None
+    recipe: MergeRecipe | None = None
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).name
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "sha256": self.sha256,
+            "legacy_hash": self.legacy_hash,
+            "recipe": self.recipe.to_dict() if self.recipe else None,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> InputRef:
+        if isinstance(data, str):
+            return cls(path=data)
+        if not isinstance(data, dict) or not isinstance(data.get("path"), str):
+            raise MergeError(f"recipe: {where} must be an object with a 'path' string")
+        nested = data.get("recipe")
+        return cls(
+            path=data["path"],
+            sha256=_opt_str(data.get("sha256"), f"{where}.sha256"),
+            legacy_hash=_opt_str(data.get("legacy_hash"), f"{where}.legacy_hash"),
+            recipe=MergeRecipe.from_dict(nested, f"{where}.recipe") if nested else None,
+        )
+
+
+@dataclass(frozen=True)
+class MergeRecipe:
+    """How to make one model from two or three (mode, α or 25 block weights, options)."""
+
+    mode: str
+    a: InputRef
+    b: InputRef | None = None
+    c: InputRef | None = None
+    alpha: float = 0.5
+    blocks: tuple[float, ...] | None = None
+    text_encoder_alpha: float | None = None
+    vae_alpha: float | None = None
+    dtype: str | None = None
+    vae: InputRef | None = None
+    discard: str | None = None
+    name: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if self.mode not in MODES:
+            raise MergeError(f"recipe: mode {self.mode!r} is not one of {', '.join(MODES)}")
+        wanted = {"weighted-sum": 2, "add-difference": 3, "no-interpolation": 1}[self.mode]
+        given = 1 + (self.b is not None) + (self.c is not None)
+        if self.c is not None and self.b is None:
+            raise MergeError("recipe: model C given without model B")
+        if given != wanted:
+            raise MergeError(
+                f"recipe: {self.mode} takes {wanted} model{'s' if wanted > 1 else ''} "
+                f"(A{', B' if wanted > 1 else ''}"
+                f"{', C' if wanted > 2 else ''}), got {given}"
+            )
+        for name, value in (
+            ("alpha", self.alpha),
+            ("text_encoder_alpha", self.text_encoder_alpha),
+            ("vae_alpha", self.vae_alpha),
+        ):
+            if value is not None and not (isinstance(value, int | float) and math.isfinite(value)):
+                raise MergeError(f"recipe: {name} must be a finite number, got {value!r}")
+        if self.blocks is not None:
+            if len(self.blocks) != len(UNET_BLOCKS):
+                raise MergeError(
+                    f"recipe: blocks needs {len(UNET_BLOCKS)} values (IN00-IN11, M00, "
+                    f"OUT00-OUT11), got {len(self.blocks)}"
+                )
+            if not all(isinstance(v, int | float) and math.isfinite(v) for v in self.blocks):
+                raise MergeError("recipe: every block weight must be a finite number")
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise MergeError(f"recipe: dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
+        if self.discard is not None:
+            import re
+
+            try:
+                re.compile(self.discard)
+            except re.error as e:
+                raise MergeError(
+                    f"recipe: discard regex {self.discard!r} is invalid ({e})"
+                ) from None
+
+    @property
+    def inputs(self) -> dict[str, InputRef]:
+        return {k: v for k, v in (("a", self.a), ("b", self.b), ("c", self.c)) if v is not None}
+
+    def block_alpha(self, block: str | None) -> float:
+        """The α for a key of `block` (blocks.py): block weights, TE/VAE α, else `alpha`."""
+        if block == "TE" and self.text_encoder_alpha is not None:
+            return float(self.text_encoder_alpha)
+        if block == "VAE" and self.vae_alpha is not None:
+            return float(self.vae_alpha)
+        if self.blocks is not None and block in UNET_BLOCKS:
+            return float(self.blocks[UNET_BLOCKS.index(block)])
+        return float(self.alpha)
+
+    def default_name(self) -> str:
+        """A1111's default output name (specs §7.1)."""
+        a = Path(self.a.path).stem
+        if self.mode == "weighted-sum":
+            assert self.b is not None
+            b = Path(self.b.path).stem
+            return f"{round(1 - self.alpha, 2)}({a}) + {round(self.alpha, 2)}({b})"
+        if self.mode == "add-difference":
+            assert self.b is not None and self.c is not None
+            return (
+                f"{a} + {round(self.alpha, 2)}({Path(self.b.path).stem} - {Path(self.c.path).stem})"
+            )
+        return a
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "emaki_merge_recipe": RECIPE_VERSION,
+            "mode": self.mode,
+            "alpha": self.alpha,
+            "blocks": list(self.blocks) if self.blocks is not None else None,
+            "text_encoder_alpha": self.text_encoder_alpha,
+            "vae_alpha": self.vae_alpha,
+            "dtype": self.dtype,
+            "inputs": {
+                k: (ref.to_dict() if ref else None)
+                for k, ref in (("a", self.a), ("b", self.b), ("c", self.c))
+            },
+            "vae": self.vae.to_dict() if self.vae else None,
+            "discard": self.discard,
+            "name": self.name,
+        }
+        return data
+
+    def to_json(self) -> str:
+        """Canonical JSON (sorted keys, no spaces): the form written into model metadata."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "recipe") -> MergeRecipe:
+        if not isinstance(data, dict):
+            raise MergeError(f"{where}: expected a JSON object")
+        version = data.get("emaki_merge_recipe", RECIPE_VERSION)
+        if version != RECIPE_VERSION:
+            raise MergeError(
+                f"{where}: recipe version {version!r} is not supported (expected {RECIPE_VERSION})"
+            )
+        inputs = data.get("inputs")
+        if not isinstance(inputs, dict) or not inputs.get("a"):
+            raise MergeError(f"{where}: 'inputs' must hold at least model 'a'")
+        refs = {
+            k: InputRef.from_dict(inputs[k], f"{where}.inputs.{k}") if inputs.get(k) else None
+            for k in ("a", "b", "c")
+        }
+        blocks = data.get("blocks")
+        if blocks is not None and not isinstance(blocks, list):
+            raise MergeError(f"{where}: 'blocks' must be a list of {len(UNET_BLOCKS)} numbers")
+        try:
+            return cls(
+                mode=str(data.get("mode", "weighted-sum")),
+                a=refs["a"],  # type: ignore[arg-type]
+                b=refs["b"],
+                c=refs["c"],
+                alpha=data.get("alpha", 0.5),
+                blocks=tuple(blocks) if blocks is not None else None,
+                text_encoder_alpha=data.get("text_encoder_alpha"),
+                vae_alpha=data.get("vae_alpha"),
+                dtype=data.get("dtype"),
+                vae=InputRef.from_dict(data["vae"], f"{where}.vae") if data.get("vae") else None,
+                discard=_opt_str(data.get("discard"), f"{where}.discard"),
+                name=_opt_str(data.get("name"), f"{where}.name"),
+                extra={k: v for k, v in data.items() if k == "output"},
+            )
+        except MergeError as e:
+            raise MergeError(str(e).replace("recipe:", f"{where}:", 1)) from None
+
+    def with_inputs(self, **refs: InputRef | None) -> MergeRecipe:
+        return replace(self, **refs)  # type: ignore[arg-type]
+
+
+def _opt_str(value: Any, where: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise MergeError(f"recipe: {where} must be a string")
+
+
+def load_recipe(path: str | Path) -> MergeRecipe:
+    """A recipe from a `.json` file, or the one embedded in a model merged by emaki."""
+    path = Path(path)
+    if not path.is_file():
+        raise MergeError(f"{path}: no such recipe file")
+    with open(path, "rb") as f:
+        head = f.read(1)
+    if head in (b"{", b" ", b"\n", b"\t", b"\r", b"\xef"):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8-sig"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise MergeError(f"{path}: not a valid recipe JSON file ({e})") from None
+        return MergeRecipe.from_dict(data, str(path))
+    from emaki.models.safe_load import read_safetensors_metadata, sniff_format
+
+    if sniff_format(path) != "safetensors":
+        raise MergeError(f"{path}: expected a recipe .json or a .safetensors model merged by emaki")
+    text = read_safetensors_metadata(path).get(RECIPE_METADATA_KEY)
+    if not text:
+        raise MergeError(
+            f"{path}: the model has no '{RECIPE_METADATA_KEY}' metadata (not merged by emaki)"
+        )
+    return MergeRecipe.from_dict(json.loads(text), f"{path}:{RECIPE_METADATA_KEY}")
+
+
+def save_recipe(recipe: MergeRecipe, path: str | Path, *, output: str | Path | None = None) -> Path:
+    """Write `recipe` as indented JSON (with the output path, for information)."""
+    data = recipe.to_dict()
+    if output is not None:
+        data["output"] = str(output)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return path
+
+
+@dataclass(frozen=True)
+class InputFacts:
+    """What the output's metadata says about one input: name, hashes, its own metadata."""
+
+    name: str
+    sha256: str
+    legacy_hash: str
+    metadata: dict[str, str]
+
+
+def _parsed(value: str | None) -> Any:
+    if not value:
+        return None
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return None
+
+
+def merge_metadata(
+    recipe: MergeRecipe,
+    facts: dict[str, InputFacts],
+    *,
+    is_inpainting: bool,
+    is_instruct_pix2pix: bool,
+    architecture: str | None,
+) -> dict[str, str]:
+    """The output's safetensors metadata: A1111's merge keys plus emaki's recipe (all strings)."""
+    a1111_recipe = {
+        "type": "webui",
+        "primary_model_hash": facts["a"].sha256,
+        "secondary_model_hash": facts["b"].sha256 if "b" in facts else None,
+        "tertiary_model_hash": facts["c"].sha256 if "c" in facts else None,
+        "interp_method": A1111_METHODS[recipe.mode],
+        "multiplier": recipe.alpha,
+        "save_as_half": recipe.dtype == "fp16",
+        "custom_name": recipe.name if recipe.name is not None else recipe.default_name(),
+        "config_source": 0,
+        "bake_in_vae": Path(recipe.vae.path).name if recipe.vae else "None",
+        "discard_weights": recipe.discard or "",
+        "is_inpainting": is_inpainting,
+        "is_instruct_pix2pix": is_instruct_pix2pix,
+    }
+    models: dict[str, Any] = {}
+    for key in ("a", "b", "c"):
+        if key not in facts:
+            continue
+        fact = facts[key]
+        models[fact.sha256] = {
+            "name": fact.name,
+            "legacy_hash": fact.legacy_hash,
+            "sd_merge_recipe": _parsed(fact.metadata.get("sd_merge_recipe")),
+        }
+        own = _parsed(fact.metadata.get("sd_merge_models"))
+        if isinstance(own, dict):
+            models.update(own)
+    metadata = {
+        "format": "pt",
+        "sd_merge_recipe": json.dumps(a1111_recipe),
+        "sd_merge_models": json.dumps(models),
+        RECIPE_METADATA_KEY: recipe.to_json(),
+    }
+    if architecture is not None:
+        metadata["emaki_config"] = architecture
+    return metadata

@@ -1,0 +1,346 @@
+"""Checkpoints opened for streaming: tensor names, dtypes and shapes up front, data on demand.
+
+A source never holds a whole model. `read(key, start, count)` returns elements
+`[start, start + count)` of the flattened tensor, read with one positioned read into a buffer the
+source reuses, so a result is valid until the next `read` on the same source.
+
+* `.safetensors`: the JSON header is parsed and checked here (offsets inside the file, sizes
+  matching shapes, no overlaps); data comes from `os.preadv` at the recorded offsets.
+* `.ckpt`/`.pt` (torch zip): the pickle is run through torch's restricted (`weights_only`)
+  unpickler with emaki's allowlist and `map_location="meta"`, which builds shape-only tensors
+  and records where each storage's bytes lie in the (uncompressed) zip. Data is then read with
+  positioned reads like safetensors. Nothing is memory-mapped, so resident memory does not grow
+  with the file (a `mmap=True` load would keep every touched page in RSS until the kernel
+  evicts it).
+* Old (pre-1.6, non-zip) torch pickles interleave pickle and data and cannot be read lazily,
+  and zip checkpoints whose tensors are strided views into a shared storage are rare enough
+  not to deserve a reader of their own: both are loaded whole with the restricted loader
+  (memory = file size). These are the only exceptions.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import re
+import struct
+import zipfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from emaki.errors import ModelLoadError
+from emaki.models import safe_load
+
+SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+}
+DTYPE_NAMES: dict[torch.dtype, str] = {v: k for k, v in SAFETENSORS_DTYPES.items()}
+_MAX_HEADER = 100 * 1024 * 1024
+_OLD_TEXT_KEY = re.compile(
+    r"^cond_stage_model\.transformer\.(embeddings|encoder|final_layer_norm)\."
+)
+
+
+def normalize_key(key: str) -> str:
+    """Old text-encoder names → `cond_stage_model.transformer.text_model.…` (specs §7.1)."""
+    return _OLD_TEXT_KEY.sub(r"cond_stage_model.transformer.text_model.\1.", key)
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * self.dtype.itemsize
+
+
+class TensorSource(Protocol):
+    """What the merger and lineage read: a checkpoint file or a merge computed on the fly."""
+
+    @property
+    def label(self) -> str: ...
+    @property
+    def metadata(self) -> dict[str, str]: ...
+
+    def keys(self) -> list[str]: ...
+    def info(self, key: str) -> TensorInfo: ...
+    def read(self, key: str, start: int, count: int) -> torch.Tensor: ...
+    def close(self) -> None: ...
+
+
+class _Buffer:
+    """One growable byte buffer, reused by every read of a source."""
+
+    def __init__(self) -> None:
+        self.data = torch.empty(0, dtype=torch.uint8)
+
+    def take(self, nbytes: int) -> torch.Tensor:
+        if self.data.numel() < nbytes:
+            self.data = torch.empty(nbytes, dtype=torch.uint8)
+        return self.data[:nbytes]
+
+
+def _read_exactly(fd: int, view: memoryview, offset: int, path: Path) -> None:
+    done = 0
+    while done < len(view):
+        n = (
+            os.preadv(fd, [view[done:]], offset + done)
+            if hasattr(os, "preadv")
+            else _pread_into(fd, view[done:], offset + done)
+        )
+        if n <= 0:
+            raise ModelLoadError(
+                f"{path}: truncated file (wanted {len(view)} bytes at offset {offset})"
+            )
+        done += n
+
+
+def _pread_into(fd: int, view: memoryview, offset: int) -> int:
+    data = os.pread(fd, len(view), offset)
+    view[: len(data)] = data
+    return len(data)
+
+
+class _RangeSource:
+    """A file whose tensors are contiguous byte ranges: (offset, info) per key."""
+
+    def __init__(
+        self, path: Path, entries: dict[str, tuple[int, TensorInfo]], metadata: dict[str, str]
+    ):
+        self.path = path
+        self.label = str(path)
+        self.metadata = metadata
+        self._entries = entries
+        self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        self._buffer = _Buffer()
+
+    def keys(self) -> list[str]:
+        return list(self._entries)
+
+    def info(self, key: str) -> TensorInfo:
+        return self._entries[key][1]
+
+    def read(self, key: str, start: int, count: int) -> torch.Tensor:
+        offset, info = self._entries[key]
+        size = info.dtype.itemsize
+        raw = self._buffer.take(count * size)
+        if count:
+            _read_exactly(self._fd, memoryview(raw.numpy()), offset + start * size, self.path)  # type: ignore[arg-type]
+        return raw.view(info.dtype)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def parse_safetensors_header(
+    path: Path,
+) -> tuple[dict[str, tuple[int, TensorInfo]], dict[str, str]]:
+    """{key: (absolute data offset, info)} and `__metadata__`, checked against the file size."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ModelLoadError(f"{path}: truncated safetensors file ({size} bytes)")
+        (header_len,) = struct.unpack("<Q", head)
+        if header_len > _MAX_HEADER or 8 + header_len > size:
+            raise ModelLoadError(
+                f"{path}: corrupt safetensors header (length {header_len}, file {size} bytes)"
+            )
+        try:
+            header = json.loads(f.read(header_len))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ModelLoadError(f"{path}: corrupt safetensors header ({e})") from None
+    if not isinstance(header, dict):
+        raise ModelLoadError(f"{path}: corrupt safetensors header (not a JSON object)")
+    raw_meta = header.pop("__metadata__", None) or {}
+    metadata = {str(k): str(v) for k, v in raw_meta.items()} if isinstance(raw_meta, dict) else {}
+    data_start = 8 + header_len
+    data_size = size - data_start
+    entries: dict[str, tuple[int, TensorInfo]] = {}
+    spans = []
+    for key, desc in header.items():
+        try:
+            dtype = SAFETENSORS_DTYPES[desc["dtype"]]
+            shape = tuple(int(d) for d in desc["shape"])
+            begin, end = (int(x) for x in desc["data_offsets"])
+        except KeyError as e:
+            raise ModelLoadError(
+                f"{path}: corrupt safetensors header: tensor {key!r} lacks or has an unknown {e}"
+            ) from None
+        except (TypeError, ValueError):
+            raise ModelLoadError(
+                f"{path}: corrupt safetensors header: bad entry for tensor {key!r}"
+            ) from None
+        info = TensorInfo(dtype, shape)
+        if min(shape, default=0) < 0 or begin < 0 or end - begin != info.nbytes:
+            raise ModelLoadError(
+                f"{path}: corrupt safetensors header: tensor {key!r} has {end - begin} bytes, "
+                f"its shape {list(shape)} and dtype need {info.nbytes}"
+            )
+        if end > data_size:
+            raise ModelLoadError(
+                f"{path}: truncated safetensors file: tensor {key!r} ends at byte "
+                f"{data_start + end}, "
+                f"the file has {size}"
+            )
+        spans.append((begin, end, key))
+        entries[normalize_key(key)] = (data_start + begin, info)
+    spans.sort()
+    for (_, end0, k0), (begin1, _, k1) in itertools.pairwise(spans):
+        if begin1 < end0:
+            raise ModelLoadError(
+                f"{path}: corrupt safetensors header: tensors {k0!r} and {k1!r} overlap"
+            )
+    return entries, metadata
+
+
+def _unwrap(data: Any, path: Path) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{path}: expected a dict of tensors, found {type(data).__name__}")
+    inner = data.get("state_dict", data)
+    return inner if isinstance(inner, dict) else data
+
+
+def _torch_zip_entries(path: Path) -> dict[str, tuple[int, TensorInfo]]:
+    """Shape-only load through the restricted unpickler; offsets of each tensor's bytes."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            for member in z.infolist():
+                if member.compress_type != zipfile.ZIP_STORED:
+                    raise ModelLoadError(
+                        f"{path}: compressed member {member.filename!r}; torch checkpoints are "
+                        "stored uncompressed"
+                    )
+                if member.filename.endswith("/byteorder") and z.read(member).strip() not in (
+                    b"little",
+                    b"",
+                ):
+                    raise ModelLoadError(f"{path}: big-endian checkpoint; not supported")
+    except zipfile.BadZipFile as e:
+        raise ModelLoadError(f"{path}: corrupt or truncated checkpoint ({e})") from None
+    try:
+        with torch.serialization.safe_globals(safe_load._allowlist()):
+            data = torch.load(path, map_location="meta", weights_only=True)
+    except Exception as e:  # noqa: BLE001 (the restricted loader's refusals and corrupt files alike)
+        return _rethrow_pickle_error(path, e)
+    entries: dict[str, tuple[int, TensorInfo]] = {}
+    size = path.stat().st_size
+    for key, value in _unwrap(data, path).items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            continue
+        storage = value.untyped_storage()
+        base = getattr(storage, "_checkpoint_offset", None)
+        if base is None:
+            raise ModelLoadError(f"{path}: cannot locate the data of tensor {key!r}")
+        info = TensorInfo(value.dtype, tuple(value.shape))
+        if not value.is_contiguous():
+            raise _NonContiguous(key)
+        offset = base + value.storage_offset() * value.dtype.itemsize
+        if offset + info.nbytes > size:
+            raise ModelLoadError(
+                f"{path}: truncated checkpoint: tensor {key!r} ends past the end of the file"
+            )
+        entries[normalize_key(key)] = (offset, info)
+    return entries
+
+
+class _NonContiguous(Exception):
+    pass
+
+
+def _rethrow_pickle_error(path: Path, error: Exception) -> Any:
+    import pickle
+
+    if isinstance(error, ModelLoadError):
+        raise error
+    if isinstance(error, pickle.UnpicklingError):
+        from emaki.errors import UnsafeFileError
+
+        found = safe_load._UNSUPPORTED_GLOBAL.search(str(error))
+        what = found.group(1) if found else "an object outside the allowlist"
+        raise UnsafeFileError(
+            f"{path}: refused to load: the pickle asks for {what}, which is not allowed "
+            "(only tensors and plain containers are; nothing in the file was executed)"
+        ) from None
+    text = str(error).strip()
+    first = text.splitlines()[0] if text else type(error).__name__
+    raise ModelLoadError(f"{path}: corrupt or truncated checkpoint ({first})") from None
+
+
+class InMemorySource:
+    """Tensors already in memory (old-format pickles; tests)."""
+
+    def __init__(
+        self,
+        tensors: dict[str, torch.Tensor],
+        label: str = "<memory>",
+        metadata: dict[str, str] | None = None,
+    ):
+        self.label = label
+        self.metadata = dict(metadata or {})
+        self._tensors = {
+            normalize_key(k): v.contiguous()
+            for k, v in tensors.items()
+            if isinstance(v, torch.Tensor)
+        }
+
+    def keys(self) -> list[str]:
+        return list(self._tensors)
+
+    def info(self, key: str) -> TensorInfo:
+        t = self._tensors[key]
+        return TensorInfo(t.dtype, tuple(t.shape))
+
+    def read(self, key: str, start: int, count: int) -> torch.Tensor:
+        return self._tensors[key].reshape(-1)[start : start + count]
+
+    def close(self) -> None:
+        pass
+
+
+def open_source(path: str | Path) -> TensorSource:
+    """Open a checkpoint for streaming; the format is sniffed from its content."""
+    path = Path(path)
+    kind = safe_load.sniff_format(path)
+    if kind == safe_load.SAFETENSORS:
+        entries, metadata = parse_safetensors_header(path)
+        return _RangeSource(path, entries, metadata)
+    if kind == safe_load.TORCH_ZIP:
+        try:
+            return _RangeSource(path, _torch_zip_entries(path), {})
+        except _NonContiguous:
+            pass  # views into shared storages: rare; fall through to a whole load
+    data = safe_load.load_pickle(path)
+    return InMemorySource(_unwrap(data, path), str(path))
+
+
+def total_bytes(source: TensorSource, keys: Iterable[str]) -> int:
+    return sum(source.info(k).nbytes for k in keys)
