@@ -19,10 +19,17 @@ from PIL import Image
 import emaki
 from emaki.devices import DevicePolicy
 from emaki.errors import Interrupted
-from emaki.home import outputs_dir
+from emaki.home import embedding_folders, hypernetwork_folders, outputs_dir
 from emaki.infotext import build_infotext
 from emaki.models.loader import DEFAULT_CACHE, LoadedModel, ModelCache
 from emaki.models.resolve import resolve_model
+from emaki.networks import (
+    EmbeddingLibrary,
+    Hypernetwork,
+    HypernetworkLibrary,
+    apply_hypernetworks,
+    ti_hashes,
+)
 from emaki.output import dated_folder, save_png
 from emaki.params import MAX_SEED, GenerationParams
 from emaki.prompts import PromptEncoder, encode_negative_prompts, encode_prompts, extract_networks
@@ -70,8 +77,10 @@ def native_size(model: LoadedModel) -> int:
 
 
 def infotext_for(params: GenerationParams, model: LoadedModel, seed: int, subseed: int,
-                 sampler_name: str, schedule: str, uses_ensd: bool, prompt: str) -> str:
-    """The v1.10.1 field order (specs/FORMATS.md §5.1)."""
+                 sampler_name: str, schedule: str, uses_ensd: bool, prompt: str, *,
+                 embeddings_hashes: str | None = None, hypernetwork: Hypernetwork | None = None) -> str:
+    """The v1.10.1 field order (specs/FORMATS.md §5.1); `TI hashes` and the `Hypernet` fields
+    (of the setting/flag hypernetwork, `params.hypernetwork`) among the extras."""
     variation = params.subseed_strength > 0
     resized = params.seed_resize_from_w > 0 and params.seed_resize_from_h > 0
     fields = {
@@ -91,7 +100,12 @@ def infotext_for(params: GenerationParams, model: LoadedModel, seed: int, subsee
         "Clip skip": params.clip_skip if params.clip_skip > 1 else None,
         "ENSD": params.eta_noise_seed_delta if params.eta_noise_seed_delta and uses_ensd else None,
         "RNG": params.rng if params.rng != "GPU" else None,
+        "TI hashes": embeddings_hashes,  # networks (issue 6)
         "Emphasis": params.emphasis if params.emphasis != "Original" else None,
+        "Hypernet": params.hypernetwork if params.hypernetwork else None,  # networks (issue 6)
+        "Hypernet hash": hypernetwork.shorthash if params.hypernetwork and hypernetwork else None,
+        "Hypernet strength": (float(params.hypernetwork_strength)
+                              if params.hypernetwork and params.hypernetwork_strength != 1 else None),
         "Prompt dialect": "NovelAI" if params.prompt_dialect == "novelai" else None,
         "Eta": params.eta,
         "Version": f"emaki {emaki.__version__}",
@@ -118,6 +132,26 @@ def _decode(model: LoadedModel, latents: torch.Tensor, policy: DevicePolicy) -> 
     return [Image.fromarray(a) for a in arrays]
 
 
+# --- networks (issue 6): embeddings and hypernetworks found in folders, kept between runs ---
+DEFAULT_EMBEDDINGS = EmbeddingLibrary()
+DEFAULT_HYPERNETWORKS = HypernetworkLibrary()
+
+
+def text_encoder_width(model: LoadedModel) -> int:
+    return int(model.components.text_encoder.get_input_embeddings().weight.shape[-1])
+
+
+def hypernetworks_for(params: GenerationParams, networks: list, folders: list[Path],
+                      library: HypernetworkLibrary = DEFAULT_HYPERNETWORKS) -> list[tuple[Hypernetwork, float]]:
+    """`<hypernet:name:strength>` tags of the prompt, then the setting/flag hypernetwork
+    (specs §1.5), each loaded by file stem; other kinds of tags are ignored."""
+    chosen = [(tag.name, tag.multiplier) for tag in networks if tag.kind == "hypernet"]
+    if params.hypernetwork:
+        chosen.append((params.hypernetwork, params.hypernetwork_strength))
+    return [(library.load(name, folders), strength) for name, strength in chosen]
+# --- end networks ---
+
+
 def generate(
     params: GenerationParams,
     *,
@@ -127,8 +161,14 @@ def generate(
     interrupt: threading.Event | None = None,
     policy: DevicePolicy | None = None,
     cache: ModelCache = DEFAULT_CACHE,
+    embeddings_dirs: list[Path] | None = None,
+    hypernetworks_dirs: list[Path] | None = None,
 ) -> GenerationResult:
-    """Make `params.batch_size × params.n_iter` images; write them unless `save=False`."""
+    """Make `params.batch_size × params.n_iter` images; write them unless `save=False`.
+
+    Embeddings come from `embeddings_dirs` and hypernetworks from `hypernetworks_dirs`
+    (default: `EMAKI_HOME/embeddings|hypernetworks` and the A1111 install's folders).
+    """
     ensure_allowed(params.prompt, params.negative_prompt)
     sampler_name, schedule = parse_sampler_name(params.sampler_name, params.scheduler)
     sampler = get_sampler(sampler_name)
@@ -152,9 +192,15 @@ def generate(
 
         raise ParamsError(f"size: {params.width}x{params.height} must be a multiple of {factor} for this model")
     latent_shape = (parts.config.latent_channels, params.height // factor, params.width // factor)
-    prompt_text, _networks = extract_networks(params.prompt)
+    prompt_text, networks = extract_networks(params.prompt)
+    # networks (issue 6): embeddings by name in both prompts; hypernetworks by tag and setting
+    embeddings = DEFAULT_EMBEDDINGS.scan(embeddings_dirs if embeddings_dirs is not None else embedding_folders(),
+                                         expected_width=text_encoder_width(model))
+    hyper_folders = hypernetworks_dirs if hypernetworks_dirs is not None else hypernetwork_folders()
+    hypernetworks = hypernetworks_for(params, networks, hyper_folders)
+    setting_hypernetwork = hypernetworks[-1][0] if params.hypernetwork else None
     encoder = PromptEncoder(parts.text_encoder, parts.tokenizer, clip_skip=params.clip_skip,
-                            emphasis=params.emphasis)
+                            emphasis=params.emphasis, embeddings=embeddings.lookup(parts.tokenizer))
     schedule_steps = params.steps * 2 if sampler.second_order else params.steps
     denoise_model = DiscreteEpsDenoiser(_eps_model(model, policy), parts.alphas_cumprod)
     sigmas = sigmas_for(sampler, schedule, params.steps, denoise_model.model_sigmas)
@@ -162,39 +208,45 @@ def generate(
     result = GenerationResult(params)
     folder = out_dir if out_dir is not None else dated_folder(outputs_dir())
     batch = params.batch_size
-    for batch_index in range(params.n_iter):
-        first = batch_index * batch
-        variation = params.subseed_strength > 0
-        seeds = [params.seed + (0 if variation else first + i) for i in range(batch)]
-        subseeds = [params.subseed + first + i for i in range(batch)]
-        with torch.inference_mode():
-            conds = encode_prompts(encoder, [prompt_text] * batch, schedule_steps, dialect=params.prompt_dialect)
-            unconds = encode_negative_prompts(encoder, [params.negative_prompt] * batch, schedule_steps,
-                                              dialect=params.prompt_dialect)
-        rng = ImageRNG(latent_shape, seeds, subseeds=subseeds, subseed_strength=params.subseed_strength,
-                       seed_resize_from_h=params.seed_resize_from_h, seed_resize_from_w=params.seed_resize_from_w,
-                       source=params.rng, eta_noise_seed_delta=params.eta_noise_seed_delta)
-        x = sampler.initial_latent(rng.first().to(policy.device), sigmas[0])
-        noise_sampler = (brownian_noise_sampler(x, sigmas, seeds) if sampler.brownian_noise
-                         else rng.noise_sampler())
-        guided = CFGDenoiser(denoise_model, conds, unconds, params.cfg_scale)
+    applied = apply_hypernetworks(parts.unet, hypernetworks)  # networks (issue 6)
+    try:
+        for batch_index in range(params.n_iter):
+            first = batch_index * batch
+            variation = params.subseed_strength > 0
+            seeds = [params.seed + (0 if variation else first + i) for i in range(batch)]
+            subseeds = [params.subseed + first + i for i in range(batch)]
+            with torch.inference_mode():
+                conds = encode_prompts(encoder, [prompt_text] * batch, schedule_steps, dialect=params.prompt_dialect)
+                unconds = encode_negative_prompts(encoder, [params.negative_prompt] * batch, schedule_steps,
+                                                  dialect=params.prompt_dialect)
+            rng = ImageRNG(latent_shape, seeds, subseeds=subseeds, subseed_strength=params.subseed_strength,
+                           seed_resize_from_h=params.seed_resize_from_h, seed_resize_from_w=params.seed_resize_from_w,
+                           source=params.rng, eta_noise_seed_delta=params.eta_noise_seed_delta)
+            x = sampler.initial_latent(rng.first().to(policy.device), sigmas[0])
+            noise_sampler = (brownian_noise_sampler(x, sigmas, seeds) if sampler.brownian_noise
+                             else rng.noise_sampler())
+            guided = CFGDenoiser(denoise_model, conds, unconds, params.cfg_scale)
 
-        def on_step(info: StepInfo, batch_index: int = batch_index) -> None:
-            if interrupt is not None and interrupt.is_set():
-                raise Interrupted("interrupted")
-            if progress is not None:
-                progress(GenerationProgress(batch_index, params.n_iter, info.step + 1, info.total, info.x))
+            def on_step(info: StepInfo, batch_index: int = batch_index) -> None:
+                if interrupt is not None and interrupt.is_set():
+                    raise Interrupted("interrupted")
+                if progress is not None:
+                    progress(GenerationProgress(batch_index, params.n_iter, info.step + 1, info.total, info.x))
 
-        with torch.inference_mode():
-            latents = sampler(guided, x, sigmas.to(policy.device), noise_sampler=noise_sampler,
-                              callback=on_step, **options)
-        for i, image in enumerate(_decode(model, latents, policy)):
-            text = infotext_for(params, model, seeds[i], subseeds[i], sampler_name, schedule,
-                                sampler.uses_ensd, params.prompt)
-            path = save_png(image, text, folder, seeds[i]) if save else None
-            result.images.append(GeneratedImage(image, seeds[i], text, path))
+            with torch.inference_mode():
+                latents = sampler(guided, x, sigmas.to(policy.device), noise_sampler=noise_sampler,
+                                  callback=on_step, **options)
+            for i, image in enumerate(_decode(model, latents, policy)):
+                hashes = ti_hashes([*conds[i].embeddings, *unconds[i].embeddings])
+                text = infotext_for(params, model, seeds[i], subseeds[i], sampler_name, schedule,
+                                    sampler.uses_ensd, params.prompt, embeddings_hashes=hashes,
+                                    hypernetwork=setting_hypernetwork)
+                path = save_png(image, text, folder, seeds[i]) if save else None
+                result.images.append(GeneratedImage(image, seeds[i], text, path))
+
+    finally:
+        applied.remove()  # the next generation starts clean
     return result
-
 
 def _eps_model(model: LoadedModel, policy: DevicePolicy) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
     unet = model.components.unet

@@ -43,6 +43,8 @@ class GenerationParams(BaseModel):
     emphasis: Literal["Original", "No norm", "Ignore", "None"] = "Original"
     model: str | None = Field(None, description="checkpoint file, diffusers folder or hub id")
     vae: str | None = None
+    hypernetwork: str | None = Field(None, description="hypernetwork file stem, applied to every prompt")
+    hypernetwork_strength: float = Field(1.0, description="strength of `hypernetwork`")
 
     @field_validator("width", "height")
     @classmethod
@@ -107,6 +109,9 @@ def params_from_infotext(fields: dict[str, str]) -> GenerationParams:
     if "Variation seed" in fields:
         values["subseed"] = number("Variation seed", int)
         values["subseed_strength"] = number("Variation seed strength", float, 0.0)
+    if fields.get("Hypernet"):  # networks (issue 6): pasted as a prompt tag, specs §1.5
+        strength = fields.get("Hypernet strength") or "1.0"
+        values["prompt"] = f"{values['prompt']}<hypernet:{fields['Hypernet']}:{strength}>"
     if "Seed resize from-1" in fields:
         values["seed_resize_from_w"] = number("Seed resize from-1", int)
         values["seed_resize_from_h"] = number("Seed resize from-2", int)

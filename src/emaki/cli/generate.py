@@ -59,6 +59,10 @@ def generate_command(
     from_image: Annotated[Path | None, typer.Option("--from", help="Regenerate from a PNG's parameters (other options override).")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Folder for the images (default: EMAKI_HOME/outputs/<date>).")] = None,
     precision: Annotated[str | None, typer.Option(help="fp32 (default on CPU), bf16, fp16 (GPU).")] = None,
+    hypernetwork: Annotated[str | None, typer.Option("--hypernetwork", help="Hypernetwork (file stem) applied to every prompt; or use <hypernet:NAME:STRENGTH> in the prompt.")] = None,
+    hypernetwork_strength: Annotated[float | None, typer.Option("--hypernetwork-strength", help="Strength of --hypernetwork (default 1).")] = None,
+    embeddings_dir: Annotated[list[Path] | None, typer.Option("--embeddings-dir", help="Folder of embeddings (repeatable; default: EMAKI_HOME/embeddings and EMAKI_A1111/embeddings).")] = None,
+    hypernetworks_dir: Annotated[list[Path] | None, typer.Option("--hypernetworks-dir", help="Folder of hypernetworks (repeatable; default: EMAKI_HOME/hypernetworks and EMAKI_A1111/models/hypernetworks).")] = None,
 ) -> None:
     """Generate images from a prompt (txt2img)."""
     base = params_from_image(from_image) if from_image else GenerationParams()
@@ -78,6 +82,8 @@ def generate_command(
         "eta_noise_seed_delta": ensd,
         "rng": rng,
         "prompt_dialect": prompt_dialect,
+        "hypernetwork": hypernetwork,
+        "hypernetwork_strength": hypernetwork_strength,
     }
     if size is not None:
         overrides["width"], overrides["height"] = parse_size(size)
@@ -99,7 +105,8 @@ def generate_command(
             bar.update(task, description=f"batch {event.batch + 1}/{event.batches}",
                        total=event.steps, completed=event.step)
 
-        result = generate(params, out_dir=out, progress=on_progress, policy=policy)
+        result = generate(params, out_dir=out, progress=on_progress, policy=policy,
+                          embeddings_dirs=embeddings_dir or None, hypernetworks_dirs=hypernetworks_dir or None)
     for image in result.images:
         console.print(str(image.path), highlight=False)
 

@@ -1,0 +1,369 @@
+"""Hypernetworks: A1111 and NovelAI `.pt` files, their modules and the residual MLP (specs §1).
+
+A hypernetwork holds, per context width (768 for the text context of SD 1.x cross-attention,
+320/640/1280 for the self-attention widths), a pair of modules transforming the context fed to
+`to_k` and `to_v`. Each module computes
+
+    y = x + mlp(x) * strength          (specs §1.4; strength is 1 while training)
+
+where `mlp` is built from the file's `layer_structure`, activation, LayerNorm and dropout
+settings exactly as A1111 builds it (§1.3), so A1111 state dicts load without renaming.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from emaki.errors import ModelLoadError, ParamsError
+from emaki.models.hashes import sha256_file
+from emaki.models.safe_load import load_pickle
+
+DEFAULT_LAYER_STRUCTURE = (1.0, 2.0, 1.0)
+DEFAULT_SIZES = (768, 320, 640, 1280)
+WEIGHT_INITIALIZATIONS = ("Normal", "KaimingUniform", "KaimingNormal", "XavierUniform", "XavierNormal")
+
+
+def _activation_classes() -> dict[str, type[nn.Module]]:
+    """Activation names A1111 accepts (specs §1.3): the named ones, then every class of
+    `torch.nn.modules.activation` by lower-cased name. `swish` is Hardswish, not SiLU."""
+    named: dict[str, type[nn.Module]] = {
+        "linear": nn.Identity,
+        "relu": nn.ReLU,
+        "leakyrelu": nn.LeakyReLU,
+        "elu": nn.ELU,
+        "swish": nn.Hardswish,
+        "tanh": nn.Tanh,
+        "sigmoid": nn.Sigmoid,
+    }
+    module = torch.nn.modules.activation
+    for class_name, cls in inspect.getmembers(module, inspect.isclass):
+        if cls.__module__ == module.__name__ and issubclass(cls, nn.Module):
+            named[class_name.lower()] = cls
+    return named
+
+
+ACTIVATIONS: dict[str, type[nn.Module]] = _activation_classes()
+
+
+def dropout_structure_for(layer_structure: Sequence[float], use_dropout: bool,
+                          last_layer_dropout: bool) -> list[float]:
+    """The dropout structure A1111 derives when a file has none (specs §1.2).
+
+    >>> dropout_structure_for([1, 2, 2, 1], True, False)
+    [0, 0.3, 0, 0]
+    >>> dropout_structure_for([1, 2, 2, 1], True, True)
+    [0, 0.3, 0.3, 0]
+    >>> dropout_structure_for([1, 2, 1], False, False)
+    [0, 0, 0]
+    """
+    n = len(layer_structure)
+    if not use_dropout:
+        return [0] * n
+    return [0] + [0.3] * (n - 3) + [0.3 if last_layer_dropout else 0] + [0]
+
+
+_OLD_NAMES = {"linear1.": "linear.0.", "linear2.": "linear.1."}
+
+
+def _rename_old_keys(state: Mapping[str, Any]) -> dict[str, Any]:
+    """`linear1.*` → `linear.0.*`, `linear2.*` → `linear.1.*` (NovelAI / early A1111 files)."""
+    out = {}
+    for key, value in state.items():
+        for old, new in _OLD_NAMES.items():
+            if key.startswith(old):
+                key = new + key[len(old):]
+        out[key] = value
+    return out
+
+
+class HypernetworkModule(nn.Module):
+    """`x + mlp(x) * multiplier`, the MLP laid out as A1111's `HypernetworkModule` (specs §1.3).
+
+    For `i` in `range(len(layer_structure) - 1)`: Linear; the activation (unless none/linear,
+    or the last layer without `activate_output`); LayerNorm if `add_layer_norm` (after every
+    Linear, the last included); Dropout if `dropout_structure[i + 1] > 0`. Parameters are
+    `linear.<index>.weight|bias`.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        state_dict: Mapping[str, torch.Tensor] | None = None,
+        *,
+        layer_structure: Sequence[float] = DEFAULT_LAYER_STRUCTURE,
+        activation_func: str | None = None,
+        weight_initialization: str = "Normal",
+        add_layer_norm: bool = False,
+        activate_output: bool = False,
+        dropout_structure: Sequence[float] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        self.dim = dim
+        self.multiplier = 1.0
+        if len(layer_structure) < 2 or layer_structure[0] != 1 or layer_structure[-1] != 1:
+            raise ParamsError(
+                f"hypernetwork layer_structure must start and end with 1; got {list(layer_structure)}"
+            )
+        if activation_func not in (None, "linear") and activation_func not in ACTIVATIONS:
+            raise ParamsError(
+                f"hypernetwork activation {activation_func!r} is unknown; expected one of "
+                f"{', '.join(sorted(ACTIVATIONS))}"
+            )
+        if dropout_structure is not None and len(dropout_structure) != len(layer_structure):
+            raise ParamsError(
+                f"hypernetwork dropout_structure {list(dropout_structure)} must have as many entries "
+                f"as layer_structure {list(layer_structure)}"
+            )
+        layers: list[nn.Module] = []
+        last = len(layer_structure) - 2
+        for i in range(len(layer_structure) - 1):
+            width_out = int(dim * layer_structure[i + 1])
+            layers.append(nn.Linear(int(dim * layer_structure[i]), width_out))
+            if activation_func not in (None, "linear") and (i < last or activate_output):
+                try:
+                    layers.append(ACTIVATIONS[str(activation_func)]())
+                except TypeError:
+                    raise ParamsError(
+                        f"hypernetwork activation {activation_func!r} needs arguments; A1111 cannot build it either"
+                    ) from None
+            if add_layer_norm:
+                layers.append(nn.LayerNorm(width_out))
+            if dropout_structure is not None and dropout_structure[i + 1] > 0:
+                if not 0 < dropout_structure[i + 1] < 1:
+                    raise ParamsError(f"hypernetwork dropout {dropout_structure[i + 1]} is outside (0, 1)")
+                layers.append(nn.Dropout(p=float(dropout_structure[i + 1])))
+        self.linear = nn.Sequential(*layers)
+        if state_dict is not None:
+            self.load_state_dict(_rename_old_keys(state_dict))
+        else:
+            self._initialize(weight_initialization, activation_func, generator)
+        self.eval()
+
+    def _initialize(self, how: str, activation_func: str | None, generator: torch.Generator | None) -> None:
+        """New-module initialisation (specs §1.3): biases 0; `Normal` is N(0, 0.01) for the
+        Linear *and* LayerNorm weights."""
+        if how not in WEIGHT_INITIALIZATIONS:
+            raise ParamsError(f"weight initialization {how!r}: expected one of {', '.join(WEIGHT_INITIALIZATIONS)}")
+        nonlinearity: Literal["leaky_relu", "relu"] = "leaky_relu" if activation_func == "leakyrelu" else "relu"
+        with torch.no_grad():
+            for layer in self.linear:
+                if not isinstance(layer, nn.Linear | nn.LayerNorm):
+                    continue
+                if how == "Normal":
+                    layer.weight.normal_(0.0, 0.01, generator=generator)
+                elif isinstance(layer, nn.Linear):
+                    if how == "XavierUniform":
+                        nn.init.xavier_uniform_(layer.weight, generator=generator)
+                    elif how == "XavierNormal":
+                        nn.init.xavier_normal_(layer.weight, generator=generator)
+                    elif how == "KaimingUniform":
+                        nn.init.kaiming_uniform_(layer.weight, nonlinearity=nonlinearity, generator=generator)
+                    else:
+                        nn.init.kaiming_normal_(layer.weight, nonlinearity=nonlinearity, generator=generator)
+                layer.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """`x + mlp(x) * multiplier` (multiplier forced to 1 in training mode), in the
+        module's dtype, returned in `x`'s dtype."""
+        return self.apply_with_strength(x, 1.0 if self.training else self.multiplier)
+
+    def apply_with_strength(self, x: torch.Tensor, strength: float) -> torch.Tensor:
+        """`x + mlp(x) * strength`, computed in the module's dtype, returned in `x`'s dtype."""
+        dtype = next(self.parameters()).dtype
+        h = x.to(dtype)
+        return (h + self.linear(h) * strength).to(x.dtype)
+
+
+@dataclass
+class Hypernetwork:
+    """A loaded hypernetwork: its module pairs by context width and A1111's metadata (§1.1)."""
+
+    name: str
+    layers: dict[int, tuple[HypernetworkModule, HypernetworkModule]]
+    layer_structure: list[float] = field(default_factory=lambda: list(DEFAULT_LAYER_STRUCTURE))
+    activation_func: str | None = None
+    weight_initialization: str = "Normal"
+    is_layer_norm: bool = False
+    use_dropout: bool = False
+    activate_output: bool = False
+    dropout_structure: list[float] = field(default_factory=lambda: [0, 0, 0])
+    last_layer_dropout: bool = False
+    step: int = 0
+    sd_checkpoint: str | None = None
+    sd_checkpoint_name: str | None = None
+    optional_info: str | None = None
+    path: Path | None = None
+    sha256: str | None = None
+
+    @property
+    def shorthash(self) -> str | None:
+        """A1111's hypernetwork shorthash: sha256 of the file, first 10 hex (specs §6)."""
+        return self.sha256[:10] if self.sha256 else None
+
+    @property
+    def sizes(self) -> list[int]:
+        return sorted(self.layers)
+
+    def modules(self) -> Iterable[HypernetworkModule]:
+        for k, v in self.layers.values():
+            yield k
+            yield v
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Hypernetwork:
+        for module in self.modules():
+            module.to(device=device, dtype=dtype)
+        return self
+
+    def set_multiplier(self, multiplier: float) -> None:
+        for module in self.modules():
+            module.multiplier = multiplier
+
+    @classmethod
+    def create(
+        cls,
+        name: str,
+        sizes: Iterable[int] = DEFAULT_SIZES,
+        *,
+        layer_structure: Sequence[float] = DEFAULT_LAYER_STRUCTURE,
+        activation_func: str | None = None,
+        weight_initialization: str = "Normal",
+        add_layer_norm: bool = False,
+        use_dropout: bool = False,
+        dropout_structure: Sequence[float] | None = None,
+        last_layer_dropout: bool = False,
+        activate_output: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> Hypernetwork:
+        """A new hypernetwork with freshly initialised modules, as A1111's "Create" does."""
+        structure = [float(x) for x in layer_structure]
+        dropout = (list(dropout_structure) if dropout_structure is not None
+                   else dropout_structure_for(structure, use_dropout, last_layer_dropout))
+
+        def module(size: int) -> HypernetworkModule:
+            return HypernetworkModule(
+                size, layer_structure=structure, activation_func=activation_func,
+                weight_initialization=weight_initialization, add_layer_norm=add_layer_norm,
+                activate_output=activate_output, dropout_structure=dropout, generator=generator)
+
+        layers = {int(size): (module(int(size)), module(int(size))) for size in sizes}
+        return cls(name=name, layers=layers, layer_structure=structure, activation_func=activation_func,
+                   weight_initialization=weight_initialization, is_layer_norm=add_layer_norm,
+                   use_dropout=any(dropout), activate_output=activate_output, dropout_structure=dropout,
+                   last_layer_dropout=last_layer_dropout)
+
+
+def hypernetwork_from_state(data: Mapping[Any, Any], name: str, *, source: str = "hypernetwork") -> Hypernetwork:
+    """Build a `Hypernetwork` from the dict saved in a `.pt` file, with A1111's loader
+    defaults for missing keys (specs §1.2). Only int keys are layers."""
+    layer_structure = [float(x) for x in (data.get("layer_structure") or DEFAULT_LAYER_STRUCTURE)]
+    activation_func = data.get("activation_func")
+    if activation_func is not None:
+        activation_func = str(activation_func)
+    is_layer_norm = bool(data.get("is_layer_norm", False))
+    weight_initialization = str(data.get("weight_initialization") or "Normal")
+    dropout_structure = data.get("dropout_structure")
+    last_layer_dropout = bool(data.get("last_layer_dropout", False))
+    if dropout_structure is not None:
+        dropout_structure = [float(x) for x in dropout_structure]
+        use_dropout = any(dropout_structure)
+    else:
+        use_dropout = bool(data.get("use_dropout", False))
+        dropout_structure = dropout_structure_for(layer_structure, use_dropout, last_layer_dropout)
+    activate_output = bool(data.get("activate_output", True))
+    layers: dict[int, tuple[HypernetworkModule, HypernetworkModule]] = {}
+    for size, pair in data.items():
+        if type(size) is not int:
+            continue
+        if not isinstance(pair, list | tuple) or len(pair) != 2 or not all(isinstance(p, Mapping) for p in pair):
+            raise ModelLoadError(f"{source}: layer {size} is not a (key, value) pair of state dicts")
+        try:
+            layers[size] = tuple(  # type: ignore[assignment]
+                HypernetworkModule(size, state, layer_structure=layer_structure, activation_func=activation_func,
+                                   add_layer_norm=is_layer_norm, activate_output=activate_output,
+                                   dropout_structure=dropout_structure)
+                for state in pair
+            )
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[0]
+            raise ModelLoadError(
+                f"{source}: layer {size} does not fit layer_structure {layer_structure}, "
+                f"activation {activation_func!r}, layer norm {is_layer_norm} ({first})"
+            ) from None
+        except ParamsError as e:
+            raise ModelLoadError(f"{source}: {e}") from None
+    if not layers:
+        raise ModelLoadError(f"{source}: not a hypernetwork (no layers keyed by width such as 768 or 320)")
+    return Hypernetwork(
+        name=str(data.get("name") or name),
+        layers=layers,
+        layer_structure=layer_structure,
+        activation_func=activation_func,
+        weight_initialization=weight_initialization,
+        is_layer_norm=is_layer_norm,
+        use_dropout=use_dropout,
+        activate_output=activate_output,
+        dropout_structure=dropout_structure,
+        last_layer_dropout=last_layer_dropout,
+        step=int(data.get("step") or 0),
+        sd_checkpoint=data.get("sd_checkpoint"),
+        sd_checkpoint_name=data.get("sd_checkpoint_name"),
+        optional_info=data.get("optional_info"),
+    )
+
+
+def load_hypernetwork(path: str | Path) -> Hypernetwork:
+    """A hypernetwork `.pt` (A1111 or NovelAI), loaded with restricted unpickling (§1.1-1.2, §1.6)."""
+    path = Path(path)
+    data = load_pickle(path)
+    if not isinstance(data, Mapping):
+        raise ModelLoadError(f"{path}: not a hypernetwork (expected a dict, found {type(data).__name__})")
+    hypernetwork = hypernetwork_from_state(data, path.stem, source=str(path))
+    hypernetwork.path = path
+    hypernetwork.sha256 = sha256_file(path)
+    return hypernetwork
+
+
+def hypernetwork_state(hn: Hypernetwork) -> dict[Any, Any]:
+    """The dict A1111 v1.10.1 writes (specs §1.1): plain containers and tensors only."""
+    state: dict[Any, Any] = {}
+    for size, (k, v) in sorted(hn.layers.items()):
+        state[int(size)] = (_plain_state(k), _plain_state(v))
+    state.update({
+        "step": int(hn.step),
+        "name": hn.name,
+        "layer_structure": list(hn.layer_structure),
+        "activation_func": hn.activation_func,
+        "is_layer_norm": bool(hn.is_layer_norm),
+        "weight_initialization": hn.weight_initialization,
+        "sd_checkpoint": hn.sd_checkpoint,
+        "sd_checkpoint_name": hn.sd_checkpoint_name,
+        "activate_output": bool(hn.activate_output),
+        "use_dropout": bool(hn.use_dropout),
+        "dropout_structure": list(hn.dropout_structure),
+        "last_layer_dropout": bool(hn.dropout_structure[-2] != 0) if len(hn.dropout_structure) >= 2 else False,
+        "optional_info": hn.optional_info,
+    })
+    return state
+
+
+def _plain_state(module: HypernetworkModule) -> dict[str, torch.Tensor]:
+    return {key: value.detach().cpu().clone() for key, value in module.state_dict().items()}
+
+
+def save_hypernetwork(hn: Hypernetwork, path: str | Path) -> Path:
+    """Write `hn` as an A1111 hypernetwork `.pt` (atomically: temp file, then rename)."""
+    from emaki.models.checkpoint import atomic_write
+
+    path = Path(path)
+    state = hypernetwork_state(hn)
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    return path
+
