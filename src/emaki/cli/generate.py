@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -14,10 +14,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from emaki.cli import app
 from emaki.devices import DevicePolicy
 from emaki.errors import EmakiError, ParamsError
-from emaki.generate import GenerationProgress, generate
 from emaki.infotext import parse_infotext, read_infotext
 from emaki.params import GenerationParams, params_from_infotext
 from emaki.safety import ensure_allowed
+
+if TYPE_CHECKING:
+    from emaki.generate import GenerationProgress
 
 console = Console()
 _SIZE = re.compile(r"^(\d+)[xX×](\d+)$")
@@ -91,6 +93,8 @@ def generate_command(
         raise ParamsError("prompt: give a prompt, or --from IMAGE to regenerate one")
     params = base.updated(**{k: v for k, v in overrides.items() if v is not None})
     ensure_allowed(params.prompt, params.negative_prompt)  # before anything loads or prints
+    # The engine pulls in diffusers (seconds, ~200 MB): only the commands that run it import it.
+    from emaki.generate import generate
     if precision not in (None, "fp32", "bf16", "fp16"):
         raise ParamsError(f"--precision: expected fp32, bf16 or fp16, got {precision!r}")
     try:
