@@ -18,7 +18,7 @@ from PIL import Image
 
 import emaki
 from emaki.devices import DevicePolicy
-from emaki.errors import Interrupted
+from emaki.errors import Interrupted, ParamsError
 from emaki.home import embedding_folders, hypernetwork_folders, outputs_dir
 from emaki.infotext import build_infotext
 from emaki.models.loader import DEFAULT_CACHE, LoadedModel, ModelCache
@@ -188,8 +188,6 @@ def generate(
     parts = model.components
     factor = parts.config.vae_scale_factor
     if params.width % factor or params.height % factor:
-        from emaki.errors import ParamsError
-
         raise ParamsError(f"size: {params.width}x{params.height} must be a multiple of {factor} for this model")
     latent_shape = (parts.config.latent_channels, params.height // factor, params.width // factor)
     prompt_text, networks = extract_networks(params.prompt)
@@ -205,20 +203,21 @@ def generate(
     denoise_model = DiscreteEpsDenoiser(_eps_model(model, policy), parts.alphas_cumprod)
     sigmas = sigmas_for(sampler, schedule, params.steps, denoise_model.model_sigmas)
     options = {k: v for k, v in (("eta", params.eta), ("s_noise", params.s_noise)) if v is not None}
+    with torch.inference_mode():  # the same prompts for every batch: encode once
+        conds = encode_prompts(encoder, [prompt_text] * params.batch_size, schedule_steps,
+                               dialect=params.prompt_dialect)
+        unconds = encode_negative_prompts(encoder, [params.negative_prompt] * params.batch_size,
+                                          schedule_steps, dialect=params.prompt_dialect)
+    infotext_extras = {
+        "embeddings_hashes": ti_hashes([*conds[0].embeddings, *unconds[0].embeddings]),
+        "hypernetwork": setting_hypernetwork,
+    }
     result = GenerationResult(params)
     folder = out_dir if out_dir is not None else dated_folder(outputs_dir())
-    batch = params.batch_size
-    applied = apply_hypernetworks(parts.unet, hypernetworks)  # networks (issue 6)
+    applied = apply_hypernetworks(parts.unet, hypernetworks)
     try:
         for batch_index in range(params.n_iter):
-            first = batch_index * batch
-            variation = params.subseed_strength > 0
-            seeds = [params.seed + (0 if variation else first + i) for i in range(batch)]
-            subseeds = [params.subseed + first + i for i in range(batch)]
-            with torch.inference_mode():
-                conds = encode_prompts(encoder, [prompt_text] * batch, schedule_steps, dialect=params.prompt_dialect)
-                unconds = encode_negative_prompts(encoder, [params.negative_prompt] * batch, schedule_steps,
-                                                  dialect=params.prompt_dialect)
+            seeds, subseeds = batch_seeds(params, batch_index)
             rng = ImageRNG(latent_shape, seeds, subseeds=subseeds, subseed_strength=params.subseed_strength,
                            seed_resize_from_h=params.seed_resize_from_h, seed_resize_from_w=params.seed_resize_from_w,
                            source=params.rng, eta_noise_seed_delta=params.eta_noise_seed_delta)
@@ -237,16 +236,23 @@ def generate(
                 latents = sampler(guided, x, sigmas.to(policy.device), noise_sampler=noise_sampler,
                                   callback=on_step, **options)
             for i, image in enumerate(_decode(model, latents, policy)):
-                hashes = ti_hashes([*conds[i].embeddings, *unconds[i].embeddings])
                 text = infotext_for(params, model, seeds[i], subseeds[i], sampler_name, schedule,
-                                    sampler.uses_ensd, params.prompt, embeddings_hashes=hashes,
-                                    hypernetwork=setting_hypernetwork)
+                                    sampler.uses_ensd, params.prompt, **infotext_extras)
                 path = save_png(image, text, folder, seeds[i]) if save else None
                 result.images.append(GeneratedImage(image, seeds[i], text, path))
-
     finally:
         applied.remove()  # the next generation starts clean
     return result
+
+
+def batch_seeds(params: GenerationParams, batch_index: int) -> tuple[list[int], list[int]]:
+    """A1111's per-image seeds: seed + image index, unless a variation seed is mixed in, in which
+    case the seed stays and the variation seed counts up."""
+    first = batch_index * params.batch_size
+    variation = params.subseed_strength > 0
+    seeds = [params.seed + (0 if variation else first + i) for i in range(params.batch_size)]
+    subseeds = [params.subseed + first + i for i in range(params.batch_size)]
+    return seeds, subseeds
 
 def _eps_model(model: LoadedModel, policy: DevicePolicy) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
     unet = model.components.unet
