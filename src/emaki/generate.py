@@ -200,7 +200,7 @@ def generate(
     encoder = PromptEncoder(parts.text_encoder, parts.tokenizer, clip_skip=params.clip_skip,
                             emphasis=params.emphasis, embeddings=embeddings.lookup(parts.tokenizer))
     schedule_steps = params.steps * 2 if sampler.second_order else params.steps
-    denoise_model = DiscreteEpsDenoiser(_eps_model(model, policy), parts.alphas_cumprod)
+    denoise_model = DiscreteEpsDenoiser(_eps_model(model, policy), parts.alphas_cumprod, lcm=sampler.lcm)
     sigmas = sigmas_for(sampler, schedule, params.steps, denoise_model.model_sigmas)
     options = {k: v for k, v in (("eta", params.eta), ("s_noise", params.s_noise)) if v is not None}
     with torch.inference_mode():  # the same prompts for every batch: encode once

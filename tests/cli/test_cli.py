@@ -55,13 +55,13 @@ def test_default_output_folder_is_under_emaki_home(tmp_path, tiny_safetensors):
 
 def emaki_in_process(capsys, *args: str) -> tuple[int, str]:
     """The CLI's `main` in this process (no interpreter start-up): exit code and stderr."""
-    import pytest
-
     from emaki.cli import main
 
-    with pytest.raises(SystemExit) as stop:
+    try:
         main(list(args))
-    return int(stop.value.code or 0), capsys.readouterr().err
+    except SystemExit as stop:
+        return int(stop.code or 0), capsys.readouterr().err
+    return 0, capsys.readouterr().err
 
 
 def test_errors_are_one_line_exit_2_and_write_nothing(tmp_path, tiny_safetensors, capsys):
@@ -97,3 +97,18 @@ def test_policy_refusal_exits_3_and_writes_nothing(tmp_path, tiny_safetensors, c
     code, stderr = emaki_in_process(capsys, "generate", "(l0li:1.2), nude", "--model", str(tiny_safetensors),
                                     "--out", str(out))
     assert code == 3 and "Refused" in stderr and not out.exists()
+
+
+def test_models_are_found_by_name_in_an_a1111_install(tmp_path, tiny_safetensors, capsys, monkeypatch):
+    import shutil
+
+    monkeypatch.delenv("EMAKI_A1111", raising=False)
+    install = tmp_path / "stable-diffusion-webui"
+    (install / "models" / "Stable-diffusion").mkdir(parents=True)
+    shutil.copy(tiny_safetensors, install / "models" / "Stable-diffusion" / "anything-v3.safetensors")
+    out = tmp_path / "out"
+    code, stderr = emaki_in_process(capsys, "generate", "1girl", "--model", "anything-v3", "--a1111", str(install),
+                                    "--steps", "1", "--seed", "3", "--size", "32x32", "--out", str(out))
+    assert code == 0, stderr
+    [png] = out.glob("*.png")
+    assert "Model: anything-v3" in Image.open(png).info["parameters"]

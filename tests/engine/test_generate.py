@@ -110,3 +110,28 @@ def test_every_sampler_runs_by_name_through_the_engine(tiny_safetensors):
                                          width=16, height=16, sampler_name=name)
         first = pixels(generate(params, save=False))
         assert np.array_equal(first, pixels(generate(params, save=False))), name
+
+
+def test_lcm_calls_the_unet_at_lcm_timesteps_with_the_boundary_condition():
+    import torch
+
+    from emaki.models.components import sd_alphas_cumprod
+    from emaki.models.configs import tiny_config
+    from emaki.sampling.denoiser import DiscreteEpsDenoiser
+    from emaki.sampling.lcm import lcm_boundary, lcm_timestep
+
+    seen = []
+
+    def eps_model(x, t, context):
+        seen.append(t.clone())
+        return torch.full_like(x, 0.5)
+
+    alphas = sd_alphas_cumprod(tiny_config())
+    plain = DiscreteEpsDenoiser(eps_model, alphas)
+    lcm = DiscreteEpsDenoiser(eps_model, alphas, lcm=True)
+    x, sigma = torch.ones(1, 4, 2, 2), torch.tensor([3.0])
+    x0 = plain(x, sigma, torch.zeros(1, 1, 1))
+    out = lcm(x, sigma, torch.zeros(1, 1, 1))
+    assert torch.allclose(seen[1], lcm_timestep(sigma, lcm.model_sigmas).float())
+    assert seen[1].item() % 20 == 19 and seen[0].item() % 1 != 0  # quantised vs interpolated
+    assert torch.allclose(out, lcm_boundary(x, x0, sigma, lcm.model_sigmas))

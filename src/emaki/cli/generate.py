@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -64,6 +65,7 @@ def generate_command(
     hypernetwork: Annotated[str | None, typer.Option("--hypernetwork", help="Hypernetwork (file stem) applied to every prompt; or use <hypernet:NAME:STRENGTH> in the prompt.")] = None,
     hypernetwork_strength: Annotated[float | None, typer.Option("--hypernetwork-strength", help="Strength of --hypernetwork (default 1).")] = None,
     embeddings_dir: Annotated[list[Path] | None, typer.Option("--embeddings-dir", help="Folder of embeddings (repeatable; default: EMAKI_HOME/embeddings and EMAKI_A1111/embeddings).")] = None,
+    a1111: Annotated[Path | None, typer.Option("--a1111", help="An A1111 install whose models, embeddings and hypernetworks are used too (read-only; same as EMAKI_A1111).")] = None,
     hypernetworks_dir: Annotated[list[Path] | None, typer.Option("--hypernetworks-dir", help="Folder of hypernetworks (repeatable; default: EMAKI_HOME/hypernetworks and EMAKI_A1111/models/hypernetworks).")] = None,
 ) -> None:
     """Generate images from a prompt (txt2img)."""
@@ -93,6 +95,10 @@ def generate_command(
         raise ParamsError("prompt: give a prompt, or --from IMAGE to regenerate one")
     params = base.updated(**{k: v for k, v in overrides.items() if v is not None})
     ensure_allowed(params.prompt, params.negative_prompt)  # before anything loads or prints
+    if a1111 is not None:
+        if not a1111.is_dir():
+            raise ParamsError(f"--a1111: {a1111} is not a folder")
+        os.environ["EMAKI_A1111"] = str(a1111)  # the engine's folder settings read it
     # The engine pulls in diffusers (seconds, ~200 MB): only the commands that run it import it.
     from emaki.generate import generate
     if precision not in (None, "fp32", "bf16", "fp16"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from emaki.errors import ModelLoadError
-from emaki.home import models_dir
+from emaki.home import a1111_dir, models_dir
 from emaki.models.loader import looks_like_hub_id
 
 MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin")
@@ -28,7 +28,11 @@ def resolve_model(name: str | None, search: list[Path] | None = None) -> str:
     path = Path(name).expanduser()
     if path.exists():
         return str(path)
-    for folder in search if search is not None else [models_dir(), models_dir() / "Stable-diffusion"]:
+    if search is None:
+        a1111 = a1111_dir()
+        search = [models_dir(), models_dir() / "Stable-diffusion"]
+        search += [a1111 / "models" / "Stable-diffusion"] if a1111 is not None else []
+    for folder in search:
         for suffix in ("",) + MODEL_SUFFIXES:
             candidate = folder / f"{name}{suffix}"
             if candidate.is_file():

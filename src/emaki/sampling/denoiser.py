@@ -18,14 +18,17 @@ from typing import Protocol
 
 import torch
 
+from emaki.sampling.lcm import lcm_boundary, lcm_timestep
+
 EpsModel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class DiscreteEpsDenoiser:
     """k-diffusion `CompVisDenoiser` over an eps-predicting model `eps_model(x, t, context)`."""
 
-    def __init__(self, eps_model: EpsModel, alphas_cumprod: torch.Tensor) -> None:
+    def __init__(self, eps_model: EpsModel, alphas_cumprod: torch.Tensor, *, lcm: bool = False) -> None:
         self.eps_model = eps_model
+        self.lcm = lcm  # A1111's LCMCompVisDenoiser: LCM timesteps and the consistency boundary
         self.model_sigmas = ((1 - alphas_cumprod) / alphas_cumprod).sqrt().float()
         self.log_sigmas = self.model_sigmas.log()
 
@@ -42,8 +45,10 @@ class DiscreteEpsDenoiser:
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         sigma_b = sigma.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
         c_in = 1 / (sigma_b**2 + 1) ** 0.5
-        eps = self.eps_model(x * c_in, self.sigma_to_t(sigma), context)
-        return x - eps.to(x.dtype) * sigma_b
+        t = lcm_timestep(sigma, self.model_sigmas) if self.lcm else self.sigma_to_t(sigma)
+        eps = self.eps_model(x * c_in, t.to(sigma.dtype), context)
+        denoised = x - eps.to(x.dtype) * sigma_b
+        return lcm_boundary(x, denoised, sigma, self.model_sigmas) if self.lcm else denoised
 
 
 class Conditioning(Protocol):
