@@ -11,38 +11,18 @@ import functools
 
 import torch
 
-from emaki.models.configs import ModelConfig, tiny_config
+from emaki.models.configs import ModelConfig, sd15_config, tiny_config
 
 POSITION_IDS = "cond_stage_model.transformer.text_model.embeddings.position_ids"
 
 
 def mini_sd15_config(cross_attention_dim: int = 32) -> ModelConfig:
     """SD 1.5's block structure (4 levels x 2 layers: IN00-IN11, M00, OUT00-OUT11), narrow."""
+    sd15 = sd15_config()
     return ModelConfig(
-        unet={
-            "sample_size": 8,
-            "in_channels": 4,
-            "out_channels": 4,
-            "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
-            "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
-            "block_out_channels": [32, 32, 64, 64],
-            "layers_per_block": 2,
-            "cross_attention_dim": cross_attention_dim,
-            "attention_head_dim": 8,
-            "norm_num_groups": 32,
-        },
-        vae={
-            "in_channels": 3,
-            "out_channels": 3,
-            "down_block_types": ["DownEncoderBlock2D"] * 4,
-            "up_block_types": ["UpDecoderBlock2D"] * 4,
-            "block_out_channels": [32, 32, 32, 32],
-            "layers_per_block": 1,
-            "latent_channels": 4,
-            "norm_num_groups": 32,
-            "sample_size": 32,
-            "scaling_factor": 0.18215,
-        },
+        unet=sd15.unet | {"sample_size": 8, "block_out_channels": [32, 32, 64, 64],
+                          "cross_attention_dim": cross_attention_dim},
+        vae=sd15.vae | {"block_out_channels": [32, 32, 32, 32], "layers_per_block": 1, "sample_size": 32},
         text_encoder={
             **tiny_config().text_encoder,  # 32 wide, one head
             "num_hidden_layers": 2,
