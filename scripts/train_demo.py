@@ -1,0 +1,399 @@
+"""Train the bundled demo model from scratch on CPU: VAE first, then UNet + CLIP text encoder.
+
+    .venv/bin/python scripts/train_demo.py                       # the shipped run
+    .venv/bin/python scripts/train_demo.py --vae-steps 50 --unet-steps 50 --out /tmp/t  # smoke
+
+Data: every training-distribution face of `emaki.demo.faces` (11,520 attribute combinations,
+64x64). Captions are re-drawn every step: random tag order, each tag kept with probability
+`--tag-keep`, and the whole caption replaced by "" with probability `--uncond` (classifier-free
+guidance dropout, so negative prompts work). Noise: SD's scaled-linear schedule, 1000 steps,
+epsilon prediction, MSE with min-SNR-5 weighting. Latents are scaled by 1 / std of the VAE's
+latents (stored as the VAE `scaling_factor`). EMA weights of the UNet and text encoder are what
+gets exported. Everything is seeded; `--max-minutes` only stops a stage early (the steps done
+are logged, so the run can be repeated exactly with `--vae-steps/--unet-steps`).
+Checkpoints go to `--work` every `--ckpt-every` steps; `--resume` continues from them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from emaki.demo.faces import all_attributes, caption, draw_face
+from emaki.models.components import SDComponents, sd_alphas_cumprod
+from emaki.models.configs import SD1_SCHEDULE, ModelConfig
+from emaki.models.tokenizer import load_clip_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def demo_config(scaling_factor: float = 1.0) -> ModelConfig:
+    """The demo model's sizes: 4x VAE (64x64 -> 4x16x16), 3M-param UNet, 3-layer 128-wide CLIP."""
+    return ModelConfig(
+        unet={
+            "sample_size": 16,
+            "in_channels": 4,
+            "out_channels": 4,
+            "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+            "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+            "block_out_channels": [32, 64, 128],
+            "layers_per_block": 1,
+            "cross_attention_dim": 128,
+            "attention_head_dim": 4,
+            "norm_num_groups": 16,
+        },
+        vae={
+            "in_channels": 3,
+            "out_channels": 3,
+            "down_block_types": ["DownEncoderBlock2D"] * 3,
+            "up_block_types": ["UpDecoderBlock2D"] * 3,
+            "block_out_channels": [16, 32, 64],
+            "layers_per_block": 1,
+            "latent_channels": 4,
+            "norm_num_groups": 16,
+            "sample_size": 64,
+            "scaling_factor": scaling_factor,
+        },
+        text_encoder={
+            "vocab_size": 49408,
+            "hidden_size": 128,
+            "intermediate_size": 512,
+            "num_hidden_layers": 3,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 77,
+            "hidden_act": "quick_gelu",
+            "layer_norm_eps": 1e-5,
+            "projection_dim": 128,
+            "bos_token_id": 49406,
+            "eos_token_id": 49407,
+            "pad_token_id": 1,
+        },
+        schedule=dict(SD1_SCHEDULE),
+    )
+
+
+def log(msg: str, logfile: Path | None) -> None:
+    line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+    print(line, flush=True)
+    if logfile:
+        with logfile.open("a") as f:
+            f.write(line + "\n")
+
+
+def draw_dataset() -> torch.Tensor:
+    """All 11,520 faces as a uint8 tensor N x 3 x 64 x 64."""
+    arrays = [np.asarray(draw_face(a)) for a in all_attributes()]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    return images.float() / 127.5 - 1.0
+
+
+def save_atomic(obj: object, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def train_vae(args: argparse.Namespace, images: torch.Tensor, work: Path, logfile: Path) -> None:
+    from diffusers import AutoencoderKL
+
+    config = demo_config()
+    torch.manual_seed(args.seed)
+    vae = AutoencoderKL(**config.vae)
+    opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
+    step, ckpt = 0, work / "vae_ckpt.pt"
+    if args.resume and ckpt.exists():
+        state = torch.load(ckpt)
+        vae.load_state_dict(state["vae"])
+        opt.load_state_dict(state["opt"])
+        step = state["step"]
+        log(f"vae: resumed at step {step}", logfile)
+    gen = torch.Generator().manual_seed(args.seed + 1)
+    for _ in range(step):  # keep the data order identical on resume
+        torch.randint(0, len(images), (args.vae_batch,), generator=gen)
+    params = sum(p.numel() for p in vae.parameters())
+    log(f"vae: {params:,} params, {args.vae_steps} steps, batch {args.vae_batch}", logfile)
+    start, recent = time.time(), []
+    vae.train()
+    while step < args.vae_steps:
+        idx = torch.randint(0, len(images), (args.vae_batch,), generator=gen)
+        x = to_unit(images[idx])
+        if args.vae_crop:  # the VAE is convolutional: small random crops train it for less
+            c = args.vae_crop
+            oy, ox = (int(v) for v in torch.randint(0, x.shape[-1] - c + 1, (2,), generator=gen))
+            x = x[:, :, oy:oy + c, ox:ox + c]
+        post = vae.encode(x).latent_dist
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
+        rec = vae.decode(z).sample
+        rec_loss = F.mse_loss(rec, x) + F.l1_loss(rec, x)
+        kl = post.kl().mean() / x[0].numel()
+        loss = rec_loss + args.vae_kl * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        recent.append(rec_loss.item())
+        if step % 25 == 0 or step == args.vae_steps:
+            log(f"vae step {step} rec {np.mean(recent):.5f} kl/px {kl.item():.3f} "
+                f"({time.time() - start:.0f}s)", logfile)
+            recent = []
+        if step % args.ckpt_every == 0 or step == args.vae_steps:
+            save_atomic({"vae": vae.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt)
+        if args.max_minutes and time.time() - start > args.max_minutes * 60 * args.vae_share:
+            log(f"vae: time budget reached at step {step}", logfile)
+            save_atomic({"vae": vae.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt)
+            break
+    save_atomic(vae.state_dict(), work / "vae_stage1.pt")
+    save_atomic(vae.state_dict(), work / "vae.pt")
+
+
+def train_decoder(args: argparse.Namespace, images: torch.Tensor, work: Path, logfile: Path) -> None:
+    """Fine-tune the VAE decoder with the encoder frozen: better colours, same latents.
+
+    Because the encoder does not change, this can run before, after or alongside the UNet stage
+    and gives the same result. The loss adds a colour term (MSE of 4x4 average-pooled images)
+    since flat colour regions are what the demo's evaluator reads.
+    """
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL(**demo_config().vae)
+    vae.load_state_dict(torch.load(work / "vae_stage1.pt"))
+    vae.requires_grad_(False)
+    trainable = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    for q in trainable:
+        q.requires_grad_(True)
+    opt = torch.optim.AdamW(trainable, lr=args.decoder_lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(args.seed + 5)
+    log(f"decoder: {sum(q.numel() for q in trainable):,} params, {args.decoder_steps} steps, "
+        f"batch {args.decoder_batch}", logfile)
+    start, recent, step = time.time(), [], 0
+    while step < args.decoder_steps:
+        idx = torch.randint(0, len(images), (args.decoder_batch,), generator=gen)
+        x = to_unit(images[idx])
+        with torch.no_grad():
+            post = vae.encode(x).latent_dist
+            z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
+        rec = vae.decode(z).sample
+        color = F.mse_loss(F.avg_pool2d(rec, 4), F.avg_pool2d(x, 4))
+        rec_loss = F.mse_loss(rec, x) + F.l1_loss(rec, x)
+        loss = rec_loss + 2.0 * color
+        lr = args.decoder_lr * 0.5 * (1 + math.cos(math.pi * step / args.decoder_steps))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        recent.append((rec_loss.item(), color.item()))
+        if step % 25 == 0 or step == args.decoder_steps:
+            r, c = np.mean(recent, axis=0)
+            log(f"decoder step {step} rec {r:.5f} colour {c:.5f} ({time.time() - start:.0f}s)", logfile)
+            recent = []
+        if step % args.ckpt_every == 0 or step == args.decoder_steps:
+            save_atomic(vae.state_dict(), work / "vae_decoder_ckpt.pt")
+        if step == args.decoder_stop_at:
+            log(f"decoder: stopped at step {step} (--decoder-stop-at)", logfile)
+            break
+        if args.decoder_minutes and time.time() - start > args.decoder_minutes * 60:
+            log(f"decoder: time budget reached at step {step}", logfile)
+            break
+    save_atomic(vae.state_dict(), work / "vae.pt")
+
+
+@torch.no_grad()
+def encode_dataset(images: torch.Tensor, work: Path, logfile: Path) -> tuple[torch.Tensor, torch.Tensor, float]:
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL(**demo_config().vae)
+    vae.load_state_dict(torch.load(work / "vae_stage1.pt"))  # the encoder never changes after it
+    vae.eval()
+    means, stds = [], []
+    for chunk in images.split(512):
+        post = vae.encode(to_unit(chunk)).latent_dist
+        means.append(post.mean)
+        stds.append(post.std)
+    mean, std = torch.cat(means), torch.cat(stds)
+    gen = torch.Generator().manual_seed(0)
+    sample = mean + std * torch.randn(mean.shape, generator=gen)
+    scaling = float(1.0 / sample.std())
+    # Reconstruction quality of the whole data set, for the log.
+    rec = torch.cat([vae.decode(m).sample for m in mean[:1024].split(256)])
+    err = (rec.clamp(-1, 1) - to_unit(images[:1024])).abs().mean().item() * 127.5
+    log(f"latents: mean {mean.mean():.3f} std {sample.std():.3f} -> scaling_factor {scaling:.5f}; "
+        f"VAE mean abs error {err:.2f}/255 on 1024 faces", logfile)
+    return mean, std, scaling
+
+
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        for e, p in zip(ema.parameters(), model.parameters()):
+            e.lerp_(p, 1.0 - decay)
+
+
+def train_unet(args: argparse.Namespace, images: torch.Tensor, work: Path, logfile: Path) -> float:
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    mean, std, scaling = encode_dataset(images, work, logfile)
+    config = demo_config(scaling)
+    attrs = all_attributes()
+    tokenizer = load_clip_tokenizer()
+    torch.manual_seed(args.seed + 2)
+    unet = UNet2DConditionModel(**config.unet)
+    text = CLIPTextModel(CLIPTextConfig(**config.text_encoder))
+    ema_unet, ema_text = copy.deepcopy(unet).eval(), copy.deepcopy(text).eval()
+    params = list(unet.parameters()) + list(text.parameters())
+    opt = torch.optim.AdamW(params, lr=args.unet_lr, weight_decay=0.01)
+    alphas = sd_alphas_cumprod(config).float()
+    snr = alphas / (1 - alphas)
+    weight = torch.clamp(snr, max=5.0) / snr  # min-SNR-5 (Hang et al. 2023), eps-prediction
+    step, ckpt = 0, work / "unet_ckpt.pt"
+    if args.resume and ckpt.exists():
+        state = torch.load(ckpt)
+        for m, k in ((unet, "unet"), (text, "text"), (ema_unet, "ema_unet"), (ema_text, "ema_text"), (opt, "opt")):
+            m.load_state_dict(state[k])
+        step = state["step"]
+        log(f"unet: resumed at step {step}", logfile)
+    gen = torch.Generator().manual_seed(args.seed + 3)
+    rng = random.Random(args.seed + 4)
+    n_unet = sum(p.numel() for p in unet.parameters())
+    n_text = sum(p.numel() for p in text.parameters())
+    log(f"unet: {n_unet:,} params, text encoder {n_text:,}; {args.unet_steps} steps, "
+        f"batch {args.unet_batch}, lr {args.unet_lr}", logfile)
+
+    def state() -> dict:
+        return {"unet": unet.state_dict(), "text": text.state_dict(), "ema_unet": ema_unet.state_dict(),
+                "ema_text": ema_text.state_dict(), "opt": opt.state_dict(), "step": step,
+                "scaling_factor": scaling}
+
+    start, recent = time.time(), []
+    unet.train()
+    text.train()
+    while step < args.unet_steps:
+        idx = torch.randint(0, len(attrs), (args.unet_batch,), generator=gen)
+        z = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)) * scaling
+        captions = [
+            "" if rng.random() < args.uncond else caption(attrs[i], rng, keep=args.tag_keep)
+            for i in idx.tolist()
+        ]
+        ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True,
+                        return_tensors="pt").input_ids
+        t = torch.randint(0, 1000, (args.unet_batch,), generator=gen)
+        noise = torch.randn(z.shape, generator=gen)
+        a = alphas[t].view(-1, 1, 1, 1)
+        noisy = a.sqrt() * z + (1 - a).sqrt() * noise
+        cond = text(ids).last_hidden_state
+        pred = unet(noisy, t, cond).sample
+        per = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
+        loss = (per * weight[t]).mean()
+        lr = args.unet_lr * min(1.0, (step + 1) / args.warmup)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        decay = min(args.ema, (1 + step) / (10 + step))
+        ema_update(ema_unet, unet, decay)
+        ema_update(ema_text, text, decay)
+        recent.append(per.mean().item())
+        if step % 25 == 0 or step == args.unet_steps:
+            log(f"unet step {step} mse {np.mean(recent):.4f} lr {lr:.2e} ({time.time() - start:.0f}s)", logfile)
+            recent = []
+        done = step == args.unet_steps or (
+            args.max_minutes and time.time() - start > args.max_minutes * 60 * (1 - args.vae_share))
+        if step % args.ckpt_every == 0 or done:
+            save_atomic(state(), ckpt)
+        if done and step < args.unet_steps:
+            log(f"unet: time budget reached at step {step}", logfile)
+            break
+    return scaling
+
+
+def export(work: Path, out: Path, logfile: Path, hyper: dict) -> None:
+    """EMA weights + trained VAE -> one LDM-layout single file (fp16) with the config inside."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from emaki.models.checkpoint import save_single_file
+
+    state = torch.load(work / "unet_ckpt.pt")
+    config = demo_config(state["scaling_factor"])
+    unet = UNet2DConditionModel(**config.unet)
+    unet.load_state_dict(state["unet" if hyper.get("export_raw") else "ema_unet"])
+    text = CLIPTextModel(CLIPTextConfig(**config.text_encoder))
+    text.load_state_dict(state["text" if hyper.get("export_raw") else "ema_text"])
+    vae = AutoencoderKL(**config.vae)
+    vae.load_state_dict(torch.load(work / "vae.pt"))
+    comps = SDComponents(unet.eval(), vae.eval(), text.eval(), load_clip_tokenizer(), config)
+    hyper = dict(hyper, unet_steps_done=state["step"])
+    meta = {"emaki_demo": json.dumps(hyper), "modelspec.title": "emaki demo (chibi faces)"}
+    save_single_file(comps, out, dtype=torch.float16, metadata=meta)
+    log(f"exported {out} ({out.stat().st_size:,} bytes)", logfile)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stage", choices=["all", "vae", "decoder", "unet", "export"], default="all")
+    p.add_argument("--vae-steps", type=int, default=1500)
+    p.add_argument("--vae-batch", type=int, default=32)
+    p.add_argument("--vae-crop", type=int, default=0, help="train the VAE on random crops (0: whole)")
+    p.add_argument("--vae-lr", type=float, default=2e-3)
+    p.add_argument("--vae-kl", type=float, default=1e-3, help="weight of per-pixel KL")
+    p.add_argument("--decoder-steps", type=int, default=3000)
+    p.add_argument("--decoder-batch", type=int, default=16)
+    p.add_argument("--decoder-lr", type=float, default=1e-3)
+    p.add_argument("--decoder-stop-at", type=int, default=1500,
+                   help="stop here, part-way through the --decoder-steps cosine schedule")
+    p.add_argument("--decoder-minutes", type=float, default=0.0, help="stop the decoder stage early")
+    p.add_argument("--unet-steps", type=int, default=4000)
+    p.add_argument("--unet-batch", type=int, default=32)
+    p.add_argument("--unet-lr", type=float, default=8e-4)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--uncond", type=float, default=0.1, help="probability of an empty caption")
+    p.add_argument("--tag-keep", type=float, default=0.8, help="probability of keeping each tag")
+    p.add_argument("--note", default="", help="free text stored with the hyper-parameters")
+    p.add_argument("--export-raw", action="store_true", help="export the last weights, not the EMA")
+    p.add_argument("--max-minutes", type=float, default=0.0, help="stop stages early (0: never)")
+    p.add_argument("--vae-share", type=float, default=0.15, help="share of --max-minutes for the VAE")
+    p.add_argument("--ckpt-every", type=int, default=250)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--work", type=Path, default=REPO / ".demo-train")
+    p.add_argument("--out", type=Path, default=REPO / "src/emaki/data/demo/emaki-demo.safetensors")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    args.work.mkdir(parents=True, exist_ok=True)
+    logfile = args.work / "train.log"
+    hyper = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    log(f"train_demo {' '.join(sys.argv[1:])}\n{json.dumps(hyper)}", logfile)
+    t0 = time.time()
+    images = draw_dataset() if args.stage != "export" else torch.empty(0)
+    if args.stage in ("all", "vae"):
+        train_vae(args, images, args.work, logfile)
+    if args.stage in ("all", "decoder"):
+        train_decoder(args, images, args.work, logfile)
+    if args.stage in ("all", "unet"):
+        train_unet(args, images, args.work, logfile)
+    if args.stage in ("all", "export", "unet"):
+        export(args.work, args.out, logfile, hyper)
+    log(f"done in {(time.time() - t0) / 60:.1f} min", logfile)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""Measurements of the demo model through the real engine (`emaki.generate`), read by `describe`.
+
+Shared by `benchmarks/demo_quality.py` (the full measurement) and `tests/demo/` (small sizes).
+Every measurement is deterministic: prompts come from `random.Random(seed)`, image seeds are
+fixed.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+from emaki.demo.describe import describe
+from emaki.demo.faces import caption, random_attributes
+
+
+def generate_images(prompt: str, seeds: list[int], *, negative: str = "", steps: int = 20,
+                    sampler: str = "Euler a", cfg: float = 7.0, model: str | None = None,
+                    batch: int = 8) -> list[Image.Image]:
+    """Images for `seeds` (batched where they are consecutive), as `emaki generate` makes them."""
+    images: list[Image.Image] = []
+    i = 0
+    while i < len(seeds):
+        n = 1
+        while n < batch and i + n < len(seeds) and seeds[i + n] == seeds[i] + n:
+            n += 1
+        images += _generate(prompt, negative, seeds[i], n, steps, sampler, cfg, model)
+        i += n
+    return images
+
+
+def _generate(prompt: str, negative: str, seed: int, n: int, steps: int, sampler: str,
+              cfg: float, model: str | None) -> list[Image.Image]:
+    try:
+        from emaki.generate import generate
+        from emaki.params import GenerationParams
+    except ImportError:  # engine not importable: the same core pieces, wired here
+        return _generate_with_core(prompt, negative, seed, n, steps, sampler, cfg, model)
+    params = GenerationParams(prompt=prompt, negative_prompt=negative, seed=seed, steps=steps,
+                              sampler_name=sampler, cfg_scale=cfg, batch_size=n, model=model)
+    return [g.image for g in generate(params, save=False).images]
+
+
+def _generate_with_core(prompt: str, negative: str, seed: int, n: int, steps: int,
+                        sampler_name: str, cfg: float, model: str | None) -> list[Image.Image]:
+    import numpy as np
+    import torch
+
+    from emaki.demo import demo_model_path
+    from emaki.models.loader import load_model
+    from emaki.prompts import PromptEncoder, encode_negative_prompts, encode_prompts
+    from emaki.sampling import ImageRNG, get_sampler, parse_sampler_name, sigmas_for
+    from emaki.sampling.denoiser import CFGDenoiser, DiscreteEpsDenoiser
+
+    parts = load_model(model or demo_model_path()).components
+    name, schedule = parse_sampler_name(sampler_name, "Automatic")
+    sampler = get_sampler(name)
+    unet = parts.unet
+
+    def eps(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return unet(x, t, encoder_hidden_states=context).sample.float()
+
+    denoiser = DiscreteEpsDenoiser(eps, parts.alphas_cumprod)
+    sigmas = sigmas_for(sampler, schedule, steps, denoiser.model_sigmas)
+    encoder = PromptEncoder(parts.text_encoder, parts.tokenizer)
+    cfgm = parts.config
+    size = int(cfgm.unet["sample_size"])
+    rng = ImageRNG((cfgm.latent_channels, size, size), [seed + i for i in range(n)])
+    with torch.inference_mode():
+        steps2 = steps * 2 if sampler.second_order else steps
+        conds = encode_prompts(encoder, [prompt] * n, steps2)
+        unconds = encode_negative_prompts(encoder, [negative] * n, steps2)
+        x = rng.first() * sigmas[0]
+        guided = CFGDenoiser(denoiser, conds, unconds, cfg)
+        latents = sampler(guided, x, sigmas, noise_sampler=lambda s, sn: rng.next(), callback=None)
+        scale = float(parts.vae.config.get("scaling_factor", 0.18215))
+        pixels = ((parts.vae.decode(latents / scale).sample + 1) / 2).clamp(0, 1)
+    arrays = (pixels.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    return [Image.fromarray(a) for a in arrays]
+
+
+@dataclass
+class PromptAccuracy:
+    """Per-attribute accuracy over random training-distribution prompts."""
+
+    n: int
+    correct: Counter = field(default_factory=Counter)
+    counted: Counter = field(default_factory=Counter)
+    confusions: Counter = field(default_factory=Counter)
+
+    def accuracy(self, attribute: str) -> float:
+        return self.correct[attribute] / max(1, self.counted[attribute])
+
+    def summary(self) -> dict[str, Any]:
+        return {a: {"accuracy": round(self.accuracy(a), 4), "n": self.counted[a]} for a in sorted(self.counted)}
+
+
+ATTRIBUTES = ("hair_color", "eye_color", "hair_length", "expression", "background", "accessory")
+
+
+def prompt_accuracy(n: int, *, seed: int = 0, model: str | None = None, steps: int = 20,
+                    cfg: float = 7.0, sampler: str = "Euler a") -> PromptAccuracy:
+    """Generate `n` images from random full captions; score each attribute with `describe`.
+
+    Eye colour is scored only where the prompt has open eyes (closed eyes hide the colour).
+    """
+    rng = random.Random(seed)
+    result = PromptAccuracy(n)
+    for i in range(n):
+        attrs = random_attributes(rng)
+        prompt = caption(attrs, rng)
+        image = generate_images(prompt, [seed * 100_000 + i], model=model, steps=steps, cfg=cfg,
+                                sampler=sampler)[0]
+        got = describe(image)
+        want = attrs.to_dict()
+        for a in ATTRIBUTES:
+            if a == "eye_color" and attrs.expression == "closed eyes":
+                continue
+            result.counted[a] += 1
+            if got[a] == want[a]:
+                result.correct[a] += 1
+            else:
+                result.confusions[(a, want[a], got[a])] += 1
+    return result
+
+
+def hair_color_rate(images: list[Image.Image], color: str) -> float:
+    return sum(describe(im)["hair_color"] == color for im in images) / max(1, len(images))
+
+
+def hair_color_mix(images: list[Image.Image]) -> Counter:
+    return Counter(describe(im)["hair_color"] for im in images)
