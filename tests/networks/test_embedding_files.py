@@ -18,6 +18,7 @@ from emaki.errors import ModelLoadError, UnsafeFileError
 from emaki.models.hashes import sha256_file
 from emaki.networks import Embedding, NotAnEmbedding, load_embedding, save_embedding
 from emaki.networks.image_embedding import TEXT_CHUNK_KEY, lcg_nibbles
+from networks_payload import Payload
 
 VECTORS = torch.randn(3, 32, generator=torch.Generator().manual_seed(7))
 
@@ -105,18 +106,6 @@ def test_multiple_terms_and_unknown_payloads_are_refused(tmp_path):
     torch.save({"a": VECTORS, "b": VECTORS}, tmp_path / "many.bin")
     with pytest.raises(ModelLoadError, match="not a textual-inversion embedding"):
         load_embedding(tmp_path / "many.bin")
-
-
-class Payload:
-    ran = False
-
-    def __reduce__(self):
-        return (Payload._mark, ())
-
-    @staticmethod
-    def _mark():
-        Payload.ran = True
-        return {}
 
 
 def test_a_pickle_asking_for_code_is_refused_and_nothing_runs(tmp_path):

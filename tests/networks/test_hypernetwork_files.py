@@ -10,6 +10,7 @@ from torch import nn
 
 from emaki.errors import ModelLoadError, UnsafeFileError
 from emaki.models.hashes import sha256_file
+from networks_payload import Payload
 from emaki.networks import (
     Hypernetwork,
     HypernetworkModule,
@@ -173,18 +174,6 @@ def test_only_int_keys_are_layers_and_bad_files_are_refused(tmp_path):
     torch.save({320: ({"linear.0.weight": torch.zeros(3, 3)}, {})}, tmp_path / "wrong.pt")
     with pytest.raises(ModelLoadError, match="does not fit"):
         load_hypernetwork(tmp_path / "wrong.pt")
-
-
-class Payload:
-    ran = False
-
-    def __reduce__(self):
-        return (Payload._mark, ())
-
-    @staticmethod
-    def _mark():
-        Payload.ran = True
-        return {}
 
 
 def test_unsafe_pickle_is_refused(tmp_path):
