@@ -19,8 +19,9 @@ from PIL import Image
 import emaki
 from emaki.devices import DevicePolicy
 from emaki.errors import Interrupted, ParamsError
-from emaki.home import embedding_folders, hypernetwork_folders, outputs_dir
+from emaki.home import embedding_folders, hash_cache_path, hypernetwork_folders, outputs_dir
 from emaki.infotext import build_infotext
+from emaki.models.hashes import HashCache
 from emaki.models.loader import DEFAULT_CACHE, LoadedModel, ModelCache
 from emaki.models.resolve import resolve_model
 from emaki.networks import (
@@ -173,7 +174,7 @@ def generate(
     sampler_name, schedule = parse_sampler_name(params.sampler_name, params.scheduler)
     sampler = get_sampler(sampler_name)
     policy = policy or DevicePolicy.choose()
-    model = cache.get(resolve_model(params.model), params.vae, policy.dtype)
+    model = cache.get(resolve_model(params.model), params.vae, policy.dtype, HashCache(hash_cache_path()))
     size = native_size(model)
     params = params.updated(
         seed=resolve_seed(params.seed),

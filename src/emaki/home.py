@@ -47,3 +47,8 @@ def hypernetwork_folders() -> list[Path]:
     `models/hypernetworks`."""
     a1111 = a1111_dir()
     return [hypernetworks_dir()] + ([a1111 / "models" / "hypernetworks"] if a1111 else [])
+
+
+def hash_cache_path() -> Path:
+    """Where file hashes are remembered between runs (keyed by path, size and mtime)."""
+    return emaki_home() / "cache" / "hashes.json"

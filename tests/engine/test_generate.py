@@ -135,3 +135,16 @@ def test_lcm_calls_the_unet_at_lcm_timesteps_with_the_boundary_condition():
     assert torch.allclose(seen[1], lcm_timestep(sigma, lcm.model_sigmas).float())
     assert seen[1].item() % 20 == 19 and seen[0].item() % 1 != 0  # quantised vs interpolated
     assert torch.allclose(out, lcm_boundary(x, x0, sigma, lcm.model_sigmas))
+
+
+def test_model_hash_is_remembered_in_the_hash_cache(tiny_safetensors):
+    import json
+
+    from emaki.home import hash_cache_path
+    from emaki.models.loader import ModelCache
+
+    params = GenerationParams.create(prompt="a", model=str(tiny_safetensors), seed=1, steps=1, width=32, height=32)
+    result = generate(params, save=False, cache=ModelCache())  # a fresh cache: the model really loads
+    files = json.loads(hash_cache_path().read_text())["files"]
+    entry = files[str(tiny_safetensors.resolve())]
+    assert f"Model hash: {entry['sha256'][:10]}," in result.images[0].infotext

@@ -13,15 +13,11 @@ from rich.console import Console
 
 from emaki.cli import app
 from emaki.errors import EmakiError
-from emaki.home import emaki_home
+from emaki.home import hash_cache_path
 
 console = Console()
 err_console = Console(stderr=True)
 DEFAULT_ALPHA = 0.3  # A1111's default multiplier
-
-
-def hash_cache_path() -> Path:
-    return emaki_home() / "cache" / "hashes.json"
 
 
 @contextmanager

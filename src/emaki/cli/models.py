@@ -18,7 +18,7 @@ from rich.markup import escape
 
 from emaki.cli import app
 from emaki.errors import EmakiError
-from emaki.home import a1111_dir, emaki_home, embeddings_dir, hypernetworks_dir, models_dir
+from emaki.home import a1111_dir, embeddings_dir, hash_cache_path, hypernetworks_dir, models_dir
 from emaki.networks import EmbeddingLibrary, load_hypernetwork, walk_files
 
 console = Console()
@@ -48,7 +48,7 @@ def take_inventory(a1111: Path | None, *, text_width: int, hashes: bool) -> Inve
     """List the four kinds of files under emaki's folders and (if given) an A1111 install."""
     from emaki.models.hashes import HashCache
 
-    cache = HashCache(emaki_home() / "cache" / "hashes.json") if hashes else None
+    cache = HashCache(hash_cache_path()) if hashes else None
 
     def sha256(path: Path) -> str | None:
         return cache.get(path).sha256 if cache is not None else None

@@ -22,7 +22,7 @@ from emaki.models.checkpoint import normalize_state_dict, read_checkpoint
 from emaki.models.components import SDComponents
 from emaki.models.configs import SD1_SCHEDULE, ModelConfig
 from emaki.models.convert import VAE_PREFIX, ldm_to_text_encoder, ldm_to_unet, ldm_to_vae
-from emaki.models.hashes import autov2_hash
+from emaki.models.hashes import HashCache
 from emaki.models.safe_load import load_tensors
 from emaki.models.tokenizer import load_clip_tokenizer
 
@@ -134,13 +134,17 @@ def looks_like_hub_id(source: str) -> bool:
 
 
 def load_model_uncached(source: str | os.PathLike[str], vae: str | os.PathLike[str] | None = None,
-                        dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """Load `source` (file, diffusers folder or hub id), optionally replacing its VAE."""
+                        dtype: torch.dtype = torch.float32, hashes: HashCache | None = None) -> LoadedModel:
+    """Load `source` (file, diffusers folder or hub id), optionally replacing its VAE.
+
+    `hashes` remembers file hashes between runs; without it they are computed (and forgotten).
+    """
+    hashes = hashes if hashes is not None else HashCache(None)
     text = str(source)
     path = Path(text).expanduser()
     if path.is_file():
         components = load_single_file(path, dtype)
-        name, model_hash = path.stem, autov2_hash(path)
+        name, model_hash = path.stem, hashes.get(path).autov2
     elif path.is_dir():
         if not (path / "model_index.json").is_file() and not (path / "unet").is_dir():
             raise ModelLoadError(f"{path}: folder is not a diffusers model (no model_index.json)")
@@ -156,7 +160,7 @@ def load_model_uncached(source: str | os.PathLike[str], vae: str | os.PathLike[s
         if not vae_path.is_file():
             raise ModelLoadError(f"{vae_path}: no such VAE file")
         loaded.components = with_vae(components, vae_path)
-        loaded.vae_name, loaded.vae_hash = vae_path.name, autov2_hash(vae_path)
+        loaded.vae_name, loaded.vae_hash = vae_path.name, hashes.get(vae_path).autov2
     return loaded
 
 
@@ -181,14 +185,14 @@ class ModelCache:
         return ident(source) + ident(vae)
 
     def get(self, source: str | os.PathLike[str], vae: str | os.PathLike[str] | None = None,
-            dtype: torch.dtype = torch.float32) -> LoadedModel:
+            dtype: torch.dtype = torch.float32, hashes: HashCache | None = None) -> LoadedModel:
         key = self._key(str(source), None if vae is None else str(vae)) + (dtype,)
         if key in self._items:
             self._items[key] = self._items.pop(key)  # most recent last
             return self._items[key]
         while len(self._items) >= self.capacity:
             self._items.pop(next(iter(self._items)))
-        model = load_model_uncached(source, vae, dtype)
+        model = load_model_uncached(source, vae, dtype, hashes)
         self._items[key] = model
         return model
 
