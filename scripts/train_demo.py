@@ -236,6 +236,15 @@ def encode_dataset(images: torch.Tensor, work: Path, logfile: Path) -> tuple[tor
     return mean, std, scaling
 
 
+def decay_factor(step: int, args: argparse.Namespace) -> float:
+    """Cosine decay to `--min-lr` x lr over the last `--decay-steps` steps of the UNet stage."""
+    start = args.unet_steps - args.decay_steps
+    if args.decay_steps <= 0 or step < start:
+        return 1.0
+    progress = min(1.0, (step - start) / args.decay_steps)
+    return args.min_lr + (1.0 - args.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     with torch.no_grad():
         for e, p in zip(ema.parameters(), model.parameters()):
@@ -266,8 +275,9 @@ def train_unet(args: argparse.Namespace, images: torch.Tensor, work: Path, logfi
             m.load_state_dict(state[k])
         step = state["step"]
         log(f"unet: resumed at step {step}", logfile)
-    gen = torch.Generator().manual_seed(args.seed + 3)
-    rng = random.Random(args.seed + 4)
+    # A resumed run draws fresh batches instead of replaying the first ones (same as before at step 0).
+    gen = torch.Generator().manual_seed(args.seed + 3 + step)
+    rng = random.Random(args.seed + 4 + step)
     n_unet = sum(p.numel() for p in unet.parameters())
     n_text = sum(p.numel() for p in text.parameters())
     log(f"unet: {n_unet:,} params, text encoder {n_text:,}; {args.unet_steps} steps, "
@@ -298,7 +308,7 @@ def train_unet(args: argparse.Namespace, images: torch.Tensor, work: Path, logfi
         pred = unet(noisy, t, cond).sample
         per = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
         loss = (per * weight[t]).mean()
-        lr = args.unet_lr * min(1.0, (step + 1) / args.warmup)
+        lr = args.unet_lr * min(1.0, (step + 1) / args.warmup) * decay_factor(step, args)
         for g in opt.param_groups:
             g["lr"] = lr
         opt.zero_grad(set_to_none=True)
@@ -364,6 +374,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--unet-batch", type=int, default=32)
     p.add_argument("--unet-lr", type=float, default=8e-4)
     p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--decay-steps", type=int, default=0, help="cosine lr decay over the last N UNet steps")
+    p.add_argument("--min-lr", type=float, default=0.1, help="lr at the end of the decay, as a fraction")
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--uncond", type=float, default=0.1, help="probability of an empty caption")
     p.add_argument("--tag-keep", type=float, default=0.8, help="probability of keeping each tag")

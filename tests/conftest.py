@@ -20,6 +20,9 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EMAKI_HOME", str(tmp_path_factory.mktemp("emaki-home")))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # Empty means "no A1111 install"; set (not deleted) so that a CLI run that exports it
+    # in-process (`--a1111`) is undone after each test.
+    monkeypatch.setenv("EMAKI_A1111", "")
 
 
 @pytest.fixture(scope="session")

@@ -49,6 +49,7 @@ class GenerationProgress:
     step: int
     steps: int
     latent: torch.Tensor
+    model: LoadedModel
 
 
 @dataclass
@@ -62,6 +63,7 @@ class GeneratedImage:
 @dataclass
 class GenerationResult:
     params: GenerationParams  # as run: the seed resolved, the size filled in
+    model: LoadedModel
     images: list[GeneratedImage] = field(default_factory=list)
 
 
@@ -160,6 +162,7 @@ def generate(
     save: bool = True,
     progress: ProgressCallback | None = None,
     interrupt: threading.Event | None = None,
+    skip: threading.Event | None = None,
     policy: DevicePolicy | None = None,
     cache: ModelCache = DEFAULT_CACHE,
     embeddings_dirs: list[Path] | None = None,
@@ -167,6 +170,8 @@ def generate(
 ) -> GenerationResult:
     """Make `params.batch_size × params.n_iter` images; write them unless `save=False`.
 
+    `interrupt` stops the whole run (raises `Interrupted`); `skip` drops the batch being sampled
+    and goes on with the next one (A1111's Skip), and is cleared when taken.
     Embeddings come from `embeddings_dirs` and hypernetworks from `hypernetworks_dirs`
     (default: `EMAKI_HOME/embeddings|hypernetworks` and the A1111 install's folders).
     """
@@ -213,7 +218,7 @@ def generate(
         "embeddings_hashes": ti_hashes([*conds[0].embeddings, *unconds[0].embeddings]),
         "hypernetwork": setting_hypernetwork,
     }
-    result = GenerationResult(params)
+    result = GenerationResult(params, model)
     folder = out_dir if out_dir is not None else dated_folder(outputs_dir())
     applied = apply_hypernetworks(parts.unet, hypernetworks)
     try:
@@ -230,12 +235,19 @@ def generate(
             def on_step(info: StepInfo, batch_index: int = batch_index) -> None:
                 if interrupt is not None and interrupt.is_set():
                     raise Interrupted("interrupted")
+                if skip is not None and skip.is_set():
+                    raise _Skipped
                 if progress is not None:
-                    progress(GenerationProgress(batch_index, params.n_iter, info.step + 1, info.total, info.x))
+                    progress(GenerationProgress(batch_index, params.n_iter, info.step + 1, info.total, info.x, model))
 
-            with torch.inference_mode():
-                latents = sampler(guided, x, sigmas.to(policy.device), noise_sampler=noise_sampler,
-                                  callback=on_step, **options)
+            try:
+                with torch.inference_mode():
+                    latents = sampler(guided, x, sigmas.to(policy.device), noise_sampler=noise_sampler,
+                                      callback=on_step, **options)
+            except _Skipped:
+                assert skip is not None
+                skip.clear()
+                continue
             for i, image in enumerate(_decode(model, latents, policy)):
                 text = infotext_for(params, model, seeds[i], subseeds[i], sampler_name, schedule,
                                     sampler.uses_ensd, params.prompt, **infotext_extras)
@@ -244,6 +256,10 @@ def generate(
     finally:
         applied.remove()  # the next generation starts clean
     return result
+
+
+class _Skipped(Exception):
+    """Raised out of the sampler's step callback to drop the current batch."""
 
 
 def batch_seeds(params: GenerationParams, batch_index: int) -> tuple[list[int], list[int]]:

@@ -143,26 +143,31 @@ def _exif_user_comment(image: Image.Image) -> str | None:
     return body.decode("utf-8", errors="replace").strip("\0")
 
 
+def infotext_of(image: Image.Image) -> str | None:
+    """The generation parameters stored in an open image (PNG text, NovelAI, EXIF UserComment)."""
+    info = dict(image.info)
+    text = info.get(PARAMETERS_KEY)
+    if isinstance(text, str) and text:
+        return text
+    novelai = _novelai_infotext(info)
+    if novelai:
+        return novelai
+    comment = _exif_user_comment(image)
+    if comment:
+        return comment
+    gif_comment = info.get("comment")
+    if isinstance(gif_comment, bytes):
+        return gif_comment.decode("utf-8", errors="replace")
+    return None
+
+
 def read_infotext(image_path: str | Path) -> str | None:
-    """The generation parameters stored in an image (PNG text, EXIF UserComment, NovelAI)."""
+    """The generation parameters stored in an image file (see `infotext_of`)."""
     path = Path(image_path)
     try:
         with Image.open(path) as image:
-            info = dict(image.info)
-            text = info.get(PARAMETERS_KEY)
-            if isinstance(text, str) and text:
-                return text
-            novelai = _novelai_infotext(info)
-            if novelai:
-                return novelai
-            comment = _exif_user_comment(image)
-            if comment:
-                return comment
-            gif_comment = info.get("comment")
-            if isinstance(gif_comment, bytes):
-                return gif_comment.decode("utf-8", errors="replace")
+            return infotext_of(image)
     except FileNotFoundError:
         raise EmakiError(f"{path}: no such image") from None
     except OSError as e:
         raise EmakiError(f"{path}: not a readable image ({e})") from None
-    return None

@@ -25,6 +25,7 @@ def _register_commands() -> None:
     from emaki.cli import generate  # noqa: F401
     from emaki.cli import merge  # noqa: F401
     from emaki.cli import models  # noqa: F401
+    from emaki.cli import serve  # noqa: F401
     from emaki.cli import tokens  # noqa: F401
 
 

@@ -35,52 +35,12 @@ def generate_images(prompt: str, seeds: list[int], *, negative: str = "", steps:
 
 def _generate(prompt: str, negative: str, seed: int, n: int, steps: int, sampler: str,
               cfg: float, model: str | None) -> list[Image.Image]:
-    try:
-        from emaki.generate import generate
-        from emaki.params import GenerationParams
-    except ImportError:  # engine not importable: the same core pieces, wired here
-        return _generate_with_core(prompt, negative, seed, n, steps, sampler, cfg, model)
+    from emaki.generate import generate  # the engine imports this package's siblings
+    from emaki.params import GenerationParams
+
     params = GenerationParams(prompt=prompt, negative_prompt=negative, seed=seed, steps=steps,
                               sampler_name=sampler, cfg_scale=cfg, batch_size=n, model=model)
     return [g.image for g in generate(params, save=False).images]
-
-
-def _generate_with_core(prompt: str, negative: str, seed: int, n: int, steps: int,
-                        sampler_name: str, cfg: float, model: str | None) -> list[Image.Image]:
-    import numpy as np
-    import torch
-
-    from emaki.demo import demo_model_path
-    from emaki.models.loader import load_model
-    from emaki.prompts import PromptEncoder, encode_negative_prompts, encode_prompts
-    from emaki.sampling import ImageRNG, get_sampler, parse_sampler_name, sigmas_for
-    from emaki.sampling.denoiser import CFGDenoiser, DiscreteEpsDenoiser
-
-    parts = load_model(model or demo_model_path()).components
-    name, schedule = parse_sampler_name(sampler_name, "Automatic")
-    sampler = get_sampler(name)
-    unet = parts.unet
-
-    def eps(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        return unet(x, t, encoder_hidden_states=context).sample.float()
-
-    denoiser = DiscreteEpsDenoiser(eps, parts.alphas_cumprod)
-    sigmas = sigmas_for(sampler, schedule, steps, denoiser.model_sigmas)
-    encoder = PromptEncoder(parts.text_encoder, parts.tokenizer)
-    cfgm = parts.config
-    size = int(cfgm.unet["sample_size"])
-    rng = ImageRNG((cfgm.latent_channels, size, size), [seed + i for i in range(n)])
-    with torch.inference_mode():
-        steps2 = steps * 2 if sampler.second_order else steps
-        conds = encode_prompts(encoder, [prompt] * n, steps2)
-        unconds = encode_negative_prompts(encoder, [negative] * n, steps2)
-        x = rng.first() * sigmas[0]
-        guided = CFGDenoiser(denoiser, conds, unconds, cfg)
-        latents = sampler(guided, x, sigmas, noise_sampler=lambda s, sn: rng.next(), callback=None)
-        scale = float(parts.vae.config.get("scaling_factor", 0.18215))
-        pixels = ((parts.vae.decode(latents / scale).sample + 1) / 2).clamp(0, 1)
-    arrays = (pixels.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-    return [Image.fromarray(a) for a in arrays]
 
 
 @dataclass

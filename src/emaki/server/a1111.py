@@ -1,0 +1,384 @@
+"""`/sdapi/v1`: the A1111 web UI's API (v1.10.1 shapes, specs/FORMATS.md §8), so bots, editor
+plugins and `webuiapi` scripts work unchanged. Routes for features emaki does not have
+(img2img, upscalers, training through the API, ...) are absent, not faked.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from PIL import Image, UnidentifiedImageError
+from pydantic import BaseModel, ConfigDict, Field
+
+import emaki
+from emaki.errors import ParamsError
+from emaki.generate import GeneratedImage
+from emaki.infotext import infotext_of, parse_infotext
+from emaki.output import png_info
+from emaki.params import params_from_infotext
+from emaki.prompts import extract_networks
+from emaki.sampling import SAMPLERS, SCHEDULES
+from emaki.home import embedding_folders
+from emaki.networks import EmbeddingLibrary
+from emaki.server.catalog import text_width
+from emaki.server.preview import png_base64, preview_image
+from emaki.server.service import Service
+from emaki.server.store import Job
+
+router = APIRouter(prefix="/sdapi/v1", tags=["A1111-compatible"])
+
+
+class Txt2ImgRequest(BaseModel):
+    """`StableDiffusionProcessingTxt2Img` as the A1111 API accepts it; unknown fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    styles: list[str] | None = None
+    seed: int = -1
+    subseed: int = -1
+    subseed_strength: float = 0.0
+    seed_resize_from_h: int = -1
+    seed_resize_from_w: int = -1
+    sampler_name: str | None = None
+    sampler_index: str = "Euler"
+    scheduler: str | None = None
+    batch_size: int = 1
+    n_iter: int = 1
+    steps: int = 50
+    cfg_scale: float = 7.0
+    width: int = 512
+    height: int = 512
+    restore_faces: bool | None = None
+    tiling: bool | None = None
+    do_not_save_samples: bool = False
+    do_not_save_grid: bool = False
+    eta: float | None = None
+    denoising_strength: float | None = None
+    s_min_uncond: float | None = None
+    s_churn: float | None = None
+    s_tmax: float | None = None
+    s_tmin: float | None = None
+    s_noise: float | None = None
+    override_settings: dict[str, Any] | None = None
+    override_settings_restore_afterwards: bool = True
+    refiner_checkpoint: str | None = None
+    refiner_switch_at: float | None = None
+    disable_extra_networks: bool = False
+    comments: dict[str, Any] | None = None
+    enable_hr: bool = False
+    firstphase_width: int = 0
+    firstphase_height: int = 0
+    hr_scale: float = 2.0
+    hr_upscaler: str | None = None
+    hr_second_pass_steps: int = 0
+    hr_resize_x: int = 0
+    hr_resize_y: int = 0
+    hr_checkpoint_name: str | None = None
+    hr_sampler_name: str | None = None
+    hr_scheduler: str | None = None
+    hr_prompt: str = ""
+    hr_negative_prompt: str = ""
+    force_task_id: str | None = None
+    script_name: str | None = None
+    script_args: list[Any] = Field(default_factory=list)
+    send_images: bool = True
+    save_images: bool = False
+    alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
+    infotext: str | None = None
+
+    def unsupported(self) -> list[str]:
+        """Fields asking for something emaki cannot do yet: refused rather than ignored."""
+        asked = {
+            "enable_hr": self.enable_hr, "restore_faces": bool(self.restore_faces), "tiling": bool(self.tiling),
+            "script_name": bool(self.script_name), "alwayson_scripts": bool(self.alwayson_scripts),
+            "refiner_checkpoint": bool(self.refiner_checkpoint), "styles": bool(self.styles),
+            "s_churn": bool(self.s_churn), "s_min_uncond": bool(self.s_min_uncond),
+        }
+        return [name for name, on in asked.items() if on]
+
+    def generation_fields(self) -> dict[str, Any]:
+        """`GenerationParams` fields: those of `infotext` first (A1111's `infotext` field), then
+        the ones this request set explicitly."""
+        fields: dict[str, Any] = {}
+        if self.infotext:
+            fields = params_from_infotext(parse_infotext(self.infotext)).model_dump(exclude_defaults=True)
+            fields.pop("model", None)  # a model named in an infotext is chosen through the settings
+        explicit = self.model_fields_set
+        mine = {
+            "prompt": self.prompt, "negative_prompt": self.negative_prompt, "seed": self.seed,
+            "subseed": self.subseed, "subseed_strength": self.subseed_strength,
+            "seed_resize_from_w": max(self.seed_resize_from_w, 0), "seed_resize_from_h": max(self.seed_resize_from_h, 0),
+            "sampler_name": self.sampler_name or self.sampler_index, "batch_size": self.batch_size,
+            "n_iter": self.n_iter, "steps": self.steps, "cfg_scale": self.cfg_scale, "width": self.width,
+            "height": self.height, "eta": self.eta, "s_noise": self.s_noise,
+        }
+        if self.scheduler is not None:
+            mine["scheduler"] = self.scheduler
+        aliases = {"sampler_name": ("sampler_name", "sampler_index"),
+                   "seed_resize_from_w": ("seed_resize_from_w",), "seed_resize_from_h": ("seed_resize_from_h",)}
+        for key, value in mine.items():
+            if not self.infotext or explicit & set(aliases.get(key, (key,))):
+                fields[key] = value
+        if self.disable_extra_networks:
+            fields["prompt"] = extract_networks(fields.get("prompt", ""))[0]
+        return fields
+
+
+def _service(request: Request) -> Service:
+    return request.app.state.service
+
+
+def processed_info(job: Job, request: Txt2ImgRequest) -> str:
+    """`Processed.js()`: the JSON *string* A1111 returns as `info`."""
+    result = job.result or {}
+    params = result.get("params") or {}
+    seeds, subseeds = result.get("seeds", []), result.get("subseeds", [])
+    info = {
+        "prompt": params.get("prompt", request.prompt),
+        "all_prompts": [params.get("prompt", request.prompt)] * len(seeds),
+        "negative_prompt": params.get("negative_prompt", request.negative_prompt),
+        "all_negative_prompts": [params.get("negative_prompt", request.negative_prompt)] * len(seeds),
+        "seed": seeds[0] if seeds else params.get("seed", request.seed),
+        "all_seeds": seeds,
+        "subseed": subseeds[0] if subseeds else params.get("subseed", request.subseed),
+        "all_subseeds": subseeds,
+        "subseed_strength": params.get("subseed_strength", request.subseed_strength),
+        "width": params.get("width", request.width),
+        "height": params.get("height", request.height),
+        "sampler_name": params.get("sampler_name"),
+        "cfg_scale": params.get("cfg_scale", request.cfg_scale),
+        "steps": params.get("steps", request.steps),
+        "batch_size": params.get("batch_size", request.batch_size),
+        "restore_faces": False,
+        "face_restoration_model": None,
+        "sd_model_name": result.get("model_name"),
+        "sd_model_hash": result.get("model_hash"),
+        "sd_vae_name": result.get("vae_name"),
+        "sd_vae_hash": result.get("vae_hash"),
+        "seed_resize_from_w": params.get("seed_resize_from_w", -1) or -1,
+        "seed_resize_from_h": params.get("seed_resize_from_h", -1) or -1,
+        "denoising_strength": request.denoising_strength,
+        "extra_generation_params": {},
+        "index_of_first_image": 0,
+        "infotexts": result.get("infotexts", []),
+        "styles": request.styles or [],
+        "job_timestamp": result.get("job_timestamp", ""),
+        "clip_skip": params.get("clip_skip", 1),
+        "is_using_inpainting_conditioning": False,
+        "version": f"emaki {emaki.__version__}",
+    }
+    return json.dumps(info, ensure_ascii=False)
+
+
+def encode_png(image: GeneratedImage) -> str:
+    buffer = io.BytesIO()
+    image.image.save(buffer, format="PNG", pnginfo=png_info(image.infotext))
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _reply_images(service: Service, job: Job, kept: bool, send: bool) -> list[str]:
+    """The job's PNGs as base64: read back from the gallery, or taken from the worker's hold."""
+    held = service.worker.take_held(job.id)
+    if not send:
+        return []
+    if kept:
+        return [base64.b64encode(Path(row["path"]).read_bytes()).decode("ascii") for row in service.store.images_of(job.id)]
+    return [encode_png(image) for image in held or []]
+
+
+@router.post("/txt2img")
+async def txt2img(body: Txt2ImgRequest, request: Request) -> dict[str, Any]:
+    unsupported = body.unsupported()
+    if unsupported:
+        raise HTTPException(422, f"not supported by emaki yet: {', '.join(unsupported)}")
+    service = _service(request)
+    keep = body.save_images and not body.do_not_save_samples
+
+    def queue() -> Job:  # may hash a model file the first time: kept off the event loop
+        params = service.prepare(body.generation_fields(), overrides=body.override_settings)
+        return service.submit(params, keep=keep)
+
+    job = await request.app.state.waiters.wait((await run_in_threadpool(queue)).id)
+    if job.status == "failed":
+        raise HTTPException(500, job.error or "generation failed")
+    images = await run_in_threadpool(_reply_images, service, job, keep, body.send_images)
+    return {"images": images, "parameters": body.model_dump(), "info": processed_info(job, body)}
+
+
+class PngInfoRequest(BaseModel):
+    image: str = ""
+
+
+def decode_image(data: str, field: str = "image") -> Image.Image:
+    """Raw base64 or a `data:image/...;base64,` URL (remote URLs are not fetched)."""
+    if data.startswith(("http://", "https://")):
+        raise ParamsError(f"{field}: images are not fetched from URLs by this server; send base64")
+    if data.startswith("data:"):
+        data = data.split(",", 1)[-1]
+    try:
+        image = Image.open(io.BytesIO(base64.b64decode(data, validate=False)))
+        image.load()
+    except (binascii.Error, UnidentifiedImageError, OSError, ValueError) as e:
+        raise ParamsError(f"{field}: not a base64-encoded image ({e})") from None
+    return image
+
+
+@router.post("/png-info")
+def png_info_route(body: PngInfoRequest) -> dict[str, Any]:
+    if not body.image:
+        raise HTTPException(404, "Image not found")
+    image = decode_image(body.image)
+    text = infotext_of(image) or ""
+    items = {k: v for k, v in image.info.items() if isinstance(v, str) and k != "parameters"}
+    return {"info": text, "items": items, "parameters": parse_infotext(text) if text else {}}
+
+
+@router.get("/progress")
+async def progress(request: Request, skip_current_image: bool = False) -> dict[str, Any]:
+    service = _service(request)
+    snapshot = service.worker.progress()
+    counts = service.store.counts()
+    current_image = None
+    if not skip_current_image and snapshot.latent is not None and snapshot.preview_map is not None:
+        current_image = png_base64(preview_image(snapshot.latent, snapshot.preview_map))
+    return {
+        "progress": snapshot.fraction,
+        "eta_relative": snapshot.eta,
+        "state": {
+            "skipped": service.worker.skip.is_set(),
+            "interrupted": service.worker.interrupt.is_set(),
+            "stopping_generation": False,
+            "job": snapshot.job_id or "",
+            "job_count": counts.get("queued", 0) + counts.get("running", 0),
+            "job_timestamp": "0",
+            "job_no": snapshot.batch,
+            "sampling_step": snapshot.step,
+            "sampling_steps": snapshot.steps,
+        },
+        "current_image": current_image,
+        "textinfo": None,
+    }
+
+
+@router.post("/interrupt")
+def interrupt(request: Request) -> dict[str, Any]:
+    _service(request).worker.interrupt_job()
+    return {}
+
+
+@router.post("/skip")
+def skip(request: Request) -> dict[str, Any]:
+    service = _service(request)
+    if service.worker.progress().job_id is not None:
+        service.worker.skip.set()
+    return {}
+
+
+@router.get("/options")
+def get_options(request: Request) -> dict[str, Any]:
+    return _service(request).options_view()
+
+
+@router.post("/options")
+def set_options(body: dict[str, Any], request: Request) -> None:
+    _service(request).set_options(body)
+
+
+@router.get("/cmd-flags")
+def cmd_flags(request: Request) -> dict[str, Any]:
+    return request.app.state.settings.flags()
+
+
+@router.get("/samplers")
+def samplers() -> list[dict[str, Any]]:
+    return [{"name": s.name, "aliases": list(s.aliases), "options": {k: str(v) for k, v in s.defaults.items()}}
+            for s in SAMPLERS]
+
+
+@router.get("/schedulers")
+def schedulers() -> list[dict[str, Any]]:
+    return [{"name": s.name, "label": s.label, "aliases": list(s.aliases) or None, "default_rho": s.default_rho,
+             "need_inner_model": s.need_inner_model} for s in SCHEDULES]
+
+
+@router.get("/sd-models")
+def sd_models(request: Request) -> list[dict[str, Any]]:
+    return [{"title": e.title, "model_name": e.model_name, "hash": e.hash, "sha256": e.sha256,
+             "filename": e.filename, "config": None} for e in _service(request).catalog.checkpoints()]
+
+
+@router.get("/sd-vae")
+def sd_vae(request: Request) -> list[dict[str, Any]]:
+    return [{"model_name": row["name"], "filename": row["path"]} for row in _service(request).catalog.inventory.vaes]
+
+
+@router.get("/hypernetworks")
+def hypernetworks(request: Request) -> list[dict[str, Any]]:
+    return [{"name": row["name"], "path": row["path"]}
+            for row in _service(request).catalog.inventory.hypernetworks if row["status"] == "loaded"]
+
+
+@router.get("/embeddings")
+def embeddings(request: Request) -> dict[str, Any]:
+    """Embeddings that fit the current checkpoint (`loaded`) and those that do not, with why."""
+    service = _service(request)
+    scan = EmbeddingLibrary().scan(embedding_folders(), expected_width=text_width(service.current_checkpoint().filename))
+    loaded = {e.name: {"step": e.step, "sd_checkpoint": e.sd_checkpoint, "sd_checkpoint_name": e.sd_checkpoint_name,
+                       "shape": e.width, "vectors": e.num_vectors} for e in scan.loaded.values()}
+    skipped = {s.name: {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None, "shape": None,
+                        "vectors": None, "reason": s.reason} for s in scan.skipped}
+    return {"loaded": loaded, "skipped": skipped}
+
+
+@router.post("/refresh-checkpoints")
+@router.post("/refresh-embeddings")
+@router.post("/refresh-vae")
+def refresh(request: Request) -> None:
+    _service(request).catalog.refresh()
+
+
+@router.get("/memory")
+def memory() -> dict[str, Any]:
+    """RAM of the machine and of this process (bytes); `cuda` says why there is none."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    total = os.sysconf("SC_PHYS_PAGES") * page
+    free = os.sysconf("SC_AVPHYS_PAGES") * page
+    rss = int(Path("/proc/self/statm").read_text().split()[1]) * page if Path("/proc/self/statm").is_file() else None
+    ram = {"free": free, "used": total - free, "total": total, "process": rss}
+    cuda: dict[str, Any] = {"error": "no CUDA device"}
+    if torch.cuda.is_available():
+        free_gpu, total_gpu = torch.cuda.mem_get_info()
+        cuda = {"system": {"free": free_gpu, "used": total_gpu - free_gpu, "total": total_gpu}}
+    return {"ram": ram, "cuda": cuda}
+
+
+@router.get("/scripts")
+def scripts() -> dict[str, list[str]]:
+    return {"txt2img": [], "img2img": []}
+
+
+@router.get("/script-info")
+def script_info() -> list[Any]:
+    return []
+
+
+@router.get("/prompt-styles")
+def prompt_styles() -> list[Any]:
+    return []
+
+
+@router.get("/extensions")
+def extensions() -> list[Any]:
+    return []
+

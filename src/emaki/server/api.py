@@ -1,0 +1,246 @@
+"""`/api`: emaki's own HTTP API. Jobs are queued (they survive a restart) and watched through
+server-sent events with step previews; finished images land in a searchable gallery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import FileResponse, StreamingResponse
+from pydantic import BaseModel
+
+from emaki.infotext import infotext_of, parse_infotext
+from emaki.models.tokenizer import load_clip_tokenizer
+from emaki.params import GenerationParams, params_from_infotext
+from emaki.prompts import count_tokens
+from emaki.server.a1111 import PngInfoRequest, decode_image
+from emaki.server.preview import png_base64, preview_image
+from emaki.server.service import Service
+from emaki.server.store import FINISHED, Job
+
+router = APIRouter(prefix="/api", tags=["native"])
+EVENT_INTERVAL = 0.2  # seconds between progress checks of an event stream
+
+
+def _service(request: Request) -> Service:
+    return request.app.state.service
+
+
+class JobRequest(GenerationParams):
+    """A generation (model, VAE and hypernetwork by name, as `/api/models` lists them) and
+    whether to keep its images in the gallery."""
+
+    save: bool = True
+
+
+def job_view(service: Service, job: Job) -> dict[str, Any]:
+    view = job.public()
+    view["images"] = [image_view(row) for row in service.store.images_of(job.id)]
+    return view
+
+
+def image_view(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["id"], "job_id": row["job_id"], "url": f"/api/images/{row['id']}", "seed": row["seed"],
+        "prompt": row["prompt"], "negative_prompt": row["negative_prompt"], "model": row["model"],
+        "width": row["width"], "height": row["height"], "created": row["created"], "infotext": row["infotext"],
+    }
+
+
+def params_view(infotext: str) -> dict[str, Any]:
+    """Parameters of an infotext as `GenerationParams` fields (what the page puts back in its form)."""
+    fields = parse_infotext(infotext)
+    params = params_from_infotext(fields)
+    return {"infotext": infotext, "fields": fields, "params": params.model_dump()}
+
+
+@router.post("/jobs", status_code=202)
+def submit_job(body: JobRequest, request: Request) -> dict[str, Any]:
+    service = _service(request)
+    fields = body.model_dump(exclude_unset=True)
+    save = fields.pop("save", True)
+    job = service.submit(service.prepare(fields), keep=save)
+    return job_view(service, job)
+
+
+@router.get("/jobs")
+def list_jobs(request: Request, status: str | None = None, limit: int = Query(100, ge=1, le=1000)) -> list[dict]:
+    service = _service(request)
+    return [job.public() for job in service.store.jobs(status, limit)]
+
+
+def _job_or_404(service: Service, job_id: str) -> Job:
+    job = service.store.get(job_id)
+    if job is None:
+        raise HTTPException(404, f"no job {job_id!r}")
+    return job
+
+
+@router.get("/jobs/{job_id}")
+def get_job(job_id: str, request: Request) -> dict[str, Any]:
+    service = _service(request)
+    return job_view(service, _job_or_404(service, job_id))
+
+
+@router.post("/jobs/{job_id}/cancel")
+def cancel_job(job_id: str, request: Request) -> dict[str, Any]:
+    """A queued job is cancelled; a running one is interrupted between steps."""
+    service = _service(request)
+    job = _job_or_404(service, job_id)
+    if job.status in FINISHED:
+        raise HTTPException(409, f"job {job_id} has already ended ({job.status})")
+    if not service.store.cancel(job_id):
+        service.worker.interrupt_job(job_id)
+    return job_view(service, _job_or_404(service, job_id))
+
+
+def _progress_event(service: Service, job_id: str | None) -> dict[str, Any] | None:
+    snapshot = service.worker.progress()
+    if snapshot.job_id is None or not snapshot.steps or (job_id is not None and snapshot.job_id != job_id):
+        return None  # idle, another job, or no step taken yet
+    preview = None
+    if snapshot.latent is not None and snapshot.preview_map is not None:
+        preview = "data:image/png;base64," + png_base64(preview_image(snapshot.latent, snapshot.preview_map))
+    return {"job_id": snapshot.job_id, "batch": snapshot.batch, "batches": snapshot.batches, "step": snapshot.step,
+            "steps": snapshot.steps, "progress": snapshot.fraction, "eta": snapshot.eta, "preview": preview}
+
+
+def _sse(event: str, data: dict[str, Any]) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+@router.get("/jobs/{job_id}/events")
+async def job_events(job_id: str, request: Request) -> StreamingResponse:
+    """Server-sent events: `progress` (step, preview as a data URL) until the job ends, then
+    one event named after how it ended (`done`, `failed`, `cancelled`, `interrupted`)."""
+    service = _service(request)
+    _job_or_404(service, job_id)
+
+    async def stream() -> AsyncIterator[str]:
+        last = None
+        while not await request.is_disconnected():
+            job = service.store.get(job_id)
+            assert job is not None
+            if job.status in FINISHED:
+                yield _sse(job.status, job_view(service, job))
+                return
+            event = _progress_event(service, job_id)
+            key = event and (event["batch"], event["step"])
+            if event is not None and key != last:
+                last = key
+                yield _sse("progress", event)
+            elif event is None and last is None:
+                yield _sse("queued", {"job_id": job_id, "position": _position(service, job)})
+                last = ()
+            await asyncio.sleep(EVENT_INTERVAL)
+
+    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def _position(service: Service, job: Job) -> int:
+    return sum(1 for queued in service.store.jobs("queued", 10_000) if queued.seq < job.seq)
+
+
+@router.get("/events")
+async def all_events(request: Request) -> StreamingResponse:
+    """Server-sent events for the whole server: `progress` of whichever job runs, `queue`
+    counts when they change, and `finished` with each job that ends."""
+    service = _service(request)
+
+    async def stream() -> AsyncIterator[str]:
+        last_progress, last_counts, seen = None, None, time.time()
+        while not await request.is_disconnected():
+            counts = service.store.counts()
+            if counts != last_counts:
+                last_counts = counts
+                yield _sse("queue", counts)
+            recent = service.store.jobs(None, 20)
+            for job in reversed(recent):
+                if job.finished and job.finished > seen:
+                    yield _sse("finished", job_view(service, job))
+            seen = max([seen] + [job.finished or 0 for job in recent])
+            event = _progress_event(service, None)
+            key = event and (event["job_id"], event["batch"], event["step"])
+            if key != last_progress:
+                last_progress = key
+                if event is not None:
+                    yield _sse("progress", event)
+            await asyncio.sleep(EVENT_INTERVAL)
+
+    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/gallery")
+def gallery(request: Request, q: str | None = None, model: str | None = None, since: float | None = None,
+            until: float | None = None, limit: int = Query(50, ge=1, le=500),
+            offset: int = Query(0, ge=0)) -> list[dict[str, Any]]:
+    """Newest first. `q` searches prompt and negative prompt; `since`/`until` are Unix times."""
+    rows = _service(request).store.gallery(text=q, model=model, since=since, until=until, limit=limit,
+                                           offset=offset)
+    return [image_view(row) for row in rows]
+
+
+def _image_or_404(service: Service, image_id: int) -> dict[str, Any]:
+    row = service.store.image(image_id)
+    if row is None or not Path(row["path"]).is_file():
+        raise HTTPException(404, f"no image {image_id}")
+    return row
+
+
+@router.get("/images/{image_id}")
+def get_image(image_id: int, request: Request) -> FileResponse:
+    row = _image_or_404(_service(request), image_id)
+    return FileResponse(row["path"], media_type="image/png", filename=Path(row["path"]).name)
+
+
+@router.get("/images/{image_id}/params")
+def get_image_params(image_id: int, request: Request) -> dict[str, Any]:
+    row = _image_or_404(_service(request), image_id)
+    return params_view(row["infotext"])
+
+
+@router.post("/png-info")
+def png_params(body: PngInfoRequest) -> dict[str, Any]:
+    """The parameters stored in an image (A1111, NovelAI or emaki), as form fields."""
+    text = infotext_of(decode_image(body.image))
+    if not text:
+        raise HTTPException(404, "this image carries no generation parameters")
+    return params_view(text)
+
+
+class TokensRequest(BaseModel):
+    prompt: str = ""
+    negative: bool = False
+    steps: int = 20
+
+
+@router.post("/tokens")
+def tokens(body: TokensRequest) -> dict[str, Any]:
+    """The live token counter: tokens used, the limit, and where each 75-token chunk ends."""
+    count = count_tokens(body.prompt, load_clip_tokenizer(), steps=body.steps, negative=body.negative)
+    return {"tokens": count.tokens, "limit": count.limit, "summary": count.summary(),
+            "chunks": [{"index": c.index, "tokens": c.tokens, "text": c.text} for c in count.chunks]}
+
+
+@router.get("/models")
+def models(request: Request) -> dict[str, Any]:
+    service = _service(request)
+    inventory = service.catalog.inventory
+    return {
+        "current": service.current_checkpoint().title,
+        "checkpoints": [{"title": e.title, "name": e.model_name, "hash": e.hash}
+                        for e in service.catalog.checkpoints()],
+        "vaes": [row["name"] for row in inventory.vaes],
+        "hypernetworks": [row["name"] for row in inventory.hypernetworks if row["status"] == "loaded"],
+    }
+
+
+@router.get("/health")
+def health(request: Request) -> dict[str, Any]:
+    return {"ok": True, "queue": _service(request).store.counts()}

@@ -1,0 +1,125 @@
+"""What the server may load, by name: checkpoints, VAEs, hypernetworks and embeddings found in
+the configured folders (and the bundled demo model). A name from an HTTP request is matched
+against these lists and nothing else, so a request can never make the server open a file
+outside those folders.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from emaki.errors import EmakiError
+from emaki.home import a1111_dir
+from emaki.inventory import Inventory, take_inventory
+
+
+class NameNotAllowed(EmakiError):
+    """A name from a request that is a path, or names nothing in the configured folders (HTTP 400)."""
+
+
+@dataclass(frozen=True)
+class CheckpointEntry:
+    """One checkpoint as `/sdapi/v1/sd-models` lists it."""
+
+    title: str  # "file.safetensors [hash10]", what A1111 clients send back in `sd_model_checkpoint`
+    model_name: str
+    filename: str
+    hash: str | None
+    sha256: str | None
+
+    def names(self) -> set[str]:
+        """Every spelling a client may use for it."""
+        spelled = {self.title, self.model_name, Path(self.filename).name}
+        if self.hash:
+            spelled |= {self.hash, f"{self.model_name} [{self.hash}]"}
+        return spelled
+
+
+TOKEN_EMBEDDING_KEY = "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"
+
+
+def text_width(checkpoint: str) -> int:
+    """The checkpoint's token-embedding width, from the safetensors header alone (768, SD 1.x's,
+    for other formats): embeddings of another width do not fit it."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(checkpoint, framework="pt") as f:
+            if TOKEN_EMBEDDING_KEY in f.keys():
+                return int(f.get_slice(TOKEN_EMBEDDING_KEY).get_shape()[-1])
+    except (OSError, ValueError, RuntimeError):
+        pass
+    return 768
+
+
+def check_plain_name(field: str, value: str) -> None:
+    """Names only: separators, `..` and absolute paths are refused before any lookup."""
+    if "/" in value or "\\" in value or value.startswith(".") or Path(value).is_absolute() or "\x00" in value:
+        raise NameNotAllowed(f"{field}: {value!r} is a path; give the name of a file in the configured folders")
+
+
+class Catalog:
+    """The server's view of `emaki models`, refreshed on demand (`refresh-checkpoints`)."""
+
+    def __init__(self, a1111: Path | None = None, text_width: int = 768) -> None:
+        self.a1111 = a1111 if a1111 is not None else a1111_dir()
+        self.text_width = text_width
+        self._lock = threading.Lock()
+        self._inventory: Inventory | None = None
+
+    def refresh(self) -> Inventory:
+        inventory = take_inventory(self.a1111, text_width=self.text_width, hashes=True)
+        with self._lock:
+            self._inventory = inventory
+        return inventory
+
+    @property
+    def inventory(self) -> Inventory:
+        with self._lock:
+            inventory = self._inventory
+        return inventory if inventory is not None else self.refresh()
+
+    def checkpoints(self) -> list[CheckpointEntry]:
+        from emaki.demo import demo_model_path
+        from emaki.models.hashes import HashCache
+        from emaki.home import hash_cache_path
+
+        rows = list(self.inventory.checkpoints)
+        demo = demo_model_path()
+        if demo.is_file() and all(Path(r["path"]) != demo for r in rows):
+            digest = HashCache(hash_cache_path()).get(demo).sha256
+            rows.append({"name": demo.stem, "path": str(demo), "hash": digest[:10], "sha256": digest})
+        entries = []
+        for row in rows:
+            filename = Path(row["path"]).name
+            title = f"{filename} [{row['hash']}]" if row["hash"] else filename
+            entries.append(CheckpointEntry(title, row["name"], row["path"], row["hash"], row["sha256"]))
+        return entries
+
+    def find_checkpoint(self, name: str, field: str = "sd_model_checkpoint") -> CheckpointEntry:
+        check_plain_name(field, name)
+        entries = self.checkpoints()
+        for entry in entries:
+            if name in entry.names():
+                return entry
+        known = ", ".join(e.title for e in entries) or "none"
+        raise NameNotAllowed(f"{field}: no checkpoint {name!r} in the model folders (known: {known})")
+
+    def find_vae(self, name: str, field: str = "sd_vae") -> str | None:
+        """A VAE file path, or None for "Automatic"/"None" (the checkpoint's own VAE)."""
+        if name in ("", "Automatic", "None"):
+            return None
+        check_plain_name(field, name)
+        for row in self.inventory.vaes:
+            if name in (row["name"], Path(row["name"]).stem):
+                return row["path"]
+        raise NameNotAllowed(f"{field}: no VAE {name!r} in the VAE folders")
+
+    def find_hypernetwork(self, name: str, field: str = "sd_hypernetwork") -> str:
+        check_plain_name(field, name)
+        for row in self.inventory.hypernetworks:
+            if name == row["name"]:
+                return row["name"]
+        raise NameNotAllowed(f"{field}: no hypernetwork {name!r} in the hypernetwork folders")

@@ -1,0 +1,111 @@
+"""Between HTTP and the engine: turns request fields plus server settings into checked
+`GenerationParams` and queues them. Both APIs (A1111's and the native one) go through here,
+so the policy, the name checks and the settings apply the same way to every request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from emaki.errors import ParamsError
+from emaki.params import GenerationParams
+from emaki.prompts import extract_networks
+from emaki.safety import ensure_allowed
+from emaki.sampling import parse_sampler_name
+from emaki.server.catalog import Catalog, CheckpointEntry, NameNotAllowed
+from emaki.server.options import Options, check_option
+from emaki.server.store import Job, JobStore
+from emaki.server.worker import Worker
+
+# Settings that fill a generation field the request did not set.
+OPTION_FIELDS = {
+    "CLIP_stop_at_last_layers": "clip_skip",
+    "eta_noise_seed_delta": "eta_noise_seed_delta",
+    "randn_source": "rng",
+    "emphasis": "emphasis",
+    "sd_hypernetwork_strength": "hypernetwork_strength",
+}
+
+
+@dataclass
+class Service:
+    store: JobStore
+    worker: Worker
+    catalog: Catalog
+    options: Options
+
+    def current_checkpoint(self) -> CheckpointEntry:
+        """The `sd_model_checkpoint` setting, else the demo model, else the first one found."""
+        chosen = self.options.get("sd_model_checkpoint")
+        entries = self.catalog.checkpoints()
+        if chosen:
+            for entry in entries:
+                if chosen in entry.names():
+                    return entry
+        from emaki.demo import demo_model_path
+
+        demo = str(demo_model_path())
+        for entry in entries:
+            if entry.filename == demo:
+                return entry
+        if not entries:
+            raise NameNotAllowed("no checkpoints found in the model folders, and the demo model is missing")
+        return entries[0]
+
+    def options_view(self) -> dict[str, Any]:
+        values = self.options.all()
+        current = self.current_checkpoint()
+        return values | {"sd_model_checkpoint": current.title, "sd_checkpoint_hash": current.sha256}
+
+    def checked_options(self, values: dict[str, Any]) -> dict[str, Any]:
+        """Settings as they will be stored; names are looked up in the catalog."""
+        checked: dict[str, Any] = {}
+        for key, value in values.items():
+            if key == "sd_model_checkpoint":
+                entry = self.catalog.find_checkpoint(str(value))
+                checked |= {key: entry.title, "sd_checkpoint_hash": entry.sha256}
+            elif key == "sd_vae":
+                self.catalog.find_vae(str(value))
+                checked[key] = value
+            elif key == "sd_hypernetwork":
+                if value not in (None, "", "None"):
+                    self.catalog.find_hypernetwork(str(value))
+                checked[key] = value or "None"
+            elif key in self.options.all():
+                checked[key] = check_option(key, value)
+        return checked
+
+    def set_options(self, values: dict[str, Any]) -> None:
+        self.options.update(self.checked_options(values))
+
+    def prepare(self, fields: dict[str, Any], *, overrides: dict[str, Any] | None = None) -> GenerationParams:
+        """Fields a request set (model/VAE/hypernetwork by name), completed from the settings
+        (and per-request `overrides` of them); raises ParamsError, NameNotAllowed, PolicyViolation."""
+        settings = self.options.all() | self.checked_options(overrides or {})
+        values = dict(fields)
+        for option, field in OPTION_FIELDS.items():
+            values.setdefault(field, settings[option])
+        if values.get("model"):
+            values["model"] = self.catalog.find_checkpoint(str(values["model"]), "model").filename
+        elif settings.get("sd_model_checkpoint") and overrides and "sd_model_checkpoint" in overrides:
+            values["model"] = self.catalog.find_checkpoint(settings["sd_model_checkpoint"]).filename
+        else:
+            values["model"] = self.current_checkpoint().filename
+        vae = values.get("vae") if values.get("vae") else settings["sd_vae"]
+        values["vae"] = self.catalog.find_vae(str(vae), "vae")
+        hypernetwork = values.get("hypernetwork") or settings["sd_hypernetwork"]
+        values["hypernetwork"] = (None if hypernetwork in (None, "", "None")
+                                  else self.catalog.find_hypernetwork(str(hypernetwork), "hypernetwork"))
+        params = GenerationParams.create(**values)
+        parse_sampler_name(params.sampler_name, params.scheduler)  # an unknown name fails now, not in the queue
+        for tag in extract_networks(params.prompt)[1]:
+            if tag.kind == "hypernet":
+                self.catalog.find_hypernetwork(tag.name, "prompt")
+        ensure_allowed(params.prompt, params.negative_prompt)
+        return params
+
+    def submit(self, params: GenerationParams, *, keep: bool = True) -> Job:
+        if params.width is not None and params.height is not None and params.width * params.height > 2048 * 2048:
+            raise ParamsError(f"size: {params.width}x{params.height} is more than this server makes (2048x2048)")
+        return self.store.submit(params.model_dump(), keep=keep)

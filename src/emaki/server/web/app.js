@@ -1,0 +1,628 @@
+// emaki's web page: a form that queues jobs on /api/jobs, watches them (server-sent events, or
+// polling when the server wants credentials), and a gallery of what was made. Plain JS, no build
+// step. Text from the server or from images only ever goes into the DOM through textContent.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const AUTH_KEY = "emaki.auth";
+const FINISHED = new Set(["done", "failed", "cancelled", "interrupted"]);
+const DEBOUNCE_MS = 250;
+const POLL_MS = 300;
+const GALLERY_PAGE = 48;
+
+const state = {
+  auth: sessionStorage.getItem(AUTH_KEY),  // an Authorization header value, once the server asked
+  loginWaiter: null,       // one pending sign-in shared by every request that got a 401
+  job: null,               // id of the job being watched
+  events: null,            // its EventSource, when not polling
+  lastSeed: null,          // seed of the first image of the last finished job ("Reuse last")
+  checkpoints: [],
+  samplers: [],
+  schedulers: [],
+  galleryOffset: 0,
+  galleryObjectUrls: [],   // blob: URLs made for authenticated image loads, freed on re-render
+};
+
+// Counters of what the page received. The demo model finishes in well under a second, so tests
+// (and curious users in the console) read these instead of racing the progress bar.
+window.emaki = { progressEvents: 0, previews: 0, maxProgress: 0, finishedJobs: 0 };
+
+// ---------------------------------------------------------------- HTTP
+
+class ApiError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+function authHeaders() {
+  return state.auth ? { Authorization: state.auth } : {};
+}
+
+// JSON request to the server; on a 401 asks the user to sign in and tries again.
+// credentials "omit": the server's 401 carries `WWW-Authenticate: Basic`, and with browser
+// credentials allowed Chromium would hold the request behind its own login dialog instead of
+// handing the 401 to the page.
+async function api(path, { method = "GET", body } = {}) {
+  for (;;) {
+    const headers = authHeaders();
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    const response = await fetch(path, {
+      method, headers, body: body === undefined ? undefined : JSON.stringify(body), credentials: "omit",
+    });
+    if (response.status === 401) {
+      await signIn(state.auth ? "Those credentials were not accepted." : "");
+      continue;
+    }
+    const text = await response.text();
+    let data = null;
+    try {
+      data = text ? JSON.parse(text) : null;
+    } catch {
+      data = text;
+    }
+    if (!response.ok) throw new ApiError(response.status, describeError(response.status, data));
+    return data;
+  }
+}
+
+// A readable message from an error body: `{error, detail: "..."}` (emaki) or FastAPI's
+// validation list `{detail: [{loc, msg}, ...]}`.
+function describeError(status, data) {
+  if (data && typeof data.detail === "string") return data.detail;
+  if (data && Array.isArray(data.detail)) {
+    return data.detail.map((item) => {
+      const field = (item.loc || []).filter((part) => part !== "body").join(".") || "request";
+      return `${field}: ${item.msg}`;
+    }).join("; ");
+  }
+  if (typeof data === "string" && data) return `HTTP ${status}: ${data.slice(0, 200)}`;
+  return `HTTP ${status}`;
+}
+
+// Image URLs are under /api too: with auth on, <img src> cannot send the header, so fetch the
+// bytes ourselves and show them through a blob: URL.
+async function setImageSource(img, url, objectUrls) {
+  if (!state.auth || url.startsWith("data:")) {
+    img.src = url;
+    return;
+  }
+  try {
+    const response = await fetch(url, { headers: authHeaders(), credentials: "omit" });
+    if (!response.ok) return;
+    const objectUrl = URL.createObjectURL(await response.blob());
+    if (objectUrls) objectUrls.push(objectUrl);
+    img.src = objectUrl;
+  } catch {
+    // a missing thumbnail is not worth an error message
+  }
+}
+
+// ---------------------------------------------------------------- sign-in
+
+function signIn(problem) {
+  if (!state.loginWaiter) {
+    state.loginWaiter = new Promise((resolve) => {
+      const form = $("login");
+      form.hidden = false;
+      $("login-error").textContent = problem;
+      (state.auth && state.auth.startsWith("Bearer") ? $("login-token") : $("login-user")).focus();
+      form.onsubmit = (event) => {
+        event.preventDefault();
+        const header = credentialsHeader();
+        if (!header) {
+          $("login-error").textContent = "Give a user and password, or a token.";
+          return;
+        }
+        state.auth = header;
+        sessionStorage.setItem(AUTH_KEY, header);
+        form.hidden = true;
+        form.onsubmit = null;
+        state.loginWaiter = null;
+        resolve();
+      };
+    });
+  }
+  return state.loginWaiter;
+}
+
+function credentialsHeader() {
+  const token = $("login-token").value.trim();
+  if (token) return `Bearer ${token}`;
+  const user = $("login-user").value;
+  const password = $("login-password").value;
+  if (!user || !password) return null;
+  // btoa only takes Latin-1: encode as UTF-8 bytes first, as the server decodes it.
+  const bytes = new TextEncoder().encode(`${user}:${password}`);
+  return `Basic ${btoa(String.fromCharCode(...bytes))}`;
+}
+
+// ---------------------------------------------------------------- messages
+
+function showError(message) {
+  const box = $("error");
+  box.textContent = message;
+  box.hidden = false;
+}
+
+function clearError() {
+  $("error").hidden = true;
+  $("error").textContent = "";
+}
+
+function setStatus(text) {
+  $("status").textContent = text;
+}
+
+function debounce(fn, ms) {
+  let timer = null;
+  return (...args) => {
+    clearTimeout(timer);
+    timer = setTimeout(() => fn(...args), ms);
+  };
+}
+
+// ---------------------------------------------------------------- token counters
+
+// Returns a function that recounts now; typing recounts after a pause.
+function tokenCounter(textarea, output, negative) {
+  let latest = 0;  // only the newest answer is shown, whatever order they arrive in
+  async function update() {
+    const mine = ++latest;
+    try {
+      const count = await api("/api/tokens", { method: "POST", body: { prompt: textarea.value, negative } });
+      if (mine === latest) renderTokens(output, count);
+    } catch (error) {
+      if (mine === latest) output.textContent = `tokens: ${error.message}`;
+    }
+  }
+  textarea.addEventListener("input", debounce(update, DEBOUNCE_MS));
+  return update;
+}
+
+function renderTokens(output, count) {
+  output.replaceChildren();
+  const total = document.createElement("span");
+  total.className = "count";
+  total.textContent = `${count.tokens}/${count.limit}`;
+  total.title = count.summary;
+  output.append(total);
+  if (count.chunks.length > 1) {
+    // Each 75-token chunk is encoded separately: show where one ends and the next starts.
+    const list = document.createElement("ol");
+    list.className = "chunks";
+    for (const chunk of count.chunks) {
+      const item = document.createElement("li");
+      item.textContent = `chunk ${chunk.index + 1} (${chunk.tokens} tokens) starts at: ${chunk.text}`;
+      item.title = chunk.text;
+      list.append(item);
+    }
+    output.append(list);
+  }
+}
+
+// ---------------------------------------------------------------- form
+
+function fillSelect(select, items) {
+  select.replaceChildren(...items.map(([value, label]) => new Option(label, value)));
+}
+
+async function loadChoices() {
+  const [models, samplers, schedulers] = await Promise.all([
+    api("/api/models"), api("/sdapi/v1/samplers"), api("/sdapi/v1/schedulers"),
+  ]);
+  state.checkpoints = models.checkpoints;
+  state.samplers = samplers;
+  state.schedulers = schedulers;
+  fillSelect($("model"), models.checkpoints.map((c) => [c.title, c.title]));
+  $("model").value = models.current;
+  fillSelect($("vae"), [["", "Automatic"], ...models.vaes.map((name) => [name, name])]);
+  fillSelect($("sampler"), samplers.map((s) => [s.name, s.name]));
+  $("sampler").value = samplers.some((s) => s.name === "Euler a") ? "Euler a" : samplers[0]?.name;
+  fillSelect($("scheduler"), schedulers.map((s) => [s.label, s.label]));
+  $("scheduler").value = "Automatic";
+}
+
+function intOrNull(id) {
+  const value = $(id).value.trim();
+  if (value === "") return null;
+  const number = Number(value);
+  return Number.isFinite(number) ? Math.trunc(number) : value;  // the server names a bad value
+}
+
+// The form as `GenerationParams` fields; empty size fields mean the model's native size.
+function readForm() {
+  const params = {
+    prompt: $("prompt").value,
+    negative_prompt: $("negative").value,
+    seed: intOrNull("seed") ?? -1,
+    sampler_name: $("sampler").value,
+    scheduler: $("scheduler").value,
+    steps: intOrNull("steps") ?? 20,
+    cfg_scale: $("cfg").value.trim() === "" ? 7 : Number($("cfg").value),
+    batch_size: intOrNull("batch-size") ?? 1,
+    n_iter: intOrNull("batch-count") ?? 1,
+  };
+  for (const [field, id] of [["width", "width"], ["height", "height"]]) {
+    const value = intOrNull(id);
+    if (value !== null) params[field] = value;
+  }
+  if ($("model").value) params.model = $("model").value;
+  if ($("vae").value) params.vae = $("vae").value;
+  return params;
+}
+
+const same = (a, b) => String(a).toLowerCase() === String(b).toLowerCase();
+
+// Puts parameters (from the gallery or a PNG) back into the form. Names the page does not
+// know (a sampler or model missing here) are reported instead of silently kept.
+function fillForm(params) {
+  const unknown = [];
+  $("prompt").value = params.prompt ?? "";
+  $("negative").value = params.negative_prompt ?? "";
+  $("seed").value = params.seed ?? -1;
+  if (params.steps != null) $("steps").value = params.steps;
+  if (params.cfg_scale != null) $("cfg").value = params.cfg_scale;
+  $("width").value = params.width ?? "";
+  $("height").value = params.height ?? "";
+
+  const sampler = state.samplers.find((s) => same(s.name, params.sampler_name)
+    || (s.aliases || []).some((alias) => same(alias, params.sampler_name)));
+  if (sampler) $("sampler").value = sampler.name;
+  else if (params.sampler_name) unknown.push(`sampler ${params.sampler_name}`);
+
+  const schedule = state.schedulers.find((s) => same(s.label, params.scheduler) || same(s.name, params.scheduler)
+    || (s.aliases || []).some((alias) => same(alias, params.scheduler)));
+  if (schedule) $("scheduler").value = schedule.label;
+  else if (params.scheduler) unknown.push(`schedule ${params.scheduler}`);
+
+  if (params.model) {
+    const checkpoint = state.checkpoints.find((c) => [c.title, c.name, c.hash].some((n) => n && same(n, params.model)));
+    if (checkpoint) $("model").value = checkpoint.title;
+    else unknown.push(`model ${params.model}`);
+  }
+  recountTokens();
+  return unknown;
+}
+
+let recountTokens = () => {};
+
+// ---------------------------------------------------------------- jobs
+
+async function generate() {
+  clearError();
+  let job;
+  try {
+    job = await api("/api/jobs", { method: "POST", body: readForm() });
+  } catch (error) {
+    showError(error.message);
+    setStatus("Not queued");
+    return;
+  }
+  watchJob(job);
+}
+
+function watchJob(job) {
+  stopWatching();
+  state.job = job.id;
+  $("generate").disabled = true;
+  $("interrupt").disabled = false;
+  $("progress").value = 0;
+  $("progress-text").textContent = "";
+  $("preview").hidden = true;
+  setStatus("Queued");
+  // EventSource cannot send an Authorization header: with auth on, poll instead.
+  if (state.auth) pollJob(job.id);
+  else streamJob(job.id);
+}
+
+function stopWatching() {
+  if (state.events) state.events.close();
+  state.events = null;
+  state.job = null;
+}
+
+function streamJob(id) {
+  const source = new EventSource(`/api/jobs/${encodeURIComponent(id)}/events`);
+  state.events = source;
+  source.addEventListener("queued", (event) => showQueued(JSON.parse(event.data).position));
+  source.addEventListener("progress", (event) => showProgress(JSON.parse(event.data)));
+  for (const name of FINISHED) {
+    // The server ends the stream after this event; close first so the browser does not reconnect.
+    source.addEventListener(name, (event) => {
+      source.close();
+      finishJob(JSON.parse(event.data));
+    });
+  }
+  source.onerror = () => {
+    // CLOSED means the browser gave up (e.g. a 401 or 404): poll, which can sign in and report.
+    if (source.readyState === EventSource.CLOSED && state.events === source) {
+      state.events = null;
+      pollJob(id);
+    }
+  };
+}
+
+async function pollJob(id) {
+  while (state.job === id) {
+    let job;
+    try {
+      job = await api(`/api/jobs/${encodeURIComponent(id)}`);
+    } catch (error) {
+      showError(`Lost track of the job: ${error.message}`);
+      finishWatching();
+      return;
+    }
+    if (state.job !== id) return;
+    if (FINISHED.has(job.status)) {
+      finishJob(job);
+      return;
+    }
+    if (job.status === "running") await pollProgress(id, job);
+    else setStatus("Queued");
+    await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+  }
+}
+
+// /sdapi/v1/progress describes whichever job runs; use it only when it is ours.
+async function pollProgress(id, job) {
+  try {
+    const progress = await api("/sdapi/v1/progress");
+    if (progress.state.job !== id || state.job !== id) return;
+    showProgress({
+      step: progress.state.sampling_step, steps: progress.state.sampling_steps,
+      batch: progress.state.job_no, batches: job.params?.n_iter ?? 1,
+      progress: progress.progress, eta: progress.eta_relative,
+      preview: progress.current_image ? `data:image/png;base64,${progress.current_image}` : null,
+    });
+  } catch {
+    // the next poll tries again
+  }
+}
+
+function showQueued(position) {
+  setStatus(position > 0 ? `Queued (${position} ahead)` : "Queued");
+}
+
+function showProgress(event) {
+  window.emaki.progressEvents += 1;
+  const fraction = Math.max(0, Math.min(1, event.progress || 0));
+  window.emaki.maxProgress = Math.max(window.emaki.maxProgress, fraction);
+  $("progress").value = fraction;
+  $("progress").setAttribute("aria-valuenow", String(Math.round(fraction * 100)));
+  if (event.steps) {
+    const batch = event.batches > 1 ? `, batch ${event.batch + 1}/${event.batches}` : "";
+    const eta = event.eta ? `, about ${Math.ceil(event.eta)} s left` : "";
+    $("progress-text").textContent = `Step ${event.step}/${event.steps}${batch}${eta}`;
+  }
+  setStatus(`Generating ${Math.round(fraction * 100)}%`);
+  if (event.preview) {
+    window.emaki.previews += 1;
+    $("preview").src = event.preview;
+    $("preview").hidden = false;
+  }
+}
+
+function finishWatching() {
+  stopWatching();
+  $("generate").disabled = false;
+  $("interrupt").disabled = true;
+}
+
+function finishJob(job) {
+  finishWatching();
+  window.emaki.finishedJobs += 1;
+  const images = job.images || [];
+  if (job.status === "done") {
+    $("progress").value = 1;
+    $("progress").setAttribute("aria-valuenow", "100");
+    $("progress-text").textContent = `${images.length} image${images.length === 1 ? "" : "s"}`;
+  } else {
+    $("progress-text").textContent = `${job.status[0].toUpperCase()}${job.status.slice(1)}`;
+    if (job.status === "failed") showError(`Generation failed: ${job.error || "unknown error"}`);
+  }
+  setStatus(job.status === "done" ? "Done" : `Job ${job.status}`);
+  $("preview").hidden = true;  // the images (or nothing, when stopped) replace the half-made one
+  if (images.length) {
+    state.lastSeed = images[0].seed;
+    $("reuse-seed").disabled = false;
+    renderItems($("results"), images, null);
+    loadGallery();
+  }
+}
+
+async function interrupt() {
+  const id = state.job;
+  if (!id) return;
+  setStatus("Interrupting…");
+  try {
+    await api(`/api/jobs/${encodeURIComponent(id)}/cancel`, { method: "POST" });
+  } catch (error) {
+    if (error.status !== 409) showError(error.message);  // 409: it had just ended anyway
+  }
+}
+
+// ---------------------------------------------------------------- gallery
+
+function renderItems(container, rows, objectUrls) {
+  container.replaceChildren(...rows.map((row) => imageItem(row, objectUrls)));
+}
+
+// One image: click the picture to see its parameters; "Send to prompt" loads them in the form.
+function imageItem(row, objectUrls) {
+  const figure = document.createElement("figure");
+  figure.className = "item";
+  figure.dataset.imageId = row.id;
+
+  const thumb = document.createElement("button");
+  thumb.type = "button";
+  thumb.className = "thumb";
+  thumb.setAttribute("aria-expanded", "false");
+  const img = document.createElement("img");
+  img.alt = row.prompt || "generated image";
+  img.loading = "lazy";
+  img.width = row.width || 64;
+  img.height = row.height || 64;
+  setImageSource(img, row.url, objectUrls);
+  thumb.append(img);
+
+  const caption = document.createElement("figcaption");
+  caption.textContent = row.prompt || "(no prompt)";
+  caption.title = row.prompt || "";
+
+  const details = document.createElement("pre");
+  details.className = "infotext";
+  details.textContent = row.infotext || `Seed: ${row.seed}`;
+  details.hidden = true;
+  thumb.addEventListener("click", () => {
+    details.hidden = !details.hidden;
+    thumb.setAttribute("aria-expanded", String(!details.hidden));
+  });
+
+  const send = document.createElement("button");
+  send.type = "button";
+  send.className = "send";
+  send.textContent = "Send to prompt";
+  send.addEventListener("click", () => sendToPrompt(row.id));
+
+  figure.append(thumb, caption, send, details);
+  return figure;
+}
+
+async function loadGallery({ more = false } = {}) {
+  const query = $("gallery-search").value.trim();
+  const offset = more ? state.galleryOffset : 0;
+  const params = new URLSearchParams({ limit: String(GALLERY_PAGE), offset: String(offset) });
+  if (query) params.set("q", query);
+  let rows;
+  try {
+    rows = await api(`/api/gallery?${params}`);
+  } catch (error) {
+    showError(`Gallery: ${error.message}`);
+    return;
+  }
+  if (!more) {
+    state.galleryObjectUrls.forEach((url) => URL.revokeObjectURL(url));
+    state.galleryObjectUrls = [];
+    $("gallery").replaceChildren();
+  }
+  $("gallery").append(...rows.map((row) => imageItem(row, state.galleryObjectUrls)));
+  state.galleryOffset = offset + rows.length;
+  $("gallery-more").hidden = rows.length < GALLERY_PAGE;
+  if (!more && rows.length === 0) {
+    const empty = document.createElement("p");
+    empty.className = "hint";
+    empty.textContent = query ? "No image matches that search." : "No images yet.";
+    $("gallery").append(empty);
+  }
+}
+
+async function sendToPrompt(imageId) {
+  clearError();
+  try {
+    const info = await api(`/api/images/${encodeURIComponent(imageId)}/params`);
+    const unknown = fillForm(info.params);
+    setStatus(unknown.length ? `Loaded image ${imageId}; not available here: ${unknown.join(", ")}` : `Loaded image ${imageId}`);
+    $("prompt").focus();
+  } catch (error) {
+    showError(error.message);
+  }
+}
+
+// ---------------------------------------------------------------- PNG parameters
+
+function readAsDataUrl(file) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(file);
+  });
+}
+
+async function readPngParams(file) {
+  clearError();
+  try {
+    const info = await api("/api/png-info", { method: "POST", body: { image: await readAsDataUrl(file) } });
+    const unknown = fillForm(info.params);
+    setStatus(unknown.length ? `Read ${file.name}; not available here: ${unknown.join(", ")}` : `Read ${file.name}`);
+  } catch (error) {
+    showError(error.status === 404 ? `${file.name}: no generation parameters in this image.` : `${file.name}: ${error.message}`);
+  }
+}
+
+function hasFiles(event) {
+  return event.dataTransfer && Array.from(event.dataTransfer.types || []).includes("Files");
+}
+
+// Files dropped anywhere are read for parameters; dragged text still drops into the textareas.
+function setUpDrop() {
+  const overlay = $("drop-overlay");
+  let depth = 0;  // enter/leave fire for every element crossed: count them to know when it left the page
+  window.addEventListener("dragenter", (event) => {
+    if (!hasFiles(event)) return;
+    depth += 1;
+    overlay.hidden = false;
+  });
+  window.addEventListener("dragleave", (event) => {
+    if (!hasFiles(event)) return;
+    depth = Math.max(0, depth - 1);
+    if (depth === 0) overlay.hidden = true;
+  });
+  window.addEventListener("dragover", (event) => {
+    if (hasFiles(event)) event.preventDefault();  // allows the drop
+  });
+  window.addEventListener("drop", (event) => {
+    depth = 0;
+    overlay.hidden = true;
+    const file = event.dataTransfer && event.dataTransfer.files[0];
+    if (!file) return;
+    event.preventDefault();
+    readPngParams(file);
+  });
+  $("png-file").addEventListener("change", () => {
+    const file = $("png-file").files[0];
+    if (file) readPngParams(file);
+    $("png-file").value = "";  // choosing the same file again should read it again
+  });
+}
+
+// ---------------------------------------------------------------- start
+
+async function start() {
+  const countPrompt = tokenCounter($("prompt"), $("prompt-tokens"), false);
+  const countNegative = tokenCounter($("negative"), $("negative-tokens"), true);
+  recountTokens = () => {
+    countPrompt();
+    countNegative();
+  };
+
+  $("generate").addEventListener("click", generate);
+  $("interrupt").addEventListener("click", interrupt);
+  $("random-seed").addEventListener("click", () => { $("seed").value = -1; });
+  $("reuse-seed").addEventListener("click", () => {
+    if (state.lastSeed !== null) $("seed").value = state.lastSeed;
+  });
+  for (const area of [$("prompt"), $("negative")]) {
+    area.addEventListener("keydown", (event) => {
+      if (event.key === "Enter" && (event.ctrlKey || event.metaKey) && !$("generate").disabled) generate();
+    });
+  }
+  $("gallery-search").addEventListener("input", debounce(() => loadGallery(), DEBOUNCE_MS));
+  $("gallery-refresh").addEventListener("click", () => loadGallery());
+  $("gallery-more").addEventListener("click", () => loadGallery({ more: true }));
+  setUpDrop();
+
+  try {
+    await loadChoices();
+    setStatus("Ready");
+  } catch (error) {
+    showError(`Could not load the model lists: ${error.message}`);
+    setStatus("Not ready");
+  }
+  recountTokens();
+  loadGallery();
+}
+
+start();

@@ -1,0 +1,287 @@
+"""The web page in a real browser (Debian's headless Chromium driven by Playwright) against a
+real `emaki serve` on the demo model: token counter, generation with progress, gallery, "send
+to prompt", PNG drop, error messages, interrupt, and sign-in when the API wants credentials.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+CHROMIUM = Path("/usr/bin/chromium")
+LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+               "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+REPO = Path(__file__).resolve().parents[2]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+WAIT_MS = 60_000  # generations on a slow shared CPU
+PROMPT = "1girl, pink hair, green eyes, smile"
+DROPPED_INFOTEXT = ("dropped prompt test\nNegative prompt: lowres, bad anatomy\n"
+                    "Steps: 33, Sampler: Euler, Schedule type: Karras, CFG scale: 5.5, Seed: 4242, "
+                    "Size: 64x48, Model: emaki-demo")
+
+
+def _unavailable() -> str | None:
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "the playwright package is not installed (pip install -e '.[test]')"
+    if not CHROMIUM.exists():
+        return f"{CHROMIUM} is missing (apt-get install chromium)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    reason = _unavailable()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"web page test cannot run in CI: {reason}")
+        pytest.skip(reason)
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=WAIT_MS)
+    with sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
+        yield launched
+        launched.close()
+
+
+class Session:
+    """One browser page on a server, with what it did that the test checks at the end."""
+
+    def __init__(self, browser: Any, base_url: str, shots: Path, name: str) -> None:
+        self.context = browser.new_context(viewport={"width": 1280, "height": 1000}, base_url=base_url)
+        self.context.set_default_timeout(WAIT_MS)
+        self.page = self.context.new_page()
+        self.base_url = base_url
+        self.shots_dir = shots
+        self.name = name
+        self.errors: list[str] = []
+        self.requests: list[str] = []
+        self.shots: list[Path] = []
+        self.page.on("pageerror", lambda error: self.errors.append(str(error)))
+        self.page.on("request", lambda request: self.requests.append(request.url))
+
+    def screenshot(self, step: str) -> None:
+        """Into pytest's tmp dir, and into $EMAKI_TEST_ARTIFACTS (relative: to the repo) when set."""
+        targets = [self.shots_dir]
+        artifacts = os.environ.get("EMAKI_TEST_ARTIFACTS")
+        if artifacts:
+            targets.append(Path(artifacts) if Path(artifacts).is_absolute() else REPO / artifacts)
+        data = self.page.screenshot(full_page=True)
+        for folder in targets:
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"web-{self.name}-{step}.png"
+            path.write_bytes(data)
+            self.shots.append(path)
+
+    def check_clean(self) -> None:
+        assert not self.errors, f"JavaScript errors on the page: {self.errors}"
+        foreign = [url for url in self.requests if not url.startswith((self.base_url, "data:", "blob:"))]
+        assert not foreign, f"the page fetched from elsewhere: {foreign}"
+        assert self.shots
+        for path in self.shots:
+            data = path.read_bytes()
+            assert data.startswith(PNG_SIGNATURE) and len(data) > 1000, f"bad screenshot {path}"
+
+    def close(self) -> None:
+        self.context.close()
+
+
+def png_bytes(infotext: str | None, size: tuple[int, int] = (64, 48)) -> bytes:
+    info = PngInfo()
+    if infotext is not None:
+        info.add_text("parameters", infotext)
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (200, 120, 160)).save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+DROP_JS = """([data, name]) => {
+  const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+  const transfer = new DataTransfer();
+  transfer.items.add(new File([bytes], name, {type: "image/png"}));
+  const target = document.getElementById("output");
+  for (const type of ["dragenter", "dragover", "drop"]) {
+    target.dispatchEvent(new DragEvent(type, {dataTransfer: transfer, bubbles: true, cancelable: true}));
+  }
+}"""
+
+
+def test_page_generates_browses_and_reads_pngs(browser: Any, live_server: Any, tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    session = Session(browser, live_server.url, tmp_path / "screenshots", "main")
+    page = session.page
+    api = live_server.client()
+    try:
+        page.goto("/")
+        expect(page.locator("#status")).to_have_text("Ready")
+        assert page.locator("#model option").count() >= 1
+        assert page.locator("#sampler").input_value() == "Euler a"
+        assert page.locator("#scheduler").input_value() == "Automatic"
+
+        # Token counter: counts what the server counts, and shows chunk breaks past 75 tokens.
+        page.locator("#prompt").fill(PROMPT)
+        expected = api.post("/api/tokens", json={"prompt": PROMPT}).json()
+        assert expected["tokens"] > 0
+        expect(page.locator("#prompt-tokens")).to_have_text(f"{expected['tokens']}/75")
+        page.locator("#negative").fill(", ".join(["lowres"] * 60) + " BREAK bad anatomy")
+        expect(page.locator("#negative-tokens")).to_contain_text("chunk 2")
+        page.locator("#negative").fill("")
+        expect(page.locator("#negative-tokens")).to_have_text("0/75")
+
+        # Generate: enough steps and batches that several progress events (with previews) arrive.
+        page.locator("#steps").fill("50")
+        page.locator("#batch-count").fill("3")
+        page.locator("#generate").click()
+        expect(page.locator("#status")).to_have_text("Done")
+        seen = page.evaluate("window.emaki")
+        assert seen["progressEvents"] >= 1 and seen["previews"] >= 1 and seen["maxProgress"] > 0, seen
+        assert page.locator("#progress").evaluate("el => el.value") == 1
+        assert page.locator("#preview").get_attribute("src").startswith("data:image/png;base64,")
+        expect(page.locator("#error")).to_be_hidden()
+
+        # The gallery shows the three new images, loaded.
+        gallery = api.get("/api/gallery").json()
+        assert len(gallery) == 3 and all(row["prompt"] == PROMPT for row in gallery)
+        items = page.locator("#gallery .item")
+        expect(items).to_have_count(3)
+        expect(page.locator("#results .item")).to_have_count(3)
+        first = items.first
+        assert first.locator("img").get_attribute("src") == gallery[0]["url"]
+        page.wait_for_function("[...document.querySelectorAll('#gallery img')]"
+                               ".every(i => i.complete && i.naturalWidth == 64)")
+        first.locator(".thumb").click()
+        expect(first.locator(".infotext")).to_be_visible()
+        expect(first.locator(".infotext")).to_contain_text("Steps: 50")
+
+        # "Reuse last" takes the seed of the finished job's first image.
+        job = api.get(f"/api/jobs/{gallery[0]['job_id']}").json()
+        page.locator("#reuse-seed").click()
+        expect(page.locator("#seed")).to_have_value(str(job["images"][0]["seed"]))
+        session.screenshot("generated")
+
+        # "Send to prompt" puts the image's parameters back in a changed form.
+        page.locator("#prompt").fill("something else")
+        page.locator("#seed").fill("-1")
+        page.locator("#steps").fill("5")
+        first.locator(".send").click()
+        expect(page.locator("#prompt")).to_have_value(PROMPT)
+        expect(page.locator("#seed")).to_have_value(str(gallery[0]["seed"]))
+        expect(page.locator("#steps")).to_have_value("50")
+        expect(page.locator("#width")).to_have_value("64")
+
+        # The gallery search filters by prompt text.
+        page.locator("#gallery-search").fill("no such prompt anywhere")
+        expect(items).to_have_count(0)
+        page.locator("#gallery-search").fill("pink hair")
+        expect(items).to_have_count(3)
+
+        # A PNG dropped on the page fills the form with its parameters.
+        page.evaluate(DROP_JS, [base64.b64encode(png_bytes(DROPPED_INFOTEXT)).decode(), "dropped.png"])
+        expect(page.locator("#prompt")).to_have_value("dropped prompt test")
+        expect(page.locator("#drop-overlay")).to_be_hidden()
+        expect(page.locator("#negative")).to_have_value("lowres, bad anatomy")
+        expect(page.locator("#seed")).to_have_value("4242")
+        expect(page.locator("#steps")).to_have_value("33")
+        expect(page.locator("#cfg")).to_have_value("5.5")
+        expect(page.locator("#sampler")).to_have_value("Euler")
+        expect(page.locator("#scheduler")).to_have_value("Karras")
+        expect(page.locator("#width")).to_have_value("64")
+        expect(page.locator("#height")).to_have_value("48")
+        expect(page.locator("#prompt-tokens")).to_have_text(re.compile(r"^[1-9]\d*/75$"))
+        expect(page.locator("#error")).to_be_hidden()
+        session.screenshot("png-dropped")
+
+        # ... and one without parameters, through the file input, says so.
+        plain = tmp_path / "plain.png"
+        plain.write_bytes(png_bytes(None))
+        page.locator("#png-file").set_input_files(str(plain))
+        expect(page.locator("#error")).to_be_visible()
+        expect(page.locator("#error")).to_contain_text("no generation parameters")
+
+        # Refusals and validation errors are shown, and nothing is queued.
+        jobs_before = len(api.get("/api/jobs").json())
+        page.locator("#prompt").fill("loli, nude")
+        page.locator("#generate").click()
+        expect(page.locator("#error")).to_contain_text("Refused")
+        session.screenshot("refused")
+        page.locator("#prompt").fill(PROMPT)
+        page.locator("#width").fill("60")
+        page.locator("#generate").click()
+        expect(page.locator("#error")).to_contain_text("multiple of 8")
+        assert len(api.get("/api/jobs").json()) == jobs_before
+
+        # Interrupt stops a long job once it runs.
+        page.locator("#width").fill("")
+        page.locator("#height").fill("")
+        page.locator("#steps").fill("1000")
+        page.locator("#batch-count").fill("1")
+        events_before = page.evaluate("window.emaki.progressEvents")
+        page.locator("#generate").click()
+        expect(page.locator("#error")).to_be_hidden()
+        page.wait_for_function(f"window.emaki.progressEvents > {events_before}"
+                               " && document.getElementById('progress').value > 0")
+        page.locator("#interrupt").click()
+        expect(page.locator("#status")).to_have_text(re.compile(r"^Job (interrupted|cancelled)$"))
+        expect(page.locator("#generate")).to_be_enabled()
+        expect(page.locator("#interrupt")).to_be_disabled()
+        session.screenshot("interrupted")
+
+        session.check_clean()
+    finally:
+        api.close()
+        session.close()
+
+
+def test_page_signs_in_and_polls_when_the_api_wants_credentials(
+        browser: Any, server_factory: Any, tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    server = server_factory(["--api-auth", "mika:secret"], auth=("mika", "secret"))
+    session = Session(browser, server.url, tmp_path / "screenshots", "auth")
+    page = session.page
+    try:
+        page.goto("/")
+        expect(page.locator("#login")).to_be_visible()
+        page.locator("#login-user").fill("mika")
+        page.locator("#login-password").fill("wrong")
+        page.locator("#login-submit").click()
+        expect(page.locator("#login-error")).to_contain_text("not accepted")
+        session.screenshot("login")
+        page.locator("#login-password").fill("secret")
+        page.locator("#login-submit").click()
+        expect(page.locator("#status")).to_have_text("Ready")
+        expect(page.locator("#login")).to_be_hidden()
+
+        # Without EventSource (it cannot send the header) the page polls the job to its end.
+        page.locator("#prompt").fill(PROMPT)
+        expect(page.locator("#prompt-tokens")).to_have_text(re.compile(r"^[1-9]\d*/75$"))
+        page.locator("#steps").fill("30")
+        page.locator("#generate").click()
+        expect(page.locator("#status")).to_have_text("Done")
+        expect(page.locator("#gallery .item")).to_have_count(1)
+        # Images are behind auth too: they are fetched with the header and shown as blob: URLs.
+        page.wait_for_function("(() => { const i = document.querySelector('#gallery img'); return i"
+                               " && i.src.startsWith('blob:') && i.complete && i.naturalWidth == 64; })()")
+        assert not any(url.endswith("/events") for url in session.requests)
+
+        # The credentials last for the tab's session.
+        page.reload()
+        expect(page.locator("#status")).to_have_text("Ready")
+        expect(page.locator("#login")).to_be_hidden()
+        expect(page.locator("#gallery .item")).to_have_count(1)
+        session.screenshot("signed-in")
+        session.check_clean()
+    finally:
+        session.close()
