@@ -22,7 +22,7 @@ import torch
 
 from emaki.demo import describe, demo_model_path
 from emaki.demo.faces import HAIR_COLORS
-from emaki.demo.quality import generate_images, hair_color_mix, prompt_accuracy
+from emaki.demo.quality import blue_minus_red, generate_images, hair_color_mix, prompt_accuracy
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,8 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"negative: {json.dumps(report['negative_prompt'])}", flush=True)
 
-    red_first = hair_color_mix(generate_images("1girl, (red hair:1.5), blue hair", seeds, model=model))
-    blue_first = hair_color_mix(generate_images("1girl, red hair, (blue hair:1.5)", seeds, model=model))
+    red_first_images = generate_images("1girl, (red hair:1.5), blue hair", seeds, model=model)
+    blue_first_images = generate_images("1girl, red hair, (blue hair:1.5)", seeds, model=model)
+    red_first, blue_first = hair_color_mix(red_first_images), hair_color_mix(blue_first_images)
     # The pair above also changes which colour comes last; this one changes only the weight.
     plain_order = hair_color_mix(generate_images("1girl, blue hair, red hair", seeds, model=model))
     weighted = hair_color_mix(generate_images("1girl, (blue hair:1.5), red hair", seeds, model=model))
@@ -64,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         "(red hair:1.5), blue hair": dict(red_first),
         "red hair, (blue hair:1.5)": dict(blue_first),
         "shift_ok": red_first["red"] > blue_first["red"] and blue_first["blue"] > red_first["blue"],
+        # hair colour, mean (blue - red) in RGB: the mix can lean without changing the class read
+        "blue_minus_red": {"(red hair:1.5), blue hair": round(blue_minus_red(red_first_images), 1),
+                           "red hair, (blue hair:1.5)": round(blue_minus_red(blue_first_images), 1)},
         "blue hair, red hair": dict(plain_order),
         "(blue hair:1.5), red hair": dict(weighted),
         "same_order_shift_ok": weighted["blue"] > plain_order["blue"] and weighted["red"] < plain_order["red"],
@@ -84,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         "negative<0.05": neg["red_rate_negative_red_hair"] < 0.05,
         "plain_red_near_training_rate": 0.03 <= neg["red_rate_1girl"] <= 0.30,
         "emphasis_shift": report["emphasis"]["shift_ok"],
+        "emphasis_shift_rgb": (report["emphasis"]["blue_minus_red"]["red hair, (blue hair:1.5)"]
+                               > report["emphasis"]["blue_minus_red"]["(red hair:1.5), blue hair"]),
         "emphasis_shift_same_order": report["emphasis"]["same_order_shift_ok"],
         "same_seed": report["same_seed_same_image"],
     }

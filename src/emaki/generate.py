@@ -20,6 +20,7 @@ import emaki
 from emaki.devices import DevicePolicy
 from emaki.errors import Interrupted, ParamsError
 from emaki.home import embedding_folders, hash_cache_path, hypernetwork_folders, outputs_dir
+from emaki.img2img import default_size, encode_image, fit_image, open_init_image
 from emaki.infotext import build_infotext
 from emaki.models.hashes import HashCache
 from emaki.models.loader import DEFAULT_CACHE, LoadedModel, ModelCache
@@ -35,7 +36,14 @@ from emaki.output import dated_folder, save_png
 from emaki.params import MAX_SEED, GenerationParams
 from emaki.prompts import PromptEncoder, encode_negative_prompts, encode_prompts, extract_networks
 from emaki.safety import ensure_allowed
-from emaki.sampling import ImageRNG, brownian_noise_sampler, get_sampler, parse_sampler_name, sigmas_for
+from emaki.sampling import (
+    ImageRNG,
+    brownian_noise_sampler,
+    get_sampler,
+    img2img_sigmas,
+    parse_sampler_name,
+    sigmas_for,
+)
 from emaki.sampling.denoiser import CFGDenoiser, DiscreteEpsDenoiser
 from emaki.sampling.progress import StepInfo
 
@@ -100,6 +108,7 @@ def infotext_for(params: GenerationParams, model: LoadedModel, seed: int, subsee
         "Variation seed": subseed if variation else None,
         "Variation seed strength": float(params.subseed_strength) if variation else None,
         "Seed resize from": f"{params.seed_resize_from_w}x{params.seed_resize_from_h}" if resized else None,
+        "Denoising strength": float(params.denoising_strength) if params.init_image else None,
         "Clip skip": params.clip_skip if params.clip_skip > 1 else None,
         "ENSD": params.eta_noise_seed_delta if params.eta_noise_seed_delta and uses_ensd else None,
         "RNG": params.rng if params.rng != "GPU" else None,
@@ -180,19 +189,20 @@ def generate(
     sampler = get_sampler(sampler_name)
     policy = policy or DevicePolicy.choose()
     model = cache.get(resolve_model(params.model), params.vae, policy.dtype, HashCache(hash_cache_path()))
-    size = native_size(model)
+    factor = model.components.config.vae_scale_factor
+    init = open_init_image(params.init_image) if params.init_image else None
+    width, height = default_size(init, factor) if init is not None else (native_size(model),) * 2
     params = params.updated(
         seed=resolve_seed(params.seed),
         subseed=resolve_seed(params.subseed),
-        width=params.width or size,
-        height=params.height or size,
+        width=params.width or width,
+        height=params.height or height,
         sampler_name=sampler_name,
         scheduler=schedule,
     )
     assert params.width is not None and params.height is not None
     _prepare(model, policy)
     parts = model.components
-    factor = parts.config.vae_scale_factor
     if params.width % factor or params.height % factor:
         raise ParamsError(f"size: {params.width}x{params.height} must be a multiple of {factor} for this model")
     latent_shape = (parts.config.latent_channels, params.height // factor, params.width // factor)
@@ -208,6 +218,11 @@ def generate(
     schedule_steps = params.steps * 2 if sampler.second_order else params.steps
     denoise_model = DiscreteEpsDenoiser(_eps_model(model, policy), parts.alphas_cumprod, lcm=sampler.lcm)
     sigmas = sigmas_for(sampler, schedule, params.steps, denoise_model.model_sigmas)
+    start_sigma, init_latent = sigmas[0], None
+    if init is not None:
+        start_sigma, sigmas = img2img_sigmas(sampler, sigmas, params.steps, params.denoising_strength)
+        init_latent = encode_image(parts.vae, fit_image(init, params.width, params.height, params.resize_mode),
+                                   policy.device)
     options = {k: v for k, v in (("eta", params.eta), ("s_noise", params.s_noise)) if v is not None}
     with torch.inference_mode():  # the same prompts for every batch: encode once
         conds = encode_prompts(encoder, [prompt_text] * params.batch_size, schedule_steps,
@@ -227,7 +242,8 @@ def generate(
             rng = ImageRNG(latent_shape, seeds, subseeds=subseeds, subseed_strength=params.subseed_strength,
                            seed_resize_from_h=params.seed_resize_from_h, seed_resize_from_w=params.seed_resize_from_w,
                            source=params.rng, eta_noise_seed_delta=params.eta_noise_seed_delta)
-            x = sampler.initial_latent(rng.first().to(policy.device), sigmas[0])
+            start = None if init_latent is None else init_latent.expand(params.batch_size, -1, -1, -1)
+            x = sampler.initial_latent(rng.first().to(policy.device), start_sigma, init=start)
             noise_sampler = (brownian_noise_sampler(x, sigmas, seeds) if sampler.brownian_noise
                              else rng.noise_sampler())
             guided = CFGDenoiser(denoise_model, conds, unconds, params.cfg_scale)

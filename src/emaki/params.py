@@ -45,6 +45,10 @@ class GenerationParams(BaseModel):
     vae: str | None = None
     hypernetwork: str | None = Field(None, description="hypernetwork file stem, applied to every prompt")
     hypernetwork_strength: float = Field(1.0, description="strength of `hypernetwork`")
+    init_image: str | None = Field(None, description="img2img: the image to start from (a file path)")
+    denoising_strength: float = Field(0.75, ge=0.0, le=1.0, description="img2img: how much is redrawn (1: all)")
+    resize_mode: Literal["just resize", "crop and resize", "resize and fill"] = Field(
+        "just resize", description="img2img: how the image is fitted to width x height (A1111's modes 0-2)")
 
     @field_validator("width", "height")
     @classmethod
@@ -105,6 +109,7 @@ def params_from_infotext(fields: dict[str, str]) -> GenerationParams:
         "prompt_dialect": "novelai" if fields.get("Prompt dialect", "").lower() == "novelai" else "a1111",
         "model": fields.get("Model"),
         "eta": number("Eta", float),
+        "denoising_strength": number("Denoising strength", float, 0.75),
     }
     if "Variation seed" in fields:
         values["subseed"] = number("Variation seed", int)

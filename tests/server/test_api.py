@@ -96,7 +96,7 @@ def test_override_settings_and_infotext_field(client: TestClient) -> None:
 def test_unsupported_features_are_refused_not_ignored(client: TestClient) -> None:
     response = client.post("/sdapi/v1/txt2img", json={"prompt": "1girl", "enable_hr": True, **FAST})
     assert response.status_code == 422 and "enable_hr" in response.text
-    assert client.post("/sdapi/v1/img2img", json={}).status_code in (404, 405)
+    assert client.post("/sdapi/v1/interrogate", json={}).status_code in (404, 405)
     assert client.get("/sdapi/v1/upscalers").status_code in (404, 405)
 
 
@@ -270,3 +270,54 @@ def test_embeddings_listed_against_the_current_checkpoint_width(client: TestClie
     body = client.get("/sdapi/v1/embeddings").json()
     assert body["loaded"]["fits"]["vectors"] == 2 and body["loaded"]["fits"]["shape"] == 128
     assert "768" in body["skipped"]["sd15only"]["reason"]
+
+
+def _face_png() -> str:
+    from emaki.demo.faces import FaceAttributes, draw_face
+
+    buffer = io.BytesIO()
+    draw_face(FaceAttributes("red", "long hair", "blue", "smile", "white")).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_img2img_through_both_apis(client: TestClient) -> None:
+    from emaki.demo import describe
+
+    face = _face_png()
+    body = client.post("/sdapi/v1/img2img", json={
+        "init_images": ["data:image/png;base64," + face], "prompt": "1girl, long hair, red hair, smile",
+        "denoising_strength": 0.3, "seed": 4, "steps": 10, "width": 64, "height": 64, "resize_mode": 0}).json()
+    info = json.loads(body["info"])
+    assert info["denoising_strength"] == 0.3 and "Denoising strength: 0.3" in info["infotexts"][0]
+    image = Image.open(io.BytesIO(base64.b64decode(body["images"][0])))
+    assert image.size == (64, 64) and describe(image)["hair_color"] == "red"
+    assert body["parameters"]["init_images"] is None  # include_init_images is false
+    job = client.post("/api/jobs", json={"init_image": face, "prompt": "1girl, green hair", "seed": 1,
+                                         "denoising_strength": 1.0, "steps": 6}).json()
+    done = wait_job(client, job["id"])
+    assert done["status"] == "done" and "Denoising strength: 1," in done["images"][0]["infotext"]
+    assert len(list((emaki_home() / "inputs").glob("*.png"))) == 2  # kept for their jobs
+
+
+def test_img2img_refusals(client: TestClient) -> None:
+    face = _face_png()
+    assert client.post("/sdapi/v1/img2img", json={"prompt": "x"}).status_code == 422
+    masked = client.post("/sdapi/v1/img2img", json={"init_images": [face], "mask": face, "prompt": "x"})
+    assert masked.status_code == 422 and "mask" in masked.json()["detail"]
+    assert client.post("/sdapi/v1/img2img", json={"init_images": ["???"], "prompt": "x"}).status_code == 422
+    path = client.post("/api/jobs", json={"init_image": "/etc/passwd", "prompt": "x"})
+    assert path.status_code == 422 and "init_image" in path.text  # a path is not an image
+    refused = client.post("/sdapi/v1/img2img", json={"init_images": [face], "prompt": "loli, nude"})
+    assert refused.status_code == 400
+    assert not (emaki_home() / "inputs").exists() or not list((emaki_home() / "inputs").iterdir())
+
+
+def test_a_job_that_cannot_be_written_fails_and_the_worker_goes_on(client: TestClient) -> None:
+    outputs = emaki_home() / "outputs"
+    outputs.write_text("not a folder")  # saving will fail
+    broken = wait_job(client, client.post("/api/jobs", json={"prompt": "1girl", **FAST}).json()["id"])
+    assert broken["status"] == "failed" and "could not write the image" in broken["error"]
+    assert client.get("/api/gallery").json() == []  # no row without its file
+    outputs.unlink()
+    fine = wait_job(client, client.post("/api/jobs", json={"prompt": "1girl", **FAST}).json()["id"])
+    assert fine["status"] == "done" and len(client.get("/api/gallery").json()) == 1

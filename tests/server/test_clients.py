@@ -32,6 +32,10 @@ def test_webuiapi_client_works_unchanged(live_server) -> None:
     assert infotext.startswith("1girl, pink hair, green eyes, smile\nNegative prompt: hat\nSteps: 4, Sampler: Euler a")
     read_back = api.png_info(result.images[0])
     assert read_back.info == infotext
+    redrawn = api.img2img(images=[result.images[0]], prompt="1girl, pink hair, green eyes, smile",
+                          denoising_strength=0.4, seed=77, width=64, height=64)
+    assert redrawn.images[0].size == (64, 64) and redrawn.info["all_seeds"] == [77]
+    assert "Denoising strength: 0.4" in redrawn.info["infotexts"][0]
     progress = api.get_progress()
     assert progress["progress"] == 0 and progress["state"]["job_count"] == 0
     api.util_wait_for_ready(check_interval=0.1)

@@ -1,6 +1,7 @@
 """The web page in a real browser (Debian's headless Chromium driven by Playwright) against a
 real `emaki serve` on the demo model: token counter, generation with progress, gallery, "send
-to prompt", PNG drop, error messages, interrupt, and sign-in when the API wants credentials.
+to prompt", PNG drop, error messages, interrupt, img2img from a gallery image, and sign-in when
+the API wants credentials.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ REPO = Path(__file__).resolve().parents[2]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 WAIT_MS = 60_000  # generations on a slow shared CPU
 PROMPT = "1girl, pink hair, green eyes, smile"
+RED_PROMPT = "1girl, long hair, red hair, smile, white background"
+GREEN_PROMPT = "1girl, long hair, green hair, smile, white background"
 DROPPED_INFOTEXT = ("dropped prompt test\nNegative prompt: lowres, bad anatomy\n"
                     "Steps: 33, Sampler: Euler, Schedule type: Karras, CFG scale: 5.5, Seed: 4242, "
                     "Size: 64x48, Model: emaki-demo")
@@ -201,6 +204,7 @@ def test_page_generates_browses_and_reads_pngs(browser: Any, live_server: Any, t
         expect(page.locator("#height")).to_have_value("48")
         expect(page.locator("#prompt-tokens")).to_have_text(re.compile(r"^[1-9]\d*/75$"))
         expect(page.locator("#error")).to_be_hidden()
+        expect(page.locator("#init-preview")).to_be_hidden()  # a drop reads parameters, nothing more
         session.screenshot("png-dropped")
 
         # ... and one without parameters, through the file input, says so.
@@ -244,6 +248,104 @@ def test_page_generates_browses_and_reads_pngs(browser: Any, live_server: Any, t
         session.close()
 
 
+def submit_and_finish(page: Any, finished_before: int) -> dict[str, Any]:
+    """Clicks Generate; returns the JSON the page posted to /api/jobs once that job has ended."""
+    from playwright.sync_api import expect
+
+    with page.expect_request(lambda r: r.url.endswith("/api/jobs") and r.method == "POST") as request:
+        page.locator("#generate").click()
+    page.wait_for_function(f"window.emaki.finishedJobs > {finished_before}")
+    expect(page.locator("#status")).to_have_text("Done")
+    return request.value.post_data_json
+
+
+def test_page_uses_a_generated_image_as_init_image(browser: Any, live_server: Any, tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    session = Session(browser, live_server.url, tmp_path / "screenshots", "img2img")
+    page = session.page
+    api = live_server.client()
+    try:
+        page.goto("/")
+        expect(page.locator("#status")).to_have_text("Ready")
+        preview, info = page.locator("#init-preview"), page.locator("#init-info")
+        clear = page.locator("#init-clear")
+        expect(preview).to_be_hidden()
+        expect(clear).to_be_disabled()
+        expect(page.locator("#denoise")).to_have_value("0.75")
+        expect(page.locator("#resize-mode option")).to_have_count(3)
+
+        # An image file chosen in the form is shown, and "Clear" takes it back.
+        picked = tmp_path / "picked.png"
+        picked.write_bytes(png_bytes(None))
+        page.locator("#init-file").set_input_files(str(picked))
+        expect(preview).to_be_visible()
+        expect(info).to_have_text("picked.png, 64×48")
+        clear.click()
+        expect(preview).to_be_hidden()
+        expect(info).to_contain_text("text to image")
+
+        # A face to start from (text to image: nothing img2img is sent).
+        page.locator("#prompt").fill(RED_PROMPT)
+        body = submit_and_finish(page, 0)
+        assert not {"init_image", "denoising_strength", "resize_mode"} & body.keys(), body.keys()
+        items = page.locator("#gallery .item")
+        expect(items).to_have_count(1)
+        expect(page.locator("#results .item .use-init")).to_have_count(1)
+        red = api.get("/api/gallery").json()[0]
+        assert "Denoising strength" not in red["infotext"]
+
+        # "Use as init image" loads its bytes as the init image.
+        items.first.locator(".use-init").click()
+        expect(preview).to_be_visible()
+        page.wait_for_function("(() => { const i = document.getElementById('init-preview');"
+                               " return i.src.startsWith('data:image/png;base64,') && i.complete"
+                               " && i.naturalWidth == 64; })()")
+        expect(info).to_have_text(f"image {red['id']}, 64×64")
+        expect(clear).to_be_enabled()
+
+        # img2img with a low strength and a changed prompt.
+        page.locator("#denoise").fill("0.3")
+        expect(page.locator("#denoise-range")).to_have_value("0.3")
+        page.locator("#prompt").fill(GREEN_PROMPT)
+        body = submit_and_finish(page, 1)
+        assert body["init_image"].startswith("data:image/png;base64,")
+        assert body["denoising_strength"] == 0.3 and body["resize_mode"] == "just resize"
+        expect(page.locator("#error")).to_be_hidden()
+        expect(items).to_have_count(2)
+        green = items.first
+        expect(green.locator("figcaption")).to_have_text(GREEN_PROMPT)
+        green.locator(".thumb").click()
+        expect(green.locator(".infotext")).to_contain_text("Denoising strength: 0.3")
+        newest = api.get("/api/gallery").json()[0]
+        assert "Denoising strength: 0.3" in newest["infotext"]
+        assert (newest["width"], newest["height"]) == (64, 64)  # the init image's size
+        session.screenshot("img2img")
+
+        # Cleared: plain text to image again.
+        clear.click()
+        expect(preview).to_be_hidden()
+        expect(clear).to_be_disabled()
+        body = submit_and_finish(page, 2)
+        assert not {"init_image", "denoising_strength", "resize_mode"} & body.keys(), body.keys()
+        expect(items).to_have_count(3)
+        items.first.locator(".thumb").click()
+        expect(items.first.locator(".infotext")).to_be_visible()
+        expect(items.first.locator(".infotext")).not_to_contain_text("Denoising strength")
+        assert "Denoising strength" not in api.get("/api/gallery").json()[0]["infotext"]
+
+        # "Send to prompt" on the img2img image brings its strength back, not its init image.
+        page.locator("#denoise").fill("0.9")
+        items.nth(1).locator(".send").click()
+        expect(page.locator("#prompt")).to_have_value(GREEN_PROMPT)
+        expect(page.locator("#denoise")).to_have_value("0.3")
+        expect(preview).to_be_hidden()
+        session.check_clean()
+    finally:
+        api.close()
+        session.close()
+
+
 def test_page_signs_in_and_polls_when_the_api_wants_credentials(
         browser: Any, server_factory: Any, tmp_path: Path) -> None:
     from playwright.sync_api import expect
@@ -275,6 +377,11 @@ def test_page_signs_in_and_polls_when_the_api_wants_credentials(
         page.wait_for_function("(() => { const i = document.querySelector('#gallery img'); return i"
                                " && i.src.startsWith('blob:') && i.complete && i.naturalWidth == 64; })()")
         assert not any(url.endswith("/events") for url in session.requests)
+        # ... and so is "Use as init image".
+        page.locator("#gallery .item .use-init").click()
+        page.wait_for_function("(() => { const i = document.getElementById('init-preview'); return !i.hidden"
+                               " && i.src.startsWith('data:image/png;base64,') && i.naturalWidth == 64; })()")
+        expect(page.locator("#error")).to_be_hidden()
 
         # The credentials last for the tab's session.
         page.reload()

@@ -67,8 +67,11 @@ def generate_command(
     embeddings_dir: Annotated[list[Path] | None, typer.Option("--embeddings-dir", help="Folder of embeddings (repeatable; default: EMAKI_HOME/embeddings and EMAKI_A1111/embeddings).")] = None,
     a1111: Annotated[Path | None, typer.Option("--a1111", help="An A1111 install whose models, embeddings and hypernetworks are used too (read-only; same as EMAKI_A1111).")] = None,
     hypernetworks_dir: Annotated[list[Path] | None, typer.Option("--hypernetworks-dir", help="Folder of hypernetworks (repeatable; default: EMAKI_HOME/hypernetworks and EMAKI_A1111/models/hypernetworks).")] = None,
+    init_image: Annotated[Path | None, typer.Option("--init-image", help="img2img: start from this image (see `emaki img2img`).")] = None,
+    denoise: Annotated[float | None, typer.Option("--denoise", help="img2img: denoising strength, 0 keeps the image, 1 redraws it (default 0.75).")] = None,
+    resize_mode: Annotated[str | None, typer.Option("--resize-mode", help='img2img: "just resize" (default), "crop and resize" or "resize and fill".')] = None,
 ) -> None:
-    """Generate images from a prompt (txt2img)."""
+    """Generate images from a prompt (txt2img; img2img with --init-image)."""
     base = params_from_image(from_image) if from_image else GenerationParams()
     overrides: dict[str, Any] = {
         "prompt": prompt,
@@ -88,6 +91,9 @@ def generate_command(
         "prompt_dialect": prompt_dialect,
         "hypernetwork": hypernetwork,
         "hypernetwork_strength": hypernetwork_strength,
+        "init_image": str(init_image) if init_image is not None else None,
+        "denoising_strength": denoise,
+        "resize_mode": resize_mode,
     }
     if size is not None:
         overrides["width"], overrides["height"] = parse_size(size)
@@ -119,6 +125,21 @@ def generate_command(
                           embeddings_dirs=embeddings_dir or None, hypernetworks_dirs=hypernetworks_dir or None)
     for image in result.images:
         console.print(str(image.path), highlight=False)
+
+
+@app.command("img2img", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def img2img_command(
+    ctx: typer.Context,
+    image: Annotated[Path, typer.Argument(help="The image to start from (PNG, JPEG, WebP).")],
+    prompt: Annotated[str, typer.Argument(help="The prompt (A1111 syntax).")],
+    denoise: Annotated[float, typer.Option("--denoise", help="Denoising strength: 0 keeps the image, 1 redraws it all.")] = 0.75,
+    resize_mode: Annotated[str, typer.Option("--resize-mode", help='"just resize", "crop and resize" or "resize and fill".')] = "just resize",
+) -> None:
+    """Redraw an image from a prompt (img2img). Every `emaki generate` option applies too
+    (--negative, --model, --sampler, --steps, --seed, --size, ...); the size defaults to the image's."""
+    group = typer.main.get_command(app)
+    group.main(args=["generate", prompt, "--init-image", str(image), "--denoise", str(denoise),
+                     "--resize-mode", resize_mode, *ctx.args], standalone_mode=False)
 
 
 @app.command("info")

@@ -80,6 +80,13 @@ def _nearest(color: np.ndarray, palette: dict[str, tuple[int, int, int]]) -> tup
     return name, _dist(color, palette[name])
 
 
+def hair_rgb(image: Any) -> tuple[float, float, float]:
+    """The median colour of the hair region: a continuous reading where `hair_color` rounds to
+    the nearest palette colour (used to see partial shifts, e.g. from emphasis)."""
+    r, g, b = (float(c) for c in _median(_as_array(image), *_HAIR))
+    return r, g, b
+
+
 def describe(image: Any) -> dict[str, Any]:
     """The attributes a demo face shows, as `FaceAttributes` fields plus `*_distance` scores.
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from PIL import Image
 
-from emaki.demo.describe import describe
+from emaki.demo.describe import describe, hair_rgb
 from emaki.demo.faces import caption, random_attributes
 
 
@@ -94,3 +94,8 @@ def hair_color_rate(images: list[Image.Image], color: str) -> float:
 
 def hair_color_mix(images: list[Image.Image]) -> Counter:
     return Counter(describe(im)["hair_color"] for im in images)
+
+
+def blue_minus_red(images: list[Image.Image]) -> float:
+    """Mean (blue - red) of the hair colour, -255..255: how far a red/blue mix leans to blue."""
+    return sum(b - r for r, _, b in map(hair_rgb, images)) / max(1, len(images))

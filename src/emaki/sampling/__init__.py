@@ -26,6 +26,7 @@ from emaki.sampling.schedules import (
     t_to_sigma,
 )
 from emaki.sampling.select import (
+    img2img_sigmas,
     infotext_schedule_type,
     parse_sampler_name,
     resolve_schedule,
@@ -53,6 +54,7 @@ __all__ = [
     "find_schedule",
     "get_sampler",
     "get_sigmas",
+    "img2img_sigmas",
     "infotext_schedule_type",
     "lcm_boundary",
     "lcm_model_sigmas",

@@ -168,7 +168,7 @@ def processed_info(job: Job, request: Txt2ImgRequest) -> str:
         "sd_vae_hash": result.get("vae_hash"),
         "seed_resize_from_w": params.get("seed_resize_from_w", -1) or -1,
         "seed_resize_from_h": params.get("seed_resize_from_h", -1) or -1,
-        "denoising_strength": request.denoising_strength,
+        "denoising_strength": params.get("denoising_strength") if params.get("init_image") else None,
         "extra_generation_params": {},
         "index_of_first_image": 0,
         "infotexts": result.get("infotexts", []),
@@ -197,8 +197,42 @@ def _reply_images(service: Service, job: Job, kept: bool, send: bool) -> list[st
     return [encode_png(image) for image in held or []]
 
 
-@router.post("/txt2img")
-async def txt2img(body: Txt2ImgRequest, request: Request) -> dict[str, Any]:
+class Img2ImgRequest(Txt2ImgRequest):
+    """`StableDiffusionProcessingImg2Img` as the API accepts it (inpainting fields are refused)."""
+
+    init_images: list[str] | None = None
+    resize_mode: int = 0
+    denoising_strength: float | None = 0.75
+    image_cfg_scale: float | None = None
+    mask: str | None = None
+    mask_blur: int | None = None
+    inpainting_fill: int = 0
+    inpaint_full_res: bool = True
+    inpaint_full_res_padding: int = 0
+    inpainting_mask_invert: int = 0
+    initial_noise_multiplier: float | None = None
+    latent_mask: str | None = None
+    include_init_images: bool = False
+
+    def unsupported(self) -> list[str]:
+        asked = {"mask": bool(self.mask), "latent_mask": bool(self.latent_mask),
+                 "resize_mode": self.resize_mode not in RESIZE_MODES,
+                 "initial_noise_multiplier": self.initial_noise_multiplier not in (None, 1, 1.0),
+                 "init_images (more than one)": len(self.init_images or []) > 1}
+        return super().unsupported() + [name for name, on in asked.items() if on]
+
+    def generation_fields(self) -> dict[str, Any]:
+        fields = super().generation_fields()
+        fields["denoising_strength"] = 0.75 if self.denoising_strength is None else self.denoising_strength
+        fields["resize_mode"] = RESIZE_MODES.get(self.resize_mode, "just resize")
+        return fields
+
+
+RESIZE_MODES = {0: "just resize", 1: "crop and resize", 2: "resize and fill"}
+
+
+async def _generate(body: Txt2ImgRequest, request: Request, init: Image.Image | None = None) -> dict[str, Any]:
+    """Queue the request as a job, wait for it, answer as A1111 does."""
     unsupported = body.unsupported()
     if unsupported:
         raise HTTPException(422, f"not supported by emaki yet: {', '.join(unsupported)}")
@@ -206,7 +240,7 @@ async def txt2img(body: Txt2ImgRequest, request: Request) -> dict[str, Any]:
     keep = body.save_images and not body.do_not_save_samples
 
     def queue() -> Job:  # may hash a model file the first time: kept off the event loop
-        params = service.prepare(body.generation_fields(), overrides=body.override_settings)
+        params = service.prepare(body.generation_fields(), overrides=body.override_settings, init=init)
         return service.submit(params, keep=keep)
 
     job = await request.app.state.waiters.wait((await run_in_threadpool(queue)).id)
@@ -214,6 +248,22 @@ async def txt2img(body: Txt2ImgRequest, request: Request) -> dict[str, Any]:
         raise HTTPException(500, job.error or "generation failed")
     images = await run_in_threadpool(_reply_images, service, job, keep, body.send_images)
     return {"images": images, "parameters": body.model_dump(), "info": processed_info(job, body)}
+
+
+@router.post("/txt2img")
+async def txt2img(body: Txt2ImgRequest, request: Request) -> dict[str, Any]:
+    return await _generate(body, request)
+
+
+@router.post("/img2img")
+async def img2img(body: Img2ImgRequest, request: Request) -> dict[str, Any]:
+    if not body.init_images:
+        raise HTTPException(422, "init_images: give one image (base64 or a data URL)")
+    init = await run_in_threadpool(decode_image, body.init_images[0], "init_images")
+    reply = await _generate(body, request, init)
+    if not body.include_init_images:
+        reply["parameters"] |= {"init_images": None, "mask": None}
+    return reply
 
 
 class PngInfoRequest(BaseModel):

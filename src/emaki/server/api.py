@@ -33,8 +33,9 @@ def _service(request: Request) -> Service:
 
 
 class JobRequest(GenerationParams):
-    """A generation (model, VAE and hypernetwork by name, as `/api/models` lists them) and
-    whether to keep its images in the gallery."""
+    """A generation (model, VAE and hypernetwork by name, as `/api/models` lists them; for
+    img2img, `init_image` is the image itself, base64 or a data URL) and whether to keep its
+    images in the gallery."""
 
     save: bool = True
 
@@ -65,7 +66,9 @@ def submit_job(body: JobRequest, request: Request) -> dict[str, Any]:
     service = _service(request)
     fields = body.model_dump(exclude_unset=True)
     save = fields.pop("save", True)
-    job = service.submit(service.prepare(fields), keep=save)
+    encoded = fields.pop("init_image", None)
+    init = decode_image(encoded, "init_image") if encoded else None
+    job = service.submit(service.prepare(fields, init=init), keep=save)
     return job_view(service, job)
 
 

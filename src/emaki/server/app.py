@@ -181,7 +181,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     home = settings.home or emaki_home()
     store = JobStore(home / "server.db")
     worker = Worker(store, policy=DevicePolicy.choose(settings.precision))
-    service = Service(store, worker, Catalog(settings.a1111), Options(home / "server-options.json"))
+    service = Service(store, worker, Catalog(settings.a1111), Options(home / "server-options.json"), home / "inputs")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

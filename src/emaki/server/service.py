@@ -5,8 +5,13 @@ so the policy, the name checks and the settings apply the same way to every requ
 
 from __future__ import annotations
 
+import os
+import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from PIL import Image
 
 from emaki.errors import ParamsError
 from emaki.params import GenerationParams
@@ -17,6 +22,19 @@ from emaki.server.catalog import Catalog, CheckpointEntry, NameNotAllowed
 from emaki.server.options import Options, check_option
 from emaki.server.store import Job, JobStore
 from emaki.server.worker import Worker
+
+def save_input(image: Image.Image, folder: Path) -> Path:
+    """Write an uploaded image as PNG under a fresh name, atomically (temp file, then rename)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{uuid.uuid4().hex}.png"
+    tmp = target.with_suffix(".png.tmp")
+    try:
+        image.save(tmp, format="PNG")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
 
 # Settings that fill a generation field the request did not set.
 OPTION_FIELDS = {
@@ -34,6 +52,7 @@ class Service:
     worker: Worker
     catalog: Catalog
     options: Options
+    inputs: Path  # img2img images received, kept for their jobs (which may run after a restart)
 
     def current_checkpoint(self) -> CheckpointEntry:
         """The `sd_model_checkpoint` setting, else the demo model, else the first one found."""
@@ -79,9 +98,13 @@ class Service:
     def set_options(self, values: dict[str, Any]) -> None:
         self.options.update(self.checked_options(values))
 
-    def prepare(self, fields: dict[str, Any], *, overrides: dict[str, Any] | None = None) -> GenerationParams:
+    def prepare(self, fields: dict[str, Any], *, overrides: dict[str, Any] | None = None,
+                init: Image.Image | None = None) -> GenerationParams:
         """Fields a request set (model/VAE/hypernetwork by name), completed from the settings
-        (and per-request `overrides` of them); raises ParamsError, NameNotAllowed, PolicyViolation."""
+        (and per-request `overrides` of them), with `init` as the img2img image; raises
+        ParamsError, NameNotAllowed, PolicyViolation."""
+        if fields.get("init_image"):
+            raise NameNotAllowed("init_image: send the image itself, not a path")
         settings = self.options.all() | self.checked_options(overrides or {})
         values = dict(fields)
         for option, field in OPTION_FIELDS.items():
@@ -103,6 +126,8 @@ class Service:
             if tag.kind == "hypernet":
                 self.catalog.find_hypernetwork(tag.name, "prompt")
         ensure_allowed(params.prompt, params.negative_prompt)
+        if init is not None:  # last: nothing is written for a request that is refused
+            params = params.updated(init_image=str(save_input(init, self.inputs)))
         return params
 
     def submit(self, params: GenerationParams, *, keep: bool = True) -> Job:

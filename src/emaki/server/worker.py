@@ -152,25 +152,30 @@ class Worker:
             params = GenerationParams.create(**job.params)
             result = self._generate(params, save=False, progress=self._on_progress, interrupt=self.interrupt,
                                     skip=self.skip, policy=self.policy)
+            self._record(job, result, time.strftime("%Y%m%d%H%M%S", time.localtime(started)))
         except Interrupted:
-            self.store.finish(job.id, "interrupted", error="interrupted")
+            self._finish(job.id, "interrupted", error="interrupted")
         except EmakiError as e:
-            self.store.finish(job.id, "failed", error=str(e))
+            self._finish(job.id, "failed", error=str(e))
         except Exception as e:  # a bug must not kill the worker; the job records it
             log.exception("job %s failed", job.id)
-            self.store.finish(job.id, "failed", error=f"internal error: {type(e).__name__}: {e}")
-        else:
-            self._record(job, result, time.strftime("%Y%m%d%H%M%S", time.localtime(started)))
-        finally:
-            with self._lock:
-                self._progress = Progress()
+            self._finish(job.id, "failed", error=f"internal error: {type(e).__name__}: {e}")
+
+    def _finish(self, job_id: str, status: str, *, images: list[ImageRecord] = (), **fields: object) -> None:
+        # Idle before the job ends: whoever its end wakes must not see it as still in progress.
+        with self._lock:
+            self._progress = Progress()
+        self.store.finish(job_id, status, images=images, **fields)
 
     def _record(self, job: Job, result: GenerationResult, job_timestamp: str) -> None:
         records = []
         if job.keep:
             folder = dated_folder(outputs_dir())
             for image in result.images:
-                image.path = save_png(image.image, image.infotext, folder, image.seed)
+                try:
+                    image.path = save_png(image.image, image.infotext, folder, image.seed)
+                except OSError as e:
+                    raise EmakiError(f"could not write the image to {folder}: {e}") from None
                 records.append(ImageRecord(image.path, image.seed, result.params.prompt,
                                            result.params.negative_prompt, result.model.name,
                                            image.image.width, image.image.height, image.infotext))
@@ -179,4 +184,4 @@ class Worker:
             with self._lock:
                 self._held = {k: v for k, v in self._held.items() if now - v[0] < HELD_SECONDS}
                 self._held[job.id] = (now, result.images)
-        self.store.finish(job.id, "done", result=result_summary(result, job_timestamp), images=records)
+        self._finish(job.id, "done", result=result_summary(result, job_timestamp), images=records)

@@ -21,6 +21,7 @@ const state = {
   schedulers: [],
   galleryOffset: 0,
   galleryObjectUrls: [],   // blob: URLs made for authenticated image loads, freed on re-render
+  init: null,              // img2img: the init image as a data: URL, or null for text to image
 };
 
 // Counters of what the page received. The demo model finishes in well under a second, so tests
@@ -250,14 +251,24 @@ function readForm() {
   }
   if ($("model").value) params.model = $("model").value;
   if ($("vae").value) params.vae = $("vae").value;
+  if (state.init) {
+    // img2img: the image itself travels (the server takes no paths); without one, none of these
+    // fields are sent and the job is plain text to image.
+    const denoise = $("denoise").value.trim();
+    params.init_image = state.init;
+    params.denoising_strength = denoise === "" ? 0.75 : Number(denoise);
+    params.resize_mode = $("resize-mode").value;
+  }
   return params;
 }
 
 const same = (a, b) => String(a).toLowerCase() === String(b).toLowerCase();
 
 // Puts parameters (from the gallery or a PNG) back into the form. Names the page does not
-// know (a sampler or model missing here) are reported instead of silently kept.
-function fillForm(params) {
+// know (a sampler or model missing here) are reported instead of silently kept. `fields` are
+// the infotext's own fields: the denoising strength is taken only when the image had one
+// (the init image itself is never set from here).
+function fillForm(params, fields = {}) {
   const unknown = [];
   $("prompt").value = params.prompt ?? "";
   $("negative").value = params.negative_prompt ?? "";
@@ -266,6 +277,9 @@ function fillForm(params) {
   if (params.cfg_scale != null) $("cfg").value = params.cfg_scale;
   $("width").value = params.width ?? "";
   $("height").value = params.height ?? "";
+  if (fields["Denoising strength"] != null && params.denoising_strength != null) {
+    setDenoise(params.denoising_strength);
+  }
 
   const sampler = state.samplers.find((s) => same(s.name, params.sampler_name)
     || (s.aliases || []).some((alias) => same(alias, params.sampler_name)));
@@ -486,7 +500,17 @@ function imageItem(row, objectUrls) {
   send.textContent = "Send to prompt";
   send.addEventListener("click", () => sendToPrompt(row.id));
 
-  figure.append(thumb, caption, send, details);
+  const useInit = document.createElement("button");
+  useInit.type = "button";
+  useInit.className = "use-init";
+  useInit.textContent = "Use as init image";
+  useInit.addEventListener("click", () => useAsInit(row, useInit));
+
+  const buttons = document.createElement("div");
+  buttons.className = "item-actions";
+  buttons.append(send, useInit);
+
+  figure.append(thumb, caption, buttons, details);
   return figure;
 }
 
@@ -522,12 +546,101 @@ async function sendToPrompt(imageId) {
   clearError();
   try {
     const info = await api(`/api/images/${encodeURIComponent(imageId)}/params`);
-    const unknown = fillForm(info.params);
+    const unknown = fillForm(info.params, info.fields);
     setStatus(unknown.length ? `Loaded image ${imageId}; not available here: ${unknown.join(", ")}` : `Loaded image ${imageId}`);
     $("prompt").focus();
   } catch (error) {
     showError(error.message);
   }
+}
+
+// ---------------------------------------------------------------- init image (img2img)
+
+function setDenoise(value) {
+  $("denoise").value = value;
+  $("denoise-range").value = value;
+}
+
+// Shows `dataUrl` as the init image once the browser has decoded it; a file that is not an
+// image is reported and leaves the current init image as it was.
+function setInitImage(dataUrl, name) {
+  return new Promise((resolve) => {
+    const probe = new Image();
+    probe.onload = () => {
+      state.init = dataUrl;
+      $("init-preview").src = dataUrl;
+      $("init-preview").hidden = false;
+      $("init-info").textContent = `${name}, ${probe.naturalWidth}×${probe.naturalHeight}`;
+      $("init-info").title = name;
+      $("init-clear").disabled = false;
+      setStatus(`Init image: ${name}`);
+      resolve(true);
+    };
+    probe.onerror = () => {
+      showError(`${name}: the browser cannot read this as an image.`);
+      resolve(false);
+    };
+    probe.src = dataUrl;
+  });
+}
+
+function clearInitImage() {
+  state.init = null;
+  $("init-preview").hidden = true;
+  $("init-preview").removeAttribute("src");
+  $("init-info").textContent = "None: text to image.";
+  $("init-info").title = "";
+  $("init-clear").disabled = true;
+  $("init-file").value = "";
+}
+
+// A generated image as the next init image: its bytes (fetched with the credentials, if any)
+// become a data: URL, since the server takes the image itself rather than a reference.
+async function useAsInit(row, button) {
+  clearError();
+  button.disabled = true;
+  try {
+    for (;;) {
+      const response = await fetch(row.url, { headers: authHeaders(), credentials: "omit" });
+      if (response.status === 401) {
+        await signIn(state.auth ? "Those credentials were not accepted." : "");
+        continue;
+      }
+      if (!response.ok) throw new ApiError(response.status, `HTTP ${response.status}`);
+      if (await setInitImage(await readAsDataUrl(await response.blob()), `image ${row.id}`)) {
+        $("init-file").value = "";  // the file input no longer names what is used
+        $("init").scrollIntoView({ block: "nearest" });
+      }
+      return;
+    }
+  } catch (error) {
+    showError(`Could not load image ${row.id}: ${error.message}`);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function setUpInit() {
+  $("init-file").addEventListener("change", async () => {
+    const file = $("init-file").files[0];
+    if (!file) return;
+    clearError();
+    let ok = false;
+    try {
+      ok = await setInitImage(await readAsDataUrl(file), file.name);
+    } catch (error) {
+      showError(`${file.name}: ${error.message}`);
+    }
+    if (!ok) $("init-file").value = "";
+  });
+  $("init-clear").addEventListener("click", () => {
+    clearInitImage();
+    setStatus("Init image cleared: text to image");
+  });
+  $("denoise-range").addEventListener("input", () => { $("denoise").value = $("denoise-range").value; });
+  $("denoise").addEventListener("input", () => {
+    if ($("denoise").value.trim() !== "") $("denoise-range").value = $("denoise").value;
+  });
 }
 
 // ---------------------------------------------------------------- PNG parameters
@@ -545,7 +658,7 @@ async function readPngParams(file) {
   clearError();
   try {
     const info = await api("/api/png-info", { method: "POST", body: { image: await readAsDataUrl(file) } });
-    const unknown = fillForm(info.params);
+    const unknown = fillForm(info.params, info.fields);
     setStatus(unknown.length ? `Read ${file.name}; not available here: ${unknown.join(", ")}` : `Read ${file.name}`);
   } catch (error) {
     showError(error.status === 404 ? `${file.name}: no generation parameters in this image.` : `${file.name}: ${error.message}`);
@@ -613,6 +726,7 @@ async function start() {
   $("gallery-refresh").addEventListener("click", () => loadGallery());
   $("gallery-more").addEventListener("click", () => loadGallery({ more: true }));
   setUpDrop();
+  setUpInit();
 
   try {
     await loadChoices();
