@@ -245,6 +245,16 @@ def decay_factor(step: int, args: argparse.Namespace) -> float:
     return args.min_lr + (1.0 - args.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def training_caption(attrs, rng: random.Random, args: argparse.Namespace) -> str:
+    """A caption in random tag order with tags dropped at random. A share (`--short-captions`)
+    keeps only a few tags and half of those lose `1girl, solo`, so that prompts of one or two
+    tags ("red hair" as a negative prompt, "1girl" alone) are ones the model has seen."""
+    if rng.random() >= args.short_captions:
+        return caption(attrs, rng, keep=args.tag_keep)
+    text = caption(attrs, rng, keep=args.short_keep)
+    return text.removeprefix("1girl, solo").lstrip(", ") if rng.random() < 0.5 else text
+
+
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     with torch.no_grad():
         for e, p in zip(ema.parameters(), model.parameters()):
@@ -294,10 +304,8 @@ def train_unet(args: argparse.Namespace, images: torch.Tensor, work: Path, logfi
     while step < args.unet_steps:
         idx = torch.randint(0, len(attrs), (args.unet_batch,), generator=gen)
         z = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)) * scaling
-        captions = [
-            "" if rng.random() < args.uncond else caption(attrs[i], rng, keep=args.tag_keep)
-            for i in idx.tolist()
-        ]
+        captions = ["" if rng.random() < args.uncond else training_caption(attrs[i], rng, args)
+                    for i in idx.tolist()]
         ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True,
                         return_tensors="pt").input_ids
         t = torch.randint(0, 1000, (args.unet_batch,), generator=gen)
@@ -379,6 +387,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--uncond", type=float, default=0.1, help="probability of an empty caption")
     p.add_argument("--tag-keep", type=float, default=0.8, help="probability of keeping each tag")
+    p.add_argument("--short-captions", type=float, default=0.0, help="share of captions with few tags")
+    p.add_argument("--short-keep", type=float, default=0.25, help="probability of keeping each tag in those")
     p.add_argument("--note", default="", help="free text stored with the hyper-parameters")
     p.add_argument("--export-raw", action="store_true", help="export the last weights, not the EMA")
     p.add_argument("--max-minutes", type=float, default=0.0, help="stop stages early (0: never)")

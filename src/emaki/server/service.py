@@ -110,11 +110,12 @@ class Service:
         for option, field in OPTION_FIELDS.items():
             values.setdefault(field, settings[option])
         if values.get("model"):
-            values["model"] = self.catalog.find_checkpoint(str(values["model"]), "model").filename
-        elif settings.get("sd_model_checkpoint") and overrides and "sd_model_checkpoint" in overrides:
-            values["model"] = self.catalog.find_checkpoint(settings["sd_model_checkpoint"]).filename
+            checkpoint = self.catalog.find_checkpoint(str(values["model"]), "model")
+        elif overrides and "sd_model_checkpoint" in overrides:
+            checkpoint = self.catalog.find_checkpoint(settings["sd_model_checkpoint"])
         else:
-            values["model"] = self.current_checkpoint().filename
+            checkpoint = self.current_checkpoint()
+        values["model"] = checkpoint.filename
         vae = values.get("vae") if values.get("vae") else settings["sd_vae"]
         values["vae"] = self.catalog.find_vae(str(vae), "vae")
         hypernetwork = values.get("hypernetwork") or settings["sd_hypernetwork"]
