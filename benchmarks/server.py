@@ -7,7 +7,11 @@ process, POST /sdapi/v1/txt2img (images returned in the reply), and POST /api/jo
 its event stream until `done` (image written to the gallery). The server is a separate
 `emaki serve` process on loopback. Medians are reported; overhead = server / in-process - 1.
 
-    python benchmarks/server.py [--rounds 20] [--steps 20] [--progress-calls 200]
+    python benchmarks/server.py [--rounds 20] [--steps 20] [--progress-calls 200] [--settle 0.5]
+
+Before each timed call the benchmark sleeps `--settle` seconds: torch's OpenMP threads keep
+spinning for a while after a call, and on two cores the spinning threads of one process would
+otherwise slow the next measurement in the other (measured: the HTTP run doubled to 0.57 s).
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--progress-calls", type=int, default=200)
+    parser.add_argument("--settle", type=float, default=0.5, help="seconds of quiet before each timed call")
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="emaki-bench-server-"))
@@ -77,16 +82,15 @@ def main() -> None:
             generate(params, save=False)  # warm-up: model load, first-call costs
             client.post("/sdapi/v1/txt2img", json=payload).raise_for_status()
             native_job(client, payload)
+            runs = {"in-process": lambda: generate(params, save=False),
+                    "sdapi txt2img": lambda: client.post("/sdapi/v1/txt2img", json=payload).raise_for_status(),
+                    "native job + events": lambda: native_job(client, payload)}
             for _ in range(args.rounds):
-                start = time.perf_counter()
-                generate(params, save=False)
-                times["in-process"].append(time.perf_counter() - start)
-                start = time.perf_counter()
-                client.post("/sdapi/v1/txt2img", json=payload).raise_for_status()
-                times["sdapi txt2img"].append(time.perf_counter() - start)
-                start = time.perf_counter()
-                native_job(client, payload)
-                times["native job + events"].append(time.perf_counter() - start)
+                for name, run in runs.items():
+                    time.sleep(args.settle)
+                    start = time.perf_counter()
+                    run()
+                    times[name].append(time.perf_counter() - start)
 
             latencies = []
             long_job = client.post("/api/jobs", json=payload | {"steps": 100_000 // 100, "save": False}).json()

@@ -25,7 +25,7 @@ from emaki.server.service import Service
 from emaki.server.store import FINISHED, Job
 
 router = APIRouter(prefix="/api", tags=["native"])
-EVENT_INTERVAL = 0.2  # seconds between progress checks of an event stream
+EVENT_INTERVAL = 0.2  # seconds between progress checks of an event stream (ends are reported at once)
 
 
 def _service(request: Request) -> Service:
@@ -128,10 +128,9 @@ async def job_events(job_id: str, request: Request) -> StreamingResponse:
     async def stream() -> AsyncIterator[str]:
         last = None
         while not await request.is_disconnected():
-            job = service.store.get(job_id)
-            assert job is not None
-            if job.status in FINISHED:
-                yield _sse(job.status, job_view(service, job))
+            ended = await request.app.state.waiters.wait(job_id, timeout=EVENT_INTERVAL)
+            if ended is not None:
+                yield _sse(ended.status, job_view(service, ended))
                 return
             event = _progress_event(service, job_id)
             key = event and (event["batch"], event["step"])
@@ -139,9 +138,10 @@ async def job_events(job_id: str, request: Request) -> StreamingResponse:
                 last = key
                 yield _sse("progress", event)
             elif event is None and last is None:
+                job = service.store.get(job_id)
+                assert job is not None
                 yield _sse("queued", {"job_id": job_id, "position": _position(service, job)})
                 last = ()
-            await asyncio.sleep(EVENT_INTERVAL)
 
     return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 

@@ -70,11 +70,12 @@ def parse_credentials(text: str) -> dict[str, str]:
 
 
 class JobWaiters:
-    """Lets request handlers await a job's end without polling the database."""
+    """Lets request handlers await a job's end without polling the database: the store calls
+    back from the worker thread and the event loop is woken at once."""
 
     def __init__(self, store: JobStore) -> None:
         self.store = store
-        self._events: dict[str, asyncio.Event] = {}
+        self._events: dict[str, set[asyncio.Event]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -86,25 +87,33 @@ class JobWaiters:
             self._loop.call_soon_threadsafe(self._set, job_id)
 
     def _set(self, job_id: str) -> None:
-        event = self._events.get(job_id)
-        if event is not None:
+        for event in self._events.get(job_id, ()):
             event.set()
 
-    async def wait(self, job_id: str) -> Job:
-        event = self._events.setdefault(job_id, asyncio.Event())
+    async def wait(self, job_id: str, timeout: float | None = None) -> Job | None:
+        """The job once it has ended, or None when `timeout` seconds pass first."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        event = asyncio.Event()
+        self._events.setdefault(job_id, set()).add(event)
         try:
             while True:
                 job = self.store.get(job_id)
-                assert job is not None
-                if job.status in FINISHED:
+                if job is None or job.status in FINISHED:
                     return job
-                try:
-                    await asyncio.wait_for(event.wait(), timeout=5.0)  # the timeout only guards a lost wake-up
+                remaining = 5.0 if deadline is None else deadline - loop.time()
+                if remaining <= 0:
+                    return None
+                try:  # the 5 s cap only guards against a lost wake-up
+                    await asyncio.wait_for(event.wait(), timeout=min(remaining, 5.0))
                 except TimeoutError:
                     pass
                 event.clear()
         finally:
-            self._events.pop(job_id, None)
+            waiting = self._events.get(job_id, set())
+            waiting.discard(event)
+            if not waiting:
+                self._events.pop(job_id, None)
 
 
 class BodySizeLimit:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-import torch
+import numpy as np
 
 from emaki.devices import DevicePolicy
 from emaki.errors import EmakiError, Interrupted
@@ -38,8 +38,8 @@ class Progress:
     batches: int = 0
     step: int = 0
     steps: int = 0
-    latent: torch.Tensor | None = None
-    preview_map: torch.Tensor | None = None
+    latent: np.ndarray | None = None  # numpy: readers run in request threads (see preview.py)
+    preview_map: np.ndarray | None = None
 
     @property
     def fraction(self) -> float:
@@ -138,7 +138,7 @@ class Worker:
         if preview_map is None:
             preview_map = self.previewer.prepare(update.model.components)
         latest = replace(current, batch=update.batch, batches=update.batches, step=update.step, steps=update.steps,
-                         latent=update.latent[0].detach().float().cpu().clone(), preview_map=preview_map)
+                         latent=update.latent[0].detach().float().cpu().numpy().copy(), preview_map=preview_map)
         with self._lock:
             self._progress = latest
 
