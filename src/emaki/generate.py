@@ -38,6 +38,7 @@ from emaki.prompts import PromptEncoder, encode_negative_prompts, encode_prompts
 from emaki.safety import ensure_allowed
 from emaki.sampling import (
     ImageRNG,
+    Sampler,
     brownian_noise_sampler,
     get_sampler,
     img2img_sigmas,
@@ -89,7 +90,8 @@ def native_size(model: LoadedModel) -> int:
 
 def infotext_for(params: GenerationParams, model: LoadedModel, seed: int, subseed: int,
                  sampler_name: str, schedule: str, uses_ensd: bool, prompt: str, *,
-                 embeddings_hashes: str | None = None, hypernetwork: Hypernetwork | None = None) -> str:
+                 embeddings_hashes: str | None = None, hypernetwork: Hypernetwork | None = None,
+                 eta: dict[str, float] | None = None) -> str:
     """The v1.10.1 field order (specs/FORMATS.md §5.1); `TI hashes` and the `Hypernet` fields
     (of the setting/flag hypernetwork, `params.hypernetwork`) among the extras."""
     variation = params.subseed_strength > 0
@@ -119,10 +121,19 @@ def infotext_for(params: GenerationParams, model: LoadedModel, seed: int, subsee
         "Hypernet strength": (float(params.hypernetwork_strength)
                               if params.hypernetwork and params.hypernetwork_strength != 1 else None),
         "Prompt dialect": "NovelAI" if params.prompt_dialect == "novelai" else None,
-        "Eta": params.eta,
+        **(eta or {}),  # `recorded_eta`
         "Version": f"emaki {emaki.__version__}",
     }
     return build_infotext(prompt, params.negative_prompt, fields)
+
+
+def recorded_eta(sampler: Sampler, eta: float | None) -> dict[str, float]:
+    """The eta field A1111 writes: only for a sampler that takes eta, and only when it differs
+    from that sampler's default (1 for k-diffusion samplers; 0 for DDIM, written `Eta DDIM`)."""
+    if eta is None or "eta" not in sampler.option_names:
+        return {}
+    default, key = (0.0, "Eta DDIM") if sampler.timesteps else (1.0, "Eta")
+    return {} if eta == default else {key: float(eta)}
 
 
 def _prepare(model: LoadedModel, policy: DevicePolicy) -> None:
@@ -232,6 +243,7 @@ def generate(
     infotext_extras = {
         "embeddings_hashes": ti_hashes([*conds[0].embeddings, *unconds[0].embeddings]),
         "hypernetwork": setting_hypernetwork,
+        "eta": recorded_eta(sampler, params.eta),
     }
     result = GenerationResult(params, model)
     folder = out_dir if out_dir is not None else dated_folder(outputs_dir())

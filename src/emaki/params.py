@@ -108,7 +108,7 @@ def params_from_infotext(fields: dict[str, str]) -> GenerationParams:
         "emphasis": fields.get("Emphasis", "Original"),
         "prompt_dialect": "novelai" if fields.get("Prompt dialect", "").lower() == "novelai" else "a1111",
         "model": fields.get("Model"),
-        "eta": number("Eta", float),
+        "eta": number("Eta", float) if "Eta" in fields else number("Eta DDIM", float),
         "denoising_strength": number("Denoising strength", float, 0.75),
     }
     if "Variation seed" in fields:

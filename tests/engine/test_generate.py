@@ -148,3 +148,26 @@ def test_model_hash_is_remembered_in_the_hash_cache(tiny_safetensors):
     files = json.loads(hash_cache_path().read_text())["files"]
     entry = files[str(tiny_safetensors.resolve())]
     assert f"Model hash: {entry['sha256'][:10]}," in result.images[0].infotext
+
+
+@pytest.mark.parametrize("sampler, eta, field", [
+    ("Euler a", 1.0, None),  # k-diffusion's default: not written
+    ("Euler a", 0.5, "Eta: 0.5"),
+    ("Euler", 0.5, None),  # Euler takes no eta
+    ("DDIM", 0.0, None),  # DDIM's default
+    ("DDIM", 0.3, "Eta DDIM: 0.3"),
+])
+def test_eta_is_recorded_as_a1111_does(tiny_safetensors, sampler, eta, field):
+    text = run(tiny_safetensors, sampler_name=sampler, eta=eta, steps=2).images[0].infotext
+    if field is None:
+        assert "Eta" not in text
+    else:
+        assert field + "," in text
+
+
+def test_eta_ddim_is_read_back():
+    from emaki.infotext import parse_infotext
+    from emaki.params import params_from_infotext
+
+    fields = parse_infotext("x\nSteps: 2, Sampler: DDIM, Seed: 1, Size: 64x64, Eta DDIM: 0.3")
+    assert params_from_infotext(fields).eta == 0.3
