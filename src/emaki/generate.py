@@ -20,6 +20,7 @@ import emaki
 from emaki.devices import DevicePolicy
 from emaki.errors import Interrupted, ParamsError
 from emaki.home import embedding_folders, hash_cache_path, hypernetwork_folders, outputs_dir
+from emaki.hires import LATENT_UPSCALERS, check_upscaler, hires_steps, target_size, upscale_images, upscale_latents
 from emaki.img2img import default_size, encode_image, fit_image, open_init_image
 from emaki.infotext import build_infotext
 from emaki.models.hashes import HashCache
@@ -110,10 +111,11 @@ def infotext_for(params: GenerationParams, model: LoadedModel, seed: int, subsee
         "Variation seed": subseed if variation else None,
         "Variation seed strength": float(params.subseed_strength) if variation else None,
         "Seed resize from": f"{params.seed_resize_from_w}x{params.seed_resize_from_h}" if resized else None,
-        "Denoising strength": float(params.denoising_strength) if params.init_image else None,
+        "Denoising strength": float(params.denoising_strength) if params.init_image or params.enable_hr else None,
         "Clip skip": params.clip_skip if params.clip_skip > 1 else None,
         "ENSD": params.eta_noise_seed_delta if params.eta_noise_seed_delta and uses_ensd else None,
         "RNG": params.rng if params.rng != "GPU" else None,
+        **hires_fields(params),
         "TI hashes": embeddings_hashes,  # networks (issue 6)
         "Emphasis": params.emphasis if params.emphasis != "Original" else None,
         "Hypernet": params.hypernetwork if params.hypernetwork else None,  # networks (issue 6)
@@ -125,6 +127,23 @@ def infotext_for(params: GenerationParams, model: LoadedModel, seed: int, subsee
         "Version": f"emaki {emaki.__version__}",
     }
     return build_infotext(prompt, params.negative_prompt, fields)
+
+
+def hires_fields(params: GenerationParams) -> dict[str, object]:
+    """The `Hires ...` fields A1111 writes for a hires-fix run (none without one)."""
+    if not params.enable_hr:
+        return {}
+    resized = params.hr_resize_x or params.hr_resize_y
+    fields: dict[str, object] = {
+        "Hires resize": f"{params.hr_resize_x}x{params.hr_resize_y}" if resized else None,
+        "Hires upscale": None if resized else float(params.hr_scale),
+        "Hires steps": params.hr_second_pass_steps or None,
+        "Hires upscaler": params.hr_upscaler,
+        "Hires sampler": params.hr_sampler_name,
+        "Hires prompt": params.hr_prompt or None,
+        "Hires negative prompt": params.hr_negative_prompt or None,
+    }
+    return {k: v for k, v in fields.items() if v is not None}
 
 
 def recorded_eta(sampler: Sampler, eta: float | None) -> dict[str, float]:
@@ -196,6 +215,8 @@ def generate(
     (default: `EMAKI_HOME/embeddings|hypernetworks` and the A1111 install's folders).
     """
     ensure_allowed(params.prompt, params.negative_prompt)
+    if params.hr_prompt or params.hr_negative_prompt:
+        ensure_allowed(params.hr_prompt, params.hr_negative_prompt)
     sampler_name, schedule = parse_sampler_name(params.sampler_name, params.scheduler)
     sampler = get_sampler(sampler_name)
     policy = policy or DevicePolicy.choose()
@@ -245,19 +266,16 @@ def generate(
         "hypernetwork": setting_hypernetwork,
         "eta": recorded_eta(sampler, params.eta),
     }
+    hires = _HiresPass.plan(params, model, policy, sampler, schedule, denoise_model, encoder, prompt_text) \
+        if params.enable_hr else None
     result = GenerationResult(params, model)
     folder = out_dir if out_dir is not None else dated_folder(outputs_dir())
     applied = apply_hypernetworks(parts.unet, hypernetworks)
     try:
         for batch_index in range(params.n_iter):
             seeds, subseeds = batch_seeds(params, batch_index)
-            rng = ImageRNG(latent_shape, seeds, subseeds=subseeds, subseed_strength=params.subseed_strength,
-                           seed_resize_from_h=params.seed_resize_from_h, seed_resize_from_w=params.seed_resize_from_w,
-                           source=params.rng, eta_noise_seed_delta=params.eta_noise_seed_delta)
+            rng = image_rng(params, latent_shape, seeds, subseeds)
             start = None if init_latent is None else init_latent.expand(params.batch_size, -1, -1, -1)
-            x = sampler.initial_latent(rng.first().to(policy.device), start_sigma, init=start)
-            noise_sampler = (brownian_noise_sampler(x, sigmas, seeds) if sampler.brownian_noise
-                             else rng.noise_sampler())
             guided = CFGDenoiser(denoise_model, conds, unconds, params.cfg_scale)
 
             def on_step(info: StepInfo, batch_index: int = batch_index) -> None:
@@ -269,9 +287,9 @@ def generate(
                     progress(GenerationProgress(batch_index, params.n_iter, info.step + 1, info.total, info.x, model))
 
             try:
-                with torch.inference_mode():
-                    latents = sampler(guided, x, sigmas.to(policy.device), noise_sampler=noise_sampler,
-                                      callback=on_step, **options)
+                latents = _sample(sampler, guided, rng, sigmas, start_sigma, start, on_step, options, policy)
+                if hires is not None:
+                    latents = hires.run(latents, seeds, subseeds, on_step, options)
             except _Skipped:
                 assert skip is not None
                 skip.clear()
@@ -284,6 +302,76 @@ def generate(
     finally:
         applied.remove()  # the next generation starts clean
     return result
+
+
+def image_rng(params: GenerationParams, shape: tuple[int, ...], seeds: list[int], subseeds: list[int]) -> ImageRNG:
+    return ImageRNG(shape, seeds, subseeds=subseeds, subseed_strength=params.subseed_strength,
+                    seed_resize_from_h=params.seed_resize_from_h, seed_resize_from_w=params.seed_resize_from_w,
+                    source=params.rng, eta_noise_seed_delta=params.eta_noise_seed_delta)
+
+
+def _sample(sampler: Sampler, guided: CFGDenoiser, rng: ImageRNG, sigmas: torch.Tensor, start_sigma: torch.Tensor,
+            start: torch.Tensor | None, on_step: Callable[[StepInfo], None], options: dict,
+            policy: DevicePolicy) -> torch.Tensor:
+    """One sampling pass: noise from `rng` at `start_sigma` (on top of `start` for img2img)."""
+    x = sampler.initial_latent(rng.first().to(policy.device), start_sigma, init=start)
+    noise_sampler = brownian_noise_sampler(x, sigmas, rng.seeds) if sampler.brownian_noise else rng.noise_sampler()
+    with torch.inference_mode():
+        return sampler(guided, x, sigmas.to(policy.device), noise_sampler=noise_sampler, callback=on_step, **options)
+
+
+@dataclass
+class _HiresPass:
+    """The second pass of a hires-fix run, planned once per generation (`emaki.hires`)."""
+
+    params: GenerationParams
+    model: LoadedModel
+    policy: DevicePolicy
+    sampler: Sampler
+    denoise_model: DiscreteEpsDenoiser
+    conds: list
+    unconds: list
+    size: tuple[int, int]
+    sigmas: torch.Tensor
+    start_sigma: torch.Tensor
+
+    @classmethod
+    def plan(cls, params: GenerationParams, model: LoadedModel, policy: DevicePolicy, sampler: Sampler,
+             schedule: str, denoise_model: DiscreteEpsDenoiser, encoder: PromptEncoder,
+             prompt_text: str) -> _HiresPass:
+        if params.init_image:
+            raise ParamsError("enable_hr: the hires fix is a txt2img pass; it cannot be combined with init_image")
+        check_upscaler(params.hr_upscaler)
+        hr_sampler = get_sampler(parse_sampler_name(params.hr_sampler_name)[0]) if params.hr_sampler_name else sampler
+        if hr_sampler.lcm != sampler.lcm:
+            raise ParamsError("hr_sampler_name: LCM and other samplers cannot be mixed in one run")
+        total, t_enc = hires_steps(params)
+        full = sigmas_for(hr_sampler, schedule, total, denoise_model.model_sigmas)
+        start_sigma, sigmas = img2img_sigmas(hr_sampler, full, total, params.denoising_strength, t_enc=t_enc)
+        # The hires prompts default to the first pass's; their timelines follow the hires steps.
+        steps = (params.hr_second_pass_steps or params.steps) * (2 if hr_sampler.second_order else 1)
+        prompt = extract_networks(params.hr_prompt)[0] if params.hr_prompt else prompt_text
+        with torch.inference_mode():
+            conds = encode_prompts(encoder, [prompt] * params.batch_size, steps, dialect=params.prompt_dialect)
+            unconds = encode_negative_prompts(encoder, [params.hr_negative_prompt or params.negative_prompt]
+                                              * params.batch_size, steps, dialect=params.prompt_dialect)
+        return cls(params, model, policy, hr_sampler, denoise_model, conds, unconds, target_size(params), sigmas,
+                   start_sigma)
+
+    def run(self, latents: torch.Tensor, seeds: list[int], subseeds: list[int],
+            on_step: Callable[[StepInfo], None], options: dict) -> torch.Tensor:
+        params, parts = self.params, self.model.components
+        factor = parts.config.vae_scale_factor
+        if self.params.hr_upscaler in LATENT_UPSCALERS:
+            upscaled = upscale_latents(latents.float(), self.size, factor, params.hr_upscaler)
+        else:
+            images = upscale_images(_decode(self.model, latents, self.policy), self.size, params.hr_upscaler)
+            upscaled = torch.cat([encode_image(parts.vae, image, self.policy.device) for image in images])
+        # A1111 draws the second pass's noise from new generators with the same seeds.
+        rng = image_rng(params, tuple(upscaled.shape[1:]), seeds, subseeds)
+        guided = CFGDenoiser(self.denoise_model, self.conds, self.unconds, params.cfg_scale)
+        return _sample(self.sampler, guided, rng, self.sigmas, self.start_sigma, upscaled, on_step, options,
+                       self.policy)
 
 
 class _Skipped(Exception):

@@ -49,6 +49,15 @@ class GenerationParams(BaseModel):
     denoising_strength: float = Field(0.75, ge=0.0, le=1.0, description="img2img: how much is redrawn (1: all)")
     resize_mode: Literal["just resize", "crop and resize", "resize and fill"] = Field(
         "just resize", description="img2img: how the image is fitted to width x height (A1111's modes 0-2)")
+    enable_hr: bool = Field(False, description="hires fix: a second, img2img pass at a larger size")
+    hr_scale: float = Field(2.0, gt=0, le=8)
+    hr_resize_x: int = Field(0, ge=0, le=4096, description="hires width (0: width x hr_scale)")
+    hr_resize_y: int = Field(0, ge=0, le=4096)
+    hr_upscaler: str = Field("Latent", description="Latent, Latent (nearest-exact), ..., Lanczos, Nearest, None")
+    hr_second_pass_steps: int = Field(0, ge=0, le=1000, description="0: as many as `steps`")
+    hr_sampler_name: str | None = None
+    hr_prompt: str = ""
+    hr_negative_prompt: str = ""
 
     @field_validator("width", "height")
     @classmethod
@@ -117,6 +126,13 @@ def params_from_infotext(fields: dict[str, str]) -> GenerationParams:
     if fields.get("Hypernet"):  # networks (issue 6): pasted as a prompt tag, specs §1.5
         strength = fields.get("Hypernet strength") or "1.0"
         values["prompt"] = f"{values['prompt']}<hypernet:{fields['Hypernet']}:{strength}>"
+    if "Hires upscaler" in fields or "Hires upscale" in fields or "Hires resize-1" in fields:
+        values |= {"enable_hr": True, "hr_scale": number("Hires upscale", float, 2.0),
+                   "hr_resize_x": number("Hires resize-1", int, 0), "hr_resize_y": number("Hires resize-2", int, 0),
+                   "hr_upscaler": fields.get("Hires upscaler", "Latent"),
+                   "hr_second_pass_steps": number("Hires steps", int, 0),
+                   "hr_sampler_name": fields.get("Hires sampler"), "hr_prompt": fields.get("Hires prompt", ""),
+                   "hr_negative_prompt": fields.get("Hires negative prompt", "")}
     if "Seed resize from-1" in fields:
         values["seed_resize_from_w"] = number("Seed resize from-1", int)
         values["seed_resize_from_h"] = number("Seed resize from-2", int)

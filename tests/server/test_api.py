@@ -94,8 +94,8 @@ def test_override_settings_and_infotext_field(client: TestClient) -> None:
 
 
 def test_unsupported_features_are_refused_not_ignored(client: TestClient) -> None:
-    response = client.post("/sdapi/v1/txt2img", json={"prompt": "1girl", "enable_hr": True, **FAST})
-    assert response.status_code == 422 and "enable_hr" in response.text
+    response = client.post("/sdapi/v1/txt2img", json={"prompt": "1girl", "restore_faces": True, **FAST})
+    assert response.status_code == 422 and "restore_faces" in response.text
     assert client.post("/sdapi/v1/interrogate", json={}).status_code in (404, 405)
     assert client.get("/sdapi/v1/upscalers").status_code in (404, 405)
 
@@ -321,3 +321,17 @@ def test_a_job_that_cannot_be_written_fails_and_the_worker_goes_on(client: TestC
     outputs.unlink()
     fine = wait_job(client, client.post("/api/jobs", json={"prompt": "1girl", **FAST}).json()["id"])
     assert fine["status"] == "done" and len(client.get("/api/gallery").json()) == 1
+
+
+def test_hires_fix_through_the_a1111_api(client: TestClient) -> None:
+    body = client.post("/sdapi/v1/txt2img", json={
+        "prompt": "1girl", "seed": 2, "steps": 4, "width": 64, "height": 64, "enable_hr": True, "hr_scale": 1.5,
+        "hr_upscaler": "Latent", "hr_second_pass_steps": 3, "denoising_strength": 0.5,
+        "hr_checkpoint_name": "Use same checkpoint", "hr_sampler_name": "Use same sampler"}).json()
+    info = json.loads(body["info"])
+    assert Image.open(io.BytesIO(base64.b64decode(body["images"][0]))).size == (96, 96)
+    assert info["denoising_strength"] == 0.5 and "Hires upscale: 1.5, Hires steps: 3" in info["infotexts"][0]
+    bad = client.post("/sdapi/v1/txt2img", json={"prompt": "1girl", "enable_hr": True, "hr_upscaler": "4x-UltraSharp"})
+    assert bad.status_code == 422 and "hr_upscaler" in bad.json()["detail"]
+    refused = client.post("/sdapi/v1/txt2img", json={"prompt": "1girl", "enable_hr": True, "hr_prompt": "loli, nude"})
+    assert refused.status_code == 400

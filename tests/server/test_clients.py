@@ -36,6 +36,9 @@ def test_webuiapi_client_works_unchanged(live_server) -> None:
                           denoising_strength=0.4, seed=77, width=64, height=64)
     assert redrawn.images[0].size == (64, 64) and redrawn.info["all_seeds"] == [77]
     assert "Denoising strength: 0.4" in redrawn.info["infotexts"][0]
+    hires = api.txt2img(prompt="1girl, pink hair", seed=5, width=64, height=64, steps=3, enable_hr=True,
+                        hr_scale=1.5, hr_second_pass_steps=2, denoising_strength=0.5)
+    assert hires.images[0].size == (96, 96) and "Hires upscale: 1.5" in hires.info["infotexts"][0]
     progress = api.get_progress()
     assert progress["progress"] == 0 and progress["state"]["job_count"] == 0
     api.util_wait_for_ready(check_interval=0.1)

@@ -70,6 +70,11 @@ def generate_command(
     init_image: Annotated[Path | None, typer.Option("--init-image", help="img2img: start from this image (see `emaki img2img`).")] = None,
     denoise: Annotated[float | None, typer.Option("--denoise", help="img2img: denoising strength, 0 keeps the image, 1 redraws it (default 0.75).")] = None,
     resize_mode: Annotated[str | None, typer.Option("--resize-mode", help='img2img: "just resize" (default), "crop and resize" or "resize and fill".')] = None,
+    hires: Annotated[bool | None, typer.Option("--hires", help="Hires fix: redraw at a larger size in a second pass (strength: --denoise, default 0.75).")] = None,
+    hr_scale: Annotated[float | None, typer.Option("--hr-scale", help="Hires fix: upscale factor (default 2).")] = None,
+    hr_upscaler: Annotated[str | None, typer.Option("--hr-upscaler", help='Hires fix: "Latent" (default), "Latent (nearest-exact)", ..., "Lanczos", "Nearest".')] = None,
+    hr_steps: Annotated[int | None, typer.Option("--hr-steps", help="Hires fix: steps of the second pass (default: --steps).")] = None,
+    hr_sampler: Annotated[str | None, typer.Option("--hr-sampler", help="Hires fix: sampler of the second pass (default: --sampler).")] = None,
 ) -> None:
     """Generate images from a prompt (txt2img; img2img with --init-image)."""
     base = params_from_image(from_image) if from_image else GenerationParams()
@@ -94,6 +99,11 @@ def generate_command(
         "init_image": str(init_image) if init_image is not None else None,
         "denoising_strength": denoise,
         "resize_mode": resize_mode,
+        "enable_hr": hires,
+        "hr_scale": hr_scale,
+        "hr_upscaler": hr_upscaler,
+        "hr_second_pass_steps": hr_steps,
+        "hr_sampler_name": hr_sampler,
     }
     if size is not None:
         overrides["width"], overrides["height"] = parse_size(size)

@@ -134,16 +134,19 @@ def infotext_schedule_type(sampler: Sampler | str, schedule: str) -> str | None:
     return resolve_schedule(sampler, label)
 
 
-def img2img_sigmas(sampler: Sampler | str, sigmas: Tensor, steps: int, strength: float) -> tuple[Tensor, Tensor]:
+def img2img_sigmas(sampler: Sampler | str, sigmas: Tensor, steps: int, strength: float,
+                   t_enc: int | None = None) -> tuple[Tensor, Tensor]:
     """(noise level of the starting latent, sigmas to sample) for img2img, as A1111 v1.10.1 with
     `img2img_fix_steps` off: `t_enc = int(min(strength, 0.999) * steps)` of the `steps`-step
     schedule are run. k-diffusion samplers run `sigmas[steps - t_enc - 1:]` from its first
     sigma; timestep samplers (DDIM, PLMS, UniPC) noise to timestep `t_enc` and run the `t_enc`
-    timesteps below it (`sd_samplers_timesteps.sample_img2img`), at least one.
+    timesteps below it (`sd_samplers_timesteps.sample_img2img`), at least one. A given `t_enc`
+    overrides the arithmetic (the hires pass fixes it, see `emaki.hires.hires_steps`).
     """
     if isinstance(sampler, str):
         sampler = get_sampler(sampler)
-    t_enc = int(min(strength, 0.999) * steps)
+    if t_enc is None:
+        t_enc = int(min(strength, 0.999) * steps)
     if sampler.timesteps:
         t_enc = max(t_enc, 1)
         n = len(sigmas)

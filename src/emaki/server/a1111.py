@@ -100,7 +100,10 @@ class Txt2ImgRequest(BaseModel):
     def unsupported(self) -> list[str]:
         """Fields asking for something emaki cannot do yet: refused rather than ignored."""
         asked = {
-            "enable_hr": self.enable_hr, "restore_faces": bool(self.restore_faces), "tiling": bool(self.tiling),
+            "hr_checkpoint_name": self.hr_checkpoint_name not in (None, "", "Use same checkpoint"),
+            "hr_scheduler": self.hr_scheduler not in (None, "", "Use same scheduler"),
+            "firstphase_width/height": bool(self.firstphase_width or self.firstphase_height),
+            "restore_faces": bool(self.restore_faces), "tiling": bool(self.tiling),
             "script_name": bool(self.script_name), "alwayson_scripts": bool(self.alwayson_scripts),
             "refiner_checkpoint": bool(self.refiner_checkpoint), "styles": bool(self.styles),
             "s_churn": bool(self.s_churn), "s_min_uncond": bool(self.s_min_uncond),
@@ -123,9 +126,16 @@ class Txt2ImgRequest(BaseModel):
             "n_iter": self.n_iter, "steps": self.steps, "cfg_scale": self.cfg_scale, "width": self.width,
             "height": self.height, "eta": self.eta, "s_noise": self.s_noise,
         }
+        if self.enable_hr:
+            mine |= {"enable_hr": True, "hr_scale": self.hr_scale, "hr_resize_x": self.hr_resize_x,
+                     "hr_resize_y": self.hr_resize_y, "hr_upscaler": self.hr_upscaler or "Latent",
+                     "hr_second_pass_steps": self.hr_second_pass_steps,
+                     "hr_sampler_name": None if self.hr_sampler_name in ("", "Use same sampler") else self.hr_sampler_name,
+                     "hr_prompt": self.hr_prompt, "hr_negative_prompt": self.hr_negative_prompt,
+                     "denoising_strength": 0.75 if self.denoising_strength is None else self.denoising_strength}
         if self.scheduler is not None:
             mine["scheduler"] = self.scheduler
-        aliases = {"sampler_name": ("sampler_name", "sampler_index"),
+        aliases = {"sampler_name": ("sampler_name", "sampler_index"), "enable_hr": ("enable_hr",),
                    "seed_resize_from_w": ("seed_resize_from_w",), "seed_resize_from_h": ("seed_resize_from_h",)}
         for key, value in mine.items():
             if not self.infotext or explicit & set(aliases.get(key, (key,))):
@@ -168,7 +178,8 @@ def processed_info(job: Job, request: Txt2ImgRequest) -> str:
         "sd_vae_hash": result.get("vae_hash"),
         "seed_resize_from_w": params.get("seed_resize_from_w", -1) or -1,
         "seed_resize_from_h": params.get("seed_resize_from_h", -1) or -1,
-        "denoising_strength": params.get("denoising_strength") if params.get("init_image") else None,
+        "denoising_strength": (params.get("denoising_strength")
+                               if params.get("init_image") or params.get("enable_hr") else None),
         "extra_generation_params": {},
         "index_of_first_image": 0,
         "infotexts": result.get("infotexts", []),

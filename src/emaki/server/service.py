@@ -14,6 +14,7 @@ from typing import Any
 from PIL import Image
 
 from emaki.errors import ParamsError
+from emaki.hires import check_upscaler
 from emaki.params import GenerationParams
 from emaki.prompts import extract_networks
 from emaki.safety import ensure_allowed
@@ -127,6 +128,11 @@ class Service:
             if tag.kind == "hypernet":
                 self.catalog.find_hypernetwork(tag.name, "prompt")
         ensure_allowed(params.prompt, params.negative_prompt)
+        if params.enable_hr:
+            check_upscaler(params.hr_upscaler)
+            if params.hr_sampler_name:
+                parse_sampler_name(params.hr_sampler_name)
+            ensure_allowed(params.hr_prompt, params.hr_negative_prompt)
         if init is not None:  # last: nothing is written for a request that is refused
             params = params.updated(init_image=str(save_input(init, self.inputs)))
         return params
