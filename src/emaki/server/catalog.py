@@ -83,8 +83,8 @@ class Catalog:
 
     def checkpoints(self) -> list[CheckpointEntry]:
         from emaki.demo import demo_model_path
-        from emaki.models.hashes import HashCache
         from emaki.home import hash_cache_path
+        from emaki.models.hashes import HashCache
 
         rows = list(self.inventory.checkpoints)
         demo = demo_model_path()

@@ -76,10 +76,6 @@ class Job:
     started: float | None
     finished: float | None
 
-    @property
-    def finished_ok(self) -> bool:
-        return self.status == "done"
-
     def public(self) -> dict[str, Any]:
         """What the native API returns for a job."""
         return {
@@ -227,19 +223,6 @@ class JobStore:
         if cancelled:
             self._finished(job_id)
         return cancelled
-
-    def wait_finished(self, job_id: str, timeout: float | None = None) -> Job | None:
-        """Block until the job has ended (or `timeout` passed); the job as it is then."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._lock:
-            while True:
-                row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-                if row is None or row["status"] in FINISHED:
-                    return _job(row) if row is not None else None
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return _job(row)
-                self._changed.wait(remaining if remaining is not None else 1.0)
 
     def get(self, job_id: str) -> Job | None:
         with self._lock:
