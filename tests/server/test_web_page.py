@@ -346,6 +346,72 @@ def test_page_uses_a_generated_image_as_init_image(browser: Any, live_server: An
         session.close()
 
 
+def test_page_runs_hires_fix_and_sends_it_back(browser: Any, live_server: Any, tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    session = Session(browser, live_server.url, tmp_path / "screenshots", "hires")
+    page = session.page
+    api = live_server.client()
+    try:
+        page.goto("/")
+        expect(page.locator("#status")).to_have_text("Ready")
+        expect(page.locator("#hires")).not_to_be_checked()
+        expect(page.locator("#hr-scale")).to_have_value("2")
+        expect(page.locator("#hr-steps")).to_have_value("0")
+        assert page.locator("#hr-upscaler").input_value() == "Latent"
+        expect(page.locator("#hr-upscaler option")).to_have_count(9)
+
+        # Hires fix with an init image is refused on the page; nothing is queued.
+        picked = tmp_path / "picked.png"
+        picked.write_bytes(png_bytes(None))
+        page.locator("#init-file").set_input_files(str(picked))
+        expect(page.locator("#init-preview")).to_be_visible()
+        page.locator("#hires").check()
+        page.locator("#generate").click()
+        expect(page.locator("#error")).to_contain_text("hires fix is for text-to-image; clear the init image")
+        assert not api.get("/api/jobs").json()
+        page.locator("#init-clear").click()
+
+        # Text to image with the hires pass: 64x64 first, 96x96 after the 1.5x upscale.
+        page.locator("#prompt").fill("1girl, pink hair")
+        page.locator("#steps").fill("4")
+        page.locator("#hr-scale").fill("1.5")
+        page.locator("#hr-steps").fill("2")
+        page.locator("#denoise").fill("0.5")
+        body = submit_and_finish(page, 0)
+        assert body["enable_hr"] is True and body["hr_scale"] == 1.5 and body["hr_upscaler"] == "Latent"
+        assert body["hr_second_pass_steps"] == 2 and body["denoising_strength"] == 0.5
+        assert "init_image" not in body
+        expect(page.locator("#error")).to_be_hidden()
+        newest = api.get("/api/gallery").json()[0]
+        assert "Hires upscale: 1.5" in newest["infotext"] and "Denoising strength: 0.5" in newest["infotext"]
+        item = page.locator("#gallery .item").first
+        item.locator(".thumb").click()
+        expect(item.locator(".infotext")).to_contain_text("Hires upscale: 1.5")
+        page.wait_for_function("(() => { const i = document.querySelector('#gallery .item img');"
+                               " return i && i.complete && i.naturalWidth == 96; })()")
+        session.screenshot("hires")
+
+        # Unchecked: none of the hires fields are sent.
+        page.locator("#hires").uncheck()
+        page.locator("#hr-scale").fill("3")
+        body = submit_and_finish(page, 1)
+        assert not {"enable_hr", "hr_scale", "hr_upscaler", "hr_second_pass_steps",
+                    "denoising_strength"} & body.keys(), body.keys()
+
+        # "Send to prompt" on the hires image turns the box back on with its settings.
+        page.locator("#denoise").fill("0.9")
+        page.locator("#gallery .item").nth(1).locator(".send").click()
+        expect(page.locator("#hires")).to_be_checked()
+        expect(page.locator("#hr-scale")).to_have_value("1.5")
+        expect(page.locator("#hr-steps")).to_have_value("2")
+        expect(page.locator("#denoise")).to_have_value("0.5")
+        session.check_clean()
+    finally:
+        api.close()
+        session.close()
+
+
 def test_page_signs_in_and_polls_when_the_api_wants_credentials(
         browser: Any, server_factory: Any, tmp_path: Path) -> None:
     from playwright.sync_api import expect

@@ -259,6 +259,15 @@ function readForm() {
     params.denoising_strength = denoise === "" ? 0.75 : Number(denoise);
     params.resize_mode = $("resize-mode").value;
   }
+  if ($("hires").checked) {
+    // Hires fix: a second, larger pass at the denoising strength; unchecked, none of it is sent.
+    const denoise = $("denoise").value.trim();
+    params.enable_hr = true;
+    params.hr_scale = $("hr-scale").value.trim() === "" ? 2 : Number($("hr-scale").value);
+    params.hr_upscaler = $("hr-upscaler").value;
+    params.hr_second_pass_steps = intOrNull("hr-steps") ?? 0;
+    params.denoising_strength = denoise === "" ? 0.75 : Number(denoise);
+  }
   return params;
 }
 
@@ -279,6 +288,16 @@ function fillForm(params, fields = {}) {
   $("height").value = params.height ?? "";
   if (fields["Denoising strength"] != null && params.denoising_strength != null) {
     setDenoise(params.denoising_strength);
+  }
+  $("hires").checked = Boolean(params.enable_hr);
+  if (params.enable_hr) {
+    if (params.hr_scale != null) $("hr-scale").value = params.hr_scale;
+    if (params.hr_second_pass_steps != null) $("hr-steps").value = params.hr_second_pass_steps;
+    if ([...$("hr-upscaler").options].some((o) => o.value === params.hr_upscaler)) {
+      $("hr-upscaler").value = params.hr_upscaler;
+    } else if (params.hr_upscaler) {
+      unknown.push(`upscaler ${params.hr_upscaler}`);
+    }
   }
 
   const sampler = state.samplers.find((s) => same(s.name, params.sampler_name)
@@ -306,6 +325,11 @@ let recountTokens = () => {};
 
 async function generate() {
   clearError();
+  if (state.init && $("hires").checked) {
+    showError("hires fix is for text-to-image; clear the init image");
+    setStatus("Not queued");
+    return;
+  }
   let job;
   try {
     job = await api("/api/jobs", { method: "POST", body: readForm() });
