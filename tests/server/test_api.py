@@ -190,6 +190,8 @@ def test_native_job_lifecycle_gallery_and_search(client: TestClient) -> None:
     red_job, blue_job = wait_job(client, red.json()["id"]), wait_job(client, blue.json()["id"])
     assert red_job["status"] == blue_job["status"] == "done"
     assert [image["seed"] for image in blue_job["images"]] == [2, 3]
+    listed = {job["id"]: job for job in client.get("/api/jobs").json()}
+    assert [image["seed"] for image in listed[blue_job["id"]]["images"]] == [2, 3]
     assert len(client.get("/api/gallery").json()) == 3
     assert [row["seed"] for row in client.get("/api/gallery", params={"q": "RED hair"}).json()] == [1]
     assert len(client.get("/api/gallery", params={"q": "hat"}).json()) == 2  # negative prompt matches too

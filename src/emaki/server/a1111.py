@@ -30,7 +30,6 @@ from emaki.sampling import SAMPLERS, SCHEDULES
 from emaki.home import embedding_folders
 from emaki.networks import EmbeddingLibrary
 from emaki.server.catalog import text_width
-from emaki.server.preview import png_base64, preview_image
 from emaki.server.service import Service
 from emaki.server.store import Job
 
@@ -135,7 +134,7 @@ class Txt2ImgRequest(BaseModel):
                      "denoising_strength": 0.75 if self.denoising_strength is None else self.denoising_strength}
         if self.scheduler is not None:
             mine["scheduler"] = self.scheduler
-        aliases = {"sampler_name": ("sampler_name", "sampler_index"), "enable_hr": ("enable_hr",),
+        aliases = {"sampler_name": ("sampler_name", "sampler_index"),
                    "seed_resize_from_w": ("seed_resize_from_w",), "seed_resize_from_h": ("seed_resize_from_h",)}
         for key, value in mine.items():
             if not self.infotext or explicit & set(aliases.get(key, (key,))):
@@ -310,9 +309,7 @@ async def progress(request: Request, skip_current_image: bool = False) -> dict[s
     service = _service(request)
     snapshot = service.worker.progress()
     counts = service.store.counts()
-    current_image = None
-    if not skip_current_image and snapshot.latent is not None and snapshot.preview_map is not None:
-        current_image = png_base64(preview_image(snapshot.latent, snapshot.preview_map))
+    current_image = None if skip_current_image else snapshot.preview_base64()
     return {
         "progress": snapshot.fraction,
         "eta_relative": snapshot.eta,

@@ -20,7 +20,6 @@ from emaki.models.tokenizer import load_clip_tokenizer
 from emaki.params import GenerationParams, params_from_infotext
 from emaki.prompts import count_tokens
 from emaki.server.a1111 import PngInfoRequest, decode_image
-from emaki.server.preview import png_base64, preview_image
 from emaki.server.service import Service
 from emaki.server.store import FINISHED, Job
 
@@ -75,7 +74,7 @@ def submit_job(body: JobRequest, request: Request) -> dict[str, Any]:
 @router.get("/jobs")
 def list_jobs(request: Request, status: str | None = None, limit: int = Query(100, ge=1, le=1000)) -> list[dict]:
     service = _service(request)
-    return [job.public() for job in service.store.jobs(status, limit)]
+    return [job_view(service, job) for job in service.store.jobs(status, limit)]
 
 
 def _job_or_404(service: Service, job_id: str) -> Job:
@@ -107,9 +106,8 @@ def _progress_event(service: Service, job_id: str | None) -> dict[str, Any] | No
     snapshot = service.worker.progress()
     if snapshot.job_id is None or not snapshot.steps or (job_id is not None and snapshot.job_id != job_id):
         return None  # idle, another job, or no step taken yet
-    preview = None
-    if snapshot.latent is not None and snapshot.preview_map is not None:
-        preview = "data:image/png;base64," + png_base64(preview_image(snapshot.latent, snapshot.preview_map))
+    encoded = snapshot.preview_base64()
+    preview = "data:image/png;base64," + encoded if encoded else None
     return {"job_id": snapshot.job_id, "batch": snapshot.batch, "batches": snapshot.batches, "step": snapshot.step,
             "steps": snapshot.steps, "progress": snapshot.fraction, "eta": snapshot.eta, "preview": preview}
 

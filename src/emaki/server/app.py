@@ -20,7 +20,7 @@ from fastapi.staticfiles import StaticFiles
 
 import emaki
 from emaki.devices import DevicePolicy, Precision
-from emaki.errors import EmakiError, ParamsError, PolicyViolation
+from emaki.errors import EmakiError, ParamsError
 from emaki.home import emaki_home
 from emaki.server import a1111, api
 from emaki.server.catalog import Catalog
@@ -218,11 +218,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
 
     @app.exception_handler(EmakiError)
     async def emaki_error(request: Request, error: EmakiError) -> JSONResponse:
-        status = _error_status(error)
-        body: dict[str, Any] = {"error": type(error).__name__, "detail": str(error)}
-        if isinstance(error, PolicyViolation):
-            body["error"] = "PolicyViolation"
-        return JSONResponse(body, status_code=status)
+        return JSONResponse({"error": type(error).__name__, "detail": str(error)}, status_code=_error_status(error))
 
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
     app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")

@@ -54,6 +54,25 @@ def text_width(checkpoint: str) -> int:
     return 768
 
 
+def _checkpoint_entries(inventory: Inventory) -> list[CheckpointEntry]:
+    """The inventory's checkpoints plus the bundled demo model, titled as A1111 titles them."""
+    from emaki.demo import demo_model_path
+    from emaki.home import hash_cache_path
+    from emaki.models.hashes import HashCache
+
+    rows = list(inventory.checkpoints)
+    demo = demo_model_path()
+    if demo.is_file() and all(Path(r["path"]) != demo for r in rows):
+        digest = HashCache(hash_cache_path()).get(demo).sha256
+        rows.append({"name": demo.stem, "path": str(demo), "hash": digest[:10], "sha256": digest})
+    entries = []
+    for row in rows:
+        filename = Path(row["path"]).name
+        title = f"{filename} [{row['hash']}]" if row["hash"] else filename
+        entries.append(CheckpointEntry(title, row["name"], row["path"], row["hash"], row["sha256"]))
+    return entries
+
+
 def check_plain_name(field: str, value: str) -> None:
     """Names only: separators, `..` and absolute paths are refused before any lookup."""
     if "/" in value or "\\" in value or value.startswith(".") or Path(value).is_absolute() or "\x00" in value:
@@ -67,36 +86,32 @@ class Catalog:
         self.a1111 = a1111 if a1111 is not None else a1111_dir()
         self.text_width = text_width
         self._lock = threading.Lock()
-        self._inventory: Inventory | None = None
+        self._listing: tuple[Inventory, list[CheckpointEntry]] | None = None
 
     def refresh(self) -> Inventory:
+        """Walk the folders (and hash what is new) once; requests read the cached listing."""
         inventory = take_inventory(self.a1111, text_width=self.text_width, hashes=True)
+        entries = _checkpoint_entries(inventory)
         with self._lock:
-            self._inventory = inventory
+            self._listing = (inventory, entries)
         return inventory
+
+    def _cached(self) -> tuple[Inventory, list[CheckpointEntry]]:
+        with self._lock:
+            listing = self._listing
+        if listing is None:
+            self.refresh()
+            with self._lock:
+                listing = self._listing
+        assert listing is not None
+        return listing
 
     @property
     def inventory(self) -> Inventory:
-        with self._lock:
-            inventory = self._inventory
-        return inventory if inventory is not None else self.refresh()
+        return self._cached()[0]
 
     def checkpoints(self) -> list[CheckpointEntry]:
-        from emaki.demo import demo_model_path
-        from emaki.home import hash_cache_path
-        from emaki.models.hashes import HashCache
-
-        rows = list(self.inventory.checkpoints)
-        demo = demo_model_path()
-        if demo.is_file() and all(Path(r["path"]) != demo for r in rows):
-            digest = HashCache(hash_cache_path()).get(demo).sha256
-            rows.append({"name": demo.stem, "path": str(demo), "hash": digest[:10], "sha256": digest})
-        entries = []
-        for row in rows:
-            filename = Path(row["path"]).name
-            title = f"{filename} [{row['hash']}]" if row["hash"] else filename
-            entries.append(CheckpointEntry(title, row["name"], row["path"], row["hash"], row["sha256"]))
-        return entries
+        return list(self._cached()[1])
 
     def find_checkpoint(self, name: str, field: str = "sd_model_checkpoint") -> CheckpointEntry:
         check_plain_name(field, name)

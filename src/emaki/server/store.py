@@ -77,11 +77,11 @@ class Job:
     finished: float | None
 
     def public(self) -> dict[str, Any]:
-        """What the native API returns for a job."""
+        """What the native API returns for a job (it adds the job's gallery images)."""
         return {
             "id": self.id, "status": self.status, "params": self.params, "error": self.error,
             "note": self.note, "attempts": self.attempts, "created": self.created, "started": self.started,
-            "finished": self.finished, "images": (self.result or {}).get("images", []),
+            "finished": self.finished,
         }
 
 

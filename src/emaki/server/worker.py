@@ -21,7 +21,7 @@ from emaki.generate import GeneratedImage, GenerationProgress, GenerationResult,
 from emaki.home import outputs_dir
 from emaki.output import dated_folder, save_png
 from emaki.params import GenerationParams
-from emaki.server.preview import Previewer
+from emaki.server.preview import Previewer, png_base64, preview_image
 from emaki.server.store import ImageRecord, Job, JobStore
 
 log = logging.getLogger("emaki.server")
@@ -40,6 +40,12 @@ class Progress:
     steps: int = 0
     latent: np.ndarray | None = None  # numpy: readers run in request threads (see preview.py)
     preview_map: np.ndarray | None = None
+
+    def preview_base64(self) -> str | None:
+        """The latest latent as a base64 PNG (None before the first step)."""
+        if self.latent is None or self.preview_map is None:
+            return None
+        return png_base64(preview_image(self.latent, self.preview_map))
 
     @property
     def fraction(self) -> float:
