@@ -15,7 +15,6 @@ from emaki.prompts import (
     ScheduledConditioning,
     encode_negative_prompts,
     encode_prompts,
-    stack_conds,
 )
 
 
@@ -193,14 +192,6 @@ def test_output_follows_the_text_encoder_dtype(tiny_components) -> None:
     enc = PromptEncoder(te16, tiny_components.tokenizer)
     [cond] = encode_prompts(enc, ["(cat:1.3)"], 20)
     assert cond.parts[0][0].at(0).dtype == torch.bfloat16
-
-
-def test_stack_conds_repeats_the_last_vector() -> None:
-    a = torch.arange(6.0).reshape(3, 2)
-    b = torch.zeros(5, 2)
-    out = stack_conds([a, b])
-    assert out.shape == (2, 5, 2)
-    assert out[0, 3:].tolist() == [[4.0, 5.0], [4.0, 5.0]]
 
 
 def test_bad_settings_are_refused(tiny_components) -> None:

@@ -46,31 +46,10 @@ A1111_NAMES = [
     "UniPC",
     "LCM",
 ]
-ISSUE_NAMES = [
-    "Euler a",
-    "Euler",
-    "LMS",
-    "Heun",
-    "DPM2",
-    "DPM2 a",
-    "DPM++ 2S a",
-    "DPM++ 2M",
-    "DPM++ SDE",
-    "DPM++ 2M SDE",
-    "DPM++ 3M SDE",
-    "DPM fast",
-    "DPM adaptive",
-    "Restart",
-    "DDIM",
-    "PLMS",
-    "UniPC",
-    "LCM",
-]
 
 
 def test_names_and_order() -> None:
     assert [s.name for s in SAMPLERS] == A1111_NAMES
-    assert set(ISSUE_NAMES) <= set(A1111_NAMES)
 
 
 def test_second_order_as_specs_4_3() -> None:

@@ -1,4 +1,4 @@
-"""The sampler API the engine relies on: names, callbacks, interrupt, explicit noise."""
+"""The sampler API the engine relies on: names, callbacks, interrupt, explicit noise, guidance."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from emaki.sampling import (
     parse_sampler_name,
     sigmas_for,
 )
+from emaki.sampling.denoiser import stack_conds
 
 
 @pytest.mark.parametrize(
@@ -93,6 +94,19 @@ def test_noise_is_never_implicit(sd_sigmas: torch.Tensor) -> None:
     assert torch.equal(state, torch.get_rng_state())
 
 
+def test_bad_sampler_options_are_sampler_errors() -> None:
+    from emaki.sampling.dpm_solver import sample_dpm_adaptive, sample_dpm_fast
+    from emaki.sampling.dpmpp_sde import sample_dpmpp_2m_sde
+
+    x, sigmas = torch.zeros(1, 4, 2, 2), torch.tensor([2.0, 1.0, 0.0])
+    with pytest.raises(SamplerError, match="solver_type"):
+        sample_dpmpp_2m_sde(ToyDenoiser(), x, sigmas, solver_type="euler")
+    with pytest.raises(SamplerError, match="order 4"):
+        sample_dpm_adaptive(ToyDenoiser(), x, sigmas, order=4)
+    with pytest.raises(SamplerError, match="positive"):
+        sample_dpm_fast(ToyDenoiser(), x, sigmas, sigma_min=0.0)
+
+
 def test_same_noise_same_result(sd_sigmas: torch.Tensor) -> None:
     sigmas = sigmas_for(get_sampler("Euler a"), "Automatic", 5, sd_sigmas)
     x = torch.randn(1, 4, 4, 4) * sigmas[0]
@@ -110,3 +124,11 @@ def test_infotext_schedule_type() -> None:
     assert infotext_schedule_type("Euler", "Uniform") == "Uniform"
     assert infotext_schedule_type("Euler a", "Karras") == "Karras"
     assert infotext_schedule_type("DDIM", "Karras") is None
+
+
+def test_stack_conds_repeats_the_last_vector() -> None:
+    a = torch.arange(6.0).reshape(3, 2)
+    b = torch.zeros(5, 2)
+    out = stack_conds([a, b])
+    assert out.shape == (2, 5, 2)
+    assert out[0, 3:].tolist() == [[4.0, 5.0], [4.0, 5.0]]

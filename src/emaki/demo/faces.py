@@ -154,6 +154,12 @@ def draw_face(attrs: FaceAttributes, size: int = SIZE) -> Image.Image:
     def pts(*xy: tuple[float, float]) -> list[tuple[float, float]]:
         return [(x * k, y * k) for x, y in xy]
 
+    def as_drawn(x: float) -> float:
+        return x
+
+    def mirrored(x: float) -> float:  # the same feature on the other side of the face
+        return SIZE - x
+
     canvas = Image.new("RGB", (round(SIZE * k), round(SIZE * k)), pal(BACKGROUNDS[attrs.background]))
     d = ImageDraw.Draw(canvas)
     w = max(1, round(line_w * k / _SCALE))
@@ -168,9 +174,7 @@ def draw_face(attrs: FaceAttributes, size: int = SIZE) -> Image.Image:
             d.ellipse(box(x0 + 4, 18, x0 + 9, 25), fill=hair, outline=outline, width=w)
     # Cat ears stick out of the head.
     if attrs.cat_ears:
-        for sign in (1, -1):
-            def mx(x: float) -> float:
-                return x if sign == 1 else SIZE - x
+        for mx in (as_drawn, mirrored):
             d.polygon(pts((mx(11), 17), (mx(15), 0), (mx(28), 9)), fill=hair, outline=outline, width=w)
             d.polygon(pts((mx(15), 13), (mx(16.5), 5), (mx(23), 10)), fill=pal(EAR_INNER))
     # Back of the head, face, bangs, side locks.
@@ -183,9 +187,7 @@ def draw_face(attrs: FaceAttributes, size: int = SIZE) -> Image.Image:
     bangs.append((15, 24))
     d.polygon(pts(*bangs), fill=hair, outline=outline, width=w)
     lock_end = 50 if attrs.hair_length == "long hair" else 42
-    for sign in (1, -1):
-        def mx(x: float) -> float:
-            return x if sign == 1 else SIZE - x
+    for mx in (as_drawn, mirrored):
         d.polygon(pts((mx(13), 18), (mx(21), 22), (mx(19), lock_end - 6), (mx(16), lock_end)),
                   fill=hair, outline=outline, width=w)
 

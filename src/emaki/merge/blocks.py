@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import re
 
-UNET_PREFIX = "model.diffusion_model."
-TEXT_PREFIX = "cond_stage_model."
-VAE_PREFIX = "first_stage_model."
-EMA_PREFIX = "model_ema."
-POSITION_IDS = "cond_stage_model.transformer.text_model.embeddings.position_ids"
+from emaki.models.convert import (
+    EMA_PREFIX,
+    POSITION_IDS,
+    TEXT_ENCODER_PREFIX,
+    UNET_PREFIX,
+    VAE_PREFIX,
+)
 
 #: The 25 UNet blocks in the order of a 25-value `--blocks` list.
 UNET_BLOCKS: tuple[str, ...] = (
@@ -86,7 +88,7 @@ def block_of(key: str) -> str | None:
             return None
         kind, index, middle, time, _out = m.groups()
         return _unet_block(kind, index, middle, time)
-    if key.startswith(TEXT_PREFIX):
+    if key.startswith(TEXT_ENCODER_PREFIX):
         return TEXT_ENCODER
     if key.startswith(VAE_PREFIX):
         return VAE

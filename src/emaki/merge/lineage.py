@@ -27,7 +27,6 @@ import torch
 
 from emaki.merge.blocks import (
     ALL_BLOCKS,
-    EMA_PREFIX,
     TEXT_ENCODER,
     UNET_BLOCKS,
     VAE,
@@ -36,6 +35,7 @@ from emaki.merge.blocks import (
 )
 from emaki.merge.recipe import MergeError
 from emaki.merge.sources import TensorSource, open_source
+from emaki.models.convert import EMA_PREFIX
 
 LINEAGE_SLICE_ELEMENTS = 1 << 18
 #: `nonnegative=True` leaves out a candidate unless it can lower the residual by at least this

@@ -30,9 +30,10 @@ from dataclasses import dataclass
 
 import torch
 
-from emaki.merge.blocks import UNET_PREFIX, VAE_PREFIX, block_of, is_merged_key
+from emaki.merge.blocks import block_of, is_merged_key
 from emaki.merge.recipe import MergeError, MergeRecipe
 from emaki.merge.sources import TensorInfo, TensorSource
+from emaki.models.convert import TEXT_ENCODER_PREFIX, UNET_PREFIX, VAE_PREFIX
 
 OUTPUT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 #: Elements per slice read from each input and written to the output (256 Ki: 512 KiB of fp16).
@@ -97,7 +98,7 @@ def architecture_of(source: TensorSource) -> int:
         ),
         None,
     )
-    if width == 1024 or any(k.startswith("cond_stage_model.model.") for k in keys):
+    if width == 1024 or any(k.startswith(TEXT_ENCODER_PREFIX + "model.") for k in keys):
         raise MergeError(
             f"{source.label}: this is an SD 2.x checkpoint (1024-wide cross-attention, "
             "OpenCLIP text encoder); emaki merges SD 1.x models (768)"
@@ -131,7 +132,7 @@ class MergePlan:
         self.recipe, self.a, self.b, self.c, self.vae = recipe, a, b, c, vae
         given = [s for s in (a, b, c, vae) if s is not None]
         if len({id(s) for s in given}) != len(given):
-            raise ValueError(
+            raise MergeError(
                 "MergePlan: open each input separately (a read reuses its source's buffer)"
             )
         self.slice_elements = slice_elements

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -230,9 +230,6 @@ class MergeRecipe:
         except MergeError as e:
             raise MergeError(str(e).replace("recipe:", f"{where}:", 1)) from None
 
-    def with_inputs(self, **refs: InputRef | None) -> MergeRecipe:
-        return replace(self, **refs)  # type: ignore[arg-type]
-
 
 def _opt_str(value: Any, where: str) -> str | None:
     if value is None or isinstance(value, str):
@@ -253,9 +250,10 @@ def load_recipe(path: str | Path) -> MergeRecipe:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise MergeError(f"{path}: not a valid recipe JSON file ({e})") from None
         return MergeRecipe.from_dict(data, str(path))
-    from emaki.models.safe_load import read_safetensors_metadata, sniff_format
+    from emaki.models.safe_load import SAFETENSORS, sniff_format
+    from emaki.models.safetensors_header import read_safetensors_metadata
 
-    if sniff_format(path) != "safetensors":
+    if sniff_format(path) != SAFETENSORS:
         raise MergeError(f"{path}: expected a recipe .json or a .safetensors model merged by emaki")
     text = read_safetensors_metadata(path).get(RECIPE_METADATA_KEY)
     if not text:

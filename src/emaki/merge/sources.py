@@ -21,13 +21,9 @@ source reuses, so a result is valid until the next `read` on the same source.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import os
-import re
-import struct
 import zipfile
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,6 +32,12 @@ import torch
 
 from emaki.errors import ModelLoadError
 from emaki.models import safe_load
+from emaki.models.convert import normalize_ldm_key, unwrap_state_dict
+from emaki.models.safetensors_header import (
+    header_metadata,
+    read_safetensors_header,
+    safetensors_data_start,
+)
 
 SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
@@ -52,15 +54,6 @@ SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
     "F8_E5M2": torch.float8_e5m2,
 }
 DTYPE_NAMES: dict[torch.dtype, str] = {v: k for k, v in SAFETENSORS_DTYPES.items()}
-_MAX_HEADER = 100 * 1024 * 1024
-_OLD_TEXT_KEY = re.compile(
-    r"^cond_stage_model\.transformer\.(embeddings|encoder|final_layer_norm)\."
-)
-
-
-def normalize_key(key: str) -> str:
-    """Old text-encoder names → `cond_stage_model.transformer.text_model.…` (specs §7.1)."""
-    return _OLD_TEXT_KEY.sub(r"cond_stage_model.transformer.text_model.\1.", key)
 
 
 @dataclass(frozen=True)
@@ -165,24 +158,10 @@ def parse_safetensors_header(
 ) -> tuple[dict[str, tuple[int, TensorInfo]], dict[str, str]]:
     """{key: (absolute data offset, info)} and `__metadata__`, checked against the file size."""
     size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise ModelLoadError(f"{path}: truncated safetensors file ({size} bytes)")
-        (header_len,) = struct.unpack("<Q", head)
-        if header_len > _MAX_HEADER or 8 + header_len > size:
-            raise ModelLoadError(
-                f"{path}: corrupt safetensors header (length {header_len}, file {size} bytes)"
-            )
-        try:
-            header = json.loads(f.read(header_len))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ModelLoadError(f"{path}: corrupt safetensors header ({e})") from None
-    if not isinstance(header, dict):
-        raise ModelLoadError(f"{path}: corrupt safetensors header (not a JSON object)")
-    raw_meta = header.pop("__metadata__", None) or {}
-    metadata = {str(k): str(v) for k, v in raw_meta.items()} if isinstance(raw_meta, dict) else {}
-    data_start = 8 + header_len
+    data_start = safetensors_data_start(path)
+    header = read_safetensors_header(path)
+    metadata = header_metadata(header)
+    header.pop("__metadata__", None)
     data_size = size - data_start
     entries: dict[str, tuple[int, TensorInfo]] = {}
     spans = []
@@ -212,7 +191,7 @@ def parse_safetensors_header(
                 f"the file has {size}"
             )
         spans.append((begin, end, key))
-        entries[normalize_key(key)] = (data_start + begin, info)
+        entries[normalize_ldm_key(key)] = (data_start + begin, info)
     spans.sort()
     for (_, end0, k0), (begin1, _, k1) in itertools.pairwise(spans):
         if begin1 < end0:
@@ -225,8 +204,7 @@ def parse_safetensors_header(
 def _unwrap(data: Any, path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ModelLoadError(f"{path}: expected a dict of tensors, found {type(data).__name__}")
-    inner = data.get("state_dict", data)
-    return inner if isinstance(inner, dict) else data
+    return unwrap_state_dict(data)
 
 
 def _torch_zip_entries(path: Path) -> dict[str, tuple[int, TensorInfo]]:
@@ -246,11 +224,7 @@ def _torch_zip_entries(path: Path) -> dict[str, tuple[int, TensorInfo]]:
                     raise ModelLoadError(f"{path}: big-endian checkpoint; not supported")
     except zipfile.BadZipFile as e:
         raise ModelLoadError(f"{path}: corrupt or truncated checkpoint ({e})") from None
-    try:
-        with torch.serialization.safe_globals(safe_load._allowlist()):
-            data = torch.load(path, map_location="meta", weights_only=True)
-    except Exception as e:  # noqa: BLE001 (the restricted loader's refusals and corrupt files alike)
-        return _rethrow_pickle_error(path, e)
+    data = safe_load.load_pickle(path, map_location="meta")
     entries: dict[str, tuple[int, TensorInfo]] = {}
     size = path.stat().st_size
     for key, value in _unwrap(data, path).items():
@@ -268,31 +242,12 @@ def _torch_zip_entries(path: Path) -> dict[str, tuple[int, TensorInfo]]:
             raise ModelLoadError(
                 f"{path}: truncated checkpoint: tensor {key!r} ends past the end of the file"
             )
-        entries[normalize_key(key)] = (offset, info)
+        entries[normalize_ldm_key(key)] = (offset, info)
     return entries
 
 
 class _NonContiguous(Exception):
     pass
-
-
-def _rethrow_pickle_error(path: Path, error: Exception) -> Any:
-    import pickle
-
-    if isinstance(error, ModelLoadError):
-        raise error
-    if isinstance(error, pickle.UnpicklingError):
-        from emaki.errors import UnsafeFileError
-
-        found = safe_load._UNSUPPORTED_GLOBAL.search(str(error))
-        what = found.group(1) if found else "an object outside the allowlist"
-        raise UnsafeFileError(
-            f"{path}: refused to load: the pickle asks for {what}, which is not allowed "
-            "(only tensors and plain containers are; nothing in the file was executed)"
-        ) from None
-    text = str(error).strip()
-    first = text.splitlines()[0] if text else type(error).__name__
-    raise ModelLoadError(f"{path}: corrupt or truncated checkpoint ({first})") from None
 
 
 class InMemorySource:
@@ -307,7 +262,7 @@ class InMemorySource:
         self.label = label
         self.metadata = dict(metadata or {})
         self._tensors = {
-            normalize_key(k): v.contiguous()
+            normalize_ldm_key(k): v.contiguous()
             for k, v in tensors.items()
             if isinstance(v, torch.Tensor)
         }
@@ -340,7 +295,3 @@ def open_source(path: str | Path) -> TensorSource:
             pass  # views into shared storages: rare; fall through to a whole load
     data = safe_load.load_pickle(path)
     return InMemorySource(_unwrap(data, path), str(path))
-
-
-def total_bytes(source: TensorSource, keys: Iterable[str]) -> int:
-    return sum(source.info(k).nbytes for k in keys)

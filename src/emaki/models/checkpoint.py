@@ -10,9 +10,7 @@ file carries emaki's own `emaki_config` metadata.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,24 +18,28 @@ import torch
 from safetensors.torch import save_file
 
 from emaki.errors import ModelLoadError
+from emaki.files import atomic_write
 from emaki.models.configs import SD1_SCHEDULE, ModelConfig
-from emaki.models.convert import TEXT_PREFIX, UNET_PREFIX, VAE_PREFIX, components_to_ldm
+from emaki.models.convert import (
+    CLIP_PREFIX,
+    UNET_PREFIX,
+    VAE_PREFIX,
+    components_to_ldm,
+    normalize_ldm_key,
+    unwrap_state_dict,
+)
 from emaki.models.safe_load import load_tensors
 
 CONFIG_METADATA_KEY = "emaki_config"
-_OLD_TEXT_KEY = re.compile(r"^cond_stage_model\.transformer\.(embeddings|encoder|final_layer_norm)\.")
 
 
 def normalize_state_dict(data: dict[str, Any]) -> dict[str, torch.Tensor]:
     """Unwrap `state_dict`, rename old text-encoder keys, keep tensors only."""
-    inner = data.get("state_dict", data)
-    if not isinstance(inner, dict):
-        inner = data
     out: dict[str, torch.Tensor] = {}
-    for key, value in inner.items():
+    for key, value in unwrap_state_dict(data).items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
             continue
-        out[_OLD_TEXT_KEY.sub(r"cond_stage_model.transformer.text_model.\1.", key)] = value
+        out[normalize_ldm_key(key)] = value
     return out
 
 
@@ -51,7 +53,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelCon
             f"{path}: not an SD 1.x checkpoint (no 'model.diffusion_model.' UNet weights; "
             f"{len(state)} tensors found)"
         )
-    for prefix, part in ((TEXT_PREFIX, "text encoder"), (VAE_PREFIX, "VAE")):
+    for prefix, part in ((CLIP_PREFIX, "text encoder"), (VAE_PREFIX, "VAE")):
         if not any(k.startswith(prefix) for k in state):
             raise ModelLoadError(f"{path}: the checkpoint has no {part} weights ('{prefix}*')")
     if CONFIG_METADATA_KEY in metadata:
@@ -129,7 +131,7 @@ def infer_vae_config(state: dict[str, torch.Tensor], path: Path, prefix: str = V
 
 
 def infer_text_encoder_config(state: dict[str, torch.Tensor], path: Path) -> dict[str, Any]:
-    p = TEXT_PREFIX + "text_model."
+    p = CLIP_PREFIX + "text_model."
     vocab, hidden = _shape(state, p + "embeddings.token_embedding.weight", path)
     positions = _shape(state, p + "embeddings.position_embedding.weight", path)[0]
     layers = _count(state, re.escape(p) + r"encoder\.layers\.(\d+)\.")
@@ -160,22 +162,6 @@ def infer_config(state: dict[str, torch.Tensor], path: Path) -> ModelConfig:
     )
 
 
-def atomic_write(path: Path, write: Any) -> None:
-    """Call `write(tmp_path)`, then rename onto `path`: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make saved models owner-only
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_single_file(components: Any, path: str | Path, *, dtype: torch.dtype | None = torch.float16,
                      metadata: dict[str, str] | None = None) -> Path:
     """Write `components` as one LDM-layout `.safetensors`, the layout users' checkpoints have.
@@ -191,5 +177,6 @@ def save_single_file(components: Any, path: str | Path, *, dtype: torch.dtype | 
                for k, v in state.items()}
     meta = {"format": "pt", CONFIG_METADATA_KEY: json.dumps(config.to_dict())}
     meta.update(metadata or {})
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    with atomic_write(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
     return path

@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers.models import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from emaki.models.configs import ModelConfig
 from emaki.models.tokenizer import load_clip_tokenizer
+from emaki.sampling.schedules import sd1_alphas_cumprod
 
 
 @dataclass
@@ -28,17 +29,21 @@ class SDComponents:
             self.alphas_cumprod = sd_alphas_cumprod(self.config)
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> SDComponents:
-        for module in (self.unet, self.vae, self.text_encoder):
+        modules: tuple[torch.nn.Module, ...] = (self.unet, self.vae, self.text_encoder)
+        for module in modules:
             module.to(device=device, dtype=dtype)
         return self
 
 
 def sd_alphas_cumprod(config: ModelConfig) -> torch.Tensor:
-    """cumprod(1 - beta) for the scaled-linear schedule of v1-inference.yaml, in float64."""
-    sched = config.schedule
-    n = int(sched["num_train_timesteps"])
-    betas = torch.linspace(sched["beta_start"] ** 0.5, sched["beta_end"] ** 0.5, n, dtype=torch.float64) ** 2
-    return torch.cumprod(1.0 - betas, dim=0)
+    """`config`'s training schedule (`sd1_alphas_cumprod` of its `schedule`), in float64."""
+    schedule = config.schedule
+    return sd1_alphas_cumprod(
+        int(schedule["num_train_timesteps"]),
+        schedule["beta_start"],
+        schedule["beta_end"],
+        dtype=torch.float64,
+    )
 
 
 def build_random_components(config: ModelConfig, seed: int = 0) -> SDComponents:

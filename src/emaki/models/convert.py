@@ -1,20 +1,46 @@
 """Key layouts: the original single-file LDM layout ⇄ diffusers/transformers modules.
 
-LDM → diffusers uses diffusers' own single-file converters. The reverse direction is not in
-the diffusers wheel (only in their repository's scripts), so it is written here; a round trip
-through both is checked bit-exactly in the tests.
+The LDM layout's key prefixes and old key names are defined here once, for every module that
+reads checkpoint keys (loading, merging, lineage). LDM → diffusers uses diffusers' own
+single-file converters (imported only when converting: the merger reads these tables and
+starts without diffusers). The reverse direction is not in the diffusers wheel (only in their
+repository's scripts), so it is written here; a round trip through both is checked bit-exactly
+in the tests.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import torch
-from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
 
-UNET_PREFIX = "model.diffusion_model."
-TEXT_PREFIX = "cond_stage_model.transformer."
-VAE_PREFIX = "first_stage_model."
+# The parts of an SD 1.x single-file checkpoint, by key prefix:
+UNET_PREFIX = "model.diffusion_model."  # the UNet
+TEXT_ENCODER_PREFIX = "cond_stage_model."  # the text encoder (SD 2.x: `cond_stage_model.model.`)
+CLIP_PREFIX = TEXT_ENCODER_PREFIX + "transformer."  # SD 1.x's CLIP: `[text_model.]embeddings...`
+VAE_PREFIX = "first_stage_model."  # the VAE
+EMA_PREFIX = "model_ema."  # the UNet's EMA copy, names flattened: `model_ema.diffusion_modelout0weight`
+POSITION_IDS = CLIP_PREFIX + "text_model.embeddings.position_ids"  # a buffer, not a weight
+
+_OLD_CLIP_KEY = re.compile("^" + re.escape(CLIP_PREFIX) + r"(embeddings|encoder|final_layer_norm)\.")
+
+
+def normalize_ldm_key(key: str) -> str:
+    """Old CLIP key names (without `text_model.`) → `cond_stage_model.transformer.text_model.…`
+    (specs §7.1).
+
+    >>> normalize_ldm_key("cond_stage_model.transformer.final_layer_norm.weight")
+    'cond_stage_model.transformer.text_model.final_layer_norm.weight'
+    """
+    return _OLD_CLIP_KEY.sub(CLIP_PREFIX + r"text_model.\1.", key)
+
+
+def unwrap_state_dict(data: dict[Any, Any]) -> dict[Any, Any]:
+    """The tensors of a checkpoint: `data["state_dict"]` (training checkpoints) when that is a
+    dict, else `data` itself."""
+    inner = data.get("state_dict", data)
+    return inner if isinstance(inner, dict) else data
 
 _RESNET_TO_LDM = {
     "norm1": "in_layers.0",
@@ -140,7 +166,7 @@ def components_to_ldm(unet: torch.nn.Module, vae: torch.nn.Module, text_encoder:
     for key, value in unet_to_ldm(unet.state_dict(), unet_config).items():
         out[UNET_PREFIX + key] = value
     for key, value in text_encoder_to_ldm(text_encoder.state_dict()).items():
-        out[TEXT_PREFIX + key] = value
+        out[CLIP_PREFIX + key] = value
     for key, value in vae_to_ldm(vae.state_dict(), vae_config).items():
         out[VAE_PREFIX + key] = value
     return out
@@ -148,11 +174,15 @@ def components_to_ldm(unet: torch.nn.Module, vae: torch.nn.Module, text_encoder:
 
 def ldm_to_unet(checkpoint: dict[str, torch.Tensor], config: dict[str, Any]) -> dict[str, torch.Tensor]:
     """`model.diffusion_model.*` → diffusers UNet keys (non-EMA weights, as A1111 loads)."""
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
+
     return convert_ldm_unet_checkpoint(checkpoint, config)
 
 
 def ldm_to_vae(checkpoint: dict[str, torch.Tensor], config: dict[str, Any]) -> dict[str, torch.Tensor]:
     """`first_stage_model.*` → diffusers VAE keys."""
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
     return convert_ldm_vae_checkpoint(checkpoint, config)
 
 
@@ -160,9 +190,9 @@ def ldm_to_text_encoder(checkpoint: dict[str, torch.Tensor]) -> dict[str, torch.
     """`cond_stage_model.transformer.[text_model.]*` → transformers 5 `CLIPTextModel` keys."""
     out = {}
     for key, value in checkpoint.items():
-        if not key.startswith(TEXT_PREFIX):
+        if not key.startswith(CLIP_PREFIX):
             continue
-        rest = key[len(TEXT_PREFIX) :]
+        rest = key[len(CLIP_PREFIX) :]
         rest = rest.removeprefix("text_model.")
         if rest == "embeddings.position_ids":
             continue

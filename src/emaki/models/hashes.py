@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import struct
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from emaki.errors import ModelLoadError
+from emaki.files import atomic_write
+from emaki.models.safetensors_header import safetensors_data_start
 
 _BLOCK = 1 << 20
 
@@ -47,8 +49,7 @@ def tensor_data_hash(path: str | Path) -> str:
     """sha256 of a safetensors file's tensor data only (kohya/addnet hash; header excluded)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
-        (header_len,) = struct.unpack("<Q", f.read(8))
-        f.seek(8 + header_len)
+        f.seek(safetensors_data_start(path))
         while block := f.read(_BLOCK):
             digest.update(block)
     return digest.hexdigest()
@@ -67,21 +68,22 @@ class FileHashes:
         return self.sha256[:10]
 
 
-def _safetensors_data_start(path: Path, size: int) -> int | None:
+def _tensor_data_start(path: Path) -> int | None:
+    """Where a safetensors file's tensor data begins; None for any other file."""
     with open(path, "rb") as f:
         head = f.read(9)
-    if len(head) == 9 and head[8:9] == b"{":
-        (header_len,) = struct.unpack("<Q", head[:8])
-        if 8 + header_len <= size:
-            return 8 + header_len
-    return None
+    if head[8:9] != b"{":
+        return None
+    try:
+        return safetensors_data_start(path)
+    except ModelLoadError:
+        return None
 
 
 def file_hashes(path: str | Path, *, tensor_data: bool = True) -> FileHashes:
     """sha256, legacy hash and (for safetensors, if asked) the tensor-data hash, in one read."""
     path = Path(path)
-    size = path.stat().st_size
-    data_start = _safetensors_data_start(path, size) if tensor_data else None
+    data_start = _tensor_data_start(path) if tensor_data else None
     whole, data = hashlib.sha256(), hashlib.sha256() if data_start is not None else None
     buffer = bytearray(_BLOCK)
     view = memoryview(buffer)
@@ -139,10 +141,8 @@ class HashCache:
         if self.cache_file is None:
             return
         try:
-            self.cache_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.cache_file.with_name(f".{self.cache_file.name}.{os.getpid()}.tmp")
             text = json.dumps({"version": 1, "files": self._entries}, indent=1)
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, self.cache_file)
+            with atomic_write(self.cache_file) as tmp:
+                tmp.write_text(text, encoding="utf-8")
         except OSError:
             pass  # an unwritable cache only costs time

@@ -11,17 +11,24 @@ import copy
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 from accelerate import init_empty_weights
-from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers.models import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from emaki.errors import ModelLoadError
 from emaki.models.checkpoint import normalize_state_dict, read_checkpoint
 from emaki.models.components import SDComponents
 from emaki.models.configs import SD1_SCHEDULE, ModelConfig
-from emaki.models.convert import VAE_PREFIX, ldm_to_text_encoder, ldm_to_unet, ldm_to_vae
+from emaki.models.convert import (
+    EMA_PREFIX,
+    VAE_PREFIX,
+    ldm_to_text_encoder,
+    ldm_to_unet,
+    ldm_to_vae,
+)
 from emaki.models.hashes import HashCache
 from emaki.models.safe_load import load_tensors
 from emaki.models.tokenizer import load_clip_tokenizer
@@ -39,10 +46,16 @@ class LoadedModel:
     vae_hash: str | None = None
 
 
-def _assign(module_cls: type, config: dict, state: dict[str, torch.Tensor], what: str, source: str,
-            dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+_Module = TypeVar("_Module", bound=torch.nn.Module)
+
+
+def _assign(module_cls: type[_Module], config: dict[str, Any], state: dict[str, torch.Tensor], what: str,
+            source: str, dtype: torch.dtype = torch.float32) -> _Module:
     with init_empty_weights(include_buffers=False):
-        module = module_cls(**config) if module_cls is not CLIPTextModel else CLIPTextModel(CLIPTextConfig(**config))
+        if module_cls is CLIPTextModel:
+            module = module_cls(CLIPTextConfig(**config))
+        else:
+            module = module_cls(**config)
     expected = module.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -89,7 +102,7 @@ def load_diffusers(source: str, dtype: torch.dtype = torch.float32) -> SDCompone
         unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet")
         vae = AutoencoderKL.from_pretrained(source, subfolder="vae")
         text = CLIPTextModel.from_pretrained(source, subfolder="text_encoder")
-    except (OSError, ValueError, EnvironmentError) as e:
+    except (OSError, ValueError) as e:
         where = "folder" if local else "hub id (no network access, or not a diffusers SD 1.x repo)"
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelLoadError(f"{source}: cannot load diffusers {where}: {first}") from None
@@ -99,9 +112,11 @@ def load_diffusers(source: str, dtype: torch.dtype = torch.float32) -> SDCompone
         text_encoder=text.config.to_dict(),
         schedule=dict(SD1_SCHEDULE),
     )
-    for module in (unet, vae):
-        module.to(dtype).eval().requires_grad_(False)
-    text.to(torch.float32).eval().requires_grad_(False)
+    modules: tuple[tuple[torch.nn.Module, torch.dtype], ...] = (
+        (unet, dtype), (vae, dtype), (text, torch.float32)
+    )
+    for module, module_dtype in modules:
+        module.to(module_dtype).eval().requires_grad_(False)
     return SDComponents(unet, vae, text, load_clip_tokenizer(), config)
 
 
@@ -111,7 +126,7 @@ def read_vae_state(path: Path) -> dict[str, torch.Tensor]:
     state = normalize_state_dict(data)
     out = {}
     for key, value in state.items():
-        if key.startswith(("loss.", "model_ema.")):
+        if key.startswith(("loss.", EMA_PREFIX)):
             continue
         out[key if key.startswith(VAE_PREFIX) else VAE_PREFIX + key] = value
     if not any(k.startswith(VAE_PREFIX + "decoder.") for k in out):
@@ -198,12 +213,3 @@ class ModelCache:
 
     def clear(self) -> None:
         self._items.clear()
-
-
-DEFAULT_CACHE = ModelCache()
-
-
-def load_model(source: str | os.PathLike[str], vae: str | os.PathLike[str] | None = None,
-               dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """Load through the process-wide cache: a second call with the same files does not reload."""
-    return DEFAULT_CACHE.get(source, vae, dtype)

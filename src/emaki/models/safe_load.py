@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import pickle
 import re
-import struct
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from emaki.errors import ModelLoadError, UnsafeFileError
+from emaki.models.safetensors_header import read_safetensors_metadata, safetensors_data_start
 
 SAFETENSORS = "safetensors"
 TORCH_ZIP = "torch-zip"
@@ -66,7 +64,6 @@ def sniff_format(path: Path) -> str:
     try:
         with open(path, "rb") as f:
             head = f.read(16)
-            size = path.stat().st_size
     except FileNotFoundError:
         raise ModelLoadError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -78,12 +75,7 @@ def sniff_format(path: Path) -> str:
     if head[:1] == b"\x80" and len(head) > 1 and head[1] in (2, 3, 4, 5):
         return TORCH_LEGACY
     if len(head) >= 9 and head[8:9] == b"{":
-        (header_len,) = struct.unpack("<Q", head[:8])
-        if 8 + header_len > size:
-            raise ModelLoadError(
-                f"{path}: truncated safetensors file (header says {header_len} bytes, "
-                f"file has {size})"
-            )
+        safetensors_data_start(path)  # refuses a header longer than the file
         return SAFETENSORS
     raise ModelLoadError(
         f"{path}: not a model file (expected safetensors or a PyTorch checkpoint; "
@@ -91,26 +83,15 @@ def sniff_format(path: Path) -> str:
     )
 
 
-def read_safetensors_metadata(path: Path) -> dict[str, str]:
-    """The `__metadata__` of a safetensors file, without reading any tensor."""
-    with open(path, "rb") as f:
-        (header_len,) = struct.unpack("<Q", f.read(8))
-        try:
-            header = json.loads(f.read(header_len))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ModelLoadError(f"{path}: corrupt safetensors header ({e})") from None
-    meta = header.get("__metadata__") or {}
-    return {str(k): str(v) for k, v in meta.items()}
-
-
 _UNSUPPORTED_GLOBAL = re.compile(r"(?:Unsupported global|GLOBAL|Unsupported operand)[:\s]+(\S+)")
 
 
-def load_pickle(path: Path) -> Any:
-    """`torch.load` restricted to tensors, containers and the allowlisted globals."""
+def load_pickle(path: Path, *, map_location: str = "cpu") -> Any:
+    """`torch.load` restricted to tensors, containers and the allowlisted globals
+    (`map_location="meta"` builds shape-only tensors)."""
     try:
         with torch.serialization.safe_globals(_allowlist()):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         found = _UNSUPPORTED_GLOBAL.search(str(e))
         what = found.group(1) if found else "an object outside the allowlist"
@@ -118,7 +99,7 @@ def load_pickle(path: Path) -> Any:
             f"{path}: refused to load: the pickle asks for {what}, which is not allowed "
             "(only tensors and plain containers are; nothing in the file was executed)"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 (damaged files fail in many ways inside torch.load)
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelLoadError(f"{path}: corrupt or truncated checkpoint ({first_line})") from None
 
@@ -128,8 +109,9 @@ def load_tensors(path: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
     path = Path(path)
     kind = sniff_format(path)
     if kind == SAFETENSORS:
+        metadata = read_safetensors_metadata(path)  # names what is wrong with a bad header
         try:
-            return dict(load_file(str(path))), read_safetensors_metadata(path)
+            return dict(load_file(str(path))), metadata
         except (SafetensorError, OSError, ValueError) as e:
             raise ModelLoadError(f"{path}: corrupt safetensors file ({e})") from None
     data = load_pickle(path)

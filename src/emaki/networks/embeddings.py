@@ -23,14 +23,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from emaki.errors import ModelLoadError
+from emaki.files import atomic_write
 from emaki.models.hashes import sha256_file
-from emaki.models.safe_load import (
-    SAFETENSORS,
-    load_pickle,
-    load_tensors,
-    read_safetensors_metadata,
-    sniff_format,
-)
+from emaki.models.safe_load import SAFETENSORS, load_pickle, load_tensors, sniff_format
 from emaki.networks.image_embedding import (
     TEXT_CHUNK_KEY,
     embedding_card,
@@ -159,13 +154,13 @@ def load_embedding(path: str | Path) -> Embedding:
     else:
         if path.is_file() and path.stat().st_size == 0:
             raise ModelLoadError(f"{path}: the file is empty")
-        if sniff_format(path) == SAFETENSORS:
-            data, _ = load_tensors(path)
+        is_safetensors = sniff_format(path) == SAFETENSORS
+        if is_safetensors:
+            data, meta = load_tensors(path)
         else:
             data = load_pickle(path)
         embedding = embedding_from_data(data, path.stem, source=source)
-        if sniff_format(path) == SAFETENSORS:
-            meta = read_safetensors_metadata(path)
+        if is_safetensors:
             if embedding.step is None and meta.get("step", "").isdigit():
                 embedding.step = int(meta["step"])
             embedding.sd_checkpoint = embedding.sd_checkpoint or meta.get("sd_checkpoint")
@@ -193,34 +188,33 @@ def save_embedding(embedding: Embedding, path: str | Path, *, picture: Image.Ima
     `picture` replaces the generated card art)."""
     from safetensors.torch import save_file
 
-    from emaki.models.checkpoint import atomic_write
-
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix in PICKLE_SUFFIXES:
-        data = a1111_data(embedding)
-        atomic_write(path, lambda tmp: torch.save(data, tmp))
-    elif suffix == ".safetensors":
-        tensors = {"emb_params": embedding.vectors.detach().cpu().to(torch.float32).contiguous()}
-        meta = {k: str(v) for k, v in (("name", embedding.name), ("step", embedding.step),
-                                       ("sd_checkpoint", embedding.sd_checkpoint),
-                                       ("sd_checkpoint_name", embedding.sd_checkpoint_name)) if v is not None}
-        atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
-    elif suffix in (".png", ".webp"):
-        data = a1111_data(embedding)
-        art = picture if picture is not None else embedding_card(embedding.name, embedding.vectors)
-        image = hide_in_pixels(art, data, embedding.vectors[0].detach().float().cpu().numpy())
-        if suffix == ".png":
-            from PIL.PngImagePlugin import PngInfo
-
-            info = PngInfo()
-            info.add_text(TEXT_CHUNK_KEY, embedding_to_b64(data))
-            atomic_write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info))
-        else:
-            atomic_write(path, lambda tmp: image.save(tmp, format="WEBP", lossless=True, quality=100))
-    else:
+    if suffix not in (*PICKLE_SUFFIXES, ".safetensors", ".png", ".webp"):
         raise ModelLoadError(
             f"{path}: cannot save an embedding as {suffix or 'a file without extension'!r}; "
             "use .pt, .bin, .safetensors, .png or .webp"
         )
+    with atomic_write(path) as tmp:
+        if suffix in PICKLE_SUFFIXES:
+            torch.save(a1111_data(embedding), tmp)
+        elif suffix == ".safetensors":
+            tensors = {"emb_params": embedding.vectors.detach().cpu().to(torch.float32).contiguous()}
+            meta = {k: str(v) for k, v in (("name", embedding.name), ("step", embedding.step),
+                                           ("sd_checkpoint", embedding.sd_checkpoint),
+                                           ("sd_checkpoint_name", embedding.sd_checkpoint_name))
+                    if v is not None}
+            save_file(tensors, str(tmp), metadata=meta)
+        else:
+            data = a1111_data(embedding)
+            art = picture if picture is not None else embedding_card(embedding.name, embedding.vectors)
+            image = hide_in_pixels(art, data, embedding.vectors[0].detach().float().cpu().numpy())
+            if suffix == ".png":
+                from PIL.PngImagePlugin import PngInfo
+
+                info = PngInfo()
+                info.add_text(TEXT_CHUNK_KEY, embedding_to_b64(data))
+                image.save(tmp, format="PNG", pnginfo=info)
+            else:
+                image.save(tmp, format="WEBP", lossless=True, quality=100)
     return path

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from emaki.errors import ModelLoadError, ParamsError
+from emaki.files import atomic_write
 from emaki.models.hashes import sha256_file
 from emaki.models.safe_load import load_pickle
 
@@ -222,10 +223,6 @@ class Hypernetwork:
             module.to(device=device, dtype=dtype)
         return self
 
-    def set_multiplier(self, multiplier: float) -> None:
-        for module in self.modules():
-            module.multiplier = multiplier
-
     @classmethod
     def create(
         cls,
@@ -360,10 +357,9 @@ def _plain_state(module: HypernetworkModule) -> dict[str, torch.Tensor]:
 
 def save_hypernetwork(hn: Hypernetwork, path: str | Path) -> Path:
     """Write `hn` as an A1111 hypernetwork `.pt` (atomically: temp file, then rename)."""
-    from emaki.models.checkpoint import atomic_write
-
     path = Path(path)
     state = hypernetwork_state(hn)
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    with atomic_write(path) as tmp:
+        torch.save(state, tmp)
     return path
 

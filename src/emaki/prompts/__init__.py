@@ -7,7 +7,7 @@ calls `encode_prompts` / `encode_negative_prompts`, which run the steps after th
 
 from emaki.prompts.attention import parse_attention
 from emaki.prompts.chunks import Chunk, EmbeddingFix, chunk_prompt, empty_chunk, tokenize_chunks
-from emaki.prompts.composable import parse_and, stack_conds
+from emaki.prompts.composable import parse_and
 from emaki.prompts.conditioning import (
     DIALECTS,
     ComposableConditioning,
@@ -53,7 +53,6 @@ __all__ = [
     "parse_and",
     "parse_attention",
     "prompt_schedules",
-    "stack_conds",
     "to_a1111",
     "tokenize_chunks",
 ]

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import re
 
-import torch
-
 _AND = re.compile(r"\bAND\b")
 # Text (lazy, may span lines), then an optional `: weight`, then trailing whitespace.
 _PART = re.compile(r"^((?:\s|.)*?)(?:\s*:\s*([-+]?(?:\d+\.?|\d*\.\d+)))?\s*$")
@@ -43,19 +41,3 @@ def parse_and(prompt: str, *, legacy_2022: bool = False) -> list[tuple[str, floa
         text, weight = match.groups()
         parts.append((text, float(weight) if weight is not None else 1.0))
     return parts
-
-
-def stack_conds(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """Stack `(tokens, dim)` conditionings of different lengths into `(n, max_tokens, dim)`.
-
-    Shorter ones are padded by repeating their last vector (specs §4.4, `stack_conds`).
-
-    >>> stack_conds([torch.ones(77, 2), torch.arange(308.).reshape(154, 2)]).shape
-    torch.Size([2, 154, 2])
-    """
-    longest = max(t.shape[0] for t in tensors)
-    padded = [
-        t if t.shape[0] == longest else torch.cat([t, t[-1:].expand(longest - t.shape[0], -1)])
-        for t in tensors
-    ]
-    return torch.stack(padded)

@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 import torch
 
 from emaki.errors import ParamsError
-from emaki.prompts.composable import parse_and, stack_conds
+from emaki.prompts.composable import parse_and
 from emaki.prompts.embedding_hook import PromptEmbedding
 from emaki.prompts.encoder import PromptEncoder
 from emaki.prompts.novelai import from_novelai
 from emaki.prompts.schedule import prompt_schedules
+from emaki.sampling.denoiser import stack_conds
 
 DIALECTS = ("a1111", "novelai")
 

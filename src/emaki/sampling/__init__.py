@@ -1,4 +1,4 @@
-"""Samplers, noise schedules and seeds, k-diffusion style (DESIGN.md core; issue 4).
+"""Samplers, noise schedules and seeds, k-diffusion style (DESIGN.md core).
 
 A denoiser is `denoiser(x, sigma) -> x0`; a sampler is
 `sampler(denoiser, x, sigmas, *, noise_sampler=None, callback=None, **options) -> x0`;

@@ -19,6 +19,7 @@ from typing import Protocol
 import torch
 
 from emaki.sampling.lcm import lcm_boundary, lcm_timestep
+from emaki.sampling.schedules import model_sigmas, sigma_to_t
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -29,23 +30,15 @@ class DiscreteEpsDenoiser:
     def __init__(self, eps_model: EpsModel, alphas_cumprod: torch.Tensor, *, lcm: bool = False) -> None:
         self.eps_model = eps_model
         self.lcm = lcm  # A1111's LCMCompVisDenoiser: LCM timesteps and the consistency boundary
-        self.model_sigmas = ((1 - alphas_cumprod) / alphas_cumprod).sqrt().float()
-        self.log_sigmas = self.model_sigmas.log()
-
-    def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
-        """Fractional timestep whose log-sigma interpolates `sigma` in the discrete table."""
-        log_sigma = sigma.float().log()
-        dists = log_sigma - self.log_sigmas[:, None]
-        low = dists.ge(0).cumsum(dim=0).argmax(dim=0).clamp(max=self.log_sigmas.shape[0] - 2)
-        high = low + 1
-        low_v, high_v = self.log_sigmas[low], self.log_sigmas[high]
-        w = ((low_v - log_sigma) / (low_v - high_v)).clamp(0, 1)
-        return ((1 - w) * low + w * high).view(sigma.shape)
+        self.model_sigmas = model_sigmas(alphas_cumprod).float()
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         sigma_b = sigma.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
         c_in = 1 / (sigma_b**2 + 1) ** 0.5
-        t = lcm_timestep(sigma, self.model_sigmas) if self.lcm else self.sigma_to_t(sigma)
+        if self.lcm:
+            t = lcm_timestep(sigma, self.model_sigmas)
+        else:
+            t = sigma_to_t(sigma.float(), self.model_sigmas)
         eps = self.eps_model(x * c_in, t.to(sigma.dtype), context)
         denoised = x - eps.to(x.dtype) * sigma_b
         return lcm_boundary(x, denoised, sigma, self.model_sigmas) if self.lcm else denoised
@@ -59,11 +52,19 @@ class ComposableParts(Protocol):
     parts: Sequence[tuple[Conditioning, float]]
 
 
-def pad_tokens(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Stack (tokens, dim) tensors, repeating each one's last vector up to the longest."""
+def stack_conds(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Stack `(tokens, dim)` conditionings of different lengths into `(n, max_tokens, dim)`.
+
+    Shorter ones are padded by repeating their last vector (specs §4.4, A1111 `stack_conds`).
+
+    >>> stack_conds([torch.ones(77, 2), torch.arange(308.).reshape(154, 2)]).shape
+    torch.Size([2, 154, 2])
+    """
     longest = max(t.shape[0] for t in tensors)
-    padded = [torch.cat([t, t[-1:].expand(longest - t.shape[0], -1)]) if t.shape[0] < longest else t
-              for t in tensors]
+    padded = [
+        t if t.shape[0] == longest else torch.cat([t, t[-1:].expand(longest - t.shape[0], -1)])
+        for t in tensors
+    ]
     return torch.stack(padded)
 
 
@@ -84,14 +85,16 @@ class CFGDenoiser:
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         batch = x.shape[0]
-        cond_tensors, owners, weights = [], [], []
-        for i, cond in enumerate(self.conds):
-            for part, weight in cond.parts:
+        cond_tensors: list[torch.Tensor] = []
+        owners: list[int] = []
+        weights: list[float] = []
+        for i, prompt in enumerate(self.conds):
+            for part, weight in prompt.parts:
                 cond_tensors.append(part.at(self.step))
                 owners.append(i)
                 weights.append(weight)
-        uncond = pad_tokens([u.at(self.step) for u in self.unconds])
-        cond = pad_tokens(cond_tensors)
+        uncond = stack_conds([u.at(self.step) for u in self.unconds])
+        cond = stack_conds(cond_tensors)
         x_cond, sigma_cond = x[owners], sigma[owners]
         if cond.shape[1] == uncond.shape[1]:
             out = self.denoiser(torch.cat([x_cond, x]), torch.cat([sigma_cond, sigma]),

@@ -9,6 +9,7 @@ import math
 
 import torch
 
+from emaki.errors import SamplerError
 from emaki.sampling.common import Denoiser, NoiseSampler, ancestral_step, report, require_noise
 from emaki.sampling.progress import StepCallback
 
@@ -88,7 +89,7 @@ def _range(
     lo = sigmas[sigmas > 0].min() if sigma_min is None else torch.tensor(sigma_min)
     hi = sigmas.max() if sigma_max is None else torch.tensor(sigma_max)
     if lo <= 0 or hi <= 0:
-        raise ValueError("sigma_min and sigma_max must not be 0")
+        raise SamplerError("DPM-Solver: sigma_min and sigma_max must be positive")
     return lo.to(torch.float32), hi.to(torch.float32)
 
 
@@ -128,7 +129,7 @@ def sample_dpm_fast(
     nfe = len(sigmas) - 1 if n is None else n
     t_start, t_end = _t(hi), _t(lo)
     if eta and not t_end > t_start:
-        raise ValueError("eta must be 0 for reverse sampling")
+        raise SamplerError("DPM-Solver: eta must be 0 for reverse sampling")
     solver = _Solver(denoiser)
     m = math.floor(nfe / 3) + 1
     ts = torch.linspace(float(t_start), float(t_end), m + 1, device=x.device)
@@ -214,12 +215,12 @@ def sample_dpm_adaptive(
     `total` = len(sigmas) - 1 or more.
     """
     if order not in (2, 3):
-        raise ValueError("order should be 2 or 3")
+        raise SamplerError(f"DPM adaptive order {order}; expected 2 or 3")
     lo, hi = _range(sigmas, sigma_min, sigma_max)
     t_start, t_end = _t(hi).to(x.device), _t(lo).to(x.device)
     forward = bool(t_end > t_start)
     if not forward and eta:
-        raise ValueError("eta must be 0 for reverse sampling")
+        raise SamplerError("DPM-Solver: eta must be 0 for reverse sampling")
     solver = _Solver(denoiser)
     h0 = abs(h_init) * (1 if forward else -1)
     atol_t, rtol_t = torch.tensor(atol), torch.tensor(rtol)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from emaki.errors import SamplerError
 from emaki.sampling.common import (
     Denoiser,
     NoiseSampler,
@@ -119,7 +120,7 @@ def sample_dpmpp_2m_sde(
     + second-order correction (midpoint or Heun) + sigma_next sqrt(1 - e^{-2 eta h}) noise
     (Lu et al. 2022 "DPM-Solver++" 2M, SDE form; k-diffusion `sample_dpmpp_2m_sde`)."""
     if solver_type not in ("heun", "midpoint"):
-        raise ValueError("solver_type must be 'heun' or 'midpoint'")
+        raise SamplerError(f"DPM++ 2M SDE solver_type {solver_type!r}; expected 'heun' or 'midpoint'")
     total = len(sigmas) - 1
     old_denoised: Tensor | None = None
     h_last: Tensor | None = None

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from emaki.errors import SamplerError
 from emaki.sampling.common import Denoiser, NoiseSampler, batch_sigma, report, to_d
 from emaki.sampling.progress import StepCallback
 
@@ -21,7 +22,7 @@ def lms_coefficient(order: int, t: Sequence[float] | np.ndarray, i: int, j: int)
     t_i, ..., t_{i-order+1}. The integrand has degree order - 1, so 8-point Gauss–Legendre is exact
     (k-diffusion integrates the same polynomial numerically with `scipy.integrate.quad`)."""
     if order - 1 > i:
-        raise ValueError(f"order {order} too high for step {i}")
+        raise SamplerError(f"LMS order {order} is too high for step {i} (at most {i + 1})")
     a, b = float(t[i]), float(t[i + 1])
     taus = (b - a) / 2 * _GAUSS_NODES + (a + b) / 2
     basis = np.ones_like(taus)

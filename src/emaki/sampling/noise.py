@@ -26,7 +26,7 @@ class BrownianNoiseSampler:
 
     def __init__(self, x: Tensor, sigmas: Tensor, seeds: Sequence[int]) -> None:
         try:
-            import torchsde  # type: ignore[import-not-found,import-untyped,unused-ignore]
+            import torchsde
         except ImportError:
             raise SamplerError(
                 "Brownian-tree noise (A1111's DPM++ SDE noise) needs the optional package torchsde"

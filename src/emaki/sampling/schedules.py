@@ -23,14 +23,19 @@ def model_sigmas(alphas_cumprod: Tensor) -> Tensor:
 
 
 def sd1_alphas_cumprod(
-    steps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012
+    steps: int = 1000,
+    beta_start: float = 0.00085,
+    beta_end: float = 0.012,
+    *,
+    dtype: torch.dtype = torch.float32,
 ) -> Tensor:
     """SD 1.x training schedule ("scaled_linear"): betas = linspace(sqrt b0, sqrt b1)^2, abar = cumprod(1 - beta).
 
-    Computed in float64 and stored as float32, as LDM's `register_schedule` does.
+    Computed in float64 and returned as `dtype`: float32 is what LDM's `register_schedule`
+    stores in checkpoints.
     """
     betas = torch.linspace(beta_start**0.5, beta_end**0.5, steps, dtype=torch.float64) ** 2
-    return torch.cumprod(1.0 - betas, dim=0).to(torch.float32)
+    return torch.cumprod(1.0 - betas, dim=0).to(dtype)
 
 
 def _append_zero(x: Tensor) -> Tensor:

@@ -141,7 +141,7 @@ def img2img_sigmas(sampler: Sampler | str, sigmas: Tensor, steps: int, strength:
     schedule are run. k-diffusion samplers run `sigmas[steps - t_enc - 1:]` from its first
     sigma; timestep samplers (DDIM, PLMS, UniPC) noise to timestep `t_enc` and run the `t_enc`
     timesteps below it (`sd_samplers_timesteps.sample_img2img`), at least one. A given `t_enc`
-    overrides the arithmetic (the hires pass fixes it, see `emaki.hires.hires_steps`).
+    overrides the arithmetic (the hires pass fixes it, see `emaki.engine.hires.hires_steps`).
     """
     if isinstance(sampler, str):
         sampler = get_sampler(sampler)

@@ -11,6 +11,8 @@ is the latent at t = 1/N (what A1111 decodes). The model is called at the contin
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from emaki.errors import SamplerError
@@ -73,7 +75,7 @@ class DiscreteVPSchedule:
 
 
 def _bh_update(
-    data_pred: object,
+    data_pred: Callable[[Tensor, Tensor], Tensor],
     ns: DiscreteVPSchedule,
     x: Tensor,
     model_prev: list[Tensor],
@@ -120,7 +122,7 @@ def _bh_update(
     if not use_corrector:
         return x_t, None
     rhos_c = [0.5] if order == 1 else torch.linalg.solve(r_mat, b_vec).tolist()
-    model_t = data_pred(x_t, t)  # type: ignore[operator]
+    model_t = data_pred(x_t, t)
     corr = sum((float(r) * d for r, d in zip(rhos_c[:-1], d1s, strict=True)), torch.zeros_like(x))
     return x_t_ - scale * (corr + float(rhos_c[-1]) * (model_t - model_prev_0)), model_t
 
