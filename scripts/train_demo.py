@@ -11,7 +11,9 @@ epsilon prediction, MSE with min-SNR-5 weighting. Latents are scaled by 1 / std 
 latents (stored as the VAE `scaling_factor`). EMA weights of the UNet and text encoder are what
 gets exported. Everything is seeded; `--max-minutes` only stops a stage early (the steps done
 are logged, so the run can be repeated exactly with `--vae-steps/--unet-steps`).
-Checkpoints go to `--work` every `--ckpt-every` steps; `--resume` continues from them.
+Every stage runs on `emaki.training.TrainingLoop`: its state (weights, optimizer, EMA, RNGs) goes
+to `--work/<stage>-run/` every `--ckpt-every` steps, and `--resume` goes on exactly from there
+(with this run's learning rates and step counts, so a finished stage can be taken further).
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import random
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +33,20 @@ import torch
 import torch.nn.functional as F
 
 from emaki.demo.faces import all_attributes, caption, draw_face
+from emaki.files import atomic_write
 from emaki.models.components import SDComponents, sd_alphas_cumprod
 from emaki.models.configs import SD1_SCHEDULE, ModelConfig
 from emaki.models.tokenizer import load_clip_tokenizer
+from emaki.training import (
+    EMA,
+    ProgressCallback,
+    TrainingLoop,
+    TrainingProgress,
+    TrainingResult,
+    constant,
+    cosine,
+    warmup,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -101,33 +115,51 @@ def to_unit(images: torch.Tensor) -> torch.Tensor:
 
 
 def save_atomic(obj: object, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+    with atomic_write(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def watch(stage: str, logfile: Path, metrics: list[tuple[float, ...]],
+          describe: Callable[[np.ndarray, TrainingProgress], str],
+          minutes: float = 0.0) -> tuple[ProgressCallback, threading.Event]:
+    """A stage's progress callback: logs the mean of `metrics` (appended by the loss) every 25
+    steps and at the end, and sets the returned event once `minutes` have passed (0: never), which
+    makes the loop save its state and stop."""
+    start, stop = time.time(), threading.Event()
+
+    def on_step(p: TrainingProgress) -> None:
+        if p.step % 25 == 0 or p.step == p.total:
+            log(f"{stage} step {p.step} {describe(np.mean(metrics, axis=0), p)} "
+                f"({time.time() - start:.0f}s)", logfile)
+            metrics.clear()
+        if minutes and time.time() - start > minutes * 60:
+            stop.set()
+
+    return on_step, stop
+
+
+def run_stage(stage: str, loop: TrainingLoop, on_step: ProgressCallback, stop: threading.Event,
+              logfile: Path) -> TrainingResult:
+    if loop.resume and loop.state_file is not None and loop.state_file.exists():
+        log(f"{stage}: resuming from {loop.state_file}", logfile)
+    result = loop.run(on_step, stop)
+    if result.skipped:
+        log(f"{stage}: {result.skipped} steps skipped (loss not finite)", logfile)
+    if result.cancelled:
+        log(f"{stage}: time budget reached at step {result.step}", logfile)
+    return result
 
 
 def train_vae(args: argparse.Namespace, images: torch.Tensor, work: Path, logfile: Path) -> None:
     from diffusers import AutoencoderKL
 
-    config = demo_config()
     torch.manual_seed(args.seed)
-    vae = AutoencoderKL(**config.vae)
+    vae = AutoencoderKL(**demo_config().vae)
     opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
-    step, ckpt = 0, work / "vae_ckpt.pt"
-    if args.resume and ckpt.exists():
-        state = torch.load(ckpt)
-        vae.load_state_dict(state["vae"])
-        opt.load_state_dict(state["opt"])
-        step = state["step"]
-        log(f"vae: resumed at step {step}", logfile)
     gen = torch.Generator().manual_seed(args.seed + 1)
-    for _ in range(step):  # keep the data order identical on resume
-        torch.randint(0, len(images), (args.vae_batch,), generator=gen)
-    params = sum(p.numel() for p in vae.parameters())
-    log(f"vae: {params:,} params, {args.vae_steps} steps, batch {args.vae_batch}", logfile)
-    start, recent = time.time(), []
-    vae.train()
-    while step < args.vae_steps:
+    metrics: list[tuple[float, ...]] = []
+
+    def loss(_: int) -> torch.Tensor:
         idx = torch.randint(0, len(images), (args.vae_batch,), generator=gen)
         x = to_unit(images[idx])
         if args.vae_crop:  # the VAE is convolutional: small random crops train it for less
@@ -139,22 +171,17 @@ def train_vae(args: argparse.Namespace, images: torch.Tensor, work: Path, logfil
         rec = vae.decode(z).sample
         rec_loss = F.mse_loss(rec, x) + F.l1_loss(rec, x)
         kl = post.kl().mean() / x[0].numel()
-        loss = rec_loss + args.vae_kl * kl
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        step += 1
-        recent.append(rec_loss.item())
-        if step % 25 == 0 or step == args.vae_steps:
-            log(f"vae step {step} rec {np.mean(recent):.5f} kl/px {kl.item():.3f} "
-                f"({time.time() - start:.0f}s)", logfile)
-            recent = []
-        if step % args.ckpt_every == 0 or step == args.vae_steps:
-            save_atomic({"vae": vae.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt)
-        if args.max_minutes and time.time() - start > args.max_minutes * 60 * args.vae_share:
-            log(f"vae: time budget reached at step {step}", logfile)
-            save_atomic({"vae": vae.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt)
-            break
+        metrics.append((rec_loss.item(), kl.item()))
+        return rec_loss + args.vae_kl * kl
+
+    params = sum(p.numel() for p in vae.parameters())
+    log(f"vae: {params:,} params, {args.vae_steps} steps, batch {args.vae_batch}", logfile)
+    vae.train()
+    loop = TrainingLoop(loss, opt, args.vae_steps, checkpoint_dir=work / "vae-run",
+                        checkpoint_every=args.ckpt_every, resume=args.resume, rngs=[gen])
+    on_step, stop = watch("vae", logfile, metrics, lambda m, p: f"rec {m[0]:.5f} kl/px {m[1]:.3f}",
+                          args.max_minutes * args.vae_share)
+    run_stage("vae", loop, on_step, stop, logfile)
     save_atomic(vae.state_dict(), work / "vae_stage1.pt")
     save_atomic(vae.state_dict(), work / "vae.pt")
 
@@ -164,7 +191,8 @@ def train_decoder(args: argparse.Namespace, images: torch.Tensor, work: Path, lo
 
     Because the encoder does not change, this can run before, after or alongside the UNet stage
     and gives the same result. The loss adds a colour term (MSE of 4x4 average-pooled images)
-    since flat colour regions are what the demo's evaluator reads.
+    since flat colour regions are what the demo's evaluator reads. The lr follows a cosine over
+    `--decoder-steps`; the stage stops at `--decoder-stop-at`, part-way down it.
     """
     from diffusers import AutoencoderKL
 
@@ -176,10 +204,9 @@ def train_decoder(args: argparse.Namespace, images: torch.Tensor, work: Path, lo
         q.requires_grad_(True)
     opt = torch.optim.AdamW(trainable, lr=args.decoder_lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(args.seed + 5)
-    log(f"decoder: {sum(q.numel() for q in trainable):,} params, {args.decoder_steps} steps, "
-        f"batch {args.decoder_batch}", logfile)
-    start, recent, step = time.time(), [], 0
-    while step < args.decoder_steps:
+    metrics: list[tuple[float, ...]] = []
+
+    def loss(_: int) -> torch.Tensor:
         idx = torch.randint(0, len(images), (args.decoder_batch,), generator=gen)
         x = to_unit(images[idx])
         with torch.no_grad():
@@ -188,27 +215,22 @@ def train_decoder(args: argparse.Namespace, images: torch.Tensor, work: Path, lo
         rec = vae.decode(z).sample
         color = F.mse_loss(F.avg_pool2d(rec, 4), F.avg_pool2d(x, 4))
         rec_loss = F.mse_loss(rec, x) + F.l1_loss(rec, x)
-        loss = rec_loss + 2.0 * color
-        lr = args.decoder_lr * 0.5 * (1 + math.cos(math.pi * step / args.decoder_steps))
-        for g in opt.param_groups:
-            g["lr"] = lr
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        step += 1
-        recent.append((rec_loss.item(), color.item()))
-        if step % 25 == 0 or step == args.decoder_steps:
-            r, c = np.mean(recent, axis=0)
-            log(f"decoder step {step} rec {r:.5f} colour {c:.5f} ({time.time() - start:.0f}s)", logfile)
-            recent = []
-        if step % args.ckpt_every == 0 or step == args.decoder_steps:
-            save_atomic(vae.state_dict(), work / "vae_decoder_ckpt.pt")
-        if step == args.decoder_stop_at:
-            log(f"decoder: stopped at step {step} (--decoder-stop-at)", logfile)
-            break
-        if args.decoder_minutes and time.time() - start > args.decoder_minutes * 60:
-            log(f"decoder: time budget reached at step {step}", logfile)
-            break
+        metrics.append((rec_loss.item(), color.item()))
+        return rec_loss + 2.0 * color
+
+    steps = args.decoder_steps
+    if 0 < args.decoder_stop_at <= args.decoder_steps:
+        steps = args.decoder_stop_at
+    log(f"decoder: {sum(q.numel() for q in trainable):,} params, {steps} of {args.decoder_steps} "
+        f"steps, batch {args.decoder_batch}", logfile)
+    loop = TrainingLoop(loss, opt, steps, schedule=cosine(args.decoder_steps),
+                        checkpoint_dir=work / "decoder-run", checkpoint_every=args.ckpt_every,
+                        resume=args.resume, rngs=[gen])
+    on_step, stop = watch("decoder", logfile, metrics, lambda m, p: f"rec {m[0]:.5f} colour {m[1]:.5f}",
+                          args.decoder_minutes)
+    result = run_stage("decoder", loop, on_step, stop, logfile)
+    if result.step == steps < args.decoder_steps:
+        log(f"decoder: stopped at step {steps} (--decoder-stop-at)", logfile)
     save_atomic(vae.state_dict(), work / "vae.pt")
 
 
@@ -236,15 +258,6 @@ def encode_dataset(images: torch.Tensor, work: Path, logfile: Path) -> tuple[tor
     return mean, std, scaling
 
 
-def decay_factor(step: int, args: argparse.Namespace) -> float:
-    """Cosine decay to `--min-lr` x lr over the last `--decay-steps` steps of the UNet stage."""
-    start = args.unet_steps - args.decay_steps
-    if args.decay_steps <= 0 or step < start:
-        return 1.0
-    progress = min(1.0, (step - start) / args.decay_steps)
-    return args.min_lr + (1.0 - args.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
 def training_caption(attrs, rng: random.Random, args: argparse.Namespace) -> str:
     """A caption in random tag order with tags dropped at random. A share (`--short-captions`)
     keeps only a few tags and half of those lose `1girl, solo`, so that prompts of one or two
@@ -255,10 +268,13 @@ def training_caption(attrs, rng: random.Random, args: argparse.Namespace) -> str
     return text.removeprefix("1girl, solo").lstrip(", ") if rng.random() < 0.5 else text
 
 
-def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    with torch.no_grad():
-        for e, p in zip(ema.parameters(), model.parameters()):
-            e.lerp_(p, 1.0 - decay)
+def unet_schedule(args: argparse.Namespace) -> Callable[[int], float]:
+    """Linear warm-up over `--warmup` steps; then constant, or a cosine decay to `--min-lr` over
+    the last `--decay-steps` of `--unet-steps`."""
+    if args.decay_steps <= 0:
+        return warmup(args.warmup, constant())
+    start = args.unet_steps - args.decay_steps
+    return warmup(args.warmup, cosine(args.decay_steps, end=args.min_lr, start=start))
 
 
 def train_unet(args: argparse.Namespace, images: torch.Tensor, work: Path, logfile: Path) -> float:
@@ -272,36 +288,17 @@ def train_unet(args: argparse.Namespace, images: torch.Tensor, work: Path, logfi
     torch.manual_seed(args.seed + 2)
     unet = UNet2DConditionModel(**config.unet)
     text = CLIPTextModel(CLIPTextConfig(**config.text_encoder))
-    ema_unet, ema_text = copy.deepcopy(unet).eval(), copy.deepcopy(text).eval()
     params = list(unet.parameters()) + list(text.parameters())
     opt = torch.optim.AdamW(params, lr=args.unet_lr, weight_decay=0.01)
+    ema = EMA(params, args.ema, warmup=True)
     alphas = sd_alphas_cumprod(config).float()
     snr = alphas / (1 - alphas)
     weight = torch.clamp(snr, max=5.0) / snr  # min-SNR-5 (Hang et al. 2023), eps-prediction
-    step, ckpt = 0, work / "unet_ckpt.pt"
-    if args.resume and ckpt.exists():
-        state = torch.load(ckpt)
-        for m, k in ((unet, "unet"), (text, "text"), (ema_unet, "ema_unet"), (ema_text, "ema_text"), (opt, "opt")):
-            m.load_state_dict(state[k])
-        step = state["step"]
-        log(f"unet: resumed at step {step}", logfile)
-    # A resumed run draws fresh batches instead of replaying the first ones (same as before at step 0).
-    gen = torch.Generator().manual_seed(args.seed + 3 + step)
-    rng = random.Random(args.seed + 4 + step)
-    n_unet = sum(p.numel() for p in unet.parameters())
-    n_text = sum(p.numel() for p in text.parameters())
-    log(f"unet: {n_unet:,} params, text encoder {n_text:,}; {args.unet_steps} steps, "
-        f"batch {args.unet_batch}, lr {args.unet_lr}", logfile)
+    gen = torch.Generator().manual_seed(args.seed + 3)
+    rng = random.Random(args.seed + 4)
+    metrics: list[tuple[float, ...]] = []
 
-    def state() -> dict:
-        return {"unet": unet.state_dict(), "text": text.state_dict(), "ema_unet": ema_unet.state_dict(),
-                "ema_text": ema_text.state_dict(), "opt": opt.state_dict(), "step": step,
-                "scaling_factor": scaling}
-
-    start, recent = time.time(), []
-    unet.train()
-    text.train()
-    while step < args.unet_steps:
+    def loss(_: int) -> torch.Tensor:
         idx = torch.randint(0, len(attrs), (args.unet_batch,), generator=gen)
         z = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)) * scaling
         captions = ["" if rng.random() < args.uncond else training_caption(attrs[i], rng, args)
@@ -315,29 +312,36 @@ def train_unet(args: argparse.Namespace, images: torch.Tensor, work: Path, logfi
         cond = text(ids).last_hidden_state
         pred = unet(noisy, t, cond).sample
         per = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
-        loss = (per * weight[t]).mean()
-        lr = args.unet_lr * min(1.0, (step + 1) / args.warmup) * decay_factor(step, args)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        step += 1
-        decay = min(args.ema, (1 + step) / (10 + step))
-        ema_update(ema_unet, unet, decay)
-        ema_update(ema_text, text, decay)
-        recent.append(per.mean().item())
-        if step % 25 == 0 or step == args.unet_steps:
-            log(f"unet step {step} mse {np.mean(recent):.4f} lr {lr:.2e} ({time.time() - start:.0f}s)", logfile)
-            recent = []
-        done = step == args.unet_steps or (
-            args.max_minutes and time.time() - start > args.max_minutes * 60 * (1 - args.vae_share))
-        if step % args.ckpt_every == 0 or done:
-            save_atomic(state(), ckpt)
-        if done and step < args.unet_steps:
-            log(f"unet: time budget reached at step {step}", logfile)
-            break
+        metrics.append((per.mean().item(),))
+        return (per * weight[t]).mean()
+
+    def save_weights(step: int) -> None:
+        """What `export` reads: the weights, their EMA and the latent scaling."""
+        ema_unet, ema_text = copy.deepcopy(unet), copy.deepcopy(text)
+        ema.copy_to(list(ema_unet.parameters()) + list(ema_text.parameters()))
+        save_atomic({"unet": unet.state_dict(), "text": text.state_dict(), "ema_unet": ema_unet.state_dict(),
+                     "ema_text": ema_text.state_dict(), "step": step, "scaling_factor": scaling},
+                    work / "unet.pt")
+
+    n_unet = sum(p.numel() for p in unet.parameters())
+    n_text = sum(p.numel() for p in text.parameters())
+    log(f"unet: {n_unet:,} params, text encoder {n_text:,}; {args.unet_steps} steps, "
+        f"batch {args.unet_batch}, lr {args.unet_lr}", logfile)
+    unet.train()
+    text.train()
+    loop = TrainingLoop(loss, opt, args.unet_steps, schedule=unet_schedule(args), clip_grad_norm=1.0,
+                        ema=ema, checkpoint_dir=work / "unet-run", checkpoint_every=args.ckpt_every,
+                        resume=args.resume, rngs=[gen, rng])
+    log_step, stop = watch("unet", logfile, metrics, lambda m, p: f"mse {m[0]:.4f} lr {p.lr:.2e}",
+                           args.max_minutes * (1 - args.vae_share))
+
+    def on_step(p: TrainingProgress) -> None:
+        log_step(p)
+        if p.checkpoint is not None and p.step < p.total:  # the last one is written below
+            save_weights(p.step)
+
+    result = run_stage("unet", loop, on_step, stop, logfile)
+    save_weights(result.step)
     return scaling
 
 
@@ -348,7 +352,7 @@ def export(work: Path, out: Path, logfile: Path, hyper: dict) -> None:
 
     from emaki.models.checkpoint import save_single_file
 
-    state = torch.load(work / "unet_ckpt.pt")
+    state = torch.load(work / "unet.pt")
     config = demo_config(state["scaling_factor"])
     unet = UNet2DConditionModel(**config.unet)
     unet.load_state_dict(state["unet" if hyper.get("export_raw") else "ema_unet"])
