@@ -33,17 +33,20 @@ def build_checkpoint(path: Path) -> None:
 
 
 def run_emaki(checkpoint: Path, size: int, steps: int, precision: str) -> dict:
+    import tempfile
+
     from emaki.devices import DevicePolicy
-    from emaki.generate import generate
+    from emaki.engine import Engine
     from emaki.params import GenerationParams
+    from emaki.workspace import Workspace
 
     stamps: list[float] = []
     params = GenerationParams.create(prompt=PROMPT, negative_prompt=NEGATIVE, model=str(checkpoint),
                                      sampler_name="Euler a", steps=steps, cfg_scale=7, seed=1,
                                      width=size, height=size)
     start = time.perf_counter()
-    generate(params, save=False, policy=DevicePolicy.choose(precision),  # type: ignore[arg-type]
-             progress=lambda e: stamps.append(time.perf_counter()))
+    engine = Engine(Workspace(Path(tempfile.mkdtemp())), DevicePolicy.choose(precision, threads=2))
+    engine.generate(params, save=False, progress=lambda e: stamps.append(time.perf_counter()))
     end = time.perf_counter()
     return {"stamps": stamps, "start": start, "end": end}
 

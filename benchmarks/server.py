@@ -2,7 +2,7 @@
 and how fast `/sdapi/v1/progress` answers while a job runs.
 
 Each round runs the same job (demo model, 20 steps Euler a, 64x64, batch 1, fixed seed) three
-ways, interleaved so that machine load hits all three alike: `emaki.generate.generate` in this
+ways, interleaved so that machine load hits all three alike: `Engine.generate` in this
 process, POST /sdapi/v1/txt2img (images returned in the reply), and POST /api/jobs followed by
 its event stream until `done` (image written to the gallery). The server is a separate
 `emaki serve` process on loopback. Medians are reported; overhead = server / in-process - 1.
@@ -67,9 +67,11 @@ def main() -> None:
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="emaki-bench-server-"))
-    os.environ["EMAKI_HOME"] = str(home / "inprocess")
-    from emaki.generate import generate
+    from emaki.engine import Engine
     from emaki.params import GenerationParams
+    from emaki.workspace import Workspace
+
+    generate = Engine(Workspace(home / "inprocess")).generate
 
     payload = {"prompt": "1girl, pink hair, green eyes, smile", "negative_prompt": "hat", "seed": 1234,
                "steps": args.steps, "width": 64, "height": 64, "sampler_name": "Euler a", "cfg_scale": 7}

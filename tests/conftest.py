@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
+from emaki.devices import DevicePolicy
 from emaki.models.checkpoint import save_single_file
 from emaki.models.components import SDComponents, build_random_components, sd_alphas_cumprod
 from emaki.models.configs import tiny_config
 from emaki.models.convert import components_to_ldm
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Threads for the tests' own torch work, decided where the engine decides them.
+DevicePolicy.choose("fp32", "cpu").apply()
 
 
 @pytest.fixture(autouse=True)

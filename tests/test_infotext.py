@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from emaki.infotext import build_infotext, parse_infotext, read_infotext
-from emaki.output import save_png
-from emaki.params import GenerationParams, params_from_infotext
+from emaki.engine.output import save_png
+from emaki.params import GenerationParams
 
 A1111_SAMPLE = (
     "masterpiece, best quality, 1girl, (silver hair:1.2), smile\n"
@@ -56,12 +56,11 @@ def test_params_round_trip_through_infotext():
                                      seed=42, steps=12, cfg_scale=6.5, width=64, height=96, clip_skip=2,
                                      sampler_name="DPM++ 2M", scheduler="Karras", eta_noise_seed_delta=31337,
                                      subseed=7, subseed_strength=0.25)
-    from emaki.generate import infotext_for
-    from emaki.models.loader import LoadedModel
+    from emaki.infotext_codec import ImageFacts, decode_infotext, encode_infotext
 
-    model = LoadedModel(components=None, name="tiny", source="tiny.safetensors", hash="0123456789")  # type: ignore[arg-type]
-    text = infotext_for(params, model, 42, 7, "DPM++ 2M", "Karras", True, params.prompt)
-    back = params_from_infotext(parse_infotext(text))
+    facts = ImageFacts(42, 7, model_name="tiny", model_hash="0123456789", version="emaki 0.1.0")
+    text = encode_infotext(params, facts)
+    back = decode_infotext(text)
     for field in ("prompt", "negative_prompt", "seed", "steps", "cfg_scale", "width", "height", "clip_skip",
                   "sampler_name", "scheduler", "eta_noise_seed_delta", "subseed", "subseed_strength", "rng"):
         assert getattr(back, field) == getattr(params, field), field

@@ -58,7 +58,7 @@ def unquote(text: str) -> str:
         return text
 
 
-def format_number(value: float | int) -> str:
+def format_number(value: float) -> str:
     """7.0 → "7", 7.5 → "7.5" (how A1111 users see CFG and strengths)."""
     if isinstance(value, float) and value.is_integer():
         return str(int(value))

@@ -32,9 +32,9 @@ def test_shipped_file_is_small_single_file_ldm_with_config() -> None:
 
 
 def test_loads_through_the_user_checkpoint_loader() -> None:
-    from emaki.models.loader import load_model
+    from emaki.models.loader import load_model_uncached
 
-    parts = load_model(MODEL).components
+    parts = load_model_uncached(MODEL).components
     assert parts.config.vae_scale_factor == 4
     assert parts.unet.config.cross_attention_dim == parts.text_encoder.config.hidden_size
 

@@ -43,10 +43,10 @@ def make_networks(folder: Path) -> tuple[Path, Path]:
     save_embedding(Embedding("golden-style", torch.randn(2, 128, generator=g) * 0.5), embeddings / "golden-style.pt")
     save_embedding(Embedding("golden-neg", torch.randn(1, 128, generator=g) * 0.5), embeddings / "golden-neg.pt")
     for name in ("golden-hn", "golden-hn2"):
-        hn = Hypernetwork.create(name, (32, 64, 128), activation_func="relu")
+        hn = Hypernetwork.create(name, (32, 64, 128), activation_func="relu", generator=g)
         with torch.no_grad():
             for module in hn.modules():
-                for p in module.parameters(recurse=False):
+                for p in module.parameters():
                     p.copy_(torch.randn(p.shape, generator=g) * 0.2)
         save_hypernetwork(hn, hypernetworks / f"{name}.pt")
     return embeddings, hypernetworks

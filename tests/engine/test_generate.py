@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from emaki.errors import Interrupted, ModelLoadError
-from emaki.generate import generate
+from engine_runner import generate
 from emaki.params import GenerationParams
 
 
@@ -140,12 +140,12 @@ def test_lcm_calls_the_unet_at_lcm_timesteps_with_the_boundary_condition():
 def test_model_hash_is_remembered_in_the_hash_cache(tiny_safetensors):
     import json
 
-    from emaki.home import hash_cache_path
-    from emaki.models.loader import ModelCache
+    from engine_runner import ONE_THREAD, runner_workspace
+    from emaki.engine import Engine
 
     params = GenerationParams.create(prompt="a", model=str(tiny_safetensors), seed=1, steps=1, width=32, height=32)
-    result = generate(params, save=False, cache=ModelCache())  # a fresh cache: the model really loads
-    files = json.loads(hash_cache_path().read_text())["files"]
+    result = Engine(runner_workspace(), ONE_THREAD).generate(params, save=False)  # a fresh engine: the model loads
+    files = json.loads(runner_workspace().hash_cache.read_text())["files"]
     entry = files[str(tiny_safetensors.resolve())]
     assert f"Model hash: {entry['sha256'][:10]}," in result.images[0].infotext
 
@@ -167,7 +167,7 @@ def test_eta_is_recorded_as_a1111_does(tiny_safetensors, sampler, eta, field):
 
 def test_eta_ddim_is_read_back():
     from emaki.infotext import parse_infotext
-    from emaki.params import params_from_infotext
+    from emaki.infotext_codec import params_from_fields
 
     fields = parse_infotext("x\nSteps: 2, Sampler: DDIM, Seed: 1, Size: 64x64, Eta DDIM: 0.3")
-    assert params_from_infotext(fields).eta == 0.3
+    assert params_from_fields(fields).eta == 0.3

@@ -7,10 +7,11 @@ import pytest
 from PIL import Image
 
 from emaki.errors import ParamsError
-from emaki.generate import generate
-from emaki.hires import hires_steps, target_size
+from engine_runner import generate
+from emaki.engine.hires import hires_steps, target_size
 from emaki.infotext import parse_infotext
-from emaki.params import GenerationParams, params_from_infotext
+from emaki.infotext_codec import decode_infotext
+from emaki.params import GenerationParams
 
 
 def hires(**fields):
@@ -49,7 +50,7 @@ def test_hires_image_infotext_and_reproduction():
     assert "Size: 64x64," in text  # the first pass's size, as A1111 writes it
     assert "Denoising strength: 0.4, " in text
     assert "Hires upscale: 2, Hires steps: 4, Hires upscaler: Latent, " in text
-    again = generate(params_from_infotext(parse_infotext(text)), save=False).images[0]
+    again = generate(decode_infotext(text), save=False).images[0]
     assert np.array_equal(np.asarray(again.image), np.asarray(image.image))
 
 

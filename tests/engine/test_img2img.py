@@ -9,8 +9,8 @@ from PIL import Image
 from emaki.demo import describe
 from emaki.demo.faces import FaceAttributes, draw_face
 from emaki.errors import ParamsError
-from emaki.generate import generate
-from emaki.img2img import fit_image
+from engine_runner import generate
+from emaki.engine.img2img import fit_image
 from emaki.params import GenerationParams
 from emaki.sampling import get_sampler, img2img_sigmas, model_sigmas, sigmas_for
 from emaki.sampling.schedules import sd1_alphas_cumprod

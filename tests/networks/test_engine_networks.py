@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from emaki.errors import ModelLoadError
-from emaki.generate import DEFAULT_HYPERNETWORKS, generate
+from engine_runner import engine_for, generate, runner_workspace
 from emaki.infotext import parse_infotext
-from emaki.networks import Embedding, Hypernetwork, save_embedding, save_hypernetwork
+from emaki.networks import Embedding, Hypernetwork, load_hypernetwork, save_embedding, save_hypernetwork
 from emaki.networks.hypernet_attention import HypernetworkAttnProcessor
-from emaki.params import GenerationParams, params_from_infotext
+from emaki.infotext_codec import decode_infotext
+from emaki.params import GenerationParams
 
 
 @pytest.fixture()
@@ -79,21 +80,18 @@ def test_hypernetwork_tag_applies_then_the_next_generation_is_clean(tiny_safeten
 
 
 def _cached_unet_processors(model):
-    from emaki.devices import DevicePolicy
-    from emaki.models.loader import DEFAULT_CACHE
-
-    loaded = DEFAULT_CACHE.get(str(model), None, DevicePolicy.choose().dtype)
+    loaded = engine_for(runner_workspace()).load(str(model))
     return list(loaded.components.unet.attn_processors.values())
 
 
 def test_hypernetwork_setting_writes_infotext_and_pasting_reapplies_it(tiny_safetensors, folders):
     result = run(tiny_safetensors, folders, hypernetwork="anime", hypernetwork_strength=0.7, emphasis="No norm")
     text = result.images[0].infotext
-    hn = DEFAULT_HYPERNETWORKS.load("anime", [folders[1]])
+    hn = load_hypernetwork(folders[1] / "anime.pt")
     assert f"Hypernet: anime, Hypernet hash: {hn.shorthash}, Hypernet strength: 0.7" in text
     assert text.index("Emphasis") < text.index("Hypernet")
-    pasted = params_from_infotext(parse_infotext(text))
-    assert pasted.prompt == "1girl<hypernet:anime:0.7>" and pasted.hypernetwork is None
+    pasted = decode_infotext(text)  # the setting comes back as the setting, not as a prompt tag
+    assert pasted.prompt == "1girl" and (pasted.hypernetwork, pasted.hypernetwork_strength) == ("anime", 0.7)
     again = generate(pasted.updated(model=str(tiny_safetensors), emphasis="No norm"), save=False, embeddings_dirs=[folders[0]],
                      hypernetworks_dirs=[folders[1]])
     assert np.array_equal(pixels(result), pixels(again))

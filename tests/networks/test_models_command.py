@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import os
+
 import json
 import shutil
 
@@ -9,9 +13,12 @@ import torch
 from typer.testing import CliRunner
 
 from emaki.cli import _register_commands, app
-from emaki.home import embeddings_dir, hypernetworks_dir, models_dir
 from emaki.models.hashes import sha256_file
 from emaki.networks import Embedding, Hypernetwork, save_embedding, save_hypernetwork
+
+
+def _home() -> Path:
+    return Path(os.environ["EMAKI_HOME"])
 
 
 def test_models_lists_everything_with_hashes_and_skip_reasons(tmp_path, tiny_safetensors):
@@ -21,12 +28,12 @@ def test_models_lists_everything_with_hashes_and_skip_reasons(tmp_path, tiny_saf
     shutil.copy(tiny_safetensors, a1111 / "models" / "Stable-diffusion" / "anything-v3.safetensors")
     (a1111 / "models" / "VAE" / "kl-f8-anime.vae.pt").write_bytes(b"vae bytes")
     save_embedding(Embedding("easynegative", torch.zeros(8, 768)), a1111 / "embeddings" / "easynegative.safetensors")
-    save_embedding(Embedding("tiny-style", torch.zeros(2, 32)), embeddings_dir() / "tiny-style.pt")
+    save_embedding(Embedding("tiny-style", torch.zeros(2, 32)), _home() / 'embeddings' / "tiny-style.pt")
     save_hypernetwork(Hypernetwork.create("anime", (768, 320)), a1111 / "models" / "hypernetworks" / "anime.pt")
-    (hypernetworks_dir()).mkdir(parents=True)
-    (hypernetworks_dir() / "broken.pt").write_bytes(b"nope")
-    models_dir().mkdir(parents=True)
-    shutil.copy(tiny_safetensors, models_dir() / "mine.safetensors")
+    (_home() / 'hypernetworks').mkdir(parents=True)
+    (_home() / 'hypernetworks' / "broken.pt").write_bytes(b"nope")
+    (_home() / 'models').mkdir(parents=True)
+    shutil.copy(tiny_safetensors, _home() / 'models' / "mine.safetensors")
 
     _register_commands()
     result = CliRunner().invoke(app, ["models", "--a1111", str(a1111), "--json"])

@@ -49,7 +49,7 @@ def test_metadata() -> None:
     names = [s.name for s in SAMPLERS]
     assert len(names) == len(set(names))
     assert get_sampler("Heun").second_order and not get_sampler("Euler").second_order
-    assert get_sampler("Euler a").uses_ensd and get_sampler("Euler a").needs_noise
+    assert get_sampler("Euler a").uses_ensd
     assert get_sampler("DPM++ 2M").default_schedule == "Karras"
     assert SCHEDULES[0].label == "Automatic"
 

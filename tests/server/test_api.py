@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import base64
 import io
 import json
@@ -13,7 +15,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from emaki.home import emaki_home
+from emaki.workspace import default_home
 from emaki.server import ServerSettings, create_app
 
 FAST = {"steps": 3, "width": 64, "height": 64, "sampler_name": "Euler a"}
@@ -70,7 +72,7 @@ def test_txt2img_defaults_follow_a1111(client: TestClient) -> None:
     assert "Clip skip: 2" in info["infotexts"][0]
     gallery = client.get("/api/gallery").json()
     assert len(gallery) == 1 and gallery[0]["seed"] == 1
-    assert (emaki_home() / "outputs").exists()
+    assert (default_home(os.environ) / "outputs").exists()
 
 
 def test_same_seed_same_image_through_the_api(client: TestClient) -> None:
@@ -265,7 +267,7 @@ def test_embeddings_listed_against_the_current_checkpoint_width(client: TestClie
     import torch
     from safetensors.torch import save_file
 
-    folder = emaki_home() / "embeddings"
+    folder = default_home(os.environ) / "embeddings"
     folder.mkdir(parents=True)
     save_file({"emb_params": torch.zeros(2, 128)}, folder / "fits.safetensors")  # the demo text width
     save_file({"emb_params": torch.zeros(1, 768)}, folder / "sd15only.safetensors")
@@ -298,7 +300,7 @@ def test_img2img_through_both_apis(client: TestClient) -> None:
                                          "denoising_strength": 1.0, "steps": 6}).json()
     done = wait_job(client, job["id"])
     assert done["status"] == "done" and "Denoising strength: 1," in done["images"][0]["infotext"]
-    assert len(list((emaki_home() / "inputs").glob("*.png"))) == 2  # kept for their jobs
+    assert len(list((default_home(os.environ) / "inputs").glob("*.png"))) == 2  # kept for their jobs
 
 
 def test_img2img_refusals(client: TestClient) -> None:
@@ -311,11 +313,11 @@ def test_img2img_refusals(client: TestClient) -> None:
     assert path.status_code == 422 and "init_image" in path.text  # a path is not an image
     refused = client.post("/sdapi/v1/img2img", json={"init_images": [face], "prompt": "loli, nude"})
     assert refused.status_code == 400
-    assert not (emaki_home() / "inputs").exists() or not list((emaki_home() / "inputs").iterdir())
+    assert not (default_home(os.environ) / "inputs").exists() or not list((default_home(os.environ) / "inputs").iterdir())
 
 
 def test_a_job_that_cannot_be_written_fails_and_the_worker_goes_on(client: TestClient) -> None:
-    outputs = emaki_home() / "outputs"
+    outputs = default_home(os.environ) / "outputs"
     outputs.write_text("not a folder")  # saving will fail
     broken = wait_job(client, client.post("/api/jobs", json={"prompt": "1girl", **FAST}).json()["id"])
     assert broken["status"] == "failed" and "could not write the image" in broken["error"]

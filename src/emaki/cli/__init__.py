@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from emaki.errors import EmakiError
+from emaki.workspace import Workspace, workspace_from_environment
 
 app = typer.Typer(
     name="emaki",
@@ -20,13 +23,27 @@ app = typer.Typer(
 err_console = Console(stderr=True)
 
 
+def cli_workspace(a1111: Path | None = None, *, embeddings: list[Path] | None = None,
+                  hypernetworks: list[Path] | None = None) -> Workspace:
+    """The workspace of one command: `EMAKI_HOME`/`EMAKI_A1111` from the environment, the
+    command's `--a1111` and folder flags over them. The one place the CLI reads the environment."""
+    workspace = workspace_from_environment(os.environ, a1111=a1111)
+    if embeddings:
+        workspace = workspace.with_folders("embeddings", embeddings)
+    if hypernetworks:
+        workspace = workspace.with_folders("hypernetworks", hypernetworks)
+    return workspace
+
+
 def _register_commands() -> None:
     # Each module adds its commands to `app` when imported.
-    from emaki.cli import generate  # noqa: F401
-    from emaki.cli import merge  # noqa: F401
-    from emaki.cli import models  # noqa: F401
-    from emaki.cli import serve  # noqa: F401
-    from emaki.cli import tokens  # noqa: F401
+    from emaki.cli import (
+        generate,  # noqa: F401
+        merge,  # noqa: F401
+        models,  # noqa: F401
+        serve,  # noqa: F401
+        tokens,  # noqa: F401
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -12,15 +11,16 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from emaki.cli import app
+from emaki.cli import app, cli_workspace
 from emaki.devices import DevicePolicy
+from emaki.engine.policy import ensure_params_allowed
 from emaki.errors import EmakiError, ParamsError
 from emaki.infotext import parse_infotext, read_infotext
-from emaki.params import GenerationParams, params_from_infotext
-from emaki.safety import ensure_allowed
+from emaki.infotext_codec import decode_infotext
+from emaki.params import GenerationParams
 
 if TYPE_CHECKING:
-    from emaki.generate import GenerationProgress
+    from emaki.engine import GenerationProgress
 
 console = Console()
 _SIZE = re.compile(r"^(\d+)[xX×](\d+)$")
@@ -38,7 +38,7 @@ def params_from_image(path: Path) -> GenerationParams:
     text = read_infotext(path)
     if not text:
         raise EmakiError(f"{path}: the image holds no generation parameters")
-    return params_from_infotext(parse_infotext(text))
+    return decode_infotext(text)
 
 
 @app.command("generate")
@@ -62,6 +62,7 @@ def generate_command(
     from_image: Annotated[Path | None, typer.Option("--from", help="Regenerate from a PNG's parameters (other options override).")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Folder for the images (default: EMAKI_HOME/outputs/<date>).")] = None,
     precision: Annotated[str | None, typer.Option(help="fp32 (default on CPU), bf16, fp16 (GPU).")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads (default: the idle cores; 1 on a busy 2-core machine).")] = None,
     hypernetwork: Annotated[str | None, typer.Option("--hypernetwork", help="Hypernetwork (file stem) applied to every prompt; or use <hypernet:NAME:STRENGTH> in the prompt.")] = None,
     hypernetwork_strength: Annotated[float | None, typer.Option("--hypernetwork-strength", help="Strength of --hypernetwork (default 1).")] = None,
     embeddings_dir: Annotated[list[Path] | None, typer.Option("--embeddings-dir", help="Folder of embeddings (repeatable; default: EMAKI_HOME/embeddings and EMAKI_A1111/embeddings).")] = None,
@@ -110,19 +111,13 @@ def generate_command(
     if from_image is None and prompt is None:
         raise ParamsError("prompt: give a prompt, or --from IMAGE to regenerate one")
     params = base.updated(**{k: v for k, v in overrides.items() if v is not None})
-    ensure_allowed(params.prompt, params.negative_prompt)  # before anything loads or prints
-    if a1111 is not None:
-        if not a1111.is_dir():
-            raise ParamsError(f"--a1111: {a1111} is not a folder")
-        os.environ["EMAKI_A1111"] = str(a1111)  # the engine's folder settings read it
+    ensure_params_allowed(params)  # before anything loads or prints
+    workspace = cli_workspace(a1111, embeddings=embeddings_dir, hypernetworks=hypernetworks_dir)
+    policy = DevicePolicy.choose(precision, threads=threads)
     # The engine pulls in diffusers (seconds, ~200 MB): only the commands that run it import it.
-    from emaki.generate import generate
-    if precision not in (None, "fp32", "bf16", "fp16"):
-        raise ParamsError(f"--precision: expected fp32, bf16 or fp16, got {precision!r}")
-    try:
-        policy = DevicePolicy.choose(precision)  # type: ignore[arg-type]
-    except ValueError as e:
-        raise ParamsError(f"--precision: {e}") from None
+    from emaki.engine import Engine
+
+    engine = Engine(workspace, policy)
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
                   MofNCompleteColumn(), TimeRemainingColumn(), console=console, transient=True) as bar:
         task = bar.add_task("loading model", total=None)
@@ -131,10 +126,9 @@ def generate_command(
             bar.update(task, description=f"batch {event.batch + 1}/{event.batches}",
                        total=event.steps, completed=event.step)
 
-        result = generate(params, out_dir=out, progress=on_progress, policy=policy,
-                          embeddings_dirs=embeddings_dir or None, hypernetworks_dirs=hypernetworks_dir or None)
+        result = engine.generate(params, out_dir=out, progress=on_progress)
     for image in result.images:
-        console.print(str(image.path), highlight=False)
+        print(image.path)
 
 
 @app.command("img2img", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -11,9 +11,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from emaki.cli import app
+from emaki.cli import app, cli_workspace
 from emaki.errors import EmakiError
-from emaki.home import hash_cache_path
 
 console = Console()
 err_console = Console(stderr=True)
@@ -185,7 +184,7 @@ def merge_command(
             result = merge(
                 the_recipe,
                 out,
-                hashes=HashCache(hash_cache_path()),
+                hashes=HashCache(cli_workspace().hash_cache),
                 base_dir=base_dir,
                 progress=update,
                 overwrite=overwrite,
@@ -258,7 +257,7 @@ def hash_command(
     """Model hashes as A1111 and Civitai show them: legacy, AutoV2, sha256, tensor data."""
     from emaki.models.hashes import HashCache
 
-    cache = HashCache(None if no_cache else hash_cache_path())
+    cache = HashCache(None if no_cache else cli_workspace().hash_cache)
     results: dict[str, dict[str, Any]] = {}
     for file in files:
         if not file.is_file():

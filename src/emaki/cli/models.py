@@ -15,43 +15,34 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from emaki.cli import app
-from emaki.errors import EmakiError
-from emaki.home import a1111_dir
-from emaki.inventory import Inventory, take_inventory
+from emaki.cli import app, cli_workspace
+from emaki.engine.inventory import Inventory, take_inventory
+from emaki.engine.networks import NETWORK_KINDS
 
 console = Console()
 
 
 def _print(inventory: Inventory) -> None:
     def heading(title: str, rows: list[dict[str, Any]]) -> None:
-        console.print(f"[bold]{title}[/] ({len(rows)})", highlight=False)
+        console.print(f"[bold]{title}[/] ({len(rows)})", highlight=False, emoji=False)
         if not rows:
             console.print("  (none found)", highlight=False)
 
-    heading("Checkpoints", inventory.checkpoints)
-    for row in inventory.checkpoints:
-        console.print(f"  {escape(row['name'])} [{row['hash'] or '-'}]  {escape(row['path'])}", highlight=False)
-    heading("VAEs", inventory.vaes)
-    for row in inventory.vaes:
-        console.print(f"  {escape(row['name'])} [{row['hash'] or '-'}]  {escape(row['path'])}", highlight=False)
-    heading("Embeddings", inventory.embeddings)
-    for row in inventory.embeddings:
-        if row["status"] == "loaded":
-            console.print(f"  {escape(row['name'])} [{row['hash']}]  {row['vectors']} vectors × {row['width']}"
-                          f"{'' if row['step'] is None else ', step ' + str(row['step'])}  {escape(row['path'])}",
-                          highlight=False)
-        else:
-            console.print(f"  {escape(row['name'])}  skipped: {escape(row['reason'])}  {escape(row['path'])}",
-                          highlight=False)
-    heading("Hypernetworks", inventory.hypernetworks)
-    for row in inventory.hypernetworks:
-        if row["status"] == "loaded":
-            console.print(f"  {escape(row['name'])} [{row['hash']}]  sizes {row['sizes']}, structure "
-                          f"{row['layer_structure']}, activation {row['activation']}  {escape(row['path'])}",
-                          highlight=False)
-        else:
-            console.print(f"  {escape(row['name'])}  skipped: {escape(row['reason'])}", highlight=False)
+    def line(text: str) -> None:
+        console.print(escape(text), highlight=False, emoji=False)
+
+    for title, files in (("Checkpoints", inventory.checkpoints), ("VAEs", inventory.vaes)):
+        heading(title, files)
+        for row in files:
+            line(f"  {row['name']} [{row['hash'] or '-'}]  {row['path']}")
+    for kind in NETWORK_KINDS:
+        rows = inventory.rows(kind.folder)
+        heading(kind.title, rows)
+        for row in rows:
+            if row["status"] == "loaded":
+                line(f"  {row['name']} [{row['hash']}]  {kind.summary(row)}  {row['path']}")
+            else:
+                line(f"  {row['name']}  skipped: {row['reason']}  {row['path']}")
 
 
 @app.command("models")
@@ -62,11 +53,8 @@ def models_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """List the checkpoints, VAEs, embeddings (loaded or skipped, and why) and hypernetworks found."""
-    root = a1111 if a1111 is not None else a1111_dir()
-    if root is not None and not root.is_dir():
-        raise EmakiError(f"--a1111 {root}: no such folder")
-    inventory = take_inventory(root, text_width=text_width, hashes=not no_hashes)
+    inventory = take_inventory(cli_workspace(a1111), text_width=text_width, hashes=not no_hashes)
     if as_json:
-        print(json.dumps(inventory.__dict__, ensure_ascii=False, indent=1))
+        print(json.dumps(inventory.as_json(), ensure_ascii=False, indent=1))
     else:
         _print(inventory)

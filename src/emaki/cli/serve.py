@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from emaki.cli import app
+from emaki.cli import app, cli_workspace
+from emaki.devices import DevicePolicy
 from emaki.errors import EmakiError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -21,6 +22,7 @@ def serve_command(
     api_auth: Annotated[str | None, typer.Option("--api-auth", help="HTTP Basic credentials: user:pass[,user2:pass2].")] = None,
     token: Annotated[str | None, typer.Option("--token", help="Bearer token clients must send.")] = None,
     precision: Annotated[str | None, typer.Option("--precision", help="fp32 (default on CPU), bf16, fp16 (GPU).")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads (default: the idle cores).")] = None,
     a1111: Annotated[Path | None, typer.Option("--a1111", help="An A1111 install to take models from (default: EMAKI_A1111).")] = None,
     max_body_mb: Annotated[int, typer.Option("--max-body-mb", help="Largest request body accepted (MiB).")] = 32,
 ) -> None:
@@ -34,11 +36,9 @@ def serve_command(
     credentials = parse_credentials(api_auth) if api_auth else {}
     if host not in LOOPBACK and not (credentials or token):
         raise EmakiError(f"--listen/--host {host}: refusing to serve other machines without --api-auth or --token")
-    if precision not in (None, "fp32", "bf16", "fp16"):
-        raise EmakiError(f"--precision: expected fp32, bf16 or fp16, got {precision!r}")
-    if a1111 is not None and not a1111.is_dir():
-        raise EmakiError(f"--a1111 {a1111}: no such folder")
+    DevicePolicy.choose(precision, threads=threads)  # a bad --precision/--threads fails before binding
     settings = ServerSettings(host=host, port=port, credentials=credentials, token=token,
-                              max_body_bytes=max_body_mb * 1024 * 1024, precision=precision, a1111=a1111)
+                              max_body_bytes=max_body_mb * 1024 * 1024, precision=precision, threads=threads,
+                              workspace=cli_workspace(a1111))
     typer.echo(f"emaki serving on http://{host}:{port}/  (API: /sdapi/v1, /api; docs: /docs)")
     uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")

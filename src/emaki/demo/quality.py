@@ -35,7 +35,7 @@ def generate_images(prompt: str, seeds: list[int], *, negative: str = "", steps:
 
 def _generate(prompt: str, negative: str, seed: int, n: int, steps: int, sampler: str,
               cfg: float, model: str | None) -> list[Image.Image]:
-    from emaki.generate import generate  # the engine imports this package's siblings
+    from emaki import generate  # the engine imports this package's siblings
     from emaki.params import GenerationParams
 
     params = GenerationParams(prompt=prompt, negative_prompt=negative, seed=seed, steps=steps,

@@ -11,8 +11,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from emaki.engine.img2img import encode_image
+from emaki.engine.run import Batch, Extension, Run, StepCallback
+from emaki.engine.stages import decode, denoise, encode_pair
 from emaki.errors import ParamsError
 from emaki.params import GenerationParams
+from emaki.prompts import extract_networks
+from emaki.sampling import Sampler, get_sampler, img2img_sigmas, parse_sampler_name, sigmas_for
 
 # A1111's `shared.latent_upscale_modes`: interpolation mode and antialias.
 LATENT_UPSCALERS = {
@@ -63,3 +68,42 @@ def upscale_latents(latents: torch.Tensor, size: tuple[int, int], factor: int, u
 def upscale_images(images: list[Image.Image], size: tuple[int, int], upscaler: str) -> list[Image.Image]:
     return [image.resize(size, IMAGE_UPSCALERS[upscaler]) for image in images]
 
+
+
+class HiresFix(Extension):
+    """The second pass, planned once per run: its sampler, sigmas and prompts; then, after each
+    batch's first pass, upscale and redraw."""
+
+    def plan(self, run: Run) -> None:
+        params = run.params
+        if params.init_image:
+            raise ParamsError("enable_hr: the hires fix is a txt2img pass; it cannot be combined with init_image")
+        check_upscaler(params.hr_upscaler)
+        self.sampler: Sampler = (get_sampler(parse_sampler_name(params.hr_sampler_name)[0])
+                                 if params.hr_sampler_name else run.sampler)
+        if self.sampler.lcm != run.sampler.lcm:
+            raise ParamsError("hr_sampler_name: LCM and other samplers cannot be mixed in one run")
+        total, t_enc = hires_steps(params)
+        full = sigmas_for(self.sampler, run.schedule, total, run.denoiser.model_sigmas)
+        self.start_sigma, self.sigmas = img2img_sigmas(self.sampler, full, total, params.denoising_strength,
+                                                       t_enc=t_enc)
+        self.size = target_size(params)
+
+    def prepare(self, run: Run) -> None:
+        """The hires prompts default to the first pass's; their timelines follow the hires steps."""
+        params = run.params
+        steps = (params.hr_second_pass_steps or params.steps) * (2 if self.sampler.second_order else 1)
+        prompt = extract_networks(params.hr_prompt)[0] if params.hr_prompt else run.prompt_text
+        self.conds = encode_pair(run, prompt, params.hr_negative_prompt or params.negative_prompt, steps)
+
+    def after_denoise(self, run: Run, batch: Batch, latents: torch.Tensor, on_step: StepCallback) -> torch.Tensor:
+        params, parts = run.params, run.model.components
+        factor = parts.config.vae_scale_factor
+        if params.hr_upscaler in LATENT_UPSCALERS:
+            upscaled = upscale_latents(latents.float(), self.size, factor, params.hr_upscaler)
+        else:
+            images = upscale_images(decode(run, latents), self.size, params.hr_upscaler)
+            upscaled = torch.cat([encode_image(parts.vae, image, run.policy.device) for image in images])
+        # A1111 draws the second pass's noise from new generators with the same seeds.
+        return denoise(run, batch, upscaled, on_step, sampler=self.sampler, sigmas=self.sigmas,
+                       start_sigma=self.start_sigma, conds=self.conds)

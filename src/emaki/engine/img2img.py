@@ -1,5 +1,5 @@
-"""img2img inputs: the starting image fitted to the target size (A1111's resize modes) and
-encoded to latents with the model's VAE.
+"""img2img: the starting image fitted to the target size (A1111's resize modes), encoded to
+latents with the model's VAE, and sampled from part-way down the sigma schedule.
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from emaki.engine.run import Batch, Extension, Run
 from emaki.errors import ParamsError
+from emaki.sampling import img2img_sigmas
 
 
 def open_init_image(path: str | Path) -> Image.Image:
@@ -66,3 +68,23 @@ def encode_image(vae: torch.nn.Module, image: Image.Image, device: torch.device)
     posterior = vae.encode(pixels.to(device=device, dtype=vae.dtype)).latent_dist
     scale = float(vae.config.get("scaling_factor", 0.18215))
     return posterior.mean.float() * scale
+
+
+class Img2Img(Extension):
+    """Start from `image` instead of noise: `denoising_strength` decides where on the schedule
+    sampling starts (A1111's `setup_img2img_steps`)."""
+
+    def __init__(self, image: Image.Image) -> None:
+        self.image = image
+        self.latent: torch.Tensor | None = None
+
+    def plan(self, run: Run) -> None:
+        params = run.params
+        assert params.width is not None and params.height is not None
+        run.start_sigma, run.sigmas = img2img_sigmas(run.sampler, run.sigmas, params.steps, params.denoising_strength)
+        fitted = fit_image(self.image, params.width, params.height, params.resize_mode)
+        self.latent = encode_image(run.model.components.vae, fitted, run.policy.device)
+
+    def initial_latents(self, run: Run, batch: Batch) -> torch.Tensor | None:
+        assert self.latent is not None
+        return self.latent.expand(run.params.batch_size, -1, -1, -1)

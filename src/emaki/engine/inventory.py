@@ -1,9 +1,7 @@
-"""What emaki finds on disk: checkpoints, VAEs, embeddings and hypernetworks, as plain rows.
+"""What emaki finds on disk: checkpoints, VAEs and every network kind, as plain rows.
 
-Folders: `EMAKI_HOME/models` (VAEs in `models/VAE`), `EMAKI_HOME/embeddings`,
-`EMAKI_HOME/hypernetworks`, and, for an A1111 install, its `models/Stable-diffusion`,
-`models/VAE`, `embeddings` and `models/hypernetworks`, read-only. The CLI (`emaki models`) and
-the server (`/sdapi/v1/sd-models`, ...) list the same rows.
+Folders come from the `Workspace` (emaki's own, then an A1111 install's, read-only). The CLI
+(`emaki models`) and the server (`/sdapi/v1/sd-models`, ...) list the same rows.
 """
 
 from __future__ import annotations
@@ -12,9 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from emaki.errors import EmakiError
-from emaki.home import embeddings_dir, hash_cache_path, hypernetworks_dir, models_dir
-from emaki.networks import EmbeddingLibrary, load_hypernetwork, walk_files
+from emaki.engine.networks import NETWORK_KINDS, NetworkLibraries
+from emaki.models.hashes import HashCache
+from emaki.networks import walk_files
+from emaki.workspace import Workspace
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
 VAE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin")
@@ -22,12 +21,18 @@ VAE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin")
 
 @dataclass
 class Inventory:
-    """Everything found, as rows of plain values (what `--json` prints)."""
+    """Everything found, as rows of plain values; `networks` by folder kind ("embeddings",
+    "hypernetworks", ...)."""
 
     checkpoints: list[dict[str, Any]] = field(default_factory=list)
     vaes: list[dict[str, Any]] = field(default_factory=list)
-    embeddings: list[dict[str, Any]] = field(default_factory=list)
-    hypernetworks: list[dict[str, Any]] = field(default_factory=list)
+    networks: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    def rows(self, folder: str) -> list[dict[str, Any]]:
+        return self.networks.get(folder, [])
+
+    def as_json(self) -> dict[str, Any]:
+        return {"checkpoints": self.checkpoints, "vaes": self.vaes, **self.networks}
 
 
 def _is_vae_file(path: Path) -> bool:
@@ -38,18 +43,16 @@ def _inside_diffusers_folder(path: Path) -> bool:
     return any((parent / "model_index.json").is_file() for parent in path.parents[:3])
 
 
-def take_inventory(a1111: Path | None, *, text_width: int, hashes: bool) -> Inventory:
-    """List the four kinds of files under emaki's folders and (if given) an A1111 install."""
-    from emaki.models.hashes import HashCache
-
-    cache = HashCache(hash_cache_path()) if hashes else None
+def take_inventory(workspace: Workspace, *, text_width: int, hashes: bool,
+                   libraries: NetworkLibraries | None = None) -> Inventory:
+    """List checkpoints, VAEs and every registered network kind in the workspace's folders."""
+    cache = HashCache(workspace.hash_cache) if hashes else None
 
     def sha256(path: Path) -> str | None:
         return cache.get(path).sha256 if cache is not None else None
 
     inventory = Inventory()
-    model_folders = [models_dir()] + ([a1111 / "models" / "Stable-diffusion"] if a1111 else [])
-    vae_folders = [models_dir() / "VAE"] + ([a1111 / "models" / "VAE"] if a1111 else [])
+    model_folders = workspace.folders("checkpoints")
     for path in walk_files(model_folders, CHECKPOINT_SUFFIXES):
         if _is_vae_file(path) or _inside_diffusers_folder(path):
             continue
@@ -60,30 +63,12 @@ def take_inventory(a1111: Path | None, *, text_width: int, hashes: bool) -> Inve
         for index in sorted(folder.glob("*/model_index.json")) if folder.is_dir() else []:
             inventory.checkpoints.append({"name": index.parent.name, "path": str(index.parent), "hash": None,
                                           "sha256": None})
-    vae_paths = walk_files(vae_folders, VAE_SUFFIXES) + [p for p in walk_files(model_folders, VAE_SUFFIXES)
-                                                        if ".vae." in p.name.lower()]
+    vae_paths = walk_files(workspace.folders("vaes"), VAE_SUFFIXES) + [
+        p for p in walk_files(model_folders, VAE_SUFFIXES) if ".vae." in p.name.lower()]
     for path in dict.fromkeys(vae_paths):
         digest = sha256(path)
         inventory.vaes.append({"name": path.name, "path": str(path), "hash": digest[:10] if digest else None})
-    embedding_folders = [embeddings_dir()] + ([a1111 / "embeddings"] if a1111 else [])
-    scan = EmbeddingLibrary().scan(embedding_folders, expected_width=text_width)
-    for embedding in scan.loaded.values():
-        inventory.embeddings.append({"name": embedding.name, "path": str(embedding.path), "status": "loaded",
-                                     "vectors": embedding.num_vectors, "width": embedding.width,
-                                     "step": embedding.step, "hash": embedding.shorthash, "reason": None})
-    for skipped in scan.skipped:
-        inventory.embeddings.append({"name": skipped.name, "path": str(skipped.path), "status": "skipped",
-                                     "vectors": None, "width": None, "step": None, "hash": None,
-                                     "reason": skipped.reason})
-    hn_folders = [hypernetworks_dir()] + ([a1111 / "models" / "hypernetworks"] if a1111 else [])
-    for path in walk_files(hn_folders, (".pt",)):
-        row: dict[str, Any] = {"name": path.stem, "path": str(path)}
-        try:
-            hn = load_hypernetwork(path)
-            row |= {"status": "loaded", "sizes": hn.sizes, "layer_structure": hn.layer_structure,
-                    "activation": hn.activation_func, "step": hn.step, "hash": hn.shorthash, "reason": None}
-        except EmakiError as e:
-            row |= {"status": "skipped", "sizes": None, "layer_structure": None, "activation": None, "step": None,
-                    "hash": None, "reason": str(e)}
-        inventory.hypernetworks.append(row)
+    libraries = libraries or NetworkLibraries(workspace)
+    for kind in NETWORK_KINDS:
+        inventory.networks[kind.folder] = libraries.rows(kind, text_width)
     return inventory

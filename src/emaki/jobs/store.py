@@ -109,7 +109,7 @@ def _job(row: sqlite3.Row) -> Job:
 
 
 def _image(row: sqlite3.Row) -> dict[str, Any]:
-    return {key: row[key] for key in row.keys()}
+    return {key: row[key] for key in row.keys()}  # noqa: SIM118  (iterating a Row gives values)
 
 
 class JobStore:

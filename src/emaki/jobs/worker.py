@@ -1,8 +1,8 @@
-"""The one worker thread: takes jobs from the store in order and runs them through the engine.
+"""The one worker thread: takes jobs from the store in order and runs them on an `Executor`.
 
 It keeps what `/progress` and the event stream report (step, batch, the latest latent) and,
 for clients that asked not to save (A1111 `save_images: false`), holds the images in memory
-until the waiting request takes them.
+until the waiting request takes them. The engine writes the images of kept jobs.
 """
 
 from __future__ import annotations
@@ -10,19 +10,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
 
-from emaki.devices import DevicePolicy
+from emaki.engine.preview import png_base64, preview_image
+from emaki.engine.run import Cancel, GeneratedImage, GenerationProgress, GenerationResult
 from emaki.errors import EmakiError, Interrupted
-from emaki.generate import GeneratedImage, GenerationProgress, GenerationResult, batch_seeds, generate
-from emaki.home import outputs_dir
-from emaki.output import dated_folder, save_png
+from emaki.jobs.executor import Executor
+from emaki.jobs.store import ImageRecord, Job, JobStore
 from emaki.params import GenerationParams
-from emaki.server.preview import Previewer, png_base64, preview_image
-from emaki.server.store import ImageRecord, Job, JobStore
 
 log = logging.getLogger("emaki.server")
 HELD_SECONDS = 15 * 60  # images nobody collected are dropped after this long
@@ -63,12 +60,10 @@ class Progress:
 
 def result_summary(result: GenerationResult, job_timestamp: str) -> dict:
     """What the store keeps of a finished job (enough for A1111's `info`)."""
-    params = result.params
-    subseeds = [s for b in range(params.n_iter) for s in batch_seeds(params, b)[1]]
     return {
-        "params": params.model_dump(),
+        "params": result.params.model_dump(),
         "seeds": [image.seed for image in result.images],
-        "subseeds": subseeds[: len(result.images)],
+        "subseeds": [image.subseed for image in result.images],
         "infotexts": [image.infotext for image in result.images],
         "model_name": result.model.name,
         "model_hash": result.model.hash,
@@ -81,14 +76,10 @@ def result_summary(result: GenerationResult, job_timestamp: str) -> dict:
 class Worker:
     """Runs queued jobs one at a time in a background thread."""
 
-    def __init__(self, store: JobStore, *, policy: DevicePolicy | None = None,
-                 generate_fn: Callable[..., GenerationResult] = generate) -> None:
+    def __init__(self, store: JobStore, executor: Executor) -> None:
         self.store = store
-        self.policy = policy or DevicePolicy.choose()
-        self.interrupt = threading.Event()
-        self.skip = threading.Event()
-        self.previewer = Previewer()
-        self._generate = generate_fn
+        self.executor = executor
+        self.cancel = Cancel()
         self._lock = threading.Lock()
         self._progress = Progress()
         self._held: dict[str, tuple[float, list[GeneratedImage]]] = {}
@@ -105,7 +96,7 @@ class Worker:
     def stop(self, timeout: float = 30.0) -> None:
         """Finish (or interrupt) the current job, then stop taking new ones."""
         self._stopping.set()
-        self.interrupt.set()
+        self.cancel.interrupt.set()
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -132,7 +123,7 @@ class Worker:
             running = self._progress.job_id
         if running is None or (job_id is not None and running != job_id):
             return False
-        self.interrupt.set()
+        self.cancel.interrupt.set()
         return True
 
     # --- running ---
@@ -140,27 +131,30 @@ class Worker:
     def _on_progress(self, update: GenerationProgress) -> None:
         with self._lock:
             current = self._progress
-        preview_map = current.preview_map
-        if preview_map is None:
-            preview_map = self.previewer.prepare(update.model.components)
         latest = replace(current, batch=update.batch, batches=update.batches, step=update.step, steps=update.steps,
-                         latent=update.latent[0].detach().float().cpu().numpy().copy(), preview_map=preview_map)
+                         latent=update.latent[0].detach().float().cpu().numpy().copy(),
+                         preview_map=update.preview_map)
         with self._lock:
             self._progress = latest
 
     def run_job(self, job: Job) -> None:
-        self.interrupt.clear()
-        self.skip.clear()
+        self.cancel.interrupt.clear()
+        self.cancel.skip.clear()
         started = time.time()
         with self._lock:
             self._progress = Progress(job_id=job.id, started=started)
+        timestamp = time.strftime("%Y%m%d%H%M%S", time.localtime(started))
         try:
             params = GenerationParams.create(**job.params)
-            result = self._generate(params, save=False, progress=self._on_progress, interrupt=self.interrupt,
-                                    skip=self.skip, policy=self.policy)
-            self._record(job, result, time.strftime("%Y%m%d%H%M%S", time.localtime(started)))
-        except Interrupted:
-            self._finish(job.id, "interrupted", error="interrupted")
+            result = self.executor.run(params, progress=self._on_progress, cancel=self.cancel, save=job.keep)
+            self._record(job, result, timestamp)
+        except Interrupted as interrupted:
+            # The batches finished before the interrupt are kept (and already on disk): as in A1111.
+            partial: GenerationResult | None = getattr(interrupted, "result", None)
+            if partial is not None and partial.images:
+                self._record(job, partial, timestamp, status="interrupted")
+            else:
+                self._finish(job.id, "interrupted", error="interrupted")
         except EmakiError as e:
             self._finish(job.id, "failed", error=str(e))
         except Exception as e:  # a bug must not kill the worker; the job records it
@@ -173,15 +167,11 @@ class Worker:
             self._progress = Progress()
         self.store.finish(job_id, status, images=images, **fields)
 
-    def _record(self, job: Job, result: GenerationResult, job_timestamp: str) -> None:
+    def _record(self, job: Job, result: GenerationResult, job_timestamp: str, status: str = "done") -> None:
         records = []
         if job.keep:
-            folder = dated_folder(outputs_dir())
             for image in result.images:
-                try:
-                    image.path = save_png(image.image, image.infotext, folder, image.seed)
-                except OSError as e:
-                    raise EmakiError(f"could not write the image to {folder}: {e}") from None
+                assert image.path is not None  # the engine wrote it
                 records.append(ImageRecord(image.path, image.seed, result.params.prompt,
                                            result.params.negative_prompt, result.model.name,
                                            image.image.width, image.image.height, image.infotext))
@@ -190,4 +180,5 @@ class Worker:
             with self._lock:
                 self._held = {k: v for k, v in self._held.items() if now - v[0] < HELD_SECONDS}
                 self._held[job.id] = (now, result.images)
-        self._finish(job.id, "done", result=result_summary(result, job_timestamp), images=records)
+        error = "interrupted" if status == "interrupted" else None
+        self._finish(job.id, status, result=result_summary(result, job_timestamp), images=records, error=error)

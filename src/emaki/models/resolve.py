@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from emaki.errors import ModelLoadError
-from emaki.home import a1111_dir, models_dir
 from emaki.models.loader import looks_like_hub_id
+from emaki.workspace import Workspace
 
 MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin")
 
@@ -21,18 +21,15 @@ def default_model() -> str:
     return str(path)
 
 
-def resolve_model(name: str | None, search: list[Path] | None = None) -> str:
-    """A path, or a file stem found under the model folders, or a hub id, or the demo model."""
+def resolve_model(name: str | None, workspace: Workspace) -> str:
+    """A path, or a file stem found under the workspace's model folders, or a hub id, or the
+    demo model."""
     if not name:
         return default_model()
     path = Path(name).expanduser()
     if path.exists():
         return str(path)
-    if search is None:
-        a1111 = a1111_dir()
-        search = [models_dir(), models_dir() / "Stable-diffusion"]
-        search += [a1111 / "models" / "Stable-diffusion"] if a1111 is not None else []
-    for folder in search:
+    for folder in workspace.model_search:
         for suffix in ("",) + MODEL_SUFFIXES:
             candidate = folder / f"{name}{suffix}"
             if candidate.is_file():

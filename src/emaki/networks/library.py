@@ -165,9 +165,6 @@ class HypernetworkLibrary:
     def __init__(self) -> None:
         self._loaded: dict[Path, tuple[tuple[int, int], Hypernetwork]] = {}
 
-    def list(self, folders: Iterable[Path]) -> list[Path]:
-        return walk_files(folders, (".pt",))
-
     def load(self, name: str, folders: Sequence[Path]) -> Hypernetwork:
         """The hypernetwork named `name` (a file stem, or a path)."""
         candidate = Path(name).expanduser()

@@ -42,7 +42,6 @@ for _sampler in (
         default_schedule="Karras",
         second_order=True,
         brownian_noise=True,
-        needs_noise=True,
         a1111_settings=_NOISE,
     ),
     Sampler(
@@ -51,7 +50,6 @@ for _sampler in (
         ("k_dpmpp_2m_sde",),
         default_schedule="Exponential",
         brownian_noise=True,
-        needs_noise=True,
         a1111_settings=_NOISE,
     ),
     Sampler(
@@ -61,7 +59,6 @@ for _sampler in (
         defaults=_HEUN,
         default_schedule="Exponential",
         brownian_noise=True,
-        needs_noise=True,
         a1111_settings=_NOISE,
     ),
     Sampler(
@@ -71,7 +68,6 @@ for _sampler in (
         default_schedule="Karras",
         uses_ensd=True,
         second_order=True,
-        needs_noise=True,
         a1111_settings=_NOISE,
     ),
     Sampler(
@@ -81,7 +77,6 @@ for _sampler in (
         default_schedule="Exponential",
         discard_penultimate_sigma=True,
         brownian_noise=True,
-        needs_noise=True,
         a1111_settings=_NOISE,
     ),
     Sampler(
@@ -89,7 +84,6 @@ for _sampler in (
         sample_euler_ancestral,
         ("k_euler_a", "k_euler_ancestral"),
         uses_ensd=True,
-        needs_noise=True,
     ),
     Sampler("Euler", sample_euler, ("k_euler",), a1111_settings=_CHURN),
     Sampler("LMS", sample_lms, ("k_lms",)),
@@ -111,7 +105,6 @@ for _sampler in (
         discard_penultimate_sigma=True,
         uses_ensd=True,
         second_order=True,
-        needs_noise=True,
         a1111_settings=_NOISE,
     ),
     Sampler(
@@ -120,7 +113,6 @@ for _sampler in (
         ("k_dpm_fast",),
         defaults=_ETA_1,
         uses_ensd=True,
-        needs_noise=True,
         a1111_settings=_NOISE,
     ),
     Sampler(
@@ -129,7 +121,6 @@ for _sampler in (
         ("k_dpm_ad", "k_dpm_adaptive"),
         defaults=_ETA_1,
         uses_ensd=True,
-        needs_noise=True,
     ),
     Sampler(
         "Restart",
@@ -137,11 +128,10 @@ for _sampler in (
         ("restart",),
         default_schedule="Karras",
         second_order=True,
-        needs_noise=True,
     ),
     Sampler("DDIM", sample_ddim, ("ddim",), default_schedule="Automatic", timesteps=True),
     Sampler("PLMS", sample_plms, ("plms",), default_schedule="Automatic", timesteps=True),
     Sampler("UniPC", sample_unipc, ("unipc",), default_schedule="Automatic", timesteps=True),
-    Sampler("LCM", sample_lcm, ("k_lcm",), lcm=True, needs_noise=True),
+    Sampler("LCM", sample_lcm, ("k_lcm",), lcm=True),
 ):
     register(_sampler)

@@ -49,8 +49,6 @@ class Sampler:
     """What "Automatic" means for this sampler."""
     brownian_noise: bool = False
     """A1111 feeds this sampler a Brownian-tree noise sampler (`brownian_noise_sampler`)."""
-    needs_noise: bool = False
-    """Draws noise with default options: a `noise_sampler` is required."""
     timesteps: bool = False
     """Runs on the model's discrete timesteps in VP scaling (DDIM, PLMS, UniPC); see `initial_latent`."""
     lcm: bool = False

@@ -17,131 +17,19 @@ import torch
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from PIL import Image, UnidentifiedImageError
-from pydantic import BaseModel, ConfigDict, Field
 
 import emaki
+from emaki.engine.output import png_info
+from emaki.engine.run import GeneratedImage
 from emaki.errors import ParamsError
-from emaki.generate import GeneratedImage
 from emaki.infotext import infotext_of, parse_infotext
-from emaki.output import png_info
-from emaki.params import params_from_infotext
-from emaki.prompts import extract_networks
+from emaki.jobs.store import Job
 from emaki.sampling import SAMPLERS, SCHEDULES
-from emaki.home import embedding_folders
-from emaki.networks import EmbeddingLibrary
+from emaki.server.a1111_schema import Img2ImgRequest, PngInfoRequest, Txt2ImgRequest
 from emaki.server.catalog import text_width
 from emaki.server.service import Service
-from emaki.server.store import Job
 
 router = APIRouter(prefix="/sdapi/v1", tags=["A1111-compatible"])
-
-
-class Txt2ImgRequest(BaseModel):
-    """`StableDiffusionProcessingTxt2Img` as the A1111 API accepts it; unknown fields are ignored."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    prompt: str = ""
-    negative_prompt: str = ""
-    styles: list[str] | None = None
-    seed: int = -1
-    subseed: int = -1
-    subseed_strength: float = 0.0
-    seed_resize_from_h: int = -1
-    seed_resize_from_w: int = -1
-    sampler_name: str | None = None
-    sampler_index: str = "Euler"
-    scheduler: str | None = None
-    batch_size: int = 1
-    n_iter: int = 1
-    steps: int = 50
-    cfg_scale: float = 7.0
-    width: int = 512
-    height: int = 512
-    restore_faces: bool | None = None
-    tiling: bool | None = None
-    do_not_save_samples: bool = False
-    do_not_save_grid: bool = False
-    eta: float | None = None
-    denoising_strength: float | None = None
-    s_min_uncond: float | None = None
-    s_churn: float | None = None
-    s_tmax: float | None = None
-    s_tmin: float | None = None
-    s_noise: float | None = None
-    override_settings: dict[str, Any] | None = None
-    override_settings_restore_afterwards: bool = True
-    refiner_checkpoint: str | None = None
-    refiner_switch_at: float | None = None
-    disable_extra_networks: bool = False
-    comments: dict[str, Any] | None = None
-    enable_hr: bool = False
-    firstphase_width: int = 0
-    firstphase_height: int = 0
-    hr_scale: float = 2.0
-    hr_upscaler: str | None = None
-    hr_second_pass_steps: int = 0
-    hr_resize_x: int = 0
-    hr_resize_y: int = 0
-    hr_checkpoint_name: str | None = None
-    hr_sampler_name: str | None = None
-    hr_scheduler: str | None = None
-    hr_prompt: str = ""
-    hr_negative_prompt: str = ""
-    force_task_id: str | None = None
-    script_name: str | None = None
-    script_args: list[Any] = Field(default_factory=list)
-    send_images: bool = True
-    save_images: bool = False
-    alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
-    infotext: str | None = None
-
-    def unsupported(self) -> list[str]:
-        """Fields asking for something emaki cannot do yet: refused rather than ignored."""
-        asked = {
-            "hr_checkpoint_name": self.hr_checkpoint_name not in (None, "", "Use same checkpoint"),
-            "hr_scheduler": self.hr_scheduler not in (None, "", "Use same scheduler"),
-            "firstphase_width/height": bool(self.firstphase_width or self.firstphase_height),
-            "restore_faces": bool(self.restore_faces), "tiling": bool(self.tiling),
-            "script_name": bool(self.script_name), "alwayson_scripts": bool(self.alwayson_scripts),
-            "refiner_checkpoint": bool(self.refiner_checkpoint), "styles": bool(self.styles),
-            "s_churn": bool(self.s_churn), "s_min_uncond": bool(self.s_min_uncond),
-        }
-        return [name for name, on in asked.items() if on]
-
-    def generation_fields(self) -> dict[str, Any]:
-        """`GenerationParams` fields: those of `infotext` first (A1111's `infotext` field), then
-        the ones this request set explicitly."""
-        fields: dict[str, Any] = {}
-        if self.infotext:
-            fields = params_from_infotext(parse_infotext(self.infotext)).model_dump(exclude_defaults=True)
-            fields.pop("model", None)  # a model named in an infotext is chosen through the settings
-        explicit = self.model_fields_set
-        mine = {
-            "prompt": self.prompt, "negative_prompt": self.negative_prompt, "seed": self.seed,
-            "subseed": self.subseed, "subseed_strength": self.subseed_strength,
-            "seed_resize_from_w": max(self.seed_resize_from_w, 0), "seed_resize_from_h": max(self.seed_resize_from_h, 0),
-            "sampler_name": self.sampler_name or self.sampler_index, "batch_size": self.batch_size,
-            "n_iter": self.n_iter, "steps": self.steps, "cfg_scale": self.cfg_scale, "width": self.width,
-            "height": self.height, "eta": self.eta, "s_noise": self.s_noise,
-        }
-        if self.enable_hr:
-            mine |= {"enable_hr": True, "hr_scale": self.hr_scale, "hr_resize_x": self.hr_resize_x,
-                     "hr_resize_y": self.hr_resize_y, "hr_upscaler": self.hr_upscaler or "Latent",
-                     "hr_second_pass_steps": self.hr_second_pass_steps,
-                     "hr_sampler_name": None if self.hr_sampler_name in ("", "Use same sampler") else self.hr_sampler_name,
-                     "hr_prompt": self.hr_prompt, "hr_negative_prompt": self.hr_negative_prompt,
-                     "denoising_strength": 0.75 if self.denoising_strength is None else self.denoising_strength}
-        if self.scheduler is not None:
-            mine["scheduler"] = self.scheduler
-        aliases = {"sampler_name": ("sampler_name", "sampler_index"),
-                   "seed_resize_from_w": ("seed_resize_from_w",), "seed_resize_from_h": ("seed_resize_from_h",)}
-        for key, value in mine.items():
-            if not self.infotext or explicit & set(aliases.get(key, (key,))):
-                fields[key] = value
-        if self.disable_extra_networks:
-            fields["prompt"] = extract_networks(fields.get("prompt", ""))[0]
-        return fields
 
 
 def _service(request: Request) -> Service:
@@ -207,40 +95,6 @@ def _reply_images(service: Service, job: Job, kept: bool, send: bool) -> list[st
     return [encode_png(image) for image in held or []]
 
 
-class Img2ImgRequest(Txt2ImgRequest):
-    """`StableDiffusionProcessingImg2Img` as the API accepts it (inpainting fields are refused)."""
-
-    init_images: list[str] | None = None
-    resize_mode: int = 0
-    denoising_strength: float | None = 0.75
-    image_cfg_scale: float | None = None
-    mask: str | None = None
-    mask_blur: int | None = None
-    inpainting_fill: int = 0
-    inpaint_full_res: bool = True
-    inpaint_full_res_padding: int = 0
-    inpainting_mask_invert: int = 0
-    initial_noise_multiplier: float | None = None
-    latent_mask: str | None = None
-    include_init_images: bool = False
-
-    def unsupported(self) -> list[str]:
-        asked = {"mask": bool(self.mask), "latent_mask": bool(self.latent_mask),
-                 "resize_mode": self.resize_mode not in RESIZE_MODES,
-                 "initial_noise_multiplier": self.initial_noise_multiplier not in (None, 1, 1.0),
-                 "init_images (more than one)": len(self.init_images or []) > 1}
-        return super().unsupported() + [name for name, on in asked.items() if on]
-
-    def generation_fields(self) -> dict[str, Any]:
-        fields = super().generation_fields()
-        fields["denoising_strength"] = 0.75 if self.denoising_strength is None else self.denoising_strength
-        fields["resize_mode"] = RESIZE_MODES.get(self.resize_mode, "just resize")
-        return fields
-
-
-RESIZE_MODES = {0: "just resize", 1: "crop and resize", 2: "resize and fill"}
-
-
 async def _generate(body: Txt2ImgRequest, request: Request, init: Image.Image | None = None) -> dict[str, Any]:
     """Queue the request as a job, wait for it, answer as A1111 does."""
     unsupported = body.unsupported()
@@ -274,10 +128,6 @@ async def img2img(body: Img2ImgRequest, request: Request) -> dict[str, Any]:
     if not body.include_init_images:
         reply["parameters"] |= {"init_images": None, "mask": None}
     return reply
-
-
-class PngInfoRequest(BaseModel):
-    image: str = ""
 
 
 def decode_image(data: str, field: str = "image") -> Image.Image:
@@ -314,8 +164,8 @@ async def progress(request: Request, skip_current_image: bool = False) -> dict[s
         "progress": snapshot.fraction,
         "eta_relative": snapshot.eta,
         "state": {
-            "skipped": service.worker.skip.is_set(),
-            "interrupted": service.worker.interrupt.is_set(),
+            "skipped": service.worker.cancel.skip.is_set(),
+            "interrupted": service.worker.cancel.interrupt.is_set(),
             "stopping_generation": False,
             "job": snapshot.job_id or "",
             "job_count": counts.get("queued", 0) + counts.get("running", 0),
@@ -339,7 +189,7 @@ def interrupt(request: Request) -> dict[str, Any]:
 def skip(request: Request) -> dict[str, Any]:
     service = _service(request)
     if service.worker.progress().job_id is not None:
-        service.worker.skip.set()
+        service.worker.cancel.skip.set()
     return {}
 
 
@@ -384,14 +234,14 @@ def sd_vae(request: Request) -> list[dict[str, Any]]:
 @router.get("/hypernetworks")
 def hypernetworks(request: Request) -> list[dict[str, Any]]:
     return [{"name": row["name"], "path": row["path"]}
-            for row in _service(request).catalog.inventory.hypernetworks if row["status"] == "loaded"]
+            for row in _service(request).catalog.inventory.rows("hypernetworks") if row["status"] == "loaded"]
 
 
 @router.get("/embeddings")
 def embeddings(request: Request) -> dict[str, Any]:
     """Embeddings that fit the current checkpoint (`loaded`) and those that do not, with why."""
     service = _service(request)
-    scan = EmbeddingLibrary().scan(embedding_folders(), expected_width=text_width(service.current_checkpoint().filename))
+    scan = service.catalog.libraries.embeddings(text_width(service.current_checkpoint().filename))
     loaded = {e.name: {"step": e.step, "sd_checkpoint": e.sd_checkpoint, "sd_checkpoint_name": e.sd_checkpoint_name,
                        "shape": e.width, "vectors": e.num_vectors} for e in scan.loaded.values()}
     skipped = {s.name: {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None, "shape": None,

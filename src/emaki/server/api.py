@@ -15,13 +15,16 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel
 
+from emaki.engine.networks import NETWORK_KINDS
 from emaki.infotext import infotext_of, parse_infotext
+from emaki.infotext_codec import params_from_fields
+from emaki.jobs.store import FINISHED, Job
 from emaki.models.tokenizer import load_clip_tokenizer
-from emaki.params import GenerationParams, params_from_infotext
+from emaki.params import GenerationParams
 from emaki.prompts import count_tokens
-from emaki.server.a1111 import PngInfoRequest, decode_image
+from emaki.server.a1111 import decode_image
+from emaki.server.a1111_schema import PngInfoRequest
 from emaki.server.service import Service
-from emaki.server.store import FINISHED, Job
 
 router = APIRouter(prefix="/api", tags=["native"])
 EVENT_INTERVAL = 0.2  # seconds between progress checks of an event stream (ends are reported at once)
@@ -56,7 +59,7 @@ def image_view(row: dict[str, Any]) -> dict[str, Any]:
 def params_view(infotext: str) -> dict[str, Any]:
     """Parameters of an infotext as `GenerationParams` fields (what the page puts back in its form)."""
     fields = parse_infotext(infotext)
-    params = params_from_infotext(fields)
+    params = params_from_fields(fields)
     return {"infotext": infotext, "fields": fields, "params": params.model_dump()}
 
 
@@ -238,7 +241,8 @@ def models(request: Request) -> dict[str, Any]:
         "checkpoints": [{"title": e.title, "name": e.model_name, "hash": e.hash}
                         for e in service.catalog.checkpoints()],
         "vaes": [row["name"] for row in inventory.vaes],
-        "hypernetworks": [row["name"] for row in inventory.hypernetworks if row["status"] == "loaded"],
+        **{kind.folder: [row["name"] for row in inventory.rows(kind.folder) if row["status"] == "loaded"]
+           for kind in NETWORK_KINDS},
     }
 
 

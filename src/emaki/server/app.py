@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -19,15 +20,17 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 import emaki
-from emaki.devices import DevicePolicy, Precision
+from emaki.devices import DevicePolicy
+from emaki.engine.engine import Engine
 from emaki.errors import EmakiError, ParamsError
-from emaki.home import emaki_home
+from emaki.jobs.executor import LocalExecutor
+from emaki.jobs.store import FINISHED, Job, JobStore
+from emaki.jobs.worker import Worker
 from emaki.server import a1111, api
 from emaki.server.catalog import Catalog
 from emaki.server.options import Options
 from emaki.server.service import Service
-from emaki.server.store import FINISHED, Job, JobStore
-from emaki.server.worker import Worker
+from emaki.workspace import Workspace, workspace_from_environment
 
 log = logging.getLogger("emaki.server")
 WEB_DIR = Path(__file__).parent / "web"
@@ -42,9 +45,9 @@ class ServerSettings:
     credentials: dict[str, str] = field(default_factory=dict)  # --api-auth user:pass,...
     token: str | None = None  # --token (Bearer)
     max_body_bytes: int = 32 * 1024 * 1024
-    precision: Precision | None = None
-    a1111: Path | None = None
-    home: Path | None = None  # default: EMAKI_HOME
+    precision: str | None = None
+    threads: int | None = None  # --threads (default: the idle cores)
+    workspace: Workspace | None = None  # default: from EMAKI_HOME / EMAKI_A1111
     run_worker: bool = True
 
     @property
@@ -55,7 +58,8 @@ class ServerSettings:
         """`/sdapi/v1/cmd-flags`: the flags, without secrets."""
         return {"listen": self.host not in ("127.0.0.1", "localhost"), "port": self.port,
                 "api_auth": bool(self.credentials), "token": bool(self.token), "precision": self.precision,
-                "a1111": str(self.a1111) if self.a1111 else None, "api": True, "nowebui": False}
+                "a1111": str(self.workspace.a1111) if self.workspace and self.workspace.a1111 else None,
+                "api": True, "nowebui": False}
 
 
 def parse_credentials(text: str) -> dict[str, str]:
@@ -187,10 +191,12 @@ def _error_status(error: EmakiError) -> int:
 
 def create_app(settings: ServerSettings | None = None) -> FastAPI:
     settings = settings or ServerSettings()
-    home = settings.home or emaki_home()
-    store = JobStore(home / "server.db")
-    worker = Worker(store, policy=DevicePolicy.choose(settings.precision))
-    service = Service(store, worker, Catalog(settings.a1111), Options(home / "server-options.json"), home / "inputs")
+    workspace = settings.workspace or workspace_from_environment(os.environ)
+    engine = Engine(workspace, DevicePolicy.choose(settings.precision, threads=settings.threads))
+    store = JobStore(workspace.database)
+    worker = Worker(store, LocalExecutor(engine))
+    service = Service(store, worker, Catalog(workspace, engine.networks), Options(workspace.home / "server-options.json"),
+                      workspace.home / "inputs")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

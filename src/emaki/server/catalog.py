@@ -10,9 +10,13 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from emaki.engine.inventory import Inventory, take_inventory
+from emaki.engine.networks import NetworkLibraries
 from emaki.errors import EmakiError
-from emaki.home import a1111_dir
-from emaki.inventory import Inventory, take_inventory
+from emaki.models.convert import CLIP_PREFIX
+from emaki.models.hashes import HashCache
+from emaki.models.safetensors_header import read_safetensors_header
+from emaki.workspace import Workspace
 
 
 class NameNotAllowed(EmakiError):
@@ -37,33 +41,27 @@ class CheckpointEntry:
         return spelled
 
 
-TOKEN_EMBEDDING_KEY = "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"
+TOKEN_EMBEDDING_KEY = CLIP_PREFIX + "text_model.embeddings.token_embedding.weight"
 
 
 def text_width(checkpoint: str) -> int:
     """The checkpoint's token-embedding width, from the safetensors header alone (768, SD 1.x's,
     for other formats): embeddings of another width do not fit it."""
-    from safetensors import safe_open
-
     try:
-        with safe_open(checkpoint, framework="pt") as f:
-            if TOKEN_EMBEDDING_KEY in f.keys():
-                return int(f.get_slice(TOKEN_EMBEDDING_KEY).get_shape()[-1])
-    except (OSError, ValueError, RuntimeError):
-        pass
-    return 768
+        entry = read_safetensors_header(checkpoint).get(TOKEN_EMBEDDING_KEY)
+    except (EmakiError, OSError):
+        return 768
+    return int(entry["shape"][-1]) if isinstance(entry, dict) and entry.get("shape") else 768
 
 
-def _checkpoint_entries(inventory: Inventory) -> list[CheckpointEntry]:
+def _checkpoint_entries(inventory: Inventory, hashes: HashCache) -> list[CheckpointEntry]:
     """The inventory's checkpoints plus the bundled demo model, titled as A1111 titles them."""
     from emaki.demo import demo_model_path
-    from emaki.home import hash_cache_path
-    from emaki.models.hashes import HashCache
 
     rows = list(inventory.checkpoints)
     demo = demo_model_path()
     if demo.is_file() and all(Path(r["path"]) != demo for r in rows):
-        digest = HashCache(hash_cache_path()).get(demo).sha256
+        digest = hashes.get(demo).sha256
         rows.append({"name": demo.stem, "path": str(demo), "hash": digest[:10], "sha256": digest})
     entries = []
     for row in rows:
@@ -82,16 +80,18 @@ def check_plain_name(field: str, value: str) -> None:
 class Catalog:
     """The server's view of `emaki models`, refreshed on demand (`refresh-checkpoints`)."""
 
-    def __init__(self, a1111: Path | None = None, text_width: int = 768) -> None:
-        self.a1111 = a1111 if a1111 is not None else a1111_dir()
+    def __init__(self, workspace: Workspace, libraries: NetworkLibraries | None = None,
+                 text_width: int = 768) -> None:
+        self.workspace = workspace
+        self.libraries = libraries or NetworkLibraries(workspace)
         self.text_width = text_width
         self._lock = threading.Lock()
         self._listing: tuple[Inventory, list[CheckpointEntry]] | None = None
 
     def refresh(self) -> Inventory:
         """Walk the folders (and hash what is new) once; requests read the cached listing."""
-        inventory = take_inventory(self.a1111, text_width=self.text_width, hashes=True)
-        entries = _checkpoint_entries(inventory)
+        inventory = take_inventory(self.workspace, text_width=self.text_width, hashes=True, libraries=self.libraries)
+        entries = _checkpoint_entries(inventory, HashCache(self.workspace.hash_cache))
         with self._lock:
             self._listing = (inventory, entries)
         return inventory
@@ -134,7 +134,7 @@ class Catalog:
 
     def find_hypernetwork(self, name: str, field: str = "sd_hypernetwork") -> str:
         check_plain_name(field, name)
-        for row in self.inventory.hypernetworks:
+        for row in self.inventory.rows("hypernetworks"):
             if name == row["name"]:
                 return row["name"]
         raise NameNotAllowed(f"{field}: no hypernetwork {name!r} in the hypernetwork folders")

@@ -8,13 +8,12 @@ settings it does not have.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
 
 from emaki.errors import ParamsError
+from emaki.files import atomic_write
 
 DEFAULTS: dict[str, Any] = {
     "sd_model_checkpoint": None,  # filled with the default checkpoint's title
@@ -80,12 +79,5 @@ class Options:
             self._save()
 
     def _save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".options-", suffix=".tmp", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self._values, f, indent=1)
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_write(self.path) as tmp, tmp.open("w", encoding="utf-8") as f:
+            json.dump(self._values, f, indent=1)

@@ -5,7 +5,6 @@ so the policy, the name checks and the settings apply the same way to every requ
 
 from __future__ import annotations
 
-import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,27 +12,24 @@ from typing import Any
 
 from PIL import Image
 
+from emaki.engine.hires import check_upscaler
+from emaki.engine.policy import ensure_params_allowed
 from emaki.errors import ParamsError
-from emaki.hires import check_upscaler
+from emaki.files import atomic_write
+from emaki.jobs.store import Job, JobStore
+from emaki.jobs.worker import Worker
 from emaki.params import GenerationParams
 from emaki.prompts import extract_networks
-from emaki.safety import ensure_allowed
 from emaki.sampling import parse_sampler_name
 from emaki.server.catalog import Catalog, CheckpointEntry, NameNotAllowed
 from emaki.server.options import Options, check_option
-from emaki.server.store import Job, JobStore
-from emaki.server.worker import Worker
+
 
 def save_input(image: Image.Image, folder: Path) -> Path:
     """Write an uploaded image as PNG under a fresh name, atomically (temp file, then rename)."""
-    folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{uuid.uuid4().hex}.png"
-    tmp = target.with_suffix(".png.tmp")
-    try:
+    with atomic_write(target) as tmp:
         image.save(tmp, format="PNG")
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
     return target
 
 
@@ -127,12 +123,11 @@ class Service:
         for tag in extract_networks(params.prompt)[1]:
             if tag.kind == "hypernet":
                 self.catalog.find_hypernetwork(tag.name, "prompt")
-        ensure_allowed(params.prompt, params.negative_prompt)
+        ensure_params_allowed(params)  # every prompt field, whether or not its feature is on
         if params.enable_hr:
             check_upscaler(params.hr_upscaler)
             if params.hr_sampler_name:
                 parse_sampler_name(params.hr_sampler_name)
-            ensure_allowed(params.hr_prompt, params.hr_negative_prompt)
         if init is not None:  # last: nothing is written for a request that is refused
             params = params.updated(init_image=str(save_input(init, self.inputs)))
         return params

@@ -1,0 +1,24 @@
+# Two commands from a fresh clone: `make demo` (install, then one image from the bundled demo
+# model) and `make test` (install the test extras, then the default test run). .ci/run uses `make test`.
+PYTHON ?= python3
+VENV := .venv
+
+.PHONY: demo test
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/emaki generate "1girl, pink hair, green eyes, smile"
+
+test: $(VENV)/.test-installed
+	$(VENV)/bin/python -m pytest -q
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e .
+	touch $@
+
+# k-diffusion (the samplers' reference) without its dependencies: see pyproject.toml.
+$(VENV)/.test-installed: $(VENV)/.installed
+	$(VENV)/bin/pip install --quiet -e '.[test]'
+	$(VENV)/bin/pip install --quiet --no-deps k-diffusion==0.1.1.post1
+	touch $@

@@ -1,0 +1,183 @@
+"""The network registry: each kind of file attached to a model (embedding, hypernetwork, ...)
+is one `NetworkKind` entry. The inventory, `emaki models`, the A1111 listing routes, prompt
+tags and the infotext iterate over `NETWORK_KINDS`, so a new kind is one module + one entry.
+
+An entry says where its files live (a `Workspace` folder kind), which prompt tag selects it
+(`<hypernet:name:strength>`; None for kinds used by name in the prompt, like embeddings), how
+its files are listed, and how a run activates it: load, patch the model through the run's
+`ModelHandle` (undone when the run ends), and the infotext fields it adds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from emaki.engine.patching import ModelHandle
+from emaki.engine.run import Extension, Run
+from emaki.errors import EmakiError, ParamsError
+from emaki.networks import (
+    EmbeddingLibrary,
+    EmbeddingScan,
+    HypernetworkLibrary,
+    apply_hypernetworks,
+    load_hypernetwork,
+    walk_files,
+)
+from emaki.params import GenerationParams
+from emaki.prompts.networks import NetworkTag
+from emaki.workspace import FolderKind, Workspace
+
+
+class NetworkKind(Protocol):
+    name: str  # "hypernetwork": what listings call it
+    title: str  # "Hypernetworks": the heading of its listing
+    tag: str | None  # the prompt tag kind, or None when used by name
+    folder: FolderKind
+
+    def new_library(self) -> Any:
+        """The per-engine cache of loaded files (re-read only when a file changes)."""
+
+    def rows(self, library: Any, folders: Sequence[Path], *, text_width: int) -> list[dict[str, Any]]:
+        """One row per file found: `name`, `path`, `status` ("loaded" | "skipped"), `reason`, ..."""
+
+    def summary(self, row: dict[str, Any]) -> str:
+        """What `emaki models` shows of a loaded row, after its name and hash."""
+
+    def activate(self, library: Any, folders: Sequence[Path], tags: Sequence[NetworkTag],
+                 params: GenerationParams, handle: ModelHandle) -> dict[str, object]:
+        """Load what `tags` (and the params' own setting of this kind) ask for, patch the model
+        through `handle`; return the infotext fields of what was applied."""
+
+
+@dataclass(frozen=True)
+class EmbeddingKind:
+    """Textual-inversion embeddings (specs §3): used by name in either prompt; the prompt
+    encoder looks them up (`PromptEncoder(embeddings=...)`), nothing is patched."""
+
+    name: str = "embedding"
+    title: str = "Embeddings"
+    tag: str | None = None
+    folder: FolderKind = "embeddings"
+
+    def new_library(self) -> EmbeddingLibrary:
+        return EmbeddingLibrary()
+
+    def rows(self, library: EmbeddingLibrary, folders: Sequence[Path], *, text_width: int) -> list[dict[str, Any]]:
+        scan = library.scan(folders, expected_width=text_width)
+        rows = [{"name": e.name, "path": str(e.path), "status": "loaded", "vectors": e.num_vectors,
+                 "width": e.width, "step": e.step, "hash": e.shorthash, "reason": None}
+                for e in scan.loaded.values()]
+        rows += [{"name": s.name, "path": str(s.path), "status": "skipped", "vectors": None, "width": None,
+                  "step": None, "hash": None, "reason": s.reason} for s in scan.skipped]
+        return rows
+
+    def summary(self, row: dict[str, Any]) -> str:
+        step = "" if row["step"] is None else f", step {row['step']}"
+        return f"{row['vectors']} vectors × {row['width']}{step}"
+
+    def activate(self, library: EmbeddingLibrary, folders: Sequence[Path], tags: Sequence[NetworkTag],
+                 params: GenerationParams, handle: ModelHandle) -> dict[str, object]:
+        return {}  # the conditioning stage reads them; `TI hashes` comes from what it used
+
+
+@dataclass(frozen=True)
+class HypernetworkKind:
+    """Hypernetworks (specs §1): `<hypernet:name:strength>` tags, then the `hypernetwork`
+    setting; applied through attention processors on the run's handle."""
+
+    name: str = "hypernetwork"
+    title: str = "Hypernetworks"
+    tag: str | None = "hypernet"
+    folder: FolderKind = "hypernetworks"
+
+    def new_library(self) -> HypernetworkLibrary:
+        return HypernetworkLibrary()
+
+    def rows(self, library: HypernetworkLibrary, folders: Sequence[Path], *, text_width: int) -> list[dict[str, Any]]:
+        rows = []
+        for path in walk_files(folders, (".pt",)):
+            row: dict[str, Any] = {"name": path.stem, "path": str(path)}
+            try:
+                hn = load_hypernetwork(path)
+                row |= {"status": "loaded", "sizes": hn.sizes, "layer_structure": hn.layer_structure,
+                        "activation": hn.activation_func, "step": hn.step, "hash": hn.shorthash, "reason": None}
+            except EmakiError as e:
+                row |= {"status": "skipped", "sizes": None, "layer_structure": None, "activation": None,
+                        "step": None, "hash": None, "reason": str(e)}
+            rows.append(row)
+        return rows
+
+    def summary(self, row: dict[str, Any]) -> str:
+        return f"sizes {row['sizes']}, structure {row['layer_structure']}, activation {row['activation']}"
+
+    def activate(self, library: HypernetworkLibrary, folders: Sequence[Path], tags: Sequence[NetworkTag],
+                 params: GenerationParams, handle: ModelHandle) -> dict[str, object]:
+        chosen = [(tag.name, tag.multiplier) for tag in tags]
+        if params.hypernetwork:
+            chosen.append((params.hypernetwork, params.hypernetwork_strength))
+        if not chosen:
+            return {}
+        loaded = [(library.load(name, list(folders)), strength) for name, strength in chosen]
+        handle.on_exit(apply_hypernetworks(handle.components.unet, loaded).remove)
+        # Only the setting's hypernetwork is written as fields; tags stay in the prompt (A1111).
+        return {"Hypernet hash": loaded[-1][0].shorthash} if params.hypernetwork else {}
+
+
+EMBEDDINGS = EmbeddingKind()
+NETWORK_KINDS: tuple[NetworkKind, ...] = (EMBEDDINGS, HypernetworkKind())
+
+
+def kind_for_tag(tag: str) -> NetworkKind:
+    for kind in NETWORK_KINDS:
+        if kind.tag == tag:
+            return kind
+    known = ", ".join(f"<{k.tag}:...>" for k in NETWORK_KINDS if k.tag)
+    raise ParamsError(f"prompt: emaki has no network kind for <{tag}:...> tags (it has: {known})")
+
+
+class NetworkLibraries:
+    """An engine's loaded network files, one library per kind, over the workspace's folders."""
+
+    def __init__(self, workspace: Workspace) -> None:
+        self.workspace = workspace
+        self._libraries = {kind.name: kind.new_library() for kind in NETWORK_KINDS}
+
+    def library(self, kind: NetworkKind) -> Any:
+        return self._libraries[kind.name]
+
+    def folders(self, kind: NetworkKind) -> list[Path]:
+        return self.workspace.folders(kind.folder)
+
+    def embeddings(self, text_width: int) -> EmbeddingScan:
+        """The embeddings that fit a text encoder of `text_width`."""
+        library: EmbeddingLibrary = self.library(EMBEDDINGS)
+        return library.scan(self.folders(EMBEDDINGS), expected_width=text_width)
+
+    def rows(self, kind: NetworkKind, text_width: int) -> list[dict[str, Any]]:
+        return kind.rows(self.library(kind), self.folders(kind), text_width=text_width)
+
+
+class NetworksExtension(Extension):
+    """Activates every network kind a run asks for (prompt tags and settings); a tag of a kind
+    emaki does not have is an error, not silently dropped."""
+
+    def __init__(self, libraries: NetworkLibraries, tags: Sequence[NetworkTag]) -> None:
+        self.libraries = libraries
+        self.tags = list(tags)
+        self.fields: dict[str, object] = {}
+
+    def plan(self, run: Run) -> None:
+        for tag in self.tags:
+            kind_for_tag(tag.kind)
+
+    def patch_model(self, run: Run, handle: ModelHandle) -> None:
+        for kind in NETWORK_KINDS:
+            tags = [tag for tag in self.tags if kind.tag is not None and tag.kind == kind.tag]
+            self.fields |= kind.activate(self.libraries.library(kind), self.libraries.folders(kind), tags,
+                                         run.params, handle)
+
+    def infotext_fields(self, run: Run) -> dict[str, object]:
+        return self.fields

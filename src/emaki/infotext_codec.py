@@ -1,0 +1,168 @@
+"""`GenerationParams` ⇄ infotext, both ways from one table of fields (specs/FORMATS.md §5).
+
+Each `InfotextField` names its key, how its value is written from the params and the facts of
+one image (`ImageFacts`: seed, model, network hashes...), and which params fields it reads
+back. The table's order is A1111 v1.10.1's `create_infotext` order. Fields the format does not
+record (init image, batch size, ...) keep their defaults when read back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from emaki.errors import ParamsError
+from emaki.infotext import build_infotext, parse_infotext
+from emaki.params import GenerationParams
+
+VERSION_KEY = "Version"
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    """What one image's infotext records beyond its params."""
+
+    seed: int
+    subseed: int
+    model_name: str | None = None
+    model_hash: str | None = None
+    vae_name: str | None = None
+    vae_hash: str | None = None
+    uses_ensd: bool = True  # the sampler draws noise after the first step (A1111 writes ENSD then)
+    eta: tuple[str, float] | None = None  # ("Eta" | "Eta DDIM", value) when the sampler's eta is not its default
+    networks: Mapping[str, object] = field(default_factory=dict)  # "TI hashes", "Hypernet hash", ...
+    version: str = ""
+
+
+Writer = Callable[[GenerationParams, ImageFacts], object]
+Reader = Callable[[Mapping[str, str], str], dict[str, Any]]  # (parsed fields, this row's key) → params fields
+
+
+@dataclass(frozen=True)
+class InfotextField:
+    key: str
+    write: Writer
+    read: Reader | None = None  # None: informative only (hashes), not a parameter
+
+
+def _number(fields: Mapping[str, str], key: str, kind: type) -> Any:
+    try:
+        value = float(fields[key])
+        return int(value) if kind is int else value
+    except ValueError:
+        raise ParamsError(f"infotext field {key!r}: expected a number, got {fields[key]!r}") from None
+
+
+def _reads(name: str, kind: type = str) -> Reader:
+    """Reads the row's key into the params field `name`."""
+
+    def read(fields: Mapping[str, str], key: str) -> dict[str, Any]:
+        if key not in fields:
+            return {}
+        return {name: fields[key] if kind is str else _number(fields, key, kind)}
+
+    return read
+
+
+def _reads_size(width: str, height: str) -> Reader:
+    """Reads a `WxH` value (parsed as `key-1`, `key-2`) into two params fields."""
+
+    def read(fields: Mapping[str, str], key: str) -> dict[str, Any]:
+        if f"{key}-1" not in fields:
+            return {}
+        return {width: _number(fields, f"{key}-1", int), height: _number(fields, f"{key}-2", int)}
+
+    return read
+
+
+def _variation(params: GenerationParams) -> bool:
+    return params.subseed_strength > 0
+
+
+def _hires(params: GenerationParams, value: object) -> object:
+    return value if params.enable_hr else None
+
+
+def _hires_resized(params: GenerationParams) -> bool:
+    return bool(params.hr_resize_x or params.hr_resize_y)
+
+
+def _table(*rows: tuple[str, Writer, Reader | None]) -> tuple[InfotextField, ...]:
+    return tuple(InfotextField(*row) for row in rows)
+
+
+FIELDS: tuple[InfotextField, ...] = _table(
+    ("Steps", lambda p, f: p.steps, _reads("steps", int)),
+    ("Sampler", lambda p, f: p.sampler_name, _reads("sampler_name")),
+    ("Schedule type", lambda p, f: p.scheduler, _reads("scheduler")),
+    ("CFG scale", lambda p, f: float(p.cfg_scale), _reads("cfg_scale", float)),
+    ("Seed", lambda p, f: f.seed, _reads("seed", int)),
+    ("Size", lambda p, f: f"{p.width}x{p.height}", _reads_size("width", "height")),
+    ("Model hash", lambda p, f: f.model_hash, None),
+    ("Model", lambda p, f: f.model_name, _reads("model")),
+    ("VAE hash", lambda p, f: f.vae_hash, None),
+    ("VAE", lambda p, f: f.vae_name, _reads("vae")),
+    ("Variation seed", lambda p, f: f.subseed if _variation(p) else None, _reads("subseed", int)),
+    ("Variation seed strength", lambda p, f: float(p.subseed_strength) if _variation(p) else None,
+     _reads("subseed_strength", float)),
+    ("Seed resize from", lambda p, f: (f"{p.seed_resize_from_w}x{p.seed_resize_from_h}"
+                                       if p.seed_resize_from_w > 0 and p.seed_resize_from_h > 0 else None),
+     _reads_size("seed_resize_from_w", "seed_resize_from_h")),
+    ("Denoising strength", lambda p, f: float(p.denoising_strength) if p.init_image or p.enable_hr else None,
+     _reads("denoising_strength", float)),
+    ("Clip skip", lambda p, f: p.clip_skip if p.clip_skip > 1 else None, _reads("clip_skip", int)),
+    ("ENSD", lambda p, f: p.eta_noise_seed_delta if p.eta_noise_seed_delta and f.uses_ensd else None,
+     _reads("eta_noise_seed_delta", int)),
+    ("RNG", lambda p, f: p.rng if p.rng != "GPU" else None, _reads("rng")),
+    ("Hires resize", lambda p, f: _hires(p, f"{p.hr_resize_x}x{p.hr_resize_y}" if _hires_resized(p) else None),
+     _reads_size("hr_resize_x", "hr_resize_y")),
+    ("Hires upscale", lambda p, f: _hires(p, None if _hires_resized(p) else float(p.hr_scale)),
+     _reads("hr_scale", float)),
+    ("Hires steps", lambda p, f: _hires(p, p.hr_second_pass_steps or None), _reads("hr_second_pass_steps", int)),
+    ("Hires upscaler", lambda p, f: _hires(p, p.hr_upscaler), _reads("hr_upscaler")),
+    ("Hires sampler", lambda p, f: _hires(p, p.hr_sampler_name), _reads("hr_sampler_name")),
+    ("Hires prompt", lambda p, f: _hires(p, p.hr_prompt or None), _reads("hr_prompt")),
+    ("Hires negative prompt", lambda p, f: _hires(p, p.hr_negative_prompt or None), _reads("hr_negative_prompt")),
+    ("TI hashes", lambda p, f: f.networks.get("TI hashes"), None),
+    ("Emphasis", lambda p, f: p.emphasis if p.emphasis != "Original" else None, _reads("emphasis")),
+    ("Hypernet", lambda p, f: p.hypernetwork or None, _reads("hypernetwork")),
+    ("Hypernet hash", lambda p, f: f.networks.get("Hypernet hash"), None),
+    ("Hypernet strength", lambda p, f: (float(p.hypernetwork_strength)
+                                        if p.hypernetwork and p.hypernetwork_strength != 1 else None),
+     _reads("hypernetwork_strength", float)),
+    ("Prompt dialect", lambda p, f: "NovelAI" if p.prompt_dialect == "novelai" else None,
+     lambda fields, key: {"prompt_dialect": "novelai"} if fields.get(key, "").lower() == "novelai" else {}),
+    ("Eta", lambda p, f: f.eta[1] if f.eta and f.eta[0] == "Eta" else None, _reads("eta", float)),
+    ("Eta DDIM", lambda p, f: f.eta[1] if f.eta and f.eta[0] == "Eta DDIM" else None, _reads("eta", float)),
+)
+KNOWN_KEYS = frozenset(f.key for f in FIELDS)
+HIRES_KEYS = ("Hires upscaler", "Hires upscale", "Hires resize-1")
+
+
+def encode_infotext(params: GenerationParams, facts: ImageFacts) -> str:
+    """The infotext of one image: `params` as run (seed and size resolved) plus `facts`.
+    Network fields no table row knows (a new network kind's) come before `Version`."""
+    values: dict[str, object] = {f.key: f.write(params, facts) for f in FIELDS}
+    values |= {k: v for k, v in facts.networks.items() if k not in KNOWN_KEYS}
+    values[VERSION_KEY] = facts.version or None
+    return build_infotext(params.prompt, params.negative_prompt, values)
+
+
+def params_from_fields(fields: Mapping[str, str]) -> GenerationParams:
+    """`GenerationParams` from a parsed infotext (`parse_infotext`); absent fields keep A1111's
+    defaults (GPU noise, CLIP skip 1, ...). The model and VAE come back as written (names, looked
+    up in the workspace by the engine)."""
+    values: dict[str, Any] = {"prompt": fields.get("Prompt", ""), "negative_prompt": fields.get("Negative prompt", "")}
+    for row in FIELDS:
+        if row.read is not None:
+            values |= row.read(fields, row.key)
+    values.setdefault("rng", "GPU")
+    if any(key in fields for key in HIRES_KEYS):
+        values["enable_hr"] = True
+    return GenerationParams.create(**values)
+
+
+def decode_infotext(text: str) -> GenerationParams:
+    """The params an infotext records (see `params_from_fields`)."""
+    return params_from_fields(parse_infotext(text))
