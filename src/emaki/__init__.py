@@ -15,12 +15,12 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from emaki.errors import EmakiError
+from emaki.version import __version__
 
 if TYPE_CHECKING:
     from emaki.engine import Engine, GenerationResult
     from emaki.params import GenerationParams
 
-__version__ = "0.1.0"
 
 __all__ = ["EmakiError", "__version__", "default_engine", "generate"]
 

@@ -149,7 +149,7 @@ def infotext_of(image: Image.Image) -> str | None:
     text = info.get(PARAMETERS_KEY)
     if isinstance(text, str) and text:
         return text
-    novelai = _novelai_infotext(info)
+    novelai = _novelai_infotext({str(k): v for k, v in info.items()})
     if novelai:
         return novelai
     comment = _exif_user_comment(image)

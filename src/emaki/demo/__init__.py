@@ -7,19 +7,9 @@ from an image, `demo_model_path()` is the trained model shipped inside the packa
 
 from __future__ import annotations
 
-from importlib import resources
-from pathlib import Path
-
 from emaki.demo.describe import describe
 from emaki.demo.faces import FaceAttributes, caption, draw_face, random_attributes, sample_face
-
-DEMO_MODEL_FILE = "emaki-demo.safetensors"
-
-
-def demo_model_path() -> Path:
-    """The shipped demo checkpoint (single-file LDM layout, fp16, config in its metadata)."""
-    return Path(str(resources.files("emaki") / "data" / "demo" / DEMO_MODEL_FILE))
-
+from emaki.models.resolve import DEMO_MODEL_FILE, demo_model_path
 
 __all__ = [
     "DEMO_MODEL_FILE",

@@ -1,4 +1,4 @@
-"""Measurements of the demo model through the real engine (`emaki.generate`), read by `describe`.
+"""Measurements of the demo model through the real engine (`Engine.generate`), read by `describe`.
 
 Shared by `benchmarks/demo_quality.py` (the full measurement) and `tests/demo/` (small sizes).
 Every measurement is deterministic: prompts come from `random.Random(seed)`, image seeds are
@@ -8,39 +8,52 @@ fixed.
 from __future__ import annotations
 
 import random
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
 from emaki.demo.describe import describe, hair_rgb
 from emaki.demo.faces import caption, random_attributes
 
+if TYPE_CHECKING:
+    from emaki.engine import Engine
+
+
+def measuring_engine() -> Engine:
+    """An engine over a scratch workspace: measurements read and write nothing of the user's."""
+    from emaki.engine import Engine  # the engine imports this package's siblings
+    from emaki.workspace import Workspace
+
+    return Engine(Workspace(Path(tempfile.mkdtemp(prefix="emaki-quality-"))))
+
 
 def generate_images(prompt: str, seeds: list[int], *, negative: str = "", steps: int = 20,
                     sampler: str = "Euler a", cfg: float = 7.0, model: str | None = None,
-                    batch: int = 8) -> list[Image.Image]:
+                    batch: int = 8, engine: Engine | None = None) -> list[Image.Image]:
     """Images for `seeds` (batched where they are consecutive), as `emaki generate` makes them."""
+    engine = engine or measuring_engine()
     images: list[Image.Image] = []
     i = 0
     while i < len(seeds):
         n = 1
         while n < batch and i + n < len(seeds) and seeds[i + n] == seeds[i] + n:
             n += 1
-        images += _generate(prompt, negative, seeds[i], n, steps, sampler, cfg, model)
+        images += _generate(engine, prompt, negative, seeds[i], n, steps, sampler, cfg, model)
         i += n
     return images
 
 
-def _generate(prompt: str, negative: str, seed: int, n: int, steps: int, sampler: str,
+def _generate(engine: Engine, prompt: str, negative: str, seed: int, n: int, steps: int, sampler: str,
               cfg: float, model: str | None) -> list[Image.Image]:
-    from emaki import generate  # the engine imports this package's siblings
     from emaki.params import GenerationParams
 
     params = GenerationParams(prompt=prompt, negative_prompt=negative, seed=seed, steps=steps,
                               sampler_name=sampler, cfg_scale=cfg, batch_size=n, model=model)
-    return [g.image for g in generate(params, save=False).images]
+    return [g.image for g in engine.generate(params, save=False).images]
 
 
 @dataclass
@@ -70,11 +83,12 @@ def prompt_accuracy(n: int, *, seed: int = 0, model: str | None = None, steps: i
     """
     rng = random.Random(seed)
     result = PromptAccuracy(n)
+    engine = measuring_engine()
     for i in range(n):
         attrs = random_attributes(rng)
         prompt = caption(attrs, rng)
         image = generate_images(prompt, [seed * 100_000 + i], model=model, steps=steps, cfg=cfg,
-                                sampler=sampler)[0]
+                                sampler=sampler, engine=engine)[0]
         got = describe(image)
         want = attrs.to_dict()
         for a in ATTRIBUTES:

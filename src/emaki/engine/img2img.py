@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -61,7 +62,7 @@ def fit_image(image: Image.Image, width: int, height: int, mode: str) -> Image.I
 
 
 @torch.inference_mode()
-def encode_image(vae: torch.nn.Module, image: Image.Image, device: torch.device) -> torch.Tensor:
+def encode_image(vae: Any, image: Image.Image, device: torch.device) -> torch.Tensor:
     """Scaled latents (1×C×h×w) of an RGB image: the mean of the VAE posterior, so the same
     image always gives the same latents (A1111 samples the posterior with the global RNG)."""
     pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]

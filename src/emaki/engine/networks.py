@@ -32,10 +32,21 @@ from emaki.workspace import FolderKind, Workspace
 
 
 class NetworkKind(Protocol):
-    name: str  # "hypernetwork": what listings call it
-    title: str  # "Hypernetworks": the heading of its listing
-    tag: str | None  # the prompt tag kind, or None when used by name
-    folder: FolderKind
+    @property
+    def name(self) -> str:
+        """What listings call it: "hypernetwork"."""
+
+    @property
+    def title(self) -> str:
+        """The heading of its listing: "Hypernetworks"."""
+
+    @property
+    def tag(self) -> str | None:
+        """The prompt tag kind (`<hypernet:...>`), or None when used by name."""
+
+    @property
+    def folder(self) -> FolderKind:
+        """The workspace folder kind its files live in."""
 
     def new_library(self) -> Any:
         """The per-engine cache of loaded files (re-read only when a file changes)."""

@@ -52,7 +52,7 @@ def native_size(model: LoadedModel) -> int:
 
 
 def text_encoder_width(model: LoadedModel) -> int:
-    return int(model.components.text_encoder.get_input_embeddings().weight.shape[-1])
+    return int(model.components.text_encoder.config.hidden_size)  # the token embeddings' width
 
 
 # --- plan ---
@@ -92,10 +92,12 @@ def plan(params: GenerationParams, handle: ModelHandle, policy: DevicePolicy, ne
 
 def _place(model: LoadedModel, policy: DevicePolicy) -> None:
     parts = model.components
-    for module in (parts.unet, parts.vae, parts.text_encoder):
+    modules: tuple[torch.nn.Module, ...] = (parts.unet, parts.vae, parts.text_encoder)
+    for module in modules:
         module.to(policy.device)
     if policy.channels_last:
-        parts.unet.to(memory_format=torch.channels_last)
+        # torch's stubs omit `memory_format` from Module.to (it is a documented keyword).
+        parts.unet.to(memory_format=torch.channels_last)  # type: ignore[call-arg]
 
 
 def _eps_model(model: LoadedModel, policy: DevicePolicy) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:

@@ -12,7 +12,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-import emaki
 from emaki.engine.output import save_png
 from emaki.engine.run import Batch, GeneratedImage, Run, StepCallback
 from emaki.errors import EmakiError
@@ -22,6 +21,7 @@ from emaki.params import GenerationParams
 from emaki.prompts import PromptEncoder, encode_negative_prompts, encode_prompts
 from emaki.sampling import ImageRNG, Sampler, brownian_noise_sampler
 from emaki.sampling.denoiser import CFGDenoiser
+from emaki.version import __version__
 
 # --- conditioning ---
 
@@ -119,7 +119,7 @@ def infotext(run: Run, seed: int, subseed: int) -> str:
         networks |= extension.infotext_fields(run)
     facts = ImageFacts(seed, subseed, model.name, model.hash, model.vae_name, model.vae_hash,
                        uses_ensd=run.sampler.uses_ensd, eta=recorded_eta(run.sampler, run.params.eta),
-                       networks=networks, version=f"emaki {emaki.__version__}")
+                       networks=networks, version=f"emaki {__version__}")
     return encode_infotext(run.params, facts)
 
 

@@ -18,7 +18,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,7 +200,7 @@ class JobStore:
                 self._changed.wait(remaining)
 
     def finish(self, job_id: str, status: str, *, result: dict[str, Any] | None = None,
-               error: str | None = None, images: list[ImageRecord] = ()) -> None:
+               error: str | None = None, images: Sequence[ImageRecord] = ()) -> None:
         """Record how a job ended, with its gallery rows, in one transaction."""
         assert status in FINISHED
         now = time.time()
@@ -248,7 +248,8 @@ class JobStore:
     def gallery(self, *, text: str | None = None, model: str | None = None, since: float | None = None,
                 until: float | None = None, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
         """Newest first; `text` matches the prompt or negative prompt (case-insensitive substring)."""
-        where, args = [], []
+        where: list[str] = []
+        args: list[Any] = []
         if text:
             escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             where.append("(prompt LIKE ? ESCAPE '\\' OR negative_prompt LIKE ? ESCAPE '\\')")

@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -161,11 +163,12 @@ class Worker:
             log.exception("job %s failed", job.id)
             self._finish(job.id, "failed", error=f"internal error: {type(e).__name__}: {e}")
 
-    def _finish(self, job_id: str, status: str, *, images: list[ImageRecord] = (), **fields: object) -> None:
+    def _finish(self, job_id: str, status: str, *, images: Sequence[ImageRecord] = (),
+                result: dict[str, Any] | None = None, error: str | None = None) -> None:
         # Idle before the job ends: whoever its end wakes must not see it as still in progress.
         with self._lock:
             self._progress = Progress()
-        self.store.finish(job_id, status, images=images, **fields)
+        self.store.finish(job_id, status, images=images, result=result, error=error)
 
     def _record(self, job: Job, result: GenerationResult, job_timestamp: str, status: str = "done") -> None:
         records = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 
 from emaki.errors import ModelLoadError
@@ -9,12 +10,17 @@ from emaki.models.loader import looks_like_hub_id
 from emaki.workspace import Workspace
 
 MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin")
+DEMO_MODEL_FILE = "emaki-demo.safetensors"
+
+
+def demo_model_path() -> Path:
+    """The shipped demo checkpoint (single-file LDM layout, fp16, config in its metadata),
+    trained by `scripts/train_demo.py` (`emaki.demo`)."""
+    return Path(str(resources.files("emaki") / "data" / "demo" / DEMO_MODEL_FILE))
 
 
 def default_model() -> str:
     """The bundled demo model, used when no model is given."""
-    from emaki.demo import demo_model_path
-
     path = demo_model_path()
     if not Path(path).is_file():
         raise ModelLoadError(f"{path}: the bundled demo model is missing from this install; pass --model")
@@ -34,8 +40,6 @@ def resolve_model(name: str | None, workspace: Workspace) -> str:
             candidate = folder / f"{name}{suffix}"
             if candidate.is_file():
                 return str(candidate)
-    from emaki.demo import demo_model_path
-
     demo = demo_model_path()
     if name in (demo.stem, demo.name) and demo.is_file():  # infotexts name the demo model so
         return str(demo)

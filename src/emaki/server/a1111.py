@@ -18,7 +18,6 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from PIL import Image, UnidentifiedImageError
 
-import emaki
 from emaki.engine.output import png_info
 from emaki.engine.run import GeneratedImage
 from emaki.errors import ParamsError
@@ -28,6 +27,7 @@ from emaki.sampling import SAMPLERS, SCHEDULES
 from emaki.server.a1111_schema import Img2ImgRequest, PngInfoRequest, Txt2ImgRequest
 from emaki.server.catalog import text_width
 from emaki.server.service import Service
+from emaki.version import __version__
 
 router = APIRouter(prefix="/sdapi/v1", tags=["A1111-compatible"])
 
@@ -74,7 +74,7 @@ def processed_info(job: Job, request: Txt2ImgRequest) -> str:
         "job_timestamp": result.get("job_timestamp", ""),
         "clip_skip": params.get("clip_skip", 1),
         "is_using_inpainting_conditioning": False,
-        "version": f"emaki {emaki.__version__}",
+        "version": f"emaki {__version__}",
     }
     return json.dumps(info, ensure_ascii=False)
 

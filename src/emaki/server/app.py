@@ -19,7 +19,6 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-import emaki
 from emaki.devices import DevicePolicy
 from emaki.engine.engine import Engine
 from emaki.errors import EmakiError, ParamsError
@@ -30,6 +29,7 @@ from emaki.server import a1111, api
 from emaki.server.catalog import Catalog
 from emaki.server.options import Options
 from emaki.server.service import Service
+from emaki.version import __version__
 from emaki.workspace import Workspace, workspace_from_environment
 
 log = logging.getLogger("emaki.server")
@@ -212,7 +212,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             worker.stop()
             store.close()
 
-    app = FastAPI(title="emaki", version=emaki.__version__, lifespan=lifespan,
+    app = FastAPI(title="emaki", version=__version__, lifespan=lifespan,
                   description="A1111-compatible `/sdapi/v1` and emaki's native `/api` (queued jobs, "
                               "progress events, gallery).")
     app.state.settings = settings
