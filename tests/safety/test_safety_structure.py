@@ -11,6 +11,7 @@ from re import _constants as sre  # type: ignore[attr-defined]
 from re import _parser as sre_parse  # type: ignore[attr-defined]
 
 import emaki.safety.ages
+import emaki.safety.bpe
 import emaki.safety.lexicon
 import emaki.safety.scan
 import emaki.safety.text
@@ -21,7 +22,8 @@ from emaki.safety.text import fold_text
 
 def _patterns() -> list[re.Pattern[str]]:
     found = []
-    for module in (emaki.safety.ages, emaki.safety.lexicon, emaki.safety.scan, emaki.safety.text):
+    for module in (emaki.safety.ages, emaki.safety.bpe, emaki.safety.lexicon, emaki.safety.scan,
+                   emaki.safety.text):
         for value in vars(module).values():
             values = value if isinstance(value, list) else [value]
             found += [v for v in values if isinstance(v, re.Pattern)]

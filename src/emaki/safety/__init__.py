@@ -1,14 +1,32 @@
 """The prompt policy: emaki never generates or trains sexual content involving minors.
 
-A positive prompt is refused when it combines a minor indicator (child, loli, 幼女, 萝莉,
-"12 years old", ...) with sexual content (nude, sex, 全裸, ...), or uses a term that means both
-(lolicon, 児童ポルノ). Every part of the prompt counts — AND parts, BREAK segments, both sides of
-``[a:b:5]`` and ``[a|b]``, extra-network names — and obfuscation (case, weights, escapes,
-``l o l i``, ``l.o.l.i``, ``l0li``, full-width or look-alike letters, underscores) is undone
-first. The negative prompt is not a trigger: people put "child" there to steer away from it.
-Term lists are data: ``emaki/data/safety/*.txt``.
+A prompt is refused when it combines a minor indicator (child, loli, 幼女, 萝莉, "12 years old",
+niña, девочка, ...) with sexual content (nude, sex, 全裸, desnuda, голая, ...), or uses a term
+that means both (lolicon, 児童ポルノ). Every part of the prompt counts — AND parts, BREAK
+segments, both sides of ``[a:b:5]`` and ``[a|b]``, extra-network names — and obfuscation (case,
+weights, escapes, ``l o l i``, ``l.o.l.i``, ``l0li``, full-width or look-alike letters,
+underscores, words glued together as CLIP reads them: ``childnude`` is ``child`` + ``nude``) is
+undone first. Term lists are data: ``emaki/data/safety/*.txt``.
 
-There is deliberately no setting, flag, argument or environment variable that turns this off.
+The negative prompt and CFG. A sampler step denoises to ``uncond + cfg * (cond - uncond)``,
+``uncond`` being the negative prompt's prediction. From ``cfg_scale`` 1 up the negative prompt
+pushes the image away from its content — people put "child, loli" there to steer away from
+minors — so it is never a trigger. Below 1 the step is ``(1 - cfg) * uncond + cfg * cond``:
+both prompts pull toward their content, and at 0 the negative prompt alone draws the image. So
+when ``cfg_scale < 1`` the negative prompt is judged as a prompt, and together with the prompt
+(a minor in one and sexual content in the other make one image). The passes of one generation
+(first pass, hires pass) are judged together too: `ensure_generation_allowed`.
+
+Not done: reading intent from the negative prompt at ordinary CFG (a sexual prompt whose
+negative lists "adult", "mature", "old", "18 years old" steers toward younger-looking
+subjects). Ordinary adult prompts put exactly those words in their negatives to keep
+characters young-adult rather than elderly ("old, mature female, wrinkles, 40 years old" are
+stock negatives), so a rule on them refuses everyday adult prompts, while the narrow version
+("adult", "grown up") is bypassed by any synonym. The positive prompt still has to pass on its
+own, and the benchmark corpus holds no negatives to prove such a rule harmless.
+
+There is deliberately no setting, flag, argument or environment variable that turns this off;
+`cfg_scale` only decides whether the negative prompt is judged, never whether the prompt is.
 
 >>> check_prompt("1girl, school uniform, smile").allowed
 True
@@ -19,6 +37,8 @@ True
 (False, ['L0LI', 'n.u.d.e'])
 >>> check_prompt("1girl, smile", negative_prompt="child, loli, nude").allowed
 True
+>>> check_prompt("1girl, nude", negative_prompt="child", cfg_scale=0.5).matches
+['child', 'nude']
 """
 
 from __future__ import annotations
@@ -31,7 +51,7 @@ from emaki.safety.lexicon import BOTH, MINOR, SEXUAL
 from emaki.safety.scan import Hit, scan
 
 __all__ = ["PolicyViolation", "Verdict", "check_prompt", "check_training_captions",
-           "ensure_allowed"]
+           "ensure_allowed", "ensure_generation_allowed"]
 
 _WHY = ("emaki never generates or trains sexual content involving minors, and this cannot be "
         "switched off.")
@@ -39,8 +59,8 @@ _WHY = ("emaki never generates or trains sexual content involving minors, and th
 
 @dataclass(frozen=True)
 class Verdict:
-    """The policy's answer for one prompt: `reason` is a sentence for the user, `matches` the
-    triggering terms as written in the prompt (empty when allowed)."""
+    """The policy's answer for a prompt or generation: `reason` is a sentence for the user,
+    `matches` the triggering terms as written in the prompts (empty when allowed)."""
 
     allowed: bool
     reason: str = ""
@@ -61,16 +81,36 @@ def _listed(terms: list[str], limit: int = 3) -> str:
     return shown + (f" and {len(terms) - limit} more" if len(terms) > limit else "")
 
 
-def _judge(prompt: str) -> tuple[list[str], list[str], list[str]]:
-    """(terms meaning both, minor terms, sexual terms) that make `prompt` refused; all empty
-    when it is allowed."""
+Terms = tuple[list[str], list[str], list[str]]  # (meaning both, minor, sexual), as written
+
+
+def _terms(prompt: str) -> Terms:
     _, hits = scan(prompt)
     both = [h for h in hits if h.bits == BOTH]
     minors = [h for h in hits if h.bits == MINOR]
     sexual = [h for h in hits if h.bits == SEXUAL]
-    if both or (minors and sexual):
-        return _quotes(prompt, both), _quotes(prompt, minors), _quotes(prompt, sexual)
-    return [], [], []
+    return _quotes(prompt, both), _quotes(prompt, minors), _quotes(prompt, sexual)
+
+
+def _refused(terms: Terms) -> bool:
+    both, minors, sexual = terms
+    return bool(both or (minors and sexual))
+
+
+def _union(found: Iterable[Terms]) -> Terms:
+    """The terms of several texts judged as one: a minor in one and sexual content in another
+    make one image."""
+    union: Terms = ([], [], [])
+    for terms in found:
+        for seen, new in zip(union, terms):
+            seen.extend(t for t in new if t not in seen)
+    return union
+
+
+def _judge(prompt: str) -> Terms:
+    """The terms that make `prompt` refused; all empty when it is allowed."""
+    terms = _terms(prompt)
+    return terms if _refused(terms) else ([], [], [])
 
 
 def _describe(both: list[str], minors: list[str], sexual: list[str]) -> str:
@@ -79,19 +119,45 @@ def _describe(both: list[str], minors: list[str], sexual: list[str]) -> str:
     return f"combines a minor ({_listed(minors)}) with sexual content ({_listed(sexual)})"
 
 
-def check_prompt(prompt: str, negative_prompt: str = "") -> Verdict:
-    """Judge a positive prompt (the negative prompt is accepted and ignored, see above)."""
-    del negative_prompt  # steering away from minors is what a negative prompt is for
-    both, minors, sexual = _judge(prompt)
-    if not (both or minors):
+def _judge_generation(passes: Iterable[tuple[str, str]], cfg_scale: float) -> Verdict:
+    """One verdict for every text that steers the image: the prompts of all passes, and when
+    `cfg_scale` < 1 (or is not a number) the negative prompts too (see the module docstring)."""
+    pairs = list(passes)
+    subject = "the prompt" if len(pairs) <= 1 else "the prompts of this generation"
+    prompts = [_terms(prompt) for prompt, _ in pairs if prompt]
+    terms, why_negative = _union(prompts), ""
+    if not _refused(terms) and not cfg_scale >= 1:
+        terms = _union([*prompts, *(_terms(negative) for _, negative in pairs if negative)])
+        subject += " together with the negative prompt"
+        why_negative = (f" The negative prompt was judged as a prompt because cfg_scale < 1 "
+                        f"(here {cfg_scale:g}) makes it pull the image toward its content.")
+    if not _refused(terms):
         return Verdict(allowed=True)
-    reason = f"Refused: the prompt {_describe(both, minors, sexual)}. {_WHY}"
+    both, minors, sexual = terms
+    reason = f"Refused: {subject} {_describe(both, minors, sexual)}.{why_negative} {_WHY}"
     return Verdict(allowed=False, reason=reason, matches=[*both, *minors, *sexual])
 
 
-def ensure_allowed(prompt: str, negative_prompt: str = "") -> None:
+def check_prompt(prompt: str, negative_prompt: str = "", *, cfg_scale: float = 7.0) -> Verdict:
+    """Judge a prompt and, when `cfg_scale` < 1, its negative prompt (see above)."""
+    return _judge_generation([(prompt, negative_prompt)], cfg_scale)
+
+
+def ensure_allowed(prompt: str, negative_prompt: str = "", *, cfg_scale: float = 7.0) -> None:
     """Raise `PolicyViolation` (CLI exit code 3) with the reason when the prompt is refused."""
-    verdict = check_prompt(prompt, negative_prompt)
+    verdict = check_prompt(prompt, negative_prompt, cfg_scale=cfg_scale)
+    if not verdict.allowed:
+        raise PolicyViolation(verdict.reason)
+
+
+def ensure_generation_allowed(prompts: Iterable[tuple[str, str]], cfg_scale: float) -> None:
+    """Raise `PolicyViolation` unless every (prompt, negative prompt) pair of one generation —
+    the first pass, the hires pass — is allowed, judged together: a minor in one pass and
+    sexual content in another make one image.
+
+    >>> ensure_generation_allowed([("1girl, smile", "child, loli"), ("1girl, smile", "")], 7)
+    """
+    verdict = _judge_generation(prompts, cfg_scale)
     if not verdict.allowed:
         raise PolicyViolation(verdict.reason)
 

@@ -11,7 +11,8 @@ from functools import cache, lru_cache
 from importlib import resources
 from itertools import groupby, product
 
-from emaki.safety.text import fold_text, read_prompt
+from emaki.safety.bpe import Bpe, load_bpe
+from emaki.safety.text import fold_text, is_word_term, read_prompt
 
 MINOR = 1
 SEXUAL = 2
@@ -19,20 +20,25 @@ BOTH = MINOR | SEXUAL
 
 _CACHE_WORDS = 1 << 16
 _MIN_INFIX_PHRASE = 8  # `elementaryschool` inside `elementaryschoolstudent`
+_MIN_GLUED = 6  # `kidsex`: shorter words are not two terms glued together
+_GLUED_WINDOW = 32  # longer glued words are read 32 letters at a time, 16 apart
+_MIN_PIECE = 3  # CLIP pieces of 1-2 letters are fragments, not words (`jk` in `satlijk`)
 _FILES = {"minor.txt": MINOR, "sexual.txt": SEXUAL, "both.txt": BOTH}
 
-# Digits and symbols read as letters (`l0li`, `s3x`, `n@ked`); `1` is both `l` and `i`.
+# Digits and symbols read as letters (`l0li`, `s3x`, `n@ked`); `1` is both `l` and `i`; `ñ`
+# (kept by folding for `niña`) is also an `n` (`ñude`).
 _LEET = str.maketrans({"0": "o", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "9": "g",
-                       "@": "a", "$": "s", "!": "i"})
-_LEET_CHARS = frozenset("01345789@$!")
+                       "@": "a", "$": "s", "!": "i", "ñ": "n"})
+_LEET_CHARS = frozenset("01345789@$!ñ")
 
 
 _REPEAT3_RE = re.compile(r"([a-z])\1\1+")
 
 
-def collapse_repeats(word: str) -> str:
-    """Three or more of the same letter read as one: `liiittle` → `little`, `sexxx` → `sex`."""
-    return _REPEAT3_RE.sub(r"\1", word)
+def collapse_repeats(word: str, keep: int = 1) -> str:
+    """Three or more of the same letter read as one (`liiittle` → `little`, `sexxx` → `sex`),
+    or as two with `keep=2` (`teeeen` → `teen`)."""
+    return _REPEAT3_RE.sub(r"\1" * keep, word)
 
 
 def squeeze(word: str) -> str:
@@ -60,10 +66,6 @@ def leet_readings(word: str) -> tuple[str, ...]:
         pieces[0] + "".join(c + p for c, p in zip(letters, pieces[1:]))
         for letters in product("li", repeat=ones)
     )
-
-
-def is_cjk_term(text: str) -> bool:
-    return not text.isascii()
 
 
 @dataclass
@@ -115,10 +117,13 @@ class WordIndex:
         return out
 
 
-def _alternation(terms: dict[str, int]) -> re.Pattern[str] | None:
+def _alternation(terms: dict[str, int], *, overlapping: bool = False) -> re.Pattern[str] | None:
+    """Longest term first; `overlapping`: a term at every position, in group 1 (`childsex`
+    holds `childs` and `sex`)."""
     if not terms:
         return None
-    return re.compile("|".join(re.escape(t) for t in sorted(terms, key=lambda t: (-len(t), t))))
+    pattern = "|".join(re.escape(t) for t in sorted(terms, key=lambda t: (-len(t), t)))
+    return re.compile(f"(?=({pattern}))" if overlapping else pattern)
 
 
 @dataclass
@@ -130,7 +135,7 @@ class Lexicon:
     phrases: dict[str, int]
     phrase_starts: frozenset[str]
     max_phrase: int
-    spelled: re.Pattern[str] | None
+    spelled: re.Pattern[str] | None  # overlapping: group 1 is the term, wherever it starts
     spelled_bits: dict[str, int]
     cjk: re.Pattern[str] | None
     cjk_bits: dict[str, int]
@@ -139,6 +144,7 @@ class Lexicon:
     exempt_phrases: dict[str, int]
     exempt_starts: frozenset[str]
     cjk_exempt: re.Pattern[str] | None
+    bpe: Bpe
     _seen: dict[str, int] = field(default_factory=dict)  # word → bits; prompts repeat words
 
     def word_bits(self, word: str) -> int:
@@ -154,16 +160,60 @@ class Lexicon:
     def _word_bits(self, word: str) -> int:
         if word in self.exempt_words:
             return 0
+        readings = (word, *leet_readings(word))
         found = 0
-        for reading in (word, *leet_readings(word)):
-            found |= self.words.bits(reading)
-            collapsed = collapse_repeats(reading)
-            if collapsed != reading:
-                found |= self.words.bits(collapsed)
-            short = squeeze(reading)
-            if short != reading and short not in self.exempt_squeezed:
-                found |= self.squeezed.bits(short)
+        for reading in readings:
+            found |= self._reading_bits(reading)
+        if found != BOTH and len(word) >= _MIN_GLUED:
+            found |= self._glued_bits(readings, found)
         return found
+
+    def _reading_bits(self, reading: str) -> int:
+        found = self.words.bits(reading)
+        collapsed = collapse_repeats(reading)
+        if collapsed != reading:
+            found |= self.words.bits(collapsed) | self.words.bits(collapse_repeats(reading, 2))
+        short = squeeze(reading)
+        if short != reading and short not in self.exempt_squeezed:
+            found |= self.squeezed.bits(short)
+        return found
+
+    def _glued_bits(self, readings: tuple[str, ...], found: int) -> int:
+        """`BOTH` when a word CLIP does not know whole is a minor and sexual content glued
+        together, else 0: its CLIP pieces (`emaki.safety.bpe`) complete it to both
+        (`childnude` = `child` + `nude`, `kidporn`), or, holding a term already, it is two
+        terms end to end (`babynsfw`, which CLIP cuts `bab yn sfw`). A piece on one side only
+        does not count: `concubine` holds `cub`, `nineteen` `teen`, `scrape` `rape`. Measured
+        on the 280,000 words of the web2 and GCIDE word lists and the CLIP vocabulary:
+        one-sided pieces would refuse about 800 of them, these rules none.
+
+        Long words are read in overlapping windows, so checking stays linear."""
+        if len(readings) == 1 and readings[0] in self.bpe.whole_words:
+            return 0  # a word CLIP knows (most words of most prompts)
+        collapsed = [collapse_repeats(r, keep) for r in readings for keep in (1, 2)]
+        for reading in {*readings, *collapsed}:
+            if reading in self.bpe.whole_words:
+                continue  # CLIP reads it as one word, as the lexicon does
+            bits = found
+            step = _GLUED_WINDOW // 2
+            for start in range(0, max(1, len(reading) - step), step):
+                for piece in self.bpe.pieces(reading[start : start + _GLUED_WINDOW]):
+                    if len(piece) >= _MIN_PIECE and piece not in self.exempt_words:
+                        bits |= self._reading_bits(piece)
+            if bits == BOTH:
+                return BOTH
+            if len(reading) <= _GLUED_WINDOW and self._two_terms(reading):
+                return BOTH
+        return 0
+
+    def _two_terms(self, word: str) -> bool:
+        """Whether `word` is a minor term and a sexual term end to end (`pedometer` is not
+        `pedo` + `meter`: a term meaning both is not a half)."""
+        for i in range(_MIN_PIECE, len(word) - _MIN_PIECE + 1):
+            left = self._reading_bits(word[:i])
+            if left in (MINOR, SEXUAL) and self._reading_bits(word[i:]) == BOTH ^ left:
+                return True
+        return False
 
     def exempt_flags(self, words: list[str], glued: list[bool]) -> list[bool]:
         """Which words are part of an exempt word or phrase (`gothic lolita`, `baby blue`).
@@ -186,6 +236,19 @@ def _terms(name: str) -> list[str]:
     return [s for line in text.splitlines() if (s := line.strip()) and not s.startswith("#")]
 
 
+def _term_words(term: str) -> list[str] | None:
+    """The words of a term as prompts are read; None for CJK text (matched as text)."""
+    text = read_prompt(term)
+    if not is_word_term(text.folded):
+        return None
+    if text.script_words:  # Cyrillic or Greek
+        if len(text.script_words) > 1:
+            raise ValueError(f"the term {term!r} must be one word: Cyrillic and Greek terms "
+                             "are matched word by word")
+        return [text.script_words[0].text]
+    return [t.text for t in text.tokens]
+
+
 def _cjk_key(term: str) -> str:
     folded, _ = fold_text(term)
     return "".join(ch for ch in folded if ch.isalnum())
@@ -201,11 +264,11 @@ def load_lexicon() -> Lexicon:
         for line in _terms(name):
             prefix, suffix = line.endswith("*"), line.startswith("*")
             term = line.strip("*")
-            if is_cjk_term(term):
+            parts = _term_words(term)
+            if parts is None:
                 key = _cjk_key(term)
                 cjk_bits[key] = cjk_bits.get(key, 0) | bits
                 continue
-            parts = [t.text for t in read_prompt(term).tokens]
             word = "".join(parts)
             if len(parts) > 1:
                 phrase = " ".join(parts)
@@ -220,10 +283,10 @@ def load_lexicon() -> Lexicon:
     exempt_phrases: dict[str, int] = {}
     cjk_exempt: dict[str, int] = {}
     for line in _terms("exempt.txt"):
-        if is_cjk_term(line):
+        parts = _term_words(line)
+        if parts is None:
             cjk_exempt[_cjk_key(line)] = 0
             continue
-        parts = [t.text for t in read_prompt(line).tokens]
         if len(parts) > 1:
             exempt_phrases[" ".join(parts)] = len(parts)
         exempt_words.add("".join(parts))
@@ -236,7 +299,7 @@ def load_lexicon() -> Lexicon:
         phrases=phrases,
         phrase_starts=frozenset(p.split(" ", 1)[0] for p in phrases),
         max_phrase=max((p.count(" ") + 1 for p in (*phrases, *exempt_phrases)), default=1),
-        spelled=_alternation(spelled_bits),
+        spelled=_alternation(spelled_bits, overlapping=True),
         spelled_bits=spelled_bits,
         cjk=_alternation(cjk_bits),
         cjk_bits=cjk_bits,
@@ -245,4 +308,5 @@ def load_lexicon() -> Lexicon:
         exempt_phrases=exempt_phrases,
         exempt_starts=frozenset(p.split(" ", 1)[0] for p in exempt_phrases),
         cjk_exempt=_alternation(cjk_exempt),
+        bpe=load_bpe(),
     )

@@ -1,9 +1,10 @@
 """Find every minor indicator and sexual term in a prompt, with where it was written.
 
 The prompt is read in several views (see `emaki.safety.text`); each view adds hits:
-words (as written, leetspeak, repeats collapsed, camel-case pieces), phrases of several words,
-words spelled out letter by letter or cut in pieces (``l o l i``, ``lo_li``), stated ages, and
-CJK text ignoring the punctuation between its characters.
+words (as written, leetspeak, repeats collapsed, camel-case pieces, glued words as CLIP reads
+them), Cyrillic and Greek words, phrases of several words, words spelled out letter by letter
+or cut in pieces (``l o l i``, ``lo_li``, every term of the run: ``c h i l d s e x``), stated
+ages, and CJK text ignoring the punctuation between its characters.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 
 from emaki.safety.ages import cjk_minor_ages, latin_minor_ages
 from emaki.safety.lexicon import MINOR, Lexicon, collapse_repeats, leet_readings, load_lexicon
-from emaki.safety.text import PromptText, compact_letters, read_prompt
+from emaki.safety.text import TAG_SEPARATORS, PromptText, compact_letters, read_prompt
 
 _MAX_PIECE = 3  # a word cut in pieces: pieces of at most 3 letters ...
 _MAX_PIECES = 6  # ... and at most 6 of them
@@ -42,6 +43,9 @@ def scan(prompt: str, lexicon: Lexicon | None = None) -> tuple[PromptText, list[
     _ages(text, words, hits)
     if text.origin is not None:
         _cjk(text, lex, hits)
+        for tok in text.script_words:  # Cyrillic and Greek words: `девочка`
+            if bits := lex.word_bits(tok.text):
+                hits.append(Hit(bits, tok.start, tok.end))
     return text, hits
 
 
@@ -69,7 +73,7 @@ def _spelled_bits(letters: str, lex: Lexicon) -> int:
     if lex.spelled is not None:
         for reading in (letters, *leet_readings(letters)):
             for m in lex.spelled.finditer(reading):
-                bits |= lex.spelled_bits[m.group()]
+                bits |= lex.spelled_bits[m.group(1)]
     return bits
 
 
@@ -141,14 +145,27 @@ def _spelled_word(text: PromptText, words: list[str], run: list[int], lex: Lexic
         if len(letters) < _MIN_RUN:
             continue
         joined = "".join(words[i] for i in letters)
-        span = (text.tokens[letters[0]].start, text.tokens[letters[-1]].end)
-        if latin_minor_ages(joined):  # `1 2 y o`
-            hits.append(Hit(MINOR, *span))
+        for tag in _tags(text, letters):  # `1 2 y o`; `a g e 1 1, n u d e` is two tags
+            if latin_minor_ages("".join(words[i] for i in tag)):
+                hits.append(Hit(MINOR, text.tokens[tag[0]].start, text.tokens[tag[-1]].end))
         for reading in (joined, *leet_readings(joined)):
             for m in lex.spelled.finditer(reading):
-                first, last = letters[m.start()], letters[m.end() - 1]
-                hits.append(Hit(lex.spelled_bits[m.group()], text.tokens[first].start,
+                first, last = letters[m.start(1)], letters[m.end(1) - 1]
+                hits.append(Hit(lex.spelled_bits[m.group(1)], text.tokens[first].start,
                                 text.tokens[last].end))
+
+
+def _tags(text: PromptText, letters: list[int]) -> list[list[int]]:
+    """`letters` (word indices) whole, and cut into the tags that commas or brackets separate
+    (an age ends where its tag ends)."""
+    tags: list[list[int]] = [[]]
+    for i in letters:
+        if tags[-1]:
+            between = text.original[text.tokens[tags[-1][-1]].end : text.tokens[i].start]
+            if not TAG_SEPARATORS.isdisjoint(between):
+                tags.append([])
+        tags[-1].append(i)
+    return [letters, *tags] if len(tags) > 1 else [letters]
 
 
 def _ages(text: PromptText, words: list[str], hits: list[Hit]) -> None:
@@ -176,9 +193,10 @@ def _ages(text: PromptText, words: list[str], hits: list[Hit]) -> None:
 def _cjk(text: PromptText, lex: Lexicon, hits: list[Hit]) -> None:
     if lex.cjk is None:
         return
+    tagged, tagged_index = compact_letters(text, tags=True)
+    for a, b in cjk_minor_ages(tagged):  # `1・2・歳`, `十 歳`, not `(x:1.2), 20歳`
+        hits.append(Hit(MINOR, *text.span(tagged_index[a], tagged_index[b - 1] + 1)))
     letters, index = compact_letters(text)
-    for a, b in cjk_minor_ages(letters):  # `1・2・歳`, `十 歳`
-        hits.append(Hit(MINOR, *text.span(index[a], index[b - 1] + 1)))
     # exempt words (`カロリー`) count only as written, so `カ、ロリ` is not exempt
     exempt = [] if lex.cjk_exempt is None else list(lex.cjk_exempt.finditer(text.folded))
     if exempt:

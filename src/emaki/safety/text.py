@@ -2,24 +2,31 @@
 
 Folding is NFKC (full-width and half-width forms, ligatures, circled and mathematical letters),
 case folding, look-alike letters mapped to Latin (`confusables.txt`), accents and combining marks
-dropped, zero-width characters read as punctuation. Kana are not folded: hiragana words collide
-(`かえろう` holds `えろ`), so term lists spell out both kana where both are used. Every view keeps
-a map back to the original prompt, so a refusal can quote the user's own words.
+dropped (except the tilde of ``ñ``, which tells ``niña`` from the name ``Nina``; the lexicon
+reads ``ñ`` as ``n`` too), zero-width characters read as punctuation. Kana are not folded:
+hiragana words collide (`かえろう` holds `えろ`), so term lists spell out both kana where both
+are used. Every view keeps a map back to the original prompt, so a refusal can quote the user's
+own words.
 
 Prompt syntax is read as separators, so every branch counts (the policy checks their union):
 emphasis ``(x:1.2)`` and ``{x}``, editing ``[a:b:5]``, alternation ``[a|b]``, ``AND``, ``BREAK``,
 extra-network tags ``<lora:name:1>``, escapes ``\\(``. Underscores are spaces, as in danbooru
 tags. Punctuation inside a word is dropped (``l.o.l.i`` → ``loli``) except a decimal point.
+Words in Cyrillic or Greek letters (what is left of them after look-alikes are mapped) are a
+second list of words, `script_words`, so the Latin words stay exactly as before.
 
 >>> [t.text for t in read_prompt("(L.O.L.I:1.3), school_uniform, <lora:kid-Style:0.8>").tokens]
 ['loli', '1.3', 'school', 'uniform', 'lora', 'kidstyle', '0.8']
+>>> prompt = read_prompt("Niña, девочка")
+>>> [t.text for t in prompt.tokens], [t.text for t in prompt.script_words]
+(['niña', 'ebo', 'ka'], ['дeboчka'])
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 
@@ -27,7 +34,14 @@ from importlib import resources
 _INNER = ".-*'`´’~^+/·•・"
 # One repeat only (linear): a word is a word character followed by word or inner characters;
 # inner characters at the end are stripped afterwards.
-_TOKEN_RE = re.compile(r"[a-z0-9@$][a-z0-9@$" + re.escape(_INNER) + r"]*")
+_TOKEN_RE = re.compile(r"[a-z0-9@$ñ][a-z0-9@$ñ" + re.escape(_INNER) + r"]*")
+# Cyrillic and Greek letters (after folding) with the Latin ones they are mixed with.
+_SCRIPT_LETTERS = "a-z0-9ñ\u0370-\u03ff\u0400-\u052f"
+_SCRIPT_RE = re.compile(f"[{_SCRIPT_LETTERS}]+")
+_HAS_SCRIPT_RE = re.compile("[\u0370-\u03ff\u0400-\u052f]")
+_KEEP = frozenset("ñ")  # a mark that changes the word: niña (girl), Nina (a name)
+# What ends a tag (and so an age or a spelled-out word): commas, brackets, weights' colons.
+TAG_SEPARATORS = frozenset(",;:|()[]{}<>\n、，")
 _INNER_RUN_RE = re.compile("[" + re.escape(_INNER) + "]+")
 # Camel-case and punctuation pieces of a word as the user typed it: `LoliStyle` → Loli, Style.
 _PART_RE = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
@@ -58,14 +72,14 @@ _CONFUSABLES = _load_confusables()
 def fold_cluster(cluster: str) -> str:
     """One character (with its combining marks) as the policy reads it.
 
-    >>> fold_cluster("Ｌ"), fold_cluster("о"), fold_cluster("é"), fold_cluster("ｶ")
-    ('l', 'o', 'e', 'カ')
+    >>> [fold_cluster(c) for c in "Ｌoéｶ"], fold_cluster("Ñ"), fold_cluster("о")
+    (['l', 'o', 'e', 'カ'], 'ñ', 'o')
     """
     out = []
     for ch in unicodedata.normalize("NFKC", cluster).casefold():
         ch = _CONFUSABLES.get(ch, ch)
         code = ord(ch)
-        if code < 0x80:
+        if code < 0x80 or ch in _KEEP:
             out.append(ch)
         elif (category := unicodedata.category(ch)) in _DROP:
             continue
@@ -124,6 +138,7 @@ class PromptText:
     folded: str
     origin: list[int] | None
     tokens: list[Token]
+    script_words: list[Token] = field(default_factory=list)
 
     def span(self, start: int, end: int) -> tuple[int, int]:
         """Original-text span of the folded span `start:end`."""
@@ -149,7 +164,8 @@ def _strip_inner(raw: str) -> str:
 
 
 def read_prompt(text: str) -> PromptText:
-    """Fold `text` and split it into Latin-script words (other scripts are matched as text)."""
+    """Fold `text` and split it into Latin-script words, and Cyrillic or Greek ones (CJK text
+    is matched as text)."""
     folded, origin = fold_text(text)
     tokens: list[Token] = []
     previous_end = -1
@@ -171,16 +187,31 @@ def read_prompt(text: str) -> PromptText:
         glued = previous_end >= 0 and not folded[previous_end:start].strip(" _\t")
         previous_end = end
         tokens.append(Token(word, o_start, o_end, parts, spelled, glued))
-    return PromptText(text, folded, origin, tokens)
+    script_words = []
+    if origin is not None and _HAS_SCRIPT_RE.search(folded):
+        for m in _SCRIPT_RE.finditer(folded):
+            if _HAS_SCRIPT_RE.search(m.group()):
+                script_words.append(Token(m.group(), *_original_span(origin, len(text), *m.span())))
+    return PromptText(text, folded, origin, tokens, script_words)
 
 
-def compact_letters(prompt: PromptText) -> tuple[str, list[int]]:
+def is_word_term(folded: str) -> bool:
+    """Whether a folded term is written in letters that make words (Latin, Cyrillic, Greek),
+    not in CJK, kana or hangul, which are matched as text."""
+    if folded.isascii():
+        return True
+    return all(ch in " _" or ch in _INNER or _SCRIPT_RE.fullmatch(ch) for ch in folded)
+
+
+def compact_letters(prompt: PromptText, *, tags: bool = False) -> tuple[str, list[int]]:
     """Letters and digits only, with their folded-text indices: CJK terms are matched here, so
-    spaces or punctuation between characters (``ロ・リ``) do not hide them."""
+    spaces or punctuation between characters (``ロ・リ``) do not hide them. With `tags`, the
+    tag separators stay (ages are read there, so ``(x:1.2), 12歳`` is not ``1.212歳``)."""
+    keep = TAG_SEPARATORS if tags else frozenset()
     chars = []
     index = []
     for i, ch in enumerate(prompt.folded):
-        if ch.isalnum():
+        if ch.isalnum() or ch in keep:
             chars.append(ch)
             index.append(i)
     return "".join(chars), index
