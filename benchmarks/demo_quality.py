@@ -1,4 +1,4 @@
-"""Measure the bundled demo model against the targets of issue 5.
+"""Measure the bundled demo model against its quality targets.
 
     .venv/bin/python benchmarks/demo_quality.py            # full: 240 random prompts, 64-image checks
     .venv/bin/python benchmarks/demo_quality.py --n 40 --m 16   # quick look

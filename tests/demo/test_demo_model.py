@@ -1,4 +1,4 @@
-"""The shipped demo model: its file, and small versions of the issue-5 quality targets.
+"""The shipped demo model: its file, and small versions of its quality targets.
 
 The full measurement (>= 200 images) is `benchmarks/demo_quality.py`; these use a few dozen
 images at the same settings (20 steps, Euler a, CFG 7) and looser bounds, < 1 min in all.

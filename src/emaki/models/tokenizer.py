@@ -29,3 +29,13 @@ def load_clip_tokenizer() -> CLIPTokenizer:
             merges=str(path / "merges.txt"),
             model_max_length=77,
         )
+
+
+def tokenizable(text: str) -> str:
+    """`text` with lone UTF-16 surrogates (from JSON `\\ud800` escapes or undecodable file
+    names) replaced by U+FFFD: the tokenizer refuses them with a TypeError.
+
+    >>> tokenizable("a\\ud800b") == "a\\ufffdb", tokenizable("猫 😺")
+    (True, '猫 😺')
+    """
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")

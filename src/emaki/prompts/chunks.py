@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from emaki.errors import PromptError
-from emaki.models.tokenizer import BOS_ID, COMMA_ID, EOS_ID
+from emaki.models.tokenizer import BOS_ID, COMMA_ID, EOS_ID, tokenizable
 from emaki.prompts.attention import BREAK_MARKER
 from emaki.prompts.embedding_hook import EmbeddingLookup, PromptEmbedding
 
@@ -83,7 +83,7 @@ def chunk_prompt(
     * Embedding fixes are not moved by the comma back-off: a fix in the moved tail stays with
       the old chunk (its vectors land on padding) and the new chunk keeps placeholder ids 0.
     """
-    fragments = [text for text, _ in texts_with_weights]
+    fragments = [tokenizable(text) for text, _ in texts_with_weights]
     token_lists = (
         tokenizer(fragments, truncation=False, add_special_tokens=False, verbose=False)["input_ids"]
         if fragments

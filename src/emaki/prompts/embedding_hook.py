@@ -21,6 +21,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from emaki.models.tokenizer import tokenizable
+
 
 @runtime_checkable
 class PromptEmbedding(Protocol):
@@ -67,7 +69,7 @@ class EmbeddingTable:
             if embedding.vectors.ndim == 1:
                 embedding = NamedVectors(embedding.name, embedding.vectors.unsqueeze(0))
             ids = list(
-                tokenizer([name], truncation=False, add_special_tokens=False)["input_ids"][0]
+                tokenizer([tokenizable(name)], truncation=False, add_special_tokens=False)["input_ids"][0]
             )
             if not ids:
                 continue
