@@ -1,11 +1,12 @@
 """emaki: local anime-style image generation with Stable Diffusion 1.x checkpoints.
 
-    >>> import emaki                                                    # doctest: +SKIP
-    >>> from emaki.params import GenerationParams                      # doctest: +SKIP
-    >>> result = emaki.generate(GenerationParams.create(prompt="1girl, red hair", seed=1))  # doctest: +SKIP
+    import emaki
+    from emaki.params import GenerationParams
+    result = emaki.generate(GenerationParams.create(prompt="1girl, red hair", seed=1))
 
-The Python API is a surface like the CLI: `default_engine()` builds its `Workspace` from the
-environment (`EMAKI_HOME`, `EMAKI_A1111`). Build an `emaki.engine.Engine` yourself for anything else.
+(as in the README, whose examples `tests/test_readme.py` runs). The Python API is a surface like
+the CLI: `default_engine()` builds its `Workspace` from the environment (`EMAKI_HOME`,
+`EMAKI_A1111`). Build an `emaki.engine.Engine` yourself for anything else.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Rates on the generated corpora (issue 8): false positives ≤ 1 %, refusals ≥ 99 %.
+"""Rates on the generated corpora: false positives ≤ 1 %, refusals ≥ 99 %.
 
 The measured rates are printed (`pytest -s tests/safety/test_safety_corpus.py`) and reported,
 class by class, by `benchmarks/safety.py`.

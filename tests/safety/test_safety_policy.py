@@ -1,4 +1,4 @@
-"""The prompt policy (issue 8): what it must refuse, what it must allow, and its API."""
+"""The prompt policy: what it must refuse, what it must allow, and its API."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Training sets are judged caption by caption, before the run starts (issue 8)."""
+"""Training sets are judged caption by caption, before the run starts."""
 
 from __future__ import annotations
 
