@@ -24,6 +24,7 @@ def test_a1111_networks_listed_are_usable_and_images_land_in_the_servers_home(tm
     save_embedding(Embedding("webui-style", torch.randn(1, 128, generator=g)), webui / "embeddings" / "webui-style.pt")
     settings = ServerSettings(workspace=Workspace(home, webui))
     with TestClient(create_app(settings)) as client:
+        assert client.get("/sdapi/v1/cmd-flags").json()["a1111"] == str(webui)
         listed = [row["name"] for row in client.get("/sdapi/v1/hypernetworks").json()]
         assert listed == ["webui-hn"]
         assert "webui-style" in client.get("/sdapi/v1/embeddings").json()["loaded"]

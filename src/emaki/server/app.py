@@ -11,7 +11,7 @@ import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -192,6 +192,7 @@ def _error_status(error: EmakiError) -> int:
 def create_app(settings: ServerSettings | None = None) -> FastAPI:
     settings = settings or ServerSettings()
     workspace = settings.workspace or workspace_from_environment(os.environ)
+    settings = replace(settings, workspace=workspace)  # what `cmd-flags` reports is what runs
     engine = Engine(workspace, DevicePolicy.choose(settings.precision, threads=settings.threads))
     store = JobStore(workspace.database)
     worker = Worker(store, LocalExecutor(engine))
