@@ -23,7 +23,6 @@ from emaki.networks import (
     EmbeddingScan,
     HypernetworkLibrary,
     apply_hypernetworks,
-    load_hypernetwork,
     walk_files,
 )
 from emaki.params import GenerationParams
@@ -112,7 +111,7 @@ class HypernetworkKind:
         for path in walk_files(folders, (".pt",)):
             row: dict[str, Any] = {"name": path.stem, "path": str(path)}
             try:
-                hn = load_hypernetwork(path)
+                hn = library.load(str(path), list(folders))  # cached until the file changes
                 row |= {"status": "loaded", "sizes": hn.sizes, "layer_structure": hn.layer_structure,
                         "activation": hn.activation_func, "step": hn.step, "hash": hn.shorthash, "reason": None}
             except EmakiError as e:
