@@ -172,3 +172,17 @@ def test_one_generation_at_a_time_per_engine(tiny_safetensors, tmp_path):
     for thread in threads:
         thread.join()
     assert [r.images[0].image.tobytes() for r in results][0] == results[1].images[0].image.tobytes()
+
+
+def test_a_failing_batch_keeps_the_images_already_written(hn_engine, tiny_safetensors, tmp_path):
+    from emaki.errors import EmakiError
+
+    def on_progress(event) -> None:  # noqa: ANN001
+        if event.batch == 1:
+            raise EmakiError("the second batch failed")
+
+    with pytest.raises(EmakiError) as raised:
+        hn_engine.generate(_params(tiny_safetensors, prompt="1girl", n_iter=2), progress=on_progress,
+                           out_dir=tmp_path)
+    kept = raised.value.result.images  # type: ignore[attr-defined]
+    assert [image.path for image in kept] == sorted(tmp_path.glob("*.png"))

@@ -32,7 +32,7 @@ from emaki.engine.run import (
     StepCallback,
 )
 from emaki.engine.stages import batch_seeds, condition, decode, denoise, initial_latents, write
-from emaki.errors import Interrupted, ParamsError
+from emaki.errors import EmakiError, Interrupted, ParamsError
 from emaki.models.loader import LoadedModel
 from emaki.networks import EmbeddingScan
 from emaki.params import MAX_SEED, GenerationParams
@@ -121,8 +121,8 @@ class _Skipped(Exception):
 def run_generation(run: Run, embeddings: EmbeddingScan, *, folder: Path | None, cancel: Cancel | None,
                    progress: ProgressCallback | None, preview_map: np.ndarray | None) -> GenerationResult:
     """Conditioning, then every batch through the stages; `run.handle` is patched by the
-    extensions and restored by the caller's `with`. An interrupt carries the images made so
-    far (`Interrupted.result`)."""
+    extensions and restored by the caller's `with`. An interrupt (or any `EmakiError`) carries
+    the images made so far as its `result`: they are already written."""
     for extension in run.extensions:
         extension.patch_model(run, run.handle)
     condition(run, embeddings)
@@ -136,8 +136,8 @@ def run_generation(run: Run, embeddings: EmbeddingScan, *, folder: Path | None, 
         except _Skipped:
             assert cancel is not None
             cancel.skip.clear()
-        except Interrupted as interrupted:
-            interrupted.result = result  # type: ignore[attr-defined]
+        except EmakiError as error:  # an interrupt, or a later batch failing: the images made are kept
+            error.result = result  # type: ignore[attr-defined]
             raise
     return result
 

@@ -23,7 +23,7 @@ from emaki.jobs.executor import Executor
 from emaki.jobs.store import ImageRecord, Job, JobStore
 from emaki.params import GenerationParams
 
-log = logging.getLogger("emaki.server")
+log = logging.getLogger("emaki.jobs")
 HELD_SECONDS = 15 * 60  # images nobody collected are dropped after this long
 
 
@@ -150,15 +150,15 @@ class Worker:
             params = GenerationParams.create(**job.params)
             result = self.executor.run(params, progress=self._on_progress, cancel=self.cancel, save=job.keep)
             self._record(job, result, timestamp)
-        except Interrupted as interrupted:
-            # The batches finished before the interrupt are kept (and already on disk): as in A1111.
-            partial: GenerationResult | None = getattr(interrupted, "result", None)
-            if partial is not None and partial.images:
-                self._record(job, partial, timestamp, status="interrupted")
-            else:
-                self._finish(job.id, "interrupted", error="interrupted")
         except EmakiError as e:
-            self._finish(job.id, "failed", error=str(e))
+            # The batches finished before an interrupt or a failure are kept (the engine has
+            # written them): they go into the gallery, and back to an A1111 client, as in A1111.
+            status, error = ("interrupted", "interrupted") if isinstance(e, Interrupted) else ("failed", str(e))
+            partial: GenerationResult | None = getattr(e, "result", None)
+            if partial is not None and partial.images:
+                self._record(job, partial, timestamp, status=status, error=error)
+            else:
+                self._finish(job.id, status, error=error)
         except Exception as e:  # a bug must not kill the worker; the job records it
             log.exception("job %s failed", job.id)
             self._finish(job.id, "failed", error=f"internal error: {type(e).__name__}: {e}")
@@ -170,7 +170,8 @@ class Worker:
             self._progress = Progress()
         self.store.finish(job_id, status, images=images, result=result, error=error)
 
-    def _record(self, job: Job, result: GenerationResult, job_timestamp: str, status: str = "done") -> None:
+    def _record(self, job: Job, result: GenerationResult, job_timestamp: str, status: str = "done",
+                error: str | None = None) -> None:
         records = []
         if job.keep:
             for image in result.images:
@@ -183,5 +184,4 @@ class Worker:
             with self._lock:
                 self._held = {k: v for k, v in self._held.items() if now - v[0] < HELD_SECONDS}
                 self._held[job.id] = (now, result.images)
-        error = "interrupted" if status == "interrupted" else None
         self._finish(job.id, status, result=result_summary(result, job_timestamp), images=records, error=error)
