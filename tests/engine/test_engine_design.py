@@ -186,3 +186,18 @@ def test_a_failing_batch_keeps_the_images_already_written(hn_engine, tiny_safete
                            out_dir=tmp_path)
     kept = raised.value.result.images  # type: ignore[attr-defined]
     assert [image.path for image in kept] == sorted(tmp_path.glob("*.png"))
+
+
+def test_a_vae_is_found_by_name_wherever_emaki_models_lists_it(tmp_path):
+    from emaki.engine import resolve_vae
+    from emaki.engine.inventory import take_inventory
+
+    folder = tmp_path / "models" / "VAE" / "anime"
+    folder.mkdir(parents=True)
+    (folder / "kl-f8-anime.vae.pt").write_bytes(b"vae bytes")
+    workspace = Workspace(tmp_path)
+    [row] = take_inventory(workspace, text_width=32, hashes=False).vaes
+    assert resolve_vae(row["name"], workspace) == row["path"]
+    assert resolve_vae("kl-f8-anime.vae", workspace) == row["path"]
+    with pytest.raises(Exception, match="no such VAE"):
+        resolve_vae("missing", workspace)

@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 from emaki.devices import DevicePolicy
+from emaki.engine.inventory import VAE_SUFFIXES
 from emaki.engine.networks import NetworkLibraries
 from emaki.engine.output import dated_folder
 from emaki.engine.patching import ModelHandle
@@ -20,21 +21,21 @@ from emaki.errors import ModelLoadError
 from emaki.models.hashes import HashCache
 from emaki.models.loader import LoadedModel, ModelCache
 from emaki.models.resolve import resolve_model
+from emaki.networks import walk_files
 from emaki.params import GenerationParams
 from emaki.workspace import Workspace
 
 
 def resolve_vae(name: str | None, workspace: Workspace) -> str | None:
-    """A VAE path, or a file name/stem found under the workspace's VAE folders (how infotexts
-    and listings name VAEs)."""
+    """A VAE path, or a file name/stem found where `emaki models` lists VAEs (how infotexts
+    and listings name them)."""
     if not name:
         return None
     if Path(name).expanduser().is_file():
         return name
-    for folder in workspace.folders("vaes"):
-        for path in sorted(folder.glob("*")) if folder.is_dir() else []:
-            if name in (path.name, path.stem) and path.is_file():
-                return str(path)
+    for path in walk_files(workspace.folders("vaes"), VAE_SUFFIXES):
+        if name in (path.name, path.stem):
+            return str(path)
     raise ModelLoadError(f"{name}: no such VAE file or VAE name in {', '.join(map(str, workspace.folders('vaes')))}")
 
 
