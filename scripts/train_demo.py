@@ -144,7 +144,7 @@ def run_stage(stage: str, loop: TrainingLoop, on_step: ProgressCallback, stop: t
         log(f"{stage}: resuming from {loop.state_file}", logfile)
     result = loop.run(on_step, stop)
     if result.skipped:
-        log(f"{stage}: {result.skipped} steps skipped (loss not finite)", logfile)
+        log(f"{stage}: {result.skipped} steps rolled back (loss not finite; rate now x{result.lr_scale:g})", logfile)
     if result.cancelled:
         log(f"{stage}: time budget reached at step {result.step}", logfile)
     return result

@@ -81,6 +81,9 @@ class GenerationParams(BaseModel):
 def params_error(error: ValidationError) -> ParamsError:
     problems = []
     for item in error.errors():
-        field = ".".join(str(p) for p in item["loc"]) or "params"
+        if not item["loc"]:  # a rule over several fields: its message names them
+            problems.append(str(item["msg"]).removeprefix("Value error, "))
+            continue
+        field = ".".join(str(p) for p in item["loc"])
         problems.append(f"{field}: {item['msg']} (got {item.get('input')!r})")
     return ParamsError("invalid parameter " + "; ".join(problems))

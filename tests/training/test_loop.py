@@ -139,7 +139,7 @@ def test_cancel_without_a_folder_just_stops() -> None:
     assert result.cancelled and result.step == 0 and result.checkpoint is None and r.calls == []
 
 
-def test_non_finite_steps_are_skipped_and_change_nothing() -> None:
+def test_non_finite_steps_roll_back_halve_the_rate_and_retry_on_new_data() -> None:
     r = make_run(bad=lambda i: math.nan if i in (3, 4) else math.inf if i == 7 else None)
     snapshots: list[list[torch.Tensor]] = []
 
@@ -148,20 +148,42 @@ def test_non_finite_steps_are_skipped_and_change_nothing() -> None:
         snapshots.append(r.params())
 
     result = r.loop.run(progress=record)
-    assert result.step == 12 and result.skipped == 3
-    assert [e.skipped for e in r.events] == [0, 0, 0, 1, 2, 2, 2, 3, 3, 3, 3, 3]
-    assert math.isnan(r.events[3].loss) and math.isinf(r.events[7].loss)
-    for before, after in ((2, 3), (3, 4), (6, 7)):  # steps 4, 5 and 8 left the weights alone
-        assert all(torch.equal(a, b) for a, b in zip(snapshots[before], snapshots[after], strict=True))
-    assert not all(torch.equal(a, b) for a, b in zip(snapshots[4], snapshots[5], strict=True))
-    assert r.loop.optimizer.state[r.loop.parameters[0]]["step"] == 9
+    assert result.step == 12 and result.skipped == 3 and result.lr_scale == 0.125
+    assert [e.rolled_back for e in r.events].count(True) == 3 and len(r.events) == 15
+    assert r.calls == list(range(15))  # a retried step draws the next micro-batch
+    rolled = [i for i, e in enumerate(r.events) if e.rolled_back]
+    assert rolled == [3, 4, 7]
+    for i in rolled:  # a rolled-back attempt leaves the weights as the step before left them
+        assert all(torch.equal(a, b) for a, b in zip(snapshots[i - 1], snapshots[i], strict=True))
+        assert not math.isfinite(r.events[i].loss)
+    assert [round(e.lr / 1e-2, 4) for e in r.events[3:6]] == [1.0, 0.5, 0.25]  # each roll-back halves
+    assert r.loop.optimizer.state[r.loop.parameters[0]]["step"] == 12
+
+
+def test_a_step_that_makes_weights_non_finite_is_undone() -> None:
+    weight = nn.Parameter(torch.tensor([3e38, 1.0]))
+    loop = TrainingLoop(lambda i: -(weight * torch.tensor([1e38 if i == 0 else 0.0, 1.0])).sum(),
+                        torch.optim.SGD([weight], lr=1.0), total=1)
+    events: list[TrainingProgress] = []
+    result = loop.run(progress=events.append)
+    assert events[0].rolled_back and math.isinf(events[0].loss)
+    assert result.step == 1 and result.skipped == 1
+    assert weight.detach().tolist() == [torch.tensor(3e38).item(), 1.5]  # undone, then a step at half the rate
+
+
+def test_a_non_finite_gradient_under_a_finite_loss_is_rolled_back() -> None:
+    weight = nn.Parameter(torch.tensor([0.0, 4.0]))
+    loop = TrainingLoop(lambda i: torch.sqrt(weight[0] if i == 0 else weight[1]),
+                        torch.optim.SGD([weight], lr=1.0), total=1)
+    result = loop.run()
+    assert result.skipped == 1 and weight.detach().tolist() == [0.0, 4.0 - 0.5 * 0.25]
 
 
 def test_too_many_non_finite_steps_in_a_row_stop_the_run(tmp_path: Path) -> None:
     r = make_run(tmp_path, bad=lambda i: math.nan if i >= 5 else None, max_nonfinite=3, checkpoint_every=5)
-    with pytest.raises(NonFiniteLossError, match=r"nan for 3 steps in a row \(up to step 8 of 12\).*step 5"):
+    with pytest.raises(NonFiniteLossError, match=r"not finite 3 times in a row at step 6 of 12.*those of step 5"):
         run(r)
-    assert len(r.events) == 7 and r.events[-1].skipped == 2
+    assert len(r.events) == 8 and r.events[-1].skipped == 3
 
 
 def test_accumulation_matches_one_big_batch() -> None:

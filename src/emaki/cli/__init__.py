@@ -43,6 +43,7 @@ def _register_commands() -> None:
         models,  # noqa: F401
         serve,  # noqa: F401
         tokens,  # noqa: F401
+        train,  # noqa: F401
     )
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from emaki.devices import DevicePolicy
 from emaki.engine.inventory import VAE_SUFFIXES
@@ -24,6 +25,10 @@ from emaki.models.resolve import resolve_model
 from emaki.networks import walk_files
 from emaki.params import GenerationParams
 from emaki.workspace import Workspace
+
+if TYPE_CHECKING:
+    from emaki.training.params import TrainingParams
+    from emaki.training.report import TrainingCallback, TrainingOutcome
 
 
 def resolve_vae(name: str | None, workspace: Workspace) -> str | None:
@@ -72,3 +77,55 @@ class Engine:
                 run = plan(params, handle, self.policy, self.networks)
                 return run_generation(run, embeddings, folder=folder, cancel=cancel, progress=progress,
                                       preview_map=preview_map)
+
+    # --- training (issue: A1111's textual inversion and hypernetwork training) ---
+
+    def train(self, params: TrainingParams, *, progress: TrainingCallback | None = None,
+              cancel: threading.Event | None = None) -> TrainingOutcome:
+        """Train an embedding or a hypernetwork (`params.kind`) on a folder of images; the file
+        lands in the workspace's embeddings/hypernetworks folder. Setting `cancel` saves and stops."""
+        from emaki.training.trainer import run_training
+
+        with self._running:
+            self.policy.apply()
+            return run_training(self, params, progress=progress, cancel=cancel)
+
+    def train_embedding(self, name: str, data: str | Path, steps: int, **options: Any) -> TrainingOutcome:
+        """`train` for an embedding: `options` are `TrainingParams` fields (learn_rate, init_text, ...)."""
+        return self._train_kind("embedding", name, data, steps, options)
+
+    def train_hypernetwork(self, name: str, data: str | Path, steps: int, **options: Any) -> TrainingOutcome:
+        """`train` for a hypernetwork: `options` are `TrainingParams` fields (layer_structure, ...)."""
+        return self._train_kind("hypernetwork", name, data, steps, options)
+
+    def _train_kind(self, kind: str, name: str, data: str | Path, steps: int, options: dict[str, Any]) -> TrainingOutcome:
+        from emaki.training.params import TrainingParams
+
+        progress, cancel = options.pop("progress", None), options.pop("cancel", None)
+        params = TrainingParams.create(kind=kind, name=name, data=str(data), steps=steps, **options)
+        return self.train(params, progress=progress, cancel=cancel)
+
+    def create_embedding(self, name: str, *, init_text: str = "*", num_vectors_per_token: int = 1,
+                         model: str | None = None, overwrite: bool = False, save_format: str = "pt") -> Path:
+        """A new (step 0) embedding for `model`, written to the workspace's embeddings folder."""
+        from emaki.training.create import create_embedding_file
+
+        with self._running:
+            return create_embedding_file(self.workspace.folders("embeddings")[0], self.load(model), name,
+                                         init_text=init_text, num_vectors_per_token=num_vectors_per_token,
+                                         overwrite=overwrite, save_format=save_format)
+
+    def create_hypernetwork(self, name: str, *, sizes: list[int] | None = None,
+                            layer_structure: list[float] | None = None, activation_func: str = "linear",
+                            weight_initialization: str = "Normal", add_layer_norm: bool = False,
+                            dropout_structure: list[float] | None = None, model: str | None = None,
+                            overwrite: bool = False) -> Path:
+        """A new (step 0) hypernetwork for `model`, written to the workspace's hypernetworks folder."""
+        from emaki.training.create import create_hypernetwork_file
+
+        with self._running:
+            return create_hypernetwork_file(
+                self.workspace.folders("hypernetworks")[0], self.load(model), name, sizes=sizes,
+                layer_structure=layer_structure or (1.0, 2.0, 1.0), activation_func=activation_func,
+                weight_initialization=weight_initialization, add_layer_norm=add_layer_norm,
+                dropout_structure=dropout_structure, overwrite=overwrite)

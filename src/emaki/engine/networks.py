@@ -78,19 +78,30 @@ class EmbeddingKind:
     def rows(self, library: EmbeddingLibrary, folders: Sequence[Path], *, text_width: int) -> list[dict[str, Any]]:
         scan = library.scan(folders, expected_width=text_width)
         rows = [{"name": e.name, "path": str(e.path), "status": "loaded", "vectors": e.num_vectors,
-                 "width": e.width, "step": e.step, "hash": e.shorthash, "reason": None}
+                 "width": e.width, "step": e.step, "hash": e.shorthash, "reason": None,
+                 "provenance": e.provenance}
                 for e in scan.loaded.values()]
         rows += [{"name": s.name, "path": str(s.path), "status": "skipped", "vectors": None, "width": None,
-                  "step": None, "hash": None, "reason": s.reason} for s in scan.skipped]
+                  "step": None, "hash": None, "reason": s.reason, "provenance": None} for s in scan.skipped]
         return rows
 
     def summary(self, row: dict[str, Any]) -> str:
         step = "" if row["step"] is None else f", step {row['step']}"
-        return f"{row['vectors']} vectors × {row['width']}{step}"
+        return f"{row['vectors']} vectors × {row['width']}{step}{trained_on(row.get('provenance'))}"
 
     def activate(self, library: EmbeddingLibrary, folders: Sequence[Path], tags: Sequence[NetworkTag],
                  params: GenerationParams, handle: ModelHandle) -> dict[str, object]:
         return {}  # the conditioning stage reads them; `TI hashes` comes from what it used
+
+
+def trained_on(record: dict[str, Any] | None) -> str:
+    """`, trained by emaki on <model> [hash] from N images (sha256 …)` for a file emaki trained."""
+    if not record:
+        return ""
+    model = record.get("base_model") or "?"
+    digest = str(record.get("dataset_sha256") or "")[:12]
+    return (f", trained by {record.get('trainer', 'emaki')} on {model} [{record.get('base_model_hash') or '-'}] "
+            f"from {record.get('dataset_size', '?')} images (sha256 {digest}…)")
 
 
 @dataclass(frozen=True)
@@ -113,15 +124,17 @@ class HypernetworkKind:
             try:
                 hn = library.load(str(path), list(folders))  # cached until the file changes
                 row |= {"status": "loaded", "sizes": hn.sizes, "layer_structure": hn.layer_structure,
-                        "activation": hn.activation_func, "step": hn.step, "hash": hn.shorthash, "reason": None}
+                        "activation": hn.activation_func, "step": hn.step, "hash": hn.shorthash, "reason": None,
+                        "provenance": hn.provenance}
             except EmakiError as e:
                 row |= {"status": "skipped", "sizes": None, "layer_structure": None, "activation": None,
-                        "step": None, "hash": None, "reason": str(e)}
+                        "step": None, "hash": None, "reason": str(e), "provenance": None}
             rows.append(row)
         return rows
 
     def summary(self, row: dict[str, Any]) -> str:
-        return f"sizes {row['sizes']}, structure {row['layer_structure']}, activation {row['activation']}"
+        return (f"sizes {row['sizes']}, structure {row['layer_structure']}, activation {row['activation']}"
+                f"{trained_on(row.get('provenance'))}")
 
     def activate(self, library: HypernetworkLibrary, folders: Sequence[Path], tags: Sequence[NetworkTag],
                  params: GenerationParams, handle: ModelHandle) -> dict[str, object]:

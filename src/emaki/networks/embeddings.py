@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ from emaki.networks.image_embedding import (
 )
 
 PICKLE_SUFFIXES = (".pt", ".bin")
+PROVENANCE_KEY = "emaki_provenance"
 IMAGE_SUFFIXES = (".png", ".webp", ".jxl", ".avif")
 EMBEDDING_SUFFIXES = PICKLE_SUFFIXES + (".safetensors",) + IMAGE_SUFFIXES
 
@@ -55,6 +57,7 @@ class Embedding:
     path: Path | None = None
     sha256: str | None = None
     layout: str = ""  # how the file stored it: "a1111", "diffusers", "kohya", "sdxl", "image text chunk", ...
+    provenance: dict[str, Any] | None = None  # how emaki trained it (`emaki_provenance`), if it did
 
     @property
     def shorthash(self) -> str | None:
@@ -110,6 +113,7 @@ def embedding_from_data(data: Any, name: str, *, source: str, from_image: bool =
     if vectors.ndim != 2 or vectors.shape[0] == 0:
         raise ModelLoadError(f"{source}: embedding vectors have shape {tuple(vectors.shape)}; expected [n, width]")
     step = data.get("step")
+    provenance = read_provenance(data.get(PROVENANCE_KEY))
     return Embedding(
         name=str(name),
         vectors=vectors.detach().to(torch.float32).contiguous(),
@@ -117,6 +121,7 @@ def embedding_from_data(data: Any, name: str, *, source: str, from_image: bool =
         sd_checkpoint=_optional_str(data.get("sd_checkpoint")),
         sd_checkpoint_name=_optional_str(data.get("sd_checkpoint_name")),
         layout=layout,
+        provenance=provenance,
     )
 
 
@@ -165,14 +170,16 @@ def load_embedding(path: str | Path) -> Embedding:
                 embedding.step = int(meta["step"])
             embedding.sd_checkpoint = embedding.sd_checkpoint or meta.get("sd_checkpoint")
             embedding.sd_checkpoint_name = embedding.sd_checkpoint_name or meta.get("sd_checkpoint_name")
+            embedding.provenance = embedding.provenance or read_provenance(meta.get(PROVENANCE_KEY))
     embedding.path = path
     embedding.sha256 = sha256_file(path)
     return embedding
 
 
 def a1111_data(embedding: Embedding) -> dict[str, Any]:
-    """The dict A1111's `Embedding.save` writes (specs §3.2); also the image payload."""
-    return {
+    """The dict A1111's `Embedding.save` writes (specs §3.2); also the image payload. emaki's
+    provenance goes in an extra key (A1111 ignores keys it does not know)."""
+    data = {
         "string_to_token": {"*": 265},
         "string_to_param": {"*": embedding.vectors.detach().cpu().to(torch.float32).clone()},
         "name": embedding.name,
@@ -180,6 +187,9 @@ def a1111_data(embedding: Embedding) -> dict[str, Any]:
         "sd_checkpoint": embedding.sd_checkpoint,
         "sd_checkpoint_name": embedding.sd_checkpoint_name,
     }
+    if embedding.provenance is not None:
+        data[PROVENANCE_KEY] = json.dumps(embedding.provenance, sort_keys=True)
+    return data
 
 
 def save_embedding(embedding: Embedding, path: str | Path, *, picture: Image.Image | None = None) -> Path:
@@ -204,6 +214,8 @@ def save_embedding(embedding: Embedding, path: str | Path, *, picture: Image.Ima
                                            ("sd_checkpoint", embedding.sd_checkpoint),
                                            ("sd_checkpoint_name", embedding.sd_checkpoint_name))
                     if v is not None}
+            if embedding.provenance is not None:
+                meta[PROVENANCE_KEY] = json.dumps(embedding.provenance, sort_keys=True)
             save_file(tensors, str(tmp), metadata=meta)
         else:
             data = a1111_data(embedding)
@@ -218,3 +230,14 @@ def save_embedding(embedding: Embedding, path: str | Path, *, picture: Image.Ima
             else:
                 image.save(tmp, format="WEBP", lossless=True, quality=100)
     return path
+
+
+def read_provenance(value: Any) -> dict[str, Any] | None:
+    """The provenance JSON a trained file carries; None when absent or not a JSON object."""
+    if not isinstance(value, str):
+        return None
+    try:
+        data = json.loads(value)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None

@@ -13,6 +13,7 @@ settings exactly as A1111 builds it (§1.3), so A1111 state dicts load without r
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from emaki.errors import ModelLoadError, ParamsError
 from emaki.files import atomic_write
 from emaki.models.hashes import sha256_file
 from emaki.models.safe_load import load_pickle
+from emaki.networks.embeddings import PROVENANCE_KEY, read_provenance
 
 DEFAULT_LAYER_STRUCTURE = (1.0, 2.0, 1.0)
 DEFAULT_SIZES = (768, 320, 640, 1280)
@@ -201,6 +203,8 @@ class Hypernetwork:
     sd_checkpoint: str | None = None
     sd_checkpoint_name: str | None = None
     optional_info: str | None = None
+    optimizer_name: str | None = None  # what trained it (A1111 keeps it in the `.optim` sidecar)
+    provenance: dict[str, Any] | None = None  # how emaki trained it (`emaki_provenance`), if it did
     path: Path | None = None
     sha256: str | None = None
 
@@ -313,7 +317,9 @@ def hypernetwork_from_state(data: Mapping[Any, Any], name: str, *, source: str =
         sd_checkpoint=data.get("sd_checkpoint"),
         sd_checkpoint_name=data.get("sd_checkpoint_name"),
         optional_info=data.get("optional_info"),
+        provenance=read_provenance(data.get(PROVENANCE_KEY)),
     )
+
 
 
 def load_hypernetwork(path: str | Path) -> Hypernetwork:
@@ -348,6 +354,8 @@ def hypernetwork_state(hn: Hypernetwork) -> dict[Any, Any]:
         "last_layer_dropout": bool(hn.dropout_structure[-2] != 0) if len(hn.dropout_structure) >= 2 else False,
         "optional_info": hn.optional_info,
     })
+    if hn.provenance is not None:
+        state[PROVENANCE_KEY] = json.dumps(hn.provenance, sort_keys=True)
     return state
 
 

@@ -28,11 +28,14 @@ Rng = torch.Generator | random.Random
 
 @dataclass
 class RunCounters:
-    """Where a run is: optimizer steps done, non-finite steps skipped (in all, and in a row)."""
+    """Where a run is: optimizer steps done, micro-batches drawn, non-finite steps rolled back (in
+    all, and in a row) and the learning-rate factor those roll-backs left."""
 
     step: int = 0
     skipped: int = 0
     in_a_row: int = 0
+    draws: int = 0
+    lr_scale: float = 1.0
 
 
 def save_checkpoint(path: Path, counters: RunCounters, params: Sequence[torch.Tensor],
@@ -42,6 +45,8 @@ def save_checkpoint(path: Path, counters: RunCounters, params: Sequence[torch.Te
         "step": counters.step,
         "skipped": counters.skipped,
         "in_a_row": counters.in_a_row,
+        "draws": counters.draws,
+        "lr_scale": counters.lr_scale,
         "params": [p.detach() for p in params],
         "optimizer": optimizer.state_dict(),
         "ema": ema.state_dict() if ema is not None else None,
@@ -95,4 +100,5 @@ def load_checkpoint(path: Path, params: Sequence[torch.Tensor], optimizer: torch
             rng.set_state(rng_state)
         else:
             rng.setstate(rng_state)
-    return RunCounters(int(state["step"]), int(state["skipped"]), int(state["in_a_row"]))
+    return RunCounters(int(state["step"]), int(state["skipped"]), int(state["in_a_row"]),
+                       int(state.get("draws", 0)), float(state.get("lr_scale", 1.0)))

@@ -1,0 +1,170 @@
+"""`emaki train embedding|hypernetwork NAME --data DIR --steps N`: A1111's training, on the CLI."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from emaki.cli import app, cli_workspace
+from emaki.cli.generate import parse_size
+from emaki.devices import DevicePolicy
+from emaki.errors import Interrupted, ParamsError
+from emaki.training.params import TrainingParams, parse_number_list
+
+if TYPE_CHECKING:
+    from emaki.training.report import TrainingOutcome, TrainingUpdate
+
+console = Console(stderr=True)
+
+# Options that only one kind has: (kind, field) — given for the other kind they are an error.
+ONLY = {"init_text": "embedding", "num_vectors_per_token": "embedding", "save_format": "embedding",
+        "sizes": "hypernetwork", "layer_structure": "hypernetwork", "activation_func": "hypernetwork",
+        "weight_initialization": "hypernetwork", "add_layer_norm": "hypernetwork",
+        "dropout_structure": "hypernetwork"}
+
+
+@contextmanager
+def first_ctrl_c_cancels(cancel: threading.Event) -> Iterator[None]:
+    """The first Ctrl-C sets `cancel` (the run saves and stops after its step); a second one
+    interrupts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        cancel.set()
+        signal.signal(signal.SIGINT, previous)
+        console.print("stopping after this step and saving (Ctrl-C again to abort at once)")
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def training_fields(kind: str, given: dict[str, Any]) -> dict[str, Any]:
+    """The `TrainingParams` fields of the flags a user gave (None = not given)."""
+    fields = {k: v for k, v in given.items() if v is not None}
+    wrong = [k for k in fields if ONLY.get(k, kind) != kind]
+    if wrong:
+        flags = ", ".join(FLAG_NAMES.get(k, k) for k in wrong)
+        raise ParamsError(f"{flags}: only for training {'an embedding' if kind == 'hypernetwork' else 'a hypernetwork'}")
+    return fields
+
+
+FLAG_NAMES = {"init_text": "--init-text", "num_vectors_per_token": "--vectors", "save_format": "--format",
+              "sizes": "--sizes", "layer_structure": "--layers", "activation_func": "--activation",
+              "weight_initialization": "--init", "add_layer_norm": "--layer-norm", "dropout_structure": "--dropout"}
+
+
+def _report(outcome: TrainingOutcome) -> None:
+    for message in outcome.messages:
+        console.print(escape(message), highlight=False)
+    loss = f", last loss {outcome.final_loss:.4f}" if outcome.final_loss is not None else ""
+    console.print(escape(f"{outcome.kind} {outcome.name}: step {outcome.step}{loss}; loss log "
+                         f"{outcome.loss_csv}, previews and saves in {outcome.log_directory}"), highlight=False)
+    print(outcome.path)
+
+
+@app.command("train")
+def train_command(
+    kind: Annotated[Literal["embedding", "hypernetwork"], typer.Argument(help="embedding or hypernetwork.")],
+    name: Annotated[str, typer.Argument(help="Its name: the prompt word of an embedding, the <hypernet:NAME> of a hypernetwork.")],
+    data: Annotated[Path, typer.Option("--data", help="Folder of training images (PNG/JPEG/WebP), captions in <image>.txt or the file name.")],
+    steps: Annotated[int, typer.Option("--steps", help="Train up to this step (A1111's max steps).")],
+    model: Annotated[str | None, typer.Option(help="Checkpoint to train on (default: the bundled demo model).")] = None,
+    learn_rate: Annotated[str | None, typer.Option("--learn-rate", help='Rate or A1111 schedule "0.005:100, 1e-3:1000, 1e-5" (default 0.005 embedding, 0.00001 hypernetwork).')] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Images per step (default 1).")] = None,
+    grad_accum: Annotated[int | None, typer.Option("--grad-accum", help="Batches per optimizer step (default 1).")] = None,
+    clip_grad: Annotated[str | None, typer.Option("--clip-grad", help="Gradient clipping: value or norm (default: off).")] = None,
+    clip_value: Annotated[str | None, typer.Option("--clip-value", help="The clip value, a number or a schedule like the learn rate (default 0.1).")] = None,
+    template: Annotated[str | None, typer.Option("--template", help="Prompt template: none, style, style_filewords, subject, subject_filewords, hypernetwork, tags, tags_filewords, filewords, or a file.")] = None,
+    size: Annotated[str | None, typer.Option("--size", help="Resize images to WIDTHxHEIGHT (default: the model's native size).")] = None,
+    keep_size: Annotated[bool | None, typer.Option("--keep-size", help="Keep each image's size; batches hold images of one size.")] = None,
+    alpha_weight: Annotated[bool | None, typer.Option("--alpha-weight", help="Use the images' alpha channel as the loss weight.")] = None,
+    filename_regex: Annotated[str | None, typer.Option("--filename-regex", help="Keep what this regex finds in a file-name caption.")] = None,
+    join: Annotated[str | None, typer.Option("--join", help="What joins the regex's finds (default: a space).")] = None,
+    shuffle_tags: Annotated[bool | None, typer.Option("--shuffle-tags", help="Shuffle the caption's comma-separated tags each step.")] = None,
+    tag_dropout: Annotated[float | None, typer.Option("--tag-dropout", help="Drop each tag with this probability each step.")] = None,
+    latent_sampling: Annotated[str | None, typer.Option("--latent-sampling", help="once (default), deterministic or random.")] = None,
+    save_every: Annotated[int | None, typer.Option("--save-every", help="Write <name>-<step> every N steps (default 500; 0: never).")] = None,
+    preview_every: Annotated[int | None, typer.Option("--preview-every", help="Draw a preview every N steps (default 500; 0: never).")] = None,
+    preview_prompt: Annotated[str | None, typer.Option("--preview-prompt", help="Prompt of the previews (default: the first caption).")] = None,
+    preview_seed: Annotated[int | None, typer.Option("--preview-seed", help="Seed of the previews (default 1).")] = None,
+    clip_skip: Annotated[int | None, typer.Option("--clip-skip", help="CLIP skip, as in generation.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seeds noise, timesteps and data order (default 0).")] = None,
+    resume: Annotated[bool | None, typer.Option("--resume", help="Go on from the existing file (and its .optim) up to --steps.")] = None,
+    overwrite: Annotated[bool | None, typer.Option("--overwrite", help="Replace an existing file of this name.")] = None,
+    log_dir: Annotated[Path | None, typer.Option("--log-dir", help="Where saves, previews and the loss log go (default: EMAKI_HOME/training/<kind>s/<name>).")] = None,
+    init_text: Annotated[str | None, typer.Option("--init-text", help="Embedding: the words its vectors start from (default *; empty: zeros).")] = None,
+    vectors: Annotated[int | None, typer.Option("--vectors", help="Embedding: vectors per token, 1-75 (default 1).")] = None,
+    save_format: Annotated[str | None, typer.Option("--format", help="Embedding: pt (default) or safetensors.")] = None,
+    sizes: Annotated[str | None, typer.Option("--sizes", help="Hypernetwork: context widths (default: the model's, 768,320,640,1280 on SD 1.x).")] = None,
+    layers: Annotated[str | None, typer.Option("--layers", help="Hypernetwork: layer structure, first and last 1 (default 1,2,1).")] = None,
+    activation: Annotated[str | None, typer.Option("--activation", help="Hypernetwork: linear (default), relu, leakyrelu, elu, swish, tanh, sigmoid, ...")] = None,
+    init: Annotated[str | None, typer.Option("--init", help="Hypernetwork: Normal (default), KaimingUniform, KaimingNormal, XavierUniform, XavierNormal.")] = None,
+    layer_norm: Annotated[bool | None, typer.Option("--layer-norm", help="Hypernetwork: LayerNorm after each layer.")] = None,
+    dropout: Annotated[str | None, typer.Option("--dropout", help="Hypernetwork: dropout structure, one number per layer, e.g. 0,0.3,0.")] = None,
+    precision: Annotated[str | None, typer.Option(help="fp32 (default on CPU), bf16, fp16 (GPU).")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads (default: the idle cores).")] = None,
+    a1111: Annotated[Path | None, typer.Option("--a1111", help="An A1111 install whose models and embeddings are used too.")] = None,
+) -> None:
+    """Train a textual-inversion embedding or a hypernetwork on a folder of images (A1111's way).
+
+    The file lands in EMAKI_HOME/embeddings or EMAKI_HOME/hypernetworks, ready for
+    `emaki generate "1girl, NAME"` or `<hypernet:NAME:0.8>`. Ctrl-C saves and stops; --resume goes on.
+    """
+    width, height = parse_size(size) if size is not None else (None, None)
+    given: dict[str, Any] = {
+        "model": model, "learn_rate": learn_rate, "batch_size": batch_size, "gradient_step": grad_accum,
+        "clip_grad_mode": clip_grad, "clip_grad_value": clip_value, "template": template, "width": width,
+        "height": height, "varsize": keep_size, "use_weight": alpha_weight, "filename_regex": filename_regex,
+        "filename_join": join, "shuffle_tags": shuffle_tags, "tag_drop_out": tag_dropout,
+        "latent_sampling_method": latent_sampling, "save_every": save_every, "preview_every": preview_every,
+        "preview_prompt": preview_prompt, "preview_seed": preview_seed, "clip_skip": clip_skip, "seed": seed,
+        "resume": resume, "overwrite": overwrite, "log_directory": str(log_dir) if log_dir else None,
+        "init_text": init_text, "num_vectors_per_token": vectors, "save_format": save_format,
+        "sizes": [int(x) for x in parse_number_list(sizes, "--sizes")] if sizes else None,
+        "layer_structure": parse_number_list(layers, "--layers") if layers else None,
+        "activation_func": activation, "weight_initialization": init, "add_layer_norm": layer_norm,
+        "dropout_structure": parse_number_list(dropout, "--dropout") if dropout else None,
+    }
+    params = TrainingParams.create(kind=kind, name=name, data=str(data), steps=steps, **training_fields(kind, given))
+    policy = DevicePolicy.choose(precision, threads=threads)
+    from emaki.engine import Engine  # diffusers: imported only by the commands that run a model
+
+    engine = Engine(cli_workspace(a1111), policy)
+    cancel = threading.Event()
+    started = time.monotonic()
+    columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]}"), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as bar, first_ctrl_c_cancels(cancel):
+        task = bar.add_task(f"{kind} {params.name}: loading", total=None, loss="-", speed="")
+        first: list[int] = []
+
+        def on_update(update: TrainingUpdate) -> None:
+            if update.message:
+                bar.console.print(escape(update.message), highlight=False)
+            if not first:
+                first.append(update.step)
+            done = update.step - first[0] + 1
+            rate = done / max(time.monotonic() - started, 1e-9)
+            bar.update(task, description=f"{kind} {params.name}", total=update.total, completed=update.step,
+                       loss=f"{update.loss:.4f}", speed=f"{rate:.2f} it/s")
+
+        outcome = engine.train(params, progress=on_update, cancel=cancel)
+    _report(outcome)
+    if outcome.cancelled:
+        raise Interrupted(f"interrupted at step {outcome.step} of {outcome.total}: saved {outcome.path}; "
+                          "run the same command with --resume to go on")

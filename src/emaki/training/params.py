@@ -1,0 +1,143 @@
+"""`TrainingParams`: one training run of an embedding or a hypernetwork, as every surface states it.
+
+Field names follow A1111's training form where it has one (`learn_rate`, `batch_size`,
+`clip_grad_mode`...); the CLI flags are the same names with dashes. `None` means "the default for
+this kind on this model" (see `resolved_learn_rate`, and the trainers for sizes and templates).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from emaki.errors import ParamsError
+from emaki.params import params_error
+from emaki.training.schedules import parse_lr_schedule
+
+TrainingKind = Literal["embedding", "hypernetwork"]
+DEFAULT_LEARN_RATES = {"embedding": "0.005", "hypernetwork": "0.00001"}
+# A1111 users destroy hypernetworks by reusing an embedding's rate; refuse rates from here up.
+HYPERNETWORK_MAX_RATE = 1e-3
+MAX_VECTORS = 75
+
+
+def sanitize_name(name: str) -> str:
+    """A1111's rule for a new embedding or hypernetwork name: letters, digits and `._- ` only."""
+    return "".join(c for c in name if c.isalnum() or c in "._- ").strip()
+
+
+def parse_number_list(text: str, field: str) -> list[float]:
+    """ "1, 2, 1" → [1.0, 2.0, 1.0], naming `field` when an entry is not a number."""
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ParamsError(f"{field}: expected comma-separated numbers such as \"1, 2, 1\", got {text!r}") from None
+
+
+class TrainingParams(BaseModel):
+    """Everything one training run needs; kind-specific fields are ignored by the other kind."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: TrainingKind
+    name: str = Field(min_length=1, description="the embedding/hypernetwork name (sanitised as A1111 does)")
+    data: str = Field(min_length=1, description="the folder of training images (and .txt captions)")
+    model: str | None = Field(None, description="the checkpoint trained on (the demo model when None)")
+    steps: int = Field(ge=1, le=1_000_000, description="the step to train up to (A1111's max steps)")
+    learn_rate: str | None = Field(None, description='A1111 schedule, e.g. "0.005:100, 1e-3:1000, 1e-5"')
+    batch_size: int = Field(1, ge=1, le=64)
+    gradient_step: int = Field(1, ge=1, le=1024, description="gradient accumulation steps")
+    clip_grad_mode: Literal["disabled", "value", "norm"] = "disabled"
+    clip_grad_value: str = Field("0.1", description="the clip value, in the learn-rate schedule syntax")
+    template: str | None = Field(None, description="a shipped template name or a template file")
+    width: int | None = Field(None, ge=8, le=2048, description="None: the model's native size")
+    height: int | None = Field(None, ge=8, le=2048)
+    varsize: bool = Field(False, description="keep each image's size; batches hold images of one size")
+    use_weight: bool = Field(False, description="use the image's alpha channel as the loss weight")
+    filename_regex: str = Field("", description="keep only what this regex finds in a file-name caption")
+    filename_join: str = Field(" ", description="what joins the regex's finds")
+    shuffle_tags: bool = False
+    tag_drop_out: float = Field(0.0, ge=0.0, lt=1.0)
+    latent_sampling_method: Literal["once", "deterministic", "random"] = "once"
+    save_every: int = Field(500, ge=0, description="write <name>-<step> every N steps (0: never)")
+    preview_every: int = Field(500, ge=0, description="draw a preview every N steps (0: never)")
+    preview_prompt: str = Field("", description="empty: the first caption of the dataset")
+    preview_seed: int = Field(1, ge=0, le=2**32 - 1)
+    preview_steps: int = Field(20, ge=1, le=150)
+    clip_skip: int = Field(1, ge=1, le=12)
+    emphasis: Literal["Original", "No norm", "Ignore", "None"] = "Original"
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="seeds the noise, timesteps and data order")
+    resume: bool = Field(False, description="go on from the existing file (and its .optim) up to `steps`")
+    overwrite: bool = Field(False, description="replace an existing file of this name")
+    log_directory: str | None = Field(None, description="where saves, previews and the loss log go")
+    # embedding
+    init_text: str = "*"
+    num_vectors_per_token: int = Field(1, ge=1, le=MAX_VECTORS)
+    save_format: Literal["pt", "safetensors"] = "pt"
+    # hypernetwork
+    sizes: list[int] | None = Field(None, description="context widths (None: the model's)")
+    layer_structure: list[float] = Field(default_factory=lambda: [1.0, 2.0, 1.0])
+    activation_func: str = "linear"
+    weight_initialization: Literal[
+        "Normal", "KaimingUniform", "KaimingNormal", "XavierUniform", "XavierNormal"] = "Normal"
+    add_layer_norm: bool = False
+    dropout_structure: list[float] | None = Field(None, description="None: no dropout")
+
+    @field_validator("name")
+    @classmethod
+    def _sanitized(cls, value: str) -> str:
+        clean = sanitize_name(value)
+        if not clean:
+            raise ValueError("must contain a letter or digit (A1111 keeps only letters, digits and ._- )")
+        return clean
+
+    @field_validator("width", "height")
+    @classmethod
+    def _multiple_of_8(cls, value: int | None) -> int | None:
+        if value is not None and value % 8:
+            raise ValueError(f"must be a multiple of 8, got {value}")
+        return value
+
+    @field_validator("layer_structure")
+    @classmethod
+    def _layers(cls, value: list[float]) -> list[float]:
+        if len(value) < 2 or value[0] != 1 or value[-1] != 1 or any(x <= 0 for x in value):
+            raise ValueError(f"must start and end with 1 and hold positive numbers, e.g. 1,2,1; got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainingParams:
+        for field in ("learn_rate", "clip_grad_value"):
+            text = getattr(self, field) if field == "clip_grad_value" else self.resolved_learn_rate
+            try:
+                parse_lr_schedule(text)
+            except ParamsError as e:
+                raise ValueError(f"{field}: {e}") from None
+        if self.kind == "hypernetwork":
+            highest = max(rate for rate, _ in parse_lr_schedule(self.resolved_learn_rate).pieces)
+            if highest >= HYPERNETWORK_MAX_RATE:
+                raise ValueError(
+                    f"learn_rate: {highest:g} is an embedding's learning rate: it destroys a hypernetwork within a few "
+                    f"steps; use one below {HYPERNETWORK_MAX_RATE:g} (the default is "
+                    f"{DEFAULT_LEARN_RATES['hypernetwork']})")
+            if self.dropout_structure is not None and len(self.dropout_structure) != len(self.layer_structure):
+                raise ValueError(f"dropout_structure {self.dropout_structure} needs one entry per layer of "
+                                 f"layer_structure {self.layer_structure}")
+        if (self.width is None) != (self.height is None):
+            raise ValueError("width and height: give both or neither")
+        if self.resume and self.overwrite:
+            raise ValueError("resume and overwrite: choose one (resume goes on from the file, overwrite replaces it)")
+        return self
+
+    @property
+    def resolved_learn_rate(self) -> str:
+        return self.learn_rate or DEFAULT_LEARN_RATES[self.kind]
+
+    @classmethod
+    def create(cls, **fields: Any) -> TrainingParams:
+        """Validate `fields`; a bad one raises `ParamsError` naming it and what was expected."""
+        try:
+            return cls(**fields)
+        except ValidationError as e:
+            raise params_error(e) from None
