@@ -1,6 +1,8 @@
 """The job queue and the gallery, in one SQLite file (WAL mode) under `EMAKI_HOME`.
 
-A job moves queued → running → done | failed | cancelled | interrupted. The worker claims the
+A job is a generation (`kind` 'generate': `params` holds `GenerationParams`) or a training run
+('train': `params` holds `TrainingParams`, `result` its `TrainingOutcome`). It moves queued →
+running → done | failed | cancelled | interrupted. The worker claims the
 oldest queued job in one transaction, so each job runs once however many clients submit at
 the same time. Images are written to disk (atomically) before the transaction that records
 them commits, so a gallery row never points at a missing file.
@@ -8,7 +10,11 @@ them commits, so a gallery row never points at a missing file.
 After a crash, a job found `running` is put back in the queue once (`attempts` counts the
 claims) and failed the second time, so one poisonous job cannot crash the server forever.
 Jobs whose images go back to a waiting HTTP client only (A1111 `save_images: false`) are
-cancelled instead: nobody is left to receive them.
+cancelled instead: nobody is left to receive them. A training job that runs again goes on from
+its last save (the worker sets `resume`).
+
+Databases written before job kinds existed get the `kind` column (every old job a generation)
+when they are opened.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     id TEXT NOT NULL UNIQUE,
     status TEXT NOT NULL CHECK (status IN ('queued', 'running', 'done', 'failed', 'cancelled', 'interrupted')),
+    kind TEXT NOT NULL DEFAULT 'generate' CHECK (kind IN ('generate', 'train')),
     params TEXT NOT NULL,
     keep INTEGER NOT NULL DEFAULT 1,
     attempts INTEGER NOT NULL DEFAULT 0,
@@ -57,6 +64,9 @@ CREATE INDEX IF NOT EXISTS images_created ON images (created);
 CREATE INDEX IF NOT EXISTS images_job ON images (job_id);
 """
 
+# Added to `jobs` after its first release: (column, its definition for ALTER TABLE).
+ADDED_COLUMNS = (("kind", "TEXT NOT NULL DEFAULT 'generate' CHECK (kind IN ('generate', 'train'))"),)
+JOB_KINDS = ("generate", "train")
 MAX_ATTEMPTS = 2  # the first run, and one retry after a crash
 FINISHED = ("done", "failed", "cancelled", "interrupted")
 
@@ -75,14 +85,19 @@ class Job:
     created: float
     started: float | None
     finished: float | None
+    kind: str = "generate"  # "generate" | "train"
 
     def public(self) -> dict[str, Any]:
-        """What the native API returns for a job (it adds the job's gallery images)."""
-        return {
-            "id": self.id, "status": self.status, "params": self.params, "error": self.error,
+        """What the native API returns for a job (it adds the job's gallery images); a training
+        job's `result` is its `TrainingOutcome` (the trained file, the loss log, ...)."""
+        view = {
+            "id": self.id, "kind": self.kind, "status": self.status, "params": self.params, "error": self.error,
             "note": self.note, "attempts": self.attempts, "created": self.created, "started": self.started,
             "finished": self.finished,
         }
+        if self.kind == "train":
+            view["result"] = self.result
+        return view
 
 
 @dataclass(frozen=True)
@@ -104,7 +119,7 @@ def _job(row: sqlite3.Row) -> Job:
         id=row["id"], seq=row["seq"], status=row["status"], params=json.loads(row["params"]),
         keep=bool(row["keep"]), attempts=row["attempts"], error=row["error"], note=row["note"],
         result=json.loads(row["result"]) if row["result"] else None, created=row["created"],
-        started=row["started"], finished=row["finished"],
+        started=row["started"], finished=row["finished"], kind=row["kind"],
     )
 
 
@@ -125,7 +140,16 @@ class JobStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        self._migrate()
         self.on_finish: list[Callable[[str], None]] = []  # called with the job id after it ends
+
+    def _migrate(self) -> None:
+        """Add the columns a database from an older emaki lacks (their defaults fill old rows)."""
+        with self._lock:
+            present = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
+            for column, definition in ADDED_COLUMNS:
+                if column not in present:
+                    self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {definition}")
 
     def _finished(self, job_id: str) -> None:
         for callback in self.on_finish:
@@ -149,11 +173,14 @@ class JobStore:
 
     # --- the queue ---
 
-    def submit(self, params: dict[str, Any], *, keep: bool = True) -> Job:
+    def submit(self, params: dict[str, Any], *, keep: bool = True, kind: str = "generate") -> Job:
+        """Queue a job of `kind` ('generate': `GenerationParams` fields; 'train': `TrainingParams`)."""
+        if kind not in JOB_KINDS:
+            raise ValueError(f"job kind {kind!r}: expected one of {', '.join(JOB_KINDS)}")
         job_id = uuid.uuid4().hex
         with self._transaction() as db:
-            db.execute("INSERT INTO jobs (id, status, params, keep, created) VALUES (?, 'queued', ?, ?, ?)",
-                       (job_id, json.dumps(params), int(keep), time.time()))
+            db.execute("INSERT INTO jobs (id, status, kind, params, keep, created) VALUES (?, 'queued', ?, ?, ?, ?)",
+                       (job_id, kind, json.dumps(params), int(keep), time.time()))
             row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return _job(row)
 
@@ -214,6 +241,13 @@ class JobStore:
             db.execute("UPDATE jobs SET status = ?, result = ?, error = ?, finished = ? WHERE id = ?",
                        (status, json.dumps(result) if result is not None else None, error, now, job_id))
         self._finished(job_id)
+
+    def requeue(self, job_id: str, note: str) -> None:
+        """Put a running job back at its place in the queue (a training run stopped by a server
+        stop: it goes on from its last save at the next start)."""
+        with self._transaction() as db:
+            db.execute("UPDATE jobs SET status = 'queued', note = ? WHERE id = ? AND status = 'running'",
+                       (note, job_id))
 
     def cancel(self, job_id: str) -> bool:
         """Cancel a queued job; False when it is not queued (running jobs are interrupted instead)."""

@@ -1,17 +1,25 @@
 """The one worker thread: takes jobs from the store in order and runs them on an `Executor`.
 
-It keeps what `/progress` and the event stream report (step, batch, the latest latent) and,
-for clients that asked not to save (A1111 `save_images: false`), holds the images in memory
-until the waiting request takes them. The engine writes the images of kept jobs.
+It keeps what `/progress` and the event stream report (step, batch, the latest latent; for a
+training job the loss series and the latest preview image) and, for clients that asked not to
+save (A1111 `save_images: false`), holds the images in memory until the waiting request takes
+them. The engine writes the images of kept jobs.
+
+A training job runs to its end, or until it is cancelled (then it saves, and ends
+`interrupted`). Stopped by a server stop, it goes back in the queue instead, and when it runs
+again (after a stop or a crash) it goes on from its last save (`resume`).
 """
 
 from __future__ import annotations
 
+import base64
 import logging
+import math
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -22,9 +30,42 @@ from emaki.errors import EmakiError, Interrupted
 from emaki.jobs.executor import Executor
 from emaki.jobs.store import ImageRecord, Job, JobStore
 from emaki.params import GenerationParams
+from emaki.training.params import TrainingParams
+from emaki.training.report import TrainingOutcome, TrainingUpdate
 
 log = logging.getLogger("emaki.jobs")
 HELD_SECONDS = 15 * 60  # images nobody collected are dropped after this long
+LOSS_POINTS = 2000  # the loss series a training job reports: its last this many steps
+STOPPED_NOTE = "stopped by a server stop; goes on from its last save at the next start"
+
+
+@dataclass(frozen=True)
+class TrainingState:
+    """The latest step of a running training job, as the event stream and `/progress` show it."""
+
+    kind: str
+    name: str
+    step: int
+    total: int
+    first_step: int  # the step the run started from (a resumed file's)
+    loss: float | None  # None on a roll-back (the loss was not finite)
+    learn_rate: float
+    epoch: int
+    epoch_step: int
+    rollbacks: int
+    message: str | None  # the latest roll-back or failed preview, in words
+    losses: list[list[float]] = field(default_factory=list)  # [[step, loss], ...], the last LOSS_POINTS
+    preview: str | None = None  # the latest preview image, base64 PNG
+
+    def as_json(self) -> dict[str, Any]:
+        return {"step": self.step, "total": self.total, "loss": self.loss, "learn_rate": self.learn_rate,
+                "epoch": self.epoch, "epoch_step": self.epoch_step, "rollbacks": self.rollbacks,
+                "message": self.message, "losses": self.losses, "preview": self.preview}
+
+    def textinfo(self) -> str:
+        """ "Training embedding nekomimi: step 40/400, loss 0.1234" (A1111's `textinfo`)."""
+        loss = f", loss {self.loss:.4f}" if self.loss is not None else ""
+        return f"Training {self.kind} {self.name}: step {self.step}/{self.total}{loss}"
 
 
 @dataclass(frozen=True)
@@ -39,9 +80,13 @@ class Progress:
     steps: int = 0
     latent: np.ndarray | None = None  # numpy: readers run in request threads (see preview.py)
     preview_map: np.ndarray | None = None
+    training: TrainingState | None = None  # a training job's latest step
 
     def preview_base64(self) -> str | None:
-        """The latest latent as a base64 PNG (None before the first step)."""
+        """The latest latent (a training job: the latest preview image) as a base64 PNG (None
+        before there is one)."""
+        if self.training is not None:
+            return self.training.preview
         if self.latent is None or self.preview_map is None:
             return None
         return png_base64(preview_image(self.latent, self.preview_map))
@@ -55,9 +100,24 @@ class Progress:
     @property
     def eta(self) -> float:
         """Seconds left, extrapolated from the time so far."""
+        if self.training is not None:  # from the steps this run made (a resumed run starts midway)
+            made = self.training.step - self.training.first_step
+            elapsed = time.time() - self.started
+            return elapsed / made * (self.training.total - self.training.step) if made > 0 else 0.0
         done = self.fraction
         elapsed = time.time() - self.started
         return elapsed / done - elapsed if done > 0 else 0.0
+
+
+def finite(value: Any) -> Any:
+    """`value` with NaN and infinities as None: JSON has no spelling for them."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
 
 
 def result_summary(result: GenerationResult, job_timestamp: str) -> dict:
@@ -85,6 +145,7 @@ class Worker:
         self._lock = threading.Lock()
         self._progress = Progress()
         self._held: dict[str, tuple[float, list[GeneratedImage]]] = {}
+        self._losses: deque[list[float]] = deque(maxlen=LOSS_POINTS)  # the running training job's
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -139,12 +200,40 @@ class Worker:
         with self._lock:
             self._progress = latest
 
+    def _on_training(self, update: TrainingUpdate) -> None:
+        """Called by the trainer after each step, in this thread."""
+        with self._lock:
+            current = self._progress
+        previous = current.training
+        loss = update.loss if math.isfinite(update.loss) else None
+        if loss is not None:
+            self._losses.append([update.step, loss])
+        preview = previous.preview if previous is not None else None
+        if update.preview is not None:
+            try:
+                preview = base64.b64encode(update.preview.read_bytes()).decode("ascii")
+            except OSError as e:
+                log.warning("training preview %s unreadable: %s", update.preview, e)
+        state = TrainingState(
+            kind=update.kind, name=update.name, step=update.step, total=update.total,
+            first_step=previous.first_step if previous is not None else update.step - 1, loss=loss,
+            learn_rate=update.learn_rate, epoch=update.epoch, epoch_step=update.epoch_step,
+            rollbacks=update.rollbacks,
+            message=update.message or (previous.message if previous is not None else None),
+            losses=list(self._losses), preview=preview)
+        latest = replace(current, batch=0, batches=1, step=update.step, steps=update.total, training=state)
+        with self._lock:
+            self._progress = latest
+
     def run_job(self, job: Job) -> None:
         self.cancel.interrupt.clear()
         self.cancel.skip.clear()
         started = time.time()
         with self._lock:
             self._progress = Progress(job_id=job.id, started=started)
+        if job.kind == "train":
+            self._train(job)
+            return
         timestamp = time.strftime("%Y%m%d%H%M%S", time.localtime(started))
         try:
             params = GenerationParams.create(**job.params)
@@ -162,6 +251,31 @@ class Worker:
         except Exception as e:  # a bug must not kill the worker; the job records it
             log.exception("job %s failed", job.id)
             self._finish(job.id, "failed", error=f"internal error: {type(e).__name__}: {e}")
+
+    def _train(self, job: Job) -> None:
+        self._losses.clear()
+        try:
+            params = TrainingParams.create(**job.params)
+            if job.attempts > 1 and self.executor.resumable(params):  # it ran before (a stop, a crash)
+                params = params.model_copy(update={"resume": True, "overwrite": False})
+            outcome: TrainingOutcome = self.executor.train(params, progress=self._on_training,
+                                                           cancel=self.cancel.interrupt)
+        except EmakiError as e:
+            status, error = ("interrupted", "interrupted") if isinstance(e, Interrupted) else ("failed", str(e))
+            self._finish(job.id, status, result={"error_type": type(e).__name__}, error=error)
+            return
+        except Exception as e:  # a bug must not kill the worker; the job records it
+            log.exception("training job %s failed", job.id)
+            self._finish(job.id, "failed", result={"error_type": type(e).__name__},
+                         error=f"internal error: {type(e).__name__}: {e}")
+            return
+        if outcome.cancelled and self._stopping.is_set():
+            with self._lock:
+                self._progress = Progress()
+            self.store.requeue(job.id, STOPPED_NOTE)
+            return
+        self._finish(job.id, "interrupted" if outcome.cancelled else "done", result=finite(outcome.as_json()),
+                     error="interrupted" if outcome.cancelled else None)
 
     def _finish(self, job_id: str, status: str, *, images: Sequence[ImageRecord] = (),
                 result: dict[str, Any] | None = None, error: str | None = None) -> None:

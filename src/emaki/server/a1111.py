@@ -1,6 +1,10 @@
 """`/sdapi/v1`: the A1111 web UI's API (v1.10.1 shapes, specs/FORMATS.md §8), so bots, editor
 plugins and `webuiapi` scripts work unchanged. Routes for features emaki does not have
-(img2img, upscalers, training through the API, ...) are absent, not faked.
+(upscalers, interrogation, ...) are absent, not faked.
+
+The training routes answer `{"info": ...}` as A1111 does, but an error is a 4xx (A1111 answers
+200 with "... error: ..."): `{"detail": msg, "info": "<task> error: msg"}`, so clients that print
+`info` still show it.
 """
 
 from __future__ import annotations
@@ -10,23 +14,38 @@ import binascii
 import io
 import json
 import os
+import re
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Body, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
 from PIL import Image, UnidentifiedImageError
+from pydantic import BaseModel, ValidationError
 
 from emaki.engine.output import png_info
 from emaki.engine.run import GeneratedImage
-from emaki.errors import ParamsError
+from emaki.errors import EmakiError, ParamsError
 from emaki.infotext import infotext_of, parse_infotext
 from emaki.jobs.store import Job
+from emaki.params import params_error
 from emaki.sampling import SAMPLERS, SCHEDULES
-from emaki.server.a1111_schema import Img2ImgRequest, PngInfoRequest, Txt2ImgRequest
+from emaki.server import training
+from emaki.server.a1111_schema import (
+    CreateEmbeddingRequest,
+    CreateHypernetworkRequest,
+    Img2ImgRequest,
+    PngInfoRequest,
+    TrainEmbeddingRequest,
+    TrainHypernetworkRequest,
+    TrainRequest,
+    Txt2ImgRequest,
+)
 from emaki.server.catalog import text_width
-from emaki.server.service import Service
+from emaki.server.service import Service, error_status
 from emaki.version import __version__
 
 router = APIRouter(prefix="/sdapi/v1", tags=["A1111-compatible"])
@@ -175,7 +194,7 @@ async def progress(request: Request, skip_current_image: bool = False) -> dict[s
             "sampling_steps": snapshot.steps,
         },
         "current_image": current_image,
-        "textinfo": None,
+        "textinfo": snapshot.training.textinfo() if snapshot.training is not None else None,
     }
 
 
@@ -290,3 +309,118 @@ def prompt_styles() -> list[Any]:
 def extensions() -> list[Any]:
     return []
 
+
+
+# --- training ---
+
+
+def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The OpenAPI request body of a route that validates `model` itself (to answer in A1111's
+    shape when it does not fit)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+
+
+def _renamed(message: str, renamed: dict[str, str]) -> str:
+    """A message about `TrainingParams` fields, with the names the A1111 request used."""
+    if not renamed:
+        return message
+    pattern = r"(?:^|(?<=parameter )|(?<=; ))(" + "|".join(map(re.escape, renamed)) + r")(?=:)"
+    return re.sub(pattern, lambda m: renamed[m.group(1)], message)
+
+
+def _refusal(task: str, status: int, error_type: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": error_type, "detail": message, "info": f"{task} error: {message}"},
+                        status_code=status)
+
+
+async def _answer(task: str, work: Callable[[], Awaitable[dict[str, Any] | JSONResponse]],
+                  renamed: dict[str, str] | None = None) -> dict[str, Any] | JSONResponse:
+    """`work()`'s answer, or its error as a 4xx in A1111's shape (policy refusals: 400)."""
+    try:
+        return await work()
+    except ValidationError as e:
+        return _refusal(task, 422, "ParamsError", str(params_error(e)))
+    except EmakiError as e:
+        return _refusal(task, error_status(e), type(e).__name__, _renamed(str(e), renamed or {}))
+
+
+def _error_class(name: str | None) -> type[EmakiError] | None:
+    found: list[type[EmakiError]] = [EmakiError]
+    while found:
+        cls = found.pop()
+        if cls.__name__ == name:
+            return cls
+        found += cls.__subclasses__()
+    return None
+
+
+@router.post("/create/embedding", openapi_extra=_body_schema(CreateEmbeddingRequest))
+async def create_embedding(request: Request, body: dict[str, Any] = Body(...)) -> Any:  # noqa: B008
+    """A new embedding for the current checkpoint: `{"info": "create embedding filename: <path>"}`."""
+    service = _service(request)
+
+    async def work() -> dict[str, Any]:
+        fields = CreateEmbeddingRequest.model_validate(body)
+        path = await run_in_threadpool(training.create_embedding, service, fields.name, init_text=fields.init_text,
+                                       num_vectors_per_token=fields.num_vectors_per_token,
+                                       overwrite=fields.overwrite_old)
+        service.catalog.invalidate()
+        return {"info": f"create embedding filename: {path}"}
+
+    return await _answer("create embedding", work)
+
+
+@router.post("/create/hypernetwork", openapi_extra=_body_schema(CreateHypernetworkRequest))
+async def create_hypernetwork(request: Request, body: dict[str, Any] = Body(...)) -> Any:  # noqa: B008
+    """A new hypernetwork for the current checkpoint: `{"info": "create hypernetwork filename: <path>"}`."""
+    service = _service(request)
+
+    async def work() -> dict[str, Any]:
+        fields = CreateHypernetworkRequest.model_validate(body)
+        path = await run_in_threadpool(training.create_hypernetwork, service, fields.name,
+                                       **fields.hypernetwork_options())
+        service.catalog.invalidate()
+        return {"info": f"create hypernetwork filename: {path}"}
+
+    return await _answer("create hypernetwork", work)
+
+
+async def _train(request: Request, body: dict[str, Any], model: type[TrainRequest], kind: str) -> Any:
+    """Queue the training as a job and wait for its end (A1111 answers when training ends); the
+    named file, when it exists, is trained on from its stored step."""
+    service = _service(request)
+    task = f"train {kind}"
+
+    async def work() -> dict[str, Any] | JSONResponse:
+        fields = model.model_validate(body)
+        assert isinstance(fields, TrainEmbeddingRequest | TrainHypernetworkRequest)
+
+        def queue() -> Job:
+            params = training.prepare_training(service, fields.training_fields(), resume_existing=True)
+            return training.submit_training(service, params)
+
+        job = await request.app.state.waiters.wait((await run_in_threadpool(queue)).id)
+        result = job.result or {}
+        if job.status == "failed":
+            error_class = _error_class(result.get("error_type"))
+            status = (500 if error_class is None  # a bug, not the request
+                      else 422 if issubclass(error_class, ParamsError) else 400)
+            return _refusal(task, status, result.get("error_type") or "Error", job.error or "training failed")
+        if job.status == "cancelled":
+            return {"info": f"{task} complete: filename:  error: cancelled before it started"}
+        return {"info": f"{task} complete: filename: {result.get('path', '')} error: None"}
+
+    return await _answer(task, work, model.RENAMED)
+
+
+@router.post("/train/embedding", openapi_extra=_body_schema(TrainEmbeddingRequest))
+async def train_embedding(request: Request, body: dict[str, Any] = Body(...)) -> Any:  # noqa: B008
+    """`{"info": "train embedding complete: filename: <path> error: None"}` once training ends
+    (interrupted: saved where it got to)."""
+    return await _train(request, body, TrainEmbeddingRequest, "embedding")
+
+
+@router.post("/train/hypernetwork", openapi_extra=_body_schema(TrainHypernetworkRequest))
+async def train_hypernetwork(request: Request, body: dict[str, Any] = Body(...)) -> Any:  # noqa: B008
+    """`{"info": "train hypernetwork complete: filename: <path> error: None"}` once training ends."""
+    return await _train(request, body, TrainHypernetworkRequest, "hypernetwork")

@@ -1,15 +1,18 @@
-"""The request bodies of A1111's API (v1.10.1 `StableDiffusionProcessing*` shapes), mapped to
-`GenerationParams` fields; the routes are in `a1111.py`."""
+"""The request bodies of A1111's API (v1.10.1 `StableDiffusionProcessing*` shapes and the
+training routes' arguments), mapped to `GenerationParams` and `TrainingParams` fields; the routes
+are in `a1111.py`."""
 
 from __future__ import annotations
 
-from typing import Any
+import random
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from emaki.infotext_codec import decode_infotext
 from emaki.params import GenerationParams
 from emaki.prompts import extract_networks
+from emaki.training.params import parse_number_list
 
 # Fields whose A1111 spelling or default needs translating (see `generation_fields`).
 _SPELLED_DIFFERENTLY = frozenset({"seed_resize_from_w", "seed_resize_from_h", "sampler_name", "scheduler",
@@ -157,3 +160,141 @@ RESIZE_MODES = {0: "just resize", 1: "crop and resize", 2: "resize and fill"}
 
 class PngInfoRequest(BaseModel):
     image: str = ""
+
+
+# --- training (A1111 v1.10 `modules/api/api.py`: create_embedding, create_hypernetwork,
+# train_embedding, train_hypernetwork; their bodies are the keyword arguments of the functions
+# behind A1111's Train tab) ---
+
+
+def number_list(value: list[float] | str | None, field: str) -> list[float] | None:
+    """A list as sent, or A1111's text form "1, 2, 1"."""
+    if value is None or isinstance(value, list):
+        return value
+    return parse_number_list(value, field)
+
+
+class CreateEmbeddingRequest(BaseModel):
+    """`create_embedding(name, num_vectors_per_token, overwrite_old, init_text)`."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: str
+    num_vectors_per_token: int = 1
+    overwrite_old: bool = False
+    init_text: str = "*"
+
+
+class CreateHypernetworkRequest(BaseModel):
+    """`create_hypernetwork(name, enable_sizes, overwrite_old, layer_structure, activation_func,
+    weight_init, add_layer_norm, use_dropout, dropout_structure)`."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: str
+    enable_sizes: list[int] | None = None  # A1111 sends ["768", "320", "640", "1280"]; None: the model's
+    overwrite_old: bool = False
+    layer_structure: list[float] | str | None = None
+    activation_func: str | None = None
+    weight_init: str = "Normal"
+    add_layer_norm: bool = False
+    use_dropout: bool = False
+    dropout_structure: list[float] | str | None = None
+
+    def hypernetwork_options(self) -> dict[str, Any]:
+        """Keyword arguments of `Engine.create_hypernetwork`; the dropout structure counts only
+        with `use_dropout`, as in A1111."""
+        return {
+            "sizes": self.enable_sizes,
+            "layer_structure": number_list(self.layer_structure, "layer_structure"),
+            "activation_func": self.activation_func or "linear",
+            "weight_initialization": self.weight_init,
+            "add_layer_norm": self.add_layer_norm,
+            "dropout_structure": number_list(self.dropout_structure, "dropout_structure") if self.use_dropout else None,
+            "overwrite": self.overwrite_old,
+        }
+
+
+class TrainRequest(BaseModel):
+    """The fields `train_embedding` and `train_hypernetwork` share. A1111's other fields
+    (`id_task`, `preview_negative_prompt`, `preview_sampler_name`, `preview_cfg_scale`,
+    `preview_width`, `preview_height`, `save_image_with_stored_embedding`) are accepted and
+    ignored: previews are drawn at the training size with the trainer's sampler."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    learn_rate: str | float | None = None  # None: the kind's default
+    batch_size: int = 1
+    gradient_step: int = 1
+    data_root: str
+    log_directory: str | None = None
+    training_width: int | None = None  # None: the model's native size
+    training_height: int | None = None
+    varsize: bool = False
+    steps: int
+    clip_grad_mode: str | bool | None = "disabled"
+    clip_grad_value: str | float = "0.1"
+    shuffle_tags: bool = False
+    tag_drop_out: float = 0.0
+    latent_sampling_method: str = "once"
+    use_weight: bool = False
+    create_image_every: int = 500
+    template_filename: str | None = None
+    preview_from_txt2img: bool | None = None  # False: preview with the first caption, as A1111
+    preview_prompt: str = ""
+    preview_seed: int = -1  # -1: a random seed
+    preview_steps: int = 20
+
+    # How the fields named differently from `TrainingParams` are named here, for messages.
+    RENAMED: ClassVar[dict[str, str]] = {
+        "data": "data_root", "width": "training_width", "height": "training_height",
+        "preview_every": "create_image_every", "template": "template_filename",
+    }
+
+    def shared_fields(self, kind: str, name: str) -> dict[str, Any]:
+        """`TrainingParams` fields; the run's logs go to `<log_directory>/<kind>s/<name>` (A1111:
+        `<log_directory>/<date>/<name>`), so that each network resumes from its own state."""
+        fields: dict[str, Any] = {
+            "kind": kind, "name": name,
+            "learn_rate": None if self.learn_rate is None else str(self.learn_rate),
+            "batch_size": self.batch_size, "gradient_step": self.gradient_step, "data": self.data_root,
+            "log_directory": f"{self.log_directory}/{kind}s/{name}" if self.log_directory else None,
+            "width": self.training_width, "height": self.training_height, "varsize": self.varsize,
+            "steps": self.steps,
+            "clip_grad_mode": "disabled" if self.clip_grad_mode in (False, None, "", "disabled") else self.clip_grad_mode,
+            "clip_grad_value": str(self.clip_grad_value), "shuffle_tags": self.shuffle_tags,
+            "tag_drop_out": self.tag_drop_out, "latent_sampling_method": self.latent_sampling_method,
+            "use_weight": self.use_weight, "preview_every": self.create_image_every,
+            "template": self.template_filename or None,
+        }
+        if self.preview_from_txt2img is not False:
+            seed = self.preview_seed if self.preview_seed >= 0 else random.randrange(2**32)
+            fields |= {"preview_prompt": self.preview_prompt, "preview_seed": seed, "preview_steps": self.preview_steps}
+        return fields
+
+
+class TrainEmbeddingRequest(TrainRequest):
+    """`train_embedding(...)`: trains the named embedding on from its stored step."""
+
+    embedding_name: str
+    save_embedding_every: int = 500
+
+    RENAMED: ClassVar[dict[str, str]] = TrainRequest.RENAMED | {"name": "embedding_name",
+                                                                  "save_every": "save_embedding_every"}
+
+    def training_fields(self) -> dict[str, Any]:
+        return {"save_every": self.save_embedding_every, **self.shared_fields("embedding", self.embedding_name)}
+
+
+class TrainHypernetworkRequest(TrainRequest):
+    """`train_hypernetwork(...)`: trains the named hypernetwork on from its stored step."""
+
+    hypernetwork_name: str
+    save_hypernetwork_every: int = 500
+
+    RENAMED: ClassVar[dict[str, str]] = TrainRequest.RENAMED | {"name": "hypernetwork_name",
+                                                                  "save_every": "save_hypernetwork_every"}
+
+    def training_fields(self) -> dict[str, Any]:
+        return {"save_every": self.save_hypernetwork_every,
+                **self.shared_fields("hypernetwork", self.hypernetwork_name)}

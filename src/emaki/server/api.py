@@ -1,5 +1,6 @@
-"""`/api`: emaki's own HTTP API. Jobs are queued (they survive a restart) and watched through
-server-sent events with step previews; finished images land in a searchable gallery.
+"""`/api`: emaki's own HTTP API. Jobs (generations, and training runs through `/api/train`) are
+queued (they survive a restart) and watched through server-sent events with step previews and,
+for training, the loss series; finished images land in a searchable gallery.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Body, HTTPException, Query, Request
 from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel
 
@@ -20,11 +21,15 @@ from emaki.infotext import infotext_of, parse_infotext
 from emaki.infotext_codec import params_from_fields
 from emaki.jobs.store import FINISHED, Job
 from emaki.models.tokenizer import load_clip_tokenizer
+from emaki.networks.hypernetworks import ACTIVATIONS
 from emaki.params import GenerationParams
 from emaki.prompts import count_tokens
+from emaki.server import training
 from emaki.server.a1111 import decode_image
 from emaki.server.a1111_schema import PngInfoRequest
 from emaki.server.service import Service
+from emaki.training.params import DEFAULT_LEARN_RATES, MAX_VECTORS, TrainingParams
+from emaki.training.templates import TEMPLATE_NAMES
 
 router = APIRouter(prefix="/api", tags=["native"])
 EVENT_INTERVAL = 0.2  # seconds between progress checks of an event stream (ends are reported at once)
@@ -74,6 +79,27 @@ def submit_job(body: JobRequest, request: Request) -> dict[str, Any]:
     return job_view(service, job)
 
 
+@router.post("/train", status_code=202,
+             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+                 "schema": TrainingParams.model_json_schema()}}}})
+def submit_training(request: Request, body: dict[str, Any] = Body(...)) -> dict[str, Any]:  # noqa: B008
+    """Queue a training run (`TrainingParams` fields; `model` by name as `/api/models` lists it,
+    the current checkpoint when none; `data` a folder on the server; `template` a shipped
+    template; `log_directory` under the server's home). Watch it like any job: its events
+    carry `training` with the loss series; its `result` names the trained file."""
+    service = _service(request)
+    job = training.submit_training(service, training.prepare_training(service, body))
+    return job_view(service, job)
+
+
+@router.get("/train/options")
+def training_options() -> dict[str, Any]:
+    """What the Train form offers: the shipped templates, each kind's default learning rate, the
+    hypernetwork activations."""
+    return {"templates": list(TEMPLATE_NAMES), "learn_rates": DEFAULT_LEARN_RATES, "max_vectors": MAX_VECTORS,
+            "activations": list(ACTIVATIONS)}
+
+
 @router.get("/jobs")
 def list_jobs(request: Request, status: str | None = None, limit: int = Query(100, ge=1, le=1000)) -> list[dict]:
     service = _service(request)
@@ -106,13 +132,28 @@ def cancel_job(job_id: str, request: Request) -> dict[str, Any]:
 
 
 def _progress_event(service: Service, job_id: str | None) -> dict[str, Any] | None:
+    """The running job's progress (a training job's adds `training`: step, loss, the loss series
+    as [[step, loss], ...], the latest preview as base64 PNG)."""
     snapshot = service.worker.progress()
     if snapshot.job_id is None or not snapshot.steps or (job_id is not None and snapshot.job_id != job_id):
         return None  # idle, another job, or no step taken yet
     encoded = snapshot.preview_base64()
     preview = "data:image/png;base64," + encoded if encoded else None
-    return {"job_id": snapshot.job_id, "batch": snapshot.batch, "batches": snapshot.batches, "step": snapshot.step,
-            "steps": snapshot.steps, "progress": snapshot.fraction, "eta": snapshot.eta, "preview": preview}
+    event = {"job_id": snapshot.job_id, "kind": "generate", "batch": snapshot.batch, "batches": snapshot.batches,
+             "step": snapshot.step, "steps": snapshot.steps, "progress": snapshot.fraction, "eta": snapshot.eta,
+             "preview": preview}
+    if snapshot.training is not None:
+        event |= {"kind": "train", "training": snapshot.training.as_json()}
+    return event
+
+
+@router.get("/jobs/{job_id}/progress")
+def job_progress(job_id: str, request: Request) -> dict[str, Any] | None:
+    """The job's latest progress event (what `/events` streams), or null when it is not running:
+    for clients that poll (a browser cannot send credentials with an event stream)."""
+    service = _service(request)
+    _job_or_404(service, job_id)
+    return _progress_event(service, job_id)
 
 
 def _sse(event: str, data: dict[str, Any]) -> str:
@@ -127,14 +168,14 @@ async def job_events(job_id: str, request: Request) -> StreamingResponse:
     _job_or_404(service, job_id)
 
     async def stream() -> AsyncIterator[str]:
-        last = None
+        last: tuple[Any, ...] | None = None
         while not await request.is_disconnected():
             ended = await request.app.state.waiters.wait(job_id, timeout=EVENT_INTERVAL)
             if ended is not None:
                 yield _sse(ended.status, job_view(service, ended))
                 return
             event = _progress_event(service, job_id)
-            key = event and (event["batch"], event["step"])
+            key = (event["batch"], event["step"]) if event is not None else None
             if event is not None and key != last:
                 last = key
                 yield _sse("progress", event)

@@ -28,7 +28,7 @@ from emaki.jobs.worker import Worker
 from emaki.server import a1111, api
 from emaki.server.catalog import Catalog
 from emaki.server.options import Options
-from emaki.server.service import Service
+from emaki.server.service import Service, error_status
 from emaki.version import __version__
 from emaki.workspace import Workspace, workspace_from_environment
 
@@ -183,12 +183,6 @@ def require_auth(request: Request) -> None:
         raise HTTPException(401, "Incorrect username or password", headers={"WWW-Authenticate": scheme})
 
 
-def _error_status(error: EmakiError) -> int:
-    if isinstance(error, ParamsError):
-        return 422
-    return 400  # policy refusals, names outside the folders, unreadable inputs
-
-
 def create_app(settings: ServerSettings | None = None) -> FastAPI:
     settings = settings or ServerSettings()
     workspace = settings.workspace or workspace_from_environment(os.environ)
@@ -197,7 +191,14 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     store = JobStore(workspace.database)
     worker = Worker(store, LocalExecutor(engine))
     service = Service(store, worker, Catalog(workspace, engine.networks), Options(workspace.home / "server-options.json"),
-                      workspace.home / "inputs")
+                      workspace.home / "inputs", engine)
+
+    def trained(job_id: str) -> None:  # a training job wrote a file the listings should show
+        job = store.get(job_id)
+        if job is not None and job.kind == "train":
+            service.catalog.invalidate()
+
+    store.on_finish.append(trained)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -225,7 +226,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
 
     @app.exception_handler(EmakiError)
     async def emaki_error(request: Request, error: EmakiError) -> JSONResponse:
-        return JSONResponse({"error": type(error).__name__, "detail": str(error)}, status_code=_error_status(error))
+        return JSONResponse({"error": type(error).__name__, "detail": str(error)}, status_code=error_status(error))
 
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
     app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")

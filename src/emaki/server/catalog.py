@@ -96,6 +96,11 @@ class Catalog:
             self._listing = (inventory, entries)
         return inventory
 
+    def invalidate(self) -> None:
+        """Forget the listing (a file was made or trained): the next read walks the folders again."""
+        with self._lock:
+            self._listing = None
+
     def _cached(self) -> tuple[Inventory, list[CheckpointEntry]]:
         with self._lock:
             listing = self._listing

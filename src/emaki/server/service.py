@@ -12,9 +12,10 @@ from typing import Any
 
 from PIL import Image
 
+from emaki.engine.engine import Engine
 from emaki.engine.hires import check_upscaler
 from emaki.engine.policy import ensure_params_allowed
-from emaki.errors import ParamsError
+from emaki.errors import EmakiError, ParamsError
 from emaki.files import atomic_write
 from emaki.jobs.store import Job, JobStore
 from emaki.jobs.worker import Worker
@@ -23,6 +24,19 @@ from emaki.prompts import extract_networks
 from emaki.sampling import parse_sampler_name
 from emaki.server.catalog import Catalog, CheckpointEntry, NameNotAllowed
 from emaki.server.options import Options, check_option
+
+
+class ModelBusy(EmakiError):
+    """What the request needs is held by a long run (a training job) (HTTP 409)."""
+
+
+def error_status(error: EmakiError) -> int:
+    """The HTTP status of an error a request caused."""
+    if isinstance(error, ParamsError):
+        return 422
+    if isinstance(error, ModelBusy):
+        return 409
+    return 400  # policy refusals, names outside the folders, unreadable inputs
 
 
 def save_input(image: Image.Image, folder: Path) -> Path:
@@ -50,6 +64,7 @@ class Service:
     catalog: Catalog
     options: Options
     inputs: Path  # img2img images received, kept for their jobs (which may run after a restart)
+    engine: Engine  # for what is not queued: creating an embedding or a hypernetwork
 
     def current_checkpoint(self) -> CheckpointEntry:
         """The `sd_model_checkpoint` setting, else the demo model, else the first one found."""

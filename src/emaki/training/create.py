@@ -112,7 +112,7 @@ def create_hypernetwork_file(folder: Path, model: Any, name: str, *, sizes: Sequ
 
 def _clean_name(name: str, sanitize: Any) -> str:
     clean = str(sanitize(name))
-    if not clean:
+    if not any(c.isalnum() for c in clean):
         raise ParamsError(f"name: {name!r} has no letter or digit (A1111 keeps only letters, digits and ._- )")
     from emaki.safety import ensure_allowed
 

@@ -88,7 +88,7 @@ class TrainingParams(BaseModel):
     @classmethod
     def _sanitized(cls, value: str) -> str:
         clean = sanitize_name(value)
-        if not clean:
+        if not any(c.isalnum() for c in clean):
             raise ValueError("must contain a letter or digit (A1111 keeps only letters, digits and ._- )")
         return clean
 

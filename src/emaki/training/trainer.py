@@ -170,7 +170,9 @@ class HypernetworkTrainee:
 
     @property
     def parameters(self) -> list[torch.Tensor]:
-        return [p for module in self.network.modules() for p in module.parameters()]
+        # By width, as the file stores them: a network read back lists them in the same order.
+        layers = self.network.layers
+        return [p for size in sorted(layers) for module in layers[size] for p in module.parameters()]
 
     def optimizer(self, learn_rate: float) -> torch.optim.Optimizer:
         cls = getattr(torch.optim, self.optimizer_name, None)
@@ -416,8 +418,9 @@ def _train(engine: Engine, params: TrainingParams, model: LoadedModel, trainee: 
     exact = state_step is not None and state_step >= start
     if not params.resume:
         (log_dir / "state" / STATE_FILE).unlink(missing_ok=True)  # a new run never resumes an old one
-    if not exact and start >= params.steps:
-        raise ParamsError(f"{path}: already trained to step {start}; ask for more steps than that")
+    reached = state_step if exact and state_step is not None else start
+    if reached >= params.steps:
+        raise ParamsError(f"{path}: already trained to step {reached}; ask for more steps than that")
     rates = parse_lr_schedule(params.resolved_learn_rate)
     optimizer = trainee.optimizer(rates.base_lr)
     if optimizer_state and not exact:
