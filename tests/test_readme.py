@@ -123,6 +123,11 @@ def test_shell_examples_run(scratch, index):
         done = subprocess.run(["bash", "-euc", line], cwd=folder, env=env, capture_output=True, text=True,
                               timeout=300)
         assert done.returncode == 0, f"{line}\n{done.stderr}"
+    if "emaki train" in script:
+        home = Path(env["EMAKI_HOME"])
+        assert (home / "embeddings" / "nekomimi.pt").is_file() and (home / "hypernetworks" / "sepiastyle.pt").is_file()
+        made = sorted((home / "outputs").rglob("*.png"))
+        assert "TI hashes: \"nekomimi: " in Image.open(made[0]).info["parameters"]
     if "--from" in script:
         first, again = folder / "outputs" / "00000-1234.png", folder / "again" / "00000-1234.png"
         assert Image.open(first).tobytes() == Image.open(again).tobytes()

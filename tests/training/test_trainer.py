@@ -25,6 +25,7 @@ from emaki.networks.hypernetworks import load_hypernetwork
 from emaki.params import GenerationParams
 from emaki.training import trainer
 from emaki.training.create import attention_widths, init_vectors
+from emaki.training.params import TrainingParams
 from emaki.training.report import TrainingUpdate
 from emaki.workspace import Workspace
 
@@ -204,6 +205,7 @@ def test_a_hypernetwork_trains_into_a_file_a1111_reads(engine: Engine, tmp_path:
     assert {"layer_structure", "activation_func", "is_layer_norm", "weight_initialization", "sd_checkpoint",
             "sd_checkpoint_name", "activate_output", "use_dropout", "dropout_structure", "last_layer_dropout",
             "optional_info", "step", "name"} <= set(raw)
+    assert raw["activation_func"] == "relu" and raw["weight_initialization"] == "KaimingNormal"  # the demo's defaults
     network = load_hypernetwork(path)
     parts = engine.load(None).components
     assert network.sizes == sorted(attention_widths(parts.unet, 128)) and network.step == 3
@@ -218,6 +220,18 @@ def test_a_hypernetwork_trains_into_a_file_a1111_reads(engine: Engine, tmp_path:
     assert before.tobytes() == again.tobytes() != tagged.tobytes()
     resumed = engine.train_hypernetwork("sepiastyle", folder, 5, learn_rate="0.0001", resume=True, **QUICK)
     assert load_hypernetwork(resumed.path).step == 5
+
+
+def test_open_options_take_a1111_defaults_and_the_demo_model_its_own() -> None:
+    params = TrainingParams.create(kind="hypernetwork", name="h", data="d", steps=1)
+    a1111 = params.with_defaults(demo_model=False)
+    assert (a1111.learn_rate, a1111.activation_func, a1111.weight_initialization) == ("0.00001", "linear", "Normal")
+    demo = params.with_defaults(demo_model=True)
+    assert (demo.learn_rate, demo.activation_func, demo.weight_initialization) == ("0.0005", "relu", "KaimingNormal")
+    chosen = params.model_copy(update={"activation_func": "tanh"}).with_defaults(demo_model=True)
+    assert chosen.activation_func == "tanh"
+    embedding = TrainingParams.create(kind="embedding", name="e", data="d", steps=1).with_defaults(demo_model=True)
+    assert embedding.learn_rate == "0.005"
 
 
 def test_a_hypernetwork_at_an_embeddings_rate_is_refused(engine: Engine, data: Path) -> None:

@@ -17,6 +17,18 @@ from emaki.training.schedules import parse_lr_schedule
 
 TrainingKind = Literal["embedding", "hypernetwork"]
 DEFAULT_LEARN_RATES = {"embedding": "0.005", "hypernetwork": "0.00001"}
+# What an option left open (None) becomes: A1111's defaults, for SD 1.x checkpoints ...
+A1111_DEFAULTS: dict[str, dict[str, Any]] = {
+    "embedding": {"learn_rate": DEFAULT_LEARN_RATES["embedding"]},
+    "hypernetwork": {"learn_rate": DEFAULT_LEARN_RATES["hypernetwork"], "activation_func": "linear",
+                     "weight_initialization": "Normal"},
+}
+# ... and on the bundled demo model (a 3M-parameter UNet, a 128-wide text encoder), whose
+# hypernetworks learn within a few hundred steps only at a larger rate and with a non-linear MLP
+# (measured with benchmarks/train.py; the note of the training issue has the numbers).
+DEMO_DEFAULTS: dict[str, dict[str, Any]] = {
+    "hypernetwork": {"learn_rate": "0.0005", "activation_func": "relu", "weight_initialization": "KaimingNormal"},
+}
 # A1111 users destroy hypernetworks by reusing an embedding's rate; refuse rates from here up.
 HYPERNETWORK_MAX_RATE = 1e-3
 MAX_VECTORS = 75
@@ -78,9 +90,10 @@ class TrainingParams(BaseModel):
     # hypernetwork
     sizes: list[int] | None = Field(None, description="context widths (None: the model's)")
     layer_structure: list[float] = Field(default_factory=lambda: [1.0, 2.0, 1.0])
-    activation_func: str = "linear"
+    activation_func: str | None = Field(None, description="None: linear (the demo model: relu)")
     weight_initialization: Literal[
-        "Normal", "KaimingUniform", "KaimingNormal", "XavierUniform", "XavierNormal"] = "Normal"
+        "Normal", "KaimingUniform", "KaimingNormal", "XavierUniform", "XavierNormal"] | None = Field(
+        None, description="None: Normal (the demo model: KaimingNormal)")
     add_layer_norm: bool = False
     dropout_structure: list[float] | None = Field(None, description="None: no dropout")
 
@@ -133,6 +146,11 @@ class TrainingParams(BaseModel):
     @property
     def resolved_learn_rate(self) -> str:
         return self.learn_rate or DEFAULT_LEARN_RATES[self.kind]
+
+    def with_defaults(self, *, demo_model: bool) -> TrainingParams:
+        """The options left open filled in for the model trained on (see `DEMO_DEFAULTS`)."""
+        defaults = {**A1111_DEFAULTS[self.kind], **(DEMO_DEFAULTS.get(self.kind, {}) if demo_model else {})}
+        return self.model_copy(update={k: v for k, v in defaults.items() if getattr(self, k) is None})
 
     @classmethod
     def create(cls, **fields: Any) -> TrainingParams:

@@ -29,6 +29,7 @@ from emaki.errors import ParamsError
 from emaki.files import atomic_write
 from emaki.models.hashes import sha256_file
 from emaki.models.loader import LoadedModel
+from emaki.models.resolve import demo_model_path
 from emaki.networks import EmbeddingScan
 from emaki.networks.embeddings import Embedding, load_embedding, save_embedding
 from emaki.networks.hypernet_attention import apply_hypernetworks
@@ -357,8 +358,8 @@ def _open_trainee(engine: Engine, params: TrainingParams, model: LoadedModel, pa
         else:
             sizes = params.sizes or attention_widths(parts.unet, width)
             network = new_hypernetwork(params.name, sizes, layer_structure=params.layer_structure,
-                                       activation_func=params.activation_func,
-                                       weight_initialization=params.weight_initialization,
+                                       activation_func=params.activation_func or "linear",
+                                       weight_initialization=params.weight_initialization or "Normal",
                                        add_layer_norm=params.add_layer_norm,
                                        dropout_structure=params.dropout_structure, seed=params.seed)
             sidecar = None
@@ -387,6 +388,7 @@ def run_training(engine: Engine, params: TrainingParams, *, progress: TrainingCa
         raise ParamsError(f"{path}: nothing to resume (no such file and no saved run in {state_dir})")
     lines = read_template(params.template or DEFAULT_TEMPLATES[params.kind])
     model = engine.load(params.model)
+    params = params.with_defaults(demo_model=Path(model.source) == demo_model_path())
     parts = model.components
     modules: tuple[torch.nn.Module, ...] = (parts.unet, parts.vae, parts.text_encoder)
     for module in modules:  # only the network is trained: no gradients for the model's own weights

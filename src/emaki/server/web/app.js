@@ -742,8 +742,8 @@ async function loadTrainingOptions() {
   const options = await api("/api/train/options");
   training.learnRates = options.learn_rates;
   fillSelect($("train-template"), [["", "Default"], ...options.templates.map((name) => [name, name])]);
-  fillSelect($("train-activation"), options.activations.map((name) => [name, name]));
-  $("train-activation").value = "linear";
+  fillSelect($("train-activation"), [["", "Default"], ...options.activations.map((name) => [name, name])]);
+  $("train-activation").value = "";
   showTrainingKind();
 }
 
@@ -785,7 +785,7 @@ function readTrainingForm() {
       }
       body.layer_structure = layers;
     }
-    body.activation_func = $("train-activation").value;
+    if ($("train-activation").value) body.activation_func = $("train-activation").value;
   }
   return body;
 }
