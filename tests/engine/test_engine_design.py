@@ -79,8 +79,8 @@ def test_interrupt_keeps_the_images_finished_so_far(hn_engine, tiny_safetensors)
 
 
 def test_a_tag_of_a_kind_emaki_lacks_is_an_error_not_dropped(hn_engine, tiny_safetensors):
-    with pytest.raises(ParamsError, match="<lora:"):
-        hn_engine.generate(_params(tiny_safetensors, prompt="1girl <lora:detail:0.5>"), save=False)
+    with pytest.raises(ParamsError, match="<foo:"):
+        hn_engine.generate(_params(tiny_safetensors, prompt="1girl <foo:detail:0.5>"), save=False)
 
 
 def test_every_network_kind_is_listed_and_named_by_the_registry():

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from networks_payload import Payload
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -18,7 +19,6 @@ from emaki.errors import ModelLoadError, UnsafeFileError
 from emaki.models.hashes import sha256_file
 from emaki.networks import Embedding, NotAnEmbedding, load_embedding, save_embedding
 from emaki.networks.image_embedding import TEXT_CHUNK_KEY, lcg_nibbles
-from networks_payload import Payload
 
 VECTORS = torch.randn(3, 32, generator=torch.Generator().manual_seed(7))
 

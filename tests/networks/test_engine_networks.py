@@ -5,13 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from engine_runner import engine_for, generate, runner_workspace
 
 from emaki.errors import ModelLoadError
-from engine_runner import engine_for, generate, runner_workspace
 from emaki.infotext import parse_infotext
-from emaki.networks import Embedding, Hypernetwork, load_hypernetwork, save_embedding, save_hypernetwork
-from emaki.networks.hypernet_attention import HypernetworkAttnProcessor
 from emaki.infotext_codec import decode_infotext
+from emaki.networks import (
+    Embedding,
+    Hypernetwork,
+    load_hypernetwork,
+    save_embedding,
+    save_hypernetwork,
+)
+from emaki.networks.hypernet_attention import HypernetworkAttnProcessor
 from emaki.params import GenerationParams
 
 

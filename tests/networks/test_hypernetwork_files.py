@@ -6,11 +6,11 @@ import pickle
 
 import pytest
 import torch
+from networks_payload import Payload
 from torch import nn
 
 from emaki.errors import ModelLoadError, UnsafeFileError
 from emaki.models.hashes import sha256_file
-from networks_payload import Payload
 from emaki.networks import (
     Hypernetwork,
     HypernetworkModule,

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import os
-
 import json
+import os
 import shutil
+from pathlib import Path
 
 import torch
 from typer.testing import CliRunner

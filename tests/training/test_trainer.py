@@ -205,7 +205,7 @@ def test_a_hypernetwork_trains_into_a_file_a1111_reads(engine: Engine, tmp_path:
     assert {"layer_structure", "activation_func", "is_layer_norm", "weight_initialization", "sd_checkpoint",
             "sd_checkpoint_name", "activate_output", "use_dropout", "dropout_structure", "last_layer_dropout",
             "optional_info", "step", "name"} <= set(raw)
-    assert raw["activation_func"] == "relu" and raw["weight_initialization"] == "KaimingNormal"  # the demo's defaults
+    assert raw["activation_func"] == "swish" and raw["weight_initialization"] == "KaimingNormal"  # the demo's defaults
     network = load_hypernetwork(path)
     parts = engine.load(None).components
     assert network.sizes == sorted(attention_widths(parts.unet, 128)) and network.step == 3
@@ -227,7 +227,7 @@ def test_open_options_take_a1111_defaults_and_the_demo_model_its_own() -> None:
     a1111 = params.with_defaults(demo_model=False)
     assert (a1111.learn_rate, a1111.activation_func, a1111.weight_initialization) == ("0.00001", "linear", "Normal")
     demo = params.with_defaults(demo_model=True)
-    assert (demo.learn_rate, demo.activation_func, demo.weight_initialization) == ("0.0005", "relu", "KaimingNormal")
+    assert (demo.learn_rate, demo.activation_func, demo.weight_initialization) == ("0.0005", "swish", "KaimingNormal")
     chosen = params.model_copy(update={"activation_func": "tanh"}).with_defaults(demo_model=True)
     assert chosen.activation_func == "tanh"
     embedding = TrainingParams.create(kind="embedding", name="e", data="d", steps=1).with_defaults(demo_model=True)

@@ -3,9 +3,10 @@ is one `NetworkKind` entry. The inventory, `emaki models`, the A1111 listing rou
 tags and the infotext iterate over `NETWORK_KINDS`, so a new kind is one module + one entry.
 
 An entry says where its files live (a `Workspace` folder kind), which prompt tag selects it
-(`<hypernet:name:strength>`; None for kinds used by name in the prompt, like embeddings), how
-its files are listed, and how a run activates it: load, patch the model through the run's
-`ModelHandle` (undone when the run ends), and the infotext fields it adds.
+(`<hypernet:name:strength>`, plus aliases such as `<lyco:...>` for LoRAs; None for kinds used
+by name in the prompt, like embeddings), how its files are listed, and how a run activates
+it: load, patch the model through the run's `ModelHandle` (undone when the run ends), and the
+infotext fields it adds.
 """
 
 from __future__ import annotations
@@ -15,14 +16,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import torch
+
 from emaki.engine.patching import ModelHandle
 from emaki.engine.run import Extension, Run
 from emaki.errors import EmakiError, ParamsError
 from emaki.networks import (
+    ChosenLora,
     EmbeddingLibrary,
     EmbeddingScan,
     HypernetworkLibrary,
+    LoraLibrary,
     apply_hypernetworks,
+    apply_loras,
+    lora_hashes,
+    lora_strengths,
+    model_targets,
     walk_files,
 )
 from emaki.params import GenerationParams
@@ -42,6 +51,10 @@ class NetworkKind(Protocol):
     @property
     def tag(self) -> str | None:
         """The prompt tag kind (`<hypernet:...>`), or None when used by name."""
+
+    @property
+    def tag_aliases(self) -> tuple[str, ...]:
+        """Other tag kinds that mean the same (`<lyco:...>` for `<lora:...>`, as A1111)."""
 
     @property
     def folder(self) -> FolderKind:
@@ -70,6 +83,7 @@ class EmbeddingKind:
     name: str = "embedding"
     title: str = "Embeddings"
     tag: str | None = None
+    tag_aliases: tuple[str, ...] = ()
     folder: FolderKind = "embeddings"
 
     def new_library(self) -> EmbeddingLibrary:
@@ -112,6 +126,7 @@ class HypernetworkKind:
     name: str = "hypernetwork"
     title: str = "Hypernetworks"
     tag: str | None = "hypernet"
+    tag_aliases: tuple[str, ...] = ()
     folder: FolderKind = "hypernetworks"
 
     def new_library(self) -> HypernetworkLibrary:
@@ -149,13 +164,75 @@ class HypernetworkKind:
         return {"Hypernet hash": loaded[-1][0].shorthash} if params.hypernetwork else {}
 
 
+@dataclass(frozen=True)
+class LoraKind:
+    """LoRA / LyCORIS (issue 15): `<lora:name:te[:unet[:dyn]]>` (or `<lyco:...>`) tags patch the
+    UNet and text-encoder weights through the run's handle; `Lora hashes` goes in the infotext.
+    Embeddings bundled in a file are on `LoraNetwork.embeddings` (not yet given to the prompt
+    encoder)."""
+
+    name: str = "lora"
+    title: str = "LoRAs"
+    tag: str | None = "lora"
+    tag_aliases: tuple[str, ...] = ("lyco",)
+    folder: FolderKind = "loras"
+
+    def new_library(self) -> LoraLibrary:
+        return LoraLibrary()
+
+    def rows(self, library: LoraLibrary, folders: Sequence[Path], *, text_width: int) -> list[dict[str, Any]]:
+        return library.rows(folders)
+
+    def summary(self, row: dict[str, Any]) -> str:
+        parts = [row["kind"] + (f", rank {row['rank']}" if row["rank"] else ""),
+                 row["base_model"] or row["sd_version"] or "base model not given"]
+        if row["alias"] != row["name"]:
+            parts.append(f"alias {row['alias']}")
+        if row["trigger_words"]:
+            parts.append("tags: " + ", ".join(row["trigger_words"][:5]))
+        if row["embeddings"]:
+            parts.append("embeddings: " + ", ".join(row["embeddings"]))
+        if row["unmatched"]:
+            parts.append(f"{row['unmatched']} keys match no SD 1.x module")
+        return "; ".join(parts)
+
+    def activate(self, library: LoraLibrary, folders: Sequence[Path], tags: Sequence[NetworkTag],
+                 params: GenerationParams, handle: ModelHandle) -> dict[str, object]:
+        if not tags:
+            return {}
+        chosen = []
+        for tag in tags:
+            path = library.find(tag.name, folders)
+            if path is None:
+                where = ", ".join(str(f) for f in folders) or "no folders"
+                raise ParamsError(f"lora {tag.name!r}: no such file in {where} (prompt tag {tag.text})")
+            te, unet, dyn = lora_strengths(tag)
+            chosen.append(ChosenLora(library.load(path), te, unet, dyn, tag.name))
+
+        def replace(module: torch.nn.Module, name: str, value: torch.Tensor) -> None:
+            if getattr(module, name) is not None:
+                handle.replace_weight(module, name, value)
+                return
+            setattr(module, name, torch.nn.Parameter(value, requires_grad=False))  # a bias the layer lacked
+            handle.on_exit(lambda: setattr(module, name, None))
+
+        apply_loras(chosen, model_targets(handle.components), replace)
+        hashes = lora_hashes(chosen, lambda network: library.shorthash(network.file.path))
+        return {"Lora hashes": hashes} if hashes else {}
+
+
 EMBEDDINGS = EmbeddingKind()
-NETWORK_KINDS: tuple[NetworkKind, ...] = (EMBEDDINGS, HypernetworkKind())
+NETWORK_KINDS: tuple[NetworkKind, ...] = (EMBEDDINGS, HypernetworkKind(), LoraKind())
+
+
+def tag_kinds(kind: NetworkKind) -> tuple[str, ...]:
+    """The prompt tag kinds that select `kind`."""
+    return (kind.tag, *kind.tag_aliases) if kind.tag else ()
 
 
 def kind_for_tag(tag: str) -> NetworkKind:
     for kind in NETWORK_KINDS:
-        if kind.tag == tag:
+        if tag in tag_kinds(kind):
             return kind
     known = ", ".join(f"<{k.tag}:...>" for k in NETWORK_KINDS if k.tag)
     raise ParamsError(f"prompt: emaki has no network kind for <{tag}:...> tags (it has: {known})")
@@ -198,7 +275,7 @@ class NetworksExtension(Extension):
 
     def patch_model(self, run: Run, handle: ModelHandle) -> None:
         for kind in NETWORK_KINDS:
-            tags = [tag for tag in self.tags if kind.tag is not None and tag.kind == kind.tag]
+            tags = [tag for tag in self.tags if tag.kind in tag_kinds(kind)]
             self.fields |= kind.activate(self.libraries.library(kind), self.libraries.folders(kind), tags,
                                          run.params, handle)
 

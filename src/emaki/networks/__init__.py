@@ -1,8 +1,10 @@
-"""Things attached to a model: textual-inversion embeddings and hypernetworks (specs §1, §3).
+"""Things attached to a model: textual-inversion embeddings, hypernetworks (specs §1, §3) and
+LoRA/LyCORIS networks (`emaki.networks.lora`).
 
 Embeddings are injected into the token embeddings by `PromptEncoder` through an
 `EmbeddingLookup` (`EmbeddingScan.lookup`); hypernetworks act through a diffusers attention
-processor (`apply_hypernetworks`). Nothing global is patched.
+processor (`apply_hypernetworks`); LoRAs replace weights for one run (`apply_loras`). Nothing
+global is patched.
 """
 
 from emaki.networks.embeddings import (
@@ -36,11 +38,22 @@ from emaki.networks.library import (
     ti_hashes,
     walk_files,
 )
+from emaki.networks.lora import (  # after `library`: the LoRA package builds on it
+    ChosenLora,
+    LoraLibrary,
+    LoraNetwork,
+    apply_loras,
+    load_lora,
+    lora_hashes,
+    lora_strengths,
+    model_targets,
+)
 
 __all__ = [
     "ACTIVATIONS",
     "EMBEDDING_SUFFIXES",
     "AppliedHypernetworks",
+    "ChosenLora",
     "Embedding",
     "EmbeddingLibrary",
     "EmbeddingScan",
@@ -48,15 +61,22 @@ __all__ = [
     "HypernetworkAttnProcessor",
     "HypernetworkLibrary",
     "HypernetworkModule",
+    "LoraLibrary",
+    "LoraNetwork",
     "NotAnEmbedding",
     "SkippedFile",
     "apply_hypernetworks",
+    "apply_loras",
     "dropout_structure_for",
     "embedding_from_data",
     "find_hypernetwork_file",
     "hypernetwork_from_state",
     "load_embedding",
     "load_hypernetwork",
+    "load_lora",
+    "lora_hashes",
+    "lora_strengths",
+    "model_targets",
     "save_embedding",
     "save_hypernetwork",
     "ti_hashes",

@@ -27,7 +27,7 @@ A1111_DEFAULTS: dict[str, dict[str, Any]] = {
 # hypernetworks learn within a few hundred steps only at a larger rate and with a non-linear MLP
 # (measured with benchmarks/train.py; the note of the training issue has the numbers).
 DEMO_DEFAULTS: dict[str, dict[str, Any]] = {
-    "hypernetwork": {"learn_rate": "0.0005", "activation_func": "relu", "weight_initialization": "KaimingNormal"},
+    "hypernetwork": {"learn_rate": "0.0005", "activation_func": "swish", "weight_initialization": "KaimingNormal"},
 }
 # A1111 users destroy hypernetworks by reusing an embedding's rate; refuse rates from here up.
 HYPERNETWORK_MAX_RATE = 1e-3
@@ -90,7 +90,7 @@ class TrainingParams(BaseModel):
     # hypernetwork
     sizes: list[int] | None = Field(None, description="context widths (None: the model's)")
     layer_structure: list[float] = Field(default_factory=lambda: [1.0, 2.0, 1.0])
-    activation_func: str | None = Field(None, description="None: linear (the demo model: relu)")
+    activation_func: str | None = Field(None, description="None: linear (the demo model: swish)")
     weight_initialization: Literal[
         "Normal", "KaimingUniform", "KaimingNormal", "XavierUniform", "XavierNormal"] | None = Field(
         None, description="None: Normal (the demo model: KaimingNormal)")
