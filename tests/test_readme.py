@@ -126,6 +126,7 @@ def test_shell_examples_run(scratch, index):
     if "emaki train" in script:
         home = Path(env["EMAKI_HOME"])
         assert (home / "embeddings" / "nekomimi.pt").is_file() and (home / "hypernetworks" / "sepiastyle.pt").is_file()
+        assert (home / "loras" / "sepialora.safetensors").is_file()
         made = sorted((home / "outputs").rglob("*.png"))
         assert "TI hashes: \"nekomimi: " in Image.open(made[0]).info["parameters"]
     if "--from" in script:

@@ -263,5 +263,56 @@ def test_the_cli_trains_and_refuses(tmp_path: Path, data: Path, monkeypatch: pyt
         main(["train", "hypernetwork", "h", "--data", str(data), "--steps", "2", "--vectors", "2"])
     assert exited.value.code == 2 and "--vectors: only for training an embedding" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exited:
+        main(["train", "embedding", "e", "--data", str(data), "--steps", "2", "--rank", "4"])
+    assert exited.value.code == 2 and "--rank: only for training a lora" in capsys.readouterr().err
+    main(["train", "lora", "clilora", "--data", str(data), "--steps", "2", "--rank", "2", "--conv-rank", "2",
+          "--scheduler", "cosine", "--warmup", "1", "--min-snr-gamma", "5", "--preview-every", "0", "--threads", "1"])
+    assert capsys.readouterr().out.strip().endswith("clilora.safetensors")
+    with pytest.raises(SystemExit) as exited:
         main(["train", "embedding", "loli nude", "--data", str(data), "--steps", "2"])
     assert exited.value.code == 3
+
+
+def test_a_lora_trains_into_a_kohya_file_that_applies_and_resumes(engine: Engine, tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    from emaki.models.hashes import tensor_data_hash
+
+    folder = tmp_path / "sepia"
+    write_concept_dataset(folder, "sepia", count=3)
+    outcome = engine.train(TrainingParams.create(kind="lora", name="sepialora", data=str(folder), steps=3, **QUICK))
+    path = engine.workspace.home / "loras" / "sepialora.safetensors"
+    assert outcome.path == path
+    with safe_open(str(path), framework="pt") as f:
+        meta, keys = f.metadata(), set(f.keys())
+    assert meta["ss_network_module"] == "networks.lora" and meta["ss_network_dim"] == "8"
+    assert meta["ss_network_args"] == '{"conv_dim": "4", "conv_alpha": "4"}'  # the demo model's LoCon default
+    assert meta["ss_steps"] == "3" and meta["ss_output_name"] == "sepialora" and meta["ss_num_train_images"] == "3"
+    assert meta["sshs_model_hash"] == tensor_data_hash(path)
+    assert "thick outlines" in meta["ss_tag_frequency"] or "sepia" in meta["ss_tag_frequency"]
+    assert "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight" in keys
+    assert any(k.startswith("lora_unet_down_blocks_0_resnets_0_conv1.") for k in keys)  # LoCon
+    assert not any(k.startswith("lora_te_") for k in keys)  # the demo default trains the UNet only
+    plain = GenerationParams.create(prompt="1girl", steps=3, seed=2)
+    before = engine.generate(plain, save=False).images[0]
+    tagged = engine.generate(plain.updated(prompt="1girl <lora:sepialora:1>"), save=False).images[0]
+    zero = engine.generate(plain.updated(prompt="1girl <lora:sepialora:0>"), save=False).images[0]
+    assert tagged.image.tobytes() != before.image.tobytes() == zero.image.tobytes()
+    assert f"Lora hashes: \"sepialora: {meta['sshs_model_hash'][:12]}\"" in tagged.infotext
+    resumed = engine.train(TrainingParams.create(kind="lora", name="sepialora", data=str(folder), steps=5,
+                                                 resume=True, **QUICK))
+    with safe_open(str(resumed.path), framework="pt") as f:
+        assert f.metadata()["ss_steps"] == "5"
+
+
+def test_a_lora_with_a_text_encoder_rate_trains_both(engine: Engine, data: Path) -> None:
+    from safetensors import safe_open
+
+    outcome = engine.train(TrainingParams.create(kind="lora", name="both", data=str(data), steps=2, network_dim=4,
+                                                 text_encoder_lr=1e-4, conv_dim=0, **QUICK))
+    with safe_open(str(outcome.path), framework="pt") as f:
+        keys = set(f.keys())
+    assert "lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight" in keys
+    assert not any("resnets" in k for k in keys)
+    with pytest.raises(ParamsError, match="optimizer: 'Lion' is not a torch optimizer"):
+        engine.train(TrainingParams.create(kind="lora", name="lion", data=str(data), steps=2, optimizer="Lion", **QUICK))

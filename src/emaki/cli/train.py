@@ -1,4 +1,5 @@
-"""`emaki train embedding|hypernetwork NAME --data DIR --steps N`: A1111's training, on the CLI."""
+"""`emaki train embedding|hypernetwork|lora NAME --data DIR --steps N`: A1111's training (and
+kohya's LoRA options), on the CLI."""
 
 from __future__ import annotations
 
@@ -30,7 +31,10 @@ console = Console(stderr=True)
 ONLY = {"init_text": "embedding", "num_vectors_per_token": "embedding", "save_format": "embedding",
         "sizes": "hypernetwork", "layer_structure": "hypernetwork", "activation_func": "hypernetwork",
         "weight_initialization": "hypernetwork", "add_layer_norm": "hypernetwork",
-        "dropout_structure": "hypernetwork"}
+        "dropout_structure": "hypernetwork", "network_dim": "lora", "network_alpha": "lora", "conv_dim": "lora",
+        "conv_alpha": "lora", "unet_lr": "lora", "text_encoder_lr": "lora", "optimizer": "lora",
+        "lr_scheduler": "lora", "lr_warmup_steps": "lora", "min_snr_gamma": "lora", "noise_offset": "lora",
+        "caption_dropout_rate": "lora", "keep_tokens": "lora"}
 
 
 @contextmanager
@@ -59,13 +63,18 @@ def training_fields(kind: str, given: dict[str, Any]) -> dict[str, Any]:
     wrong = [k for k in fields if ONLY.get(k, kind) != kind]
     if wrong:
         flags = ", ".join(FLAG_NAMES.get(k, k) for k in wrong)
-        raise ParamsError(f"{flags}: only for training {'an embedding' if kind == 'hypernetwork' else 'a hypernetwork'}")
+        article = "an" if ONLY[wrong[0]] == "embedding" else "a"
+        raise ParamsError(f"{flags}: only for training {article} {ONLY[wrong[0]]}")
     return fields
 
 
 FLAG_NAMES = {"init_text": "--init-text", "num_vectors_per_token": "--vectors", "save_format": "--format",
               "sizes": "--sizes", "layer_structure": "--layers", "activation_func": "--activation",
-              "weight_initialization": "--init", "add_layer_norm": "--layer-norm", "dropout_structure": "--dropout"}
+              "weight_initialization": "--init", "add_layer_norm": "--layer-norm", "dropout_structure": "--dropout",
+              "network_dim": "--rank", "network_alpha": "--alpha", "conv_dim": "--conv-rank", "conv_alpha": "--conv-alpha",
+              "unet_lr": "--unet-lr", "text_encoder_lr": "--te-lr", "optimizer": "--optimizer",
+              "lr_scheduler": "--scheduler", "lr_warmup_steps": "--warmup", "min_snr_gamma": "--min-snr-gamma",
+              "noise_offset": "--noise-offset", "caption_dropout_rate": "--caption-dropout", "keep_tokens": "--keep-tokens"}
 
 
 def _report(outcome: TrainingOutcome) -> None:
@@ -79,8 +88,8 @@ def _report(outcome: TrainingOutcome) -> None:
 
 @app.command("train")
 def train_command(
-    kind: Annotated[Literal["embedding", "hypernetwork"], typer.Argument(help="embedding or hypernetwork.")],
-    name: Annotated[str, typer.Argument(help="Its name: the prompt word of an embedding, the <hypernet:NAME> of a hypernetwork.")],
+    kind: Annotated[Literal["embedding", "hypernetwork", "lora"], typer.Argument(help="embedding, hypernetwork or lora.")],
+    name: Annotated[str, typer.Argument(help="Its name: an embedding's prompt word, <hypernet:NAME>, <lora:NAME>.")],
     data: Annotated[Path, typer.Option("--data", help="Folder of training images (PNG/JPEG/WebP), captions in <image>.txt or the file name.")],
     steps: Annotated[int, typer.Option("--steps", help="Train up to this step (A1111's max steps).")],
     model: Annotated[str | None, typer.Option(help="Checkpoint to train on (default: the bundled demo model).")] = None,
@@ -116,14 +125,29 @@ def train_command(
     init: Annotated[str | None, typer.Option("--init", help="Hypernetwork: Normal (default), KaimingUniform, KaimingNormal, XavierUniform, XavierNormal.")] = None,
     layer_norm: Annotated[bool | None, typer.Option("--layer-norm", help="Hypernetwork: LayerNorm after each layer.")] = None,
     dropout: Annotated[str | None, typer.Option("--dropout", help="Hypernetwork: dropout structure, one number per layer, e.g. 0,0.3,0.")] = None,
+    rank: Annotated[int | None, typer.Option("--rank", help="LoRA: rank of linear layers (default 8).")] = None,
+    alpha: Annotated[float | None, typer.Option("--alpha", help="LoRA: alpha; scale = alpha/rank (default: the rank).")] = None,
+    conv_rank: Annotated[int | None, typer.Option("--conv-rank", help="LoRA: rank of 3x3 convolutions, LoCon (0: none; default none, 4 on the demo model).")] = None,
+    conv_alpha: Annotated[float | None, typer.Option("--conv-alpha", help="LoRA: alpha of the convolutions (default: the conv rank).")] = None,
+    unet_lr: Annotated[float | None, typer.Option("--unet-lr", help="LoRA: UNet learning rate (default: --learn-rate).")] = None,
+    te_lr: Annotated[float | None, typer.Option("--te-lr", help="LoRA: text-encoder learning rate, 0 = UNet only (default: --learn-rate; 0 on the demo model).")] = None,
+    optimizer: Annotated[str | None, typer.Option("--optimizer", help="LoRA: a torch.optim class (AdamW, Adam, SGD, Adafactor, ...).")] = None,
+    scheduler: Annotated[str | None, typer.Option("--scheduler", help="LoRA: constant, constant_with_warmup, cosine, cosine_with_restarts, linear.")] = None,
+    warmup: Annotated[int | None, typer.Option("--warmup", help="LoRA: warm-up steps.")] = None,
+    min_snr_gamma: Annotated[float | None, typer.Option("--min-snr-gamma", help="LoRA: min-SNR loss weighting gamma (e.g. 5).")] = None,
+    noise_offset: Annotated[float | None, typer.Option("--noise-offset", help="LoRA: noise offset (e.g. 0.05).")] = None,
+    caption_dropout: Annotated[float | None, typer.Option("--caption-dropout", help="LoRA: drop the whole caption with this probability.")] = None,
+    keep_tokens: Annotated[int | None, typer.Option("--keep-tokens", help="LoRA: the first N tags stay first and are never dropped.")] = None,
     precision: Annotated[str | None, typer.Option(help="fp32 (default on CPU), bf16, fp16 (GPU).")] = None,
     threads: Annotated[int | None, typer.Option("--threads", help="CPU threads (default: the idle cores).")] = None,
     a1111: Annotated[Path | None, typer.Option("--a1111", help="An A1111 install whose models and embeddings are used too.")] = None,
 ) -> None:
-    """Train a textual-inversion embedding or a hypernetwork on a folder of images (A1111's way).
+    """Train a textual-inversion embedding, a hypernetwork (A1111's way) or a LoRA (kohya's
+    format) on a folder of images.
 
-    The file lands in EMAKI_HOME/embeddings or EMAKI_HOME/hypernetworks, ready for
-    `emaki generate "1girl, NAME"` or `<hypernet:NAME:0.8>`. Ctrl-C saves and stops; --resume goes on.
+    The file lands in EMAKI_HOME/embeddings, hypernetworks or loras, ready for
+    `emaki generate "1girl, NAME"`, `<hypernet:NAME:0.8>` or `<lora:NAME:0.8>`. Ctrl-C saves and
+    stops; --resume goes on.
     """
     width, height = parse_size(size) if size is not None else (None, None)
     given: dict[str, Any] = {
@@ -139,6 +163,10 @@ def train_command(
         "layer_structure": parse_number_list(layers, "--layers") if layers else None,
         "activation_func": activation, "weight_initialization": init, "add_layer_norm": layer_norm,
         "dropout_structure": parse_number_list(dropout, "--dropout") if dropout else None,
+        "network_dim": rank, "network_alpha": alpha, "conv_dim": conv_rank, "conv_alpha": conv_alpha,
+        "unet_lr": unet_lr, "text_encoder_lr": te_lr, "optimizer": optimizer, "lr_scheduler": scheduler,
+        "lr_warmup_steps": warmup, "min_snr_gamma": min_snr_gamma, "noise_offset": noise_offset,
+        "caption_dropout_rate": caption_dropout, "keep_tokens": keep_tokens,
     }
     params = TrainingParams.create(kind=kind, name=name, data=str(data), steps=steps, **training_fields(kind, given))
     policy = DevicePolicy.choose(precision, threads=threads)

@@ -163,7 +163,10 @@ def _filename_pattern(regex: str) -> re.Pattern[str]:
 class CaptionMaker:
     """Each step's prompt (A1111's create_text): a random template line, `[filewords]` → the
     caption's comma-separated tags, each kept with probability 1 - `tag_drop_out`, shuffled
-    with `shuffle_tags`, `[name]` → `placeholder`. Every draw comes from `rng`.
+    with `shuffle_tags`, `[name]` → `placeholder`. kohya's LoRA options add `keep_tokens` (the
+    first N tags are never dropped nor moved) and `caption_dropout` (the whole prompt becomes ""
+    with that probability, so the network also learns the unconditioned image). Every draw comes
+    from `rng`.
 
     >>> maker = CaptionMaker(["a photo of [name], [filewords]"], "emb", shuffle_tags=False,
     ...                      tag_drop_out=0.0, rng=random.Random(0))
@@ -172,25 +175,32 @@ class CaptionMaker:
     """
 
     def __init__(self, lines: Sequence[str], placeholder: str, *, shuffle_tags: bool,
-                 tag_drop_out: float, rng: random.Random) -> None:
+                 tag_drop_out: float, rng: random.Random, keep_tokens: int = 0,
+                 caption_dropout: float = 0.0) -> None:
         if not lines:
             raise ParamsError("template: has no lines")
-        if not 0 <= tag_drop_out < 1:
-            raise ParamsError(f"tag_drop_out: expected a probability in [0, 1), got {tag_drop_out}")
+        for name, value in (("tag_drop_out", tag_drop_out), ("caption_dropout", caption_dropout)):
+            if not 0 <= value < 1:
+                raise ParamsError(f"{name}: expected a probability in [0, 1), got {value}")
         self.lines = list(lines)
         self.placeholder = placeholder
         self.shuffle_tags = shuffle_tags
         self.tag_drop_out = tag_drop_out
+        self.keep_tokens = keep_tokens
+        self.caption_dropout = caption_dropout
         self.rng = rng
 
     def make(self, filewords: str) -> str:
+        if self.caption_dropout > 0 and self.rng.random() < self.caption_dropout:
+            return ""
         text = self.rng.choice(self.lines)
         tags = filewords.split(",")
+        kept, tags = tags[:self.keep_tokens], tags[self.keep_tokens:]
         if self.tag_drop_out > 0:
             tags = [tag for tag in tags if self.rng.random() > self.tag_drop_out]
         if self.shuffle_tags:
             self.rng.shuffle(tags)
-        return text.replace("[filewords]", ",".join(tags)).replace("[name]", self.placeholder)
+        return text.replace("[filewords]", ",".join(kept + tags)).replace("[name]", self.placeholder)
 
 
 class LatentCache:

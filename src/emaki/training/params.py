@@ -15,19 +15,22 @@ from emaki.errors import ParamsError
 from emaki.params import params_error
 from emaki.training.schedules import parse_lr_schedule
 
-TrainingKind = Literal["embedding", "hypernetwork"]
-DEFAULT_LEARN_RATES = {"embedding": "0.005", "hypernetwork": "0.00001"}
+TrainingKind = Literal["embedding", "hypernetwork", "lora"]
+DEFAULT_LEARN_RATES = {"embedding": "0.005", "hypernetwork": "0.00001", "lora": "0.0001"}
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear")
 # What an option left open (None) becomes: A1111's defaults, for SD 1.x checkpoints ...
 A1111_DEFAULTS: dict[str, dict[str, Any]] = {
     "embedding": {"learn_rate": DEFAULT_LEARN_RATES["embedding"]},
     "hypernetwork": {"learn_rate": DEFAULT_LEARN_RATES["hypernetwork"], "activation_func": "linear",
                      "weight_initialization": "Normal"},
+    "lora": {"learn_rate": DEFAULT_LEARN_RATES["lora"]},  # kohya's usual; unet/te rates follow it
 }
 # ... and on the bundled demo model (a 3M-parameter UNet, a 128-wide text encoder), whose
 # hypernetworks learn within a few hundred steps only at a larger rate and with a non-linear MLP
 # (measured with benchmarks/train.py; the note of the training issue has the numbers).
 DEMO_DEFAULTS: dict[str, dict[str, Any]] = {
     "hypernetwork": {"learn_rate": "0.0005", "activation_func": "swish", "weight_initialization": "KaimingNormal"},
+    "lora": {"learn_rate": "0.001", "conv_dim": 4, "text_encoder_lr": 0.0},  # LoCon: sepia is a colour change
 }
 # A1111 users destroy hypernetworks by reusing an embedding's rate; refuse rates from here up.
 HYPERNETWORK_MAX_RATE = 1e-3
@@ -96,6 +99,20 @@ class TrainingParams(BaseModel):
         None, description="None: Normal (the demo model: KaimingNormal)")
     add_layer_norm: bool = False
     dropout_structure: list[float] | None = Field(None, description="None: no dropout")
+    # lora (kohya's sd-scripts names in the file's ss_* metadata)
+    network_dim: int = Field(8, ge=1, le=1024, description="rank of the linear layers' LoRA")
+    network_alpha: float | None = Field(None, gt=0, description="scale = alpha / rank (None: alpha = rank)")
+    conv_dim: int | None = Field(None, ge=0, le=1024, description="rank of 3x3 convolutions (LoCon); 0: none")
+    conv_alpha: float | None = Field(None, gt=0)
+    unet_lr: float | None = Field(None, ge=0, description="None: the learn rate")
+    text_encoder_lr: float | None = Field(None, ge=0, description="0: the text encoder is not trained")
+    optimizer: str = Field("AdamW", description="a torch.optim class: AdamW, Adam, SGD, Adafactor, ...")
+    lr_scheduler: Literal["constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear"] = "constant"
+    lr_warmup_steps: int = Field(0, ge=0)
+    min_snr_gamma: float | None = Field(None, gt=0)
+    noise_offset: float = Field(0.0, ge=0, le=1)
+    caption_dropout_rate: float = Field(0.0, ge=0, lt=1)
+    keep_tokens: int = Field(0, ge=0, le=75)
 
     @field_validator("name")
     @classmethod

@@ -139,3 +139,28 @@ def parse_lr_schedule(text: str) -> RateSchedule:
         raise LRScheduleError(
             f'learning rate "{text}": expected a number or "rate:step, rate:step, rate"')
     return RateSchedule(tuple(pieces))
+
+
+def named_schedule(name: str, warmup_steps: int, total: int) -> LRSchedule:
+    """kohya's (diffusers') schedulers by name, as factors of each group's rate: `constant`,
+    `constant_with_warmup`, `cosine` and `cosine_with_restarts` (one cycle, kohya's default),
+    `linear` (to 0 at `total`); all but `constant` ramp up linearly over `warmup_steps` first.
+
+    >>> [round(named_schedule("cosine", 2, 10)(i), 3) for i in (0, 1, 2, 6, 9)]
+    [0.5, 1.0, 1.0, 0.5, 0.038]
+    >>> [named_schedule("linear", 0, 4)(i) for i in (0, 2, 4)]
+    [1.0, 0.5, 0.0]
+    """
+    after = max(1, total - warmup_steps)
+    decays: dict[str, LRSchedule] = {
+        "constant": constant(),
+        "constant_with_warmup": constant(),
+        "cosine": cosine(after, start=warmup_steps),
+        "cosine_with_restarts": cosine(after, start=warmup_steps),
+        "linear": lambda step: max(0.0, 1.0 - max(0, step - warmup_steps) / after),
+    }
+    if name not in decays:
+        raise LRScheduleError(f"lr_scheduler: expected one of {', '.join(decays)}, got {name!r}")
+    if name == "constant" or warmup_steps <= 0:
+        return decays[name]
+    return warmup(warmup_steps, decays[name])

@@ -16,7 +16,7 @@ import random
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
@@ -30,10 +30,8 @@ from emaki.files import atomic_write
 from emaki.models.hashes import sha256_file
 from emaki.models.loader import LoadedModel
 from emaki.models.resolve import demo_model_path
-from emaki.networks import EmbeddingScan
-from emaki.networks.embeddings import Embedding, load_embedding, save_embedding
-from emaki.networks.hypernet_attention import apply_hypernetworks
-from emaki.networks.hypernetworks import Hypernetwork, load_hypernetwork, save_hypernetwork
+from emaki.networks.embeddings import load_embedding, save_embedding
+from emaki.networks.hypernetworks import load_hypernetwork
 from emaki.params import GenerationParams
 from emaki.prompts import PromptEncoder
 from emaki.prompts.embedding_hook import EmbeddingTable, NamedVectors
@@ -45,7 +43,6 @@ from emaki.training.artifacts import (
     read_loss_csv,
     read_optim,
     write_loss_csv,
-    write_optim,
 )
 from emaki.training.checkpoint import STATE_FILE
 from emaki.training.create import attention_widths, new_embedding, new_hypernetwork
@@ -60,162 +57,21 @@ from emaki.training.dataset import (
 )
 from emaki.training.errors import NonFiniteLossError, TrainingError
 from emaki.training.loop import TrainingLoop, TrainingProgress
+from emaki.training.lora import LoraTrainee, lora_trainee, safetensors_metadata
 from emaki.training.objective import DiffusionObjective
 from emaki.training.params import TrainingParams
 from emaki.training.report import TrainingCallback, TrainingOutcome, TrainingUpdate
-from emaki.training.schedules import parse_lr_schedule
+from emaki.training.schedules import LRSchedule, named_schedule, parse_lr_schedule
 from emaki.training.templates import read_template
+from emaki.training.trainees import EmbeddingTrainee, HypernetworkTrainee, Trainee
 
 if TYPE_CHECKING:
     from emaki.engine.engine import Engine
 
-FOLDERS = {"embedding": "embeddings", "hypernetwork": "hypernetworks"}
+FOLDERS = {"embedding": "embeddings", "hypernetwork": "hypernetworks", "lora": "loras"}
 # Anime checkpoints were trained on booru tags, not on "a photo of ..." sentences.
-DEFAULT_TEMPLATES = {"embedding": "tags_filewords", "hypernetwork": "filewords"}
+DEFAULT_TEMPLATES = {"embedding": "tags_filewords", "hypernetwork": "filewords", "lora": "filewords"}
 SEED_STRIDE = 1_000_003  # micro-batch i of a run seeded s draws from seed s·stride + i
-
-
-def _all_finite(tensors: list[torch.Tensor]) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in tensors)
-
-
-class Trainee(Protocol):
-    """One kind of trained network, as the run sees it."""
-
-    step: int  # the step the loaded or new network is at
-
-    @property
-    def parameters(self) -> list[torch.Tensor]: ...
-
-    def optimizer(self, learn_rate: float) -> torch.optim.Optimizer: ...
-
-    def context(self, texts: list[str]) -> torch.Tensor: ...
-
-    def preview_embeddings(self, scan: EmbeddingScan) -> EmbeddingScan: ...
-
-    def train_mode(self, training: bool) -> None: ...
-
-    def save(self, path: Path, step: int, optimizer: torch.optim.Optimizer | None,
-             record: dict[str, Any]) -> Path: ...
-
-    def close(self) -> None: ...
-
-
-def _guard_finite(tensors: list[torch.Tensor], path: Path) -> None:
-    if not _all_finite(tensors):
-        raise TrainingError(f"{path}: not written, the weights are not finite (this is a bug: "
-                            "the loop rolls back every non-finite step)")
-
-
-@dataclass
-class EmbeddingTrainee:
-    """A textual-inversion embedding: its vectors are the only trained tensor."""
-
-    name: str
-    vectors: torch.Tensor
-    encoder: PromptEncoder
-    model: LoadedModel
-    step: int = 0
-
-    @property
-    def parameters(self) -> list[torch.Tensor]:
-        return [self.vectors]
-
-    def optimizer(self, learn_rate: float) -> torch.optim.Optimizer:
-        return torch.optim.AdamW([self.vectors], lr=learn_rate, weight_decay=0.0)
-
-    def context(self, texts: list[str]) -> torch.Tensor:
-        return self.encoder.encode(texts)
-
-    def preview_embeddings(self, scan: EmbeddingScan) -> EmbeddingScan:
-        current = Embedding(self.name, self.vectors.detach().clone())
-        return EmbeddingScan({**scan.loaded, self.name: current}, scan.skipped)
-
-    def train_mode(self, training: bool) -> None:
-        pass
-
-    def embedding(self, step: int, record: dict[str, Any], name: str | None = None) -> Embedding:
-        return Embedding(name or self.name, self.vectors.detach().float().cpu().clone(), step=step,
-                         sd_checkpoint=self.model.hash, sd_checkpoint_name=self.model.name, provenance=record)
-
-    def save(self, path: Path, step: int, optimizer: torch.optim.Optimizer | None,
-             record: dict[str, Any]) -> Path:
-        _guard_finite(self.parameters, path)
-        embedding = self.embedding(step, record, path.stem)  # A1111 names a `<name>-<step>` save after itself
-        save_embedding(embedding, path)
-        if optimizer is not None:
-            write_optim(path, optimizer.state_dict(), embedding.checksum())
-        return path
-
-    def close(self) -> None:
-        pass
-
-
-@dataclass
-class HypernetworkTrainee:
-    """A hypernetwork, installed on the UNet's attention layers for the run."""
-
-    network: Hypernetwork
-    encoder: PromptEncoder
-    model: LoadedModel
-    step: int = 0
-    optimizer_name: str = "AdamW"
-    _applied: Any = None
-    _contexts: dict[str, torch.Tensor] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self._applied = apply_hypernetworks(self.model.components.unet, [(self.network, 1.0)])
-        for module in self.network.modules():
-            module.requires_grad_(True)
-        self.train_mode(True)
-
-    @property
-    def parameters(self) -> list[torch.Tensor]:
-        # By width, as the file stores them: a network read back lists them in the same order.
-        layers = self.network.layers
-        return [p for size in sorted(layers) for module in layers[size] for p in module.parameters()]
-
-    def optimizer(self, learn_rate: float) -> torch.optim.Optimizer:
-        cls = getattr(torch.optim, self.optimizer_name, None)
-        if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
-            raise ParamsError(f"hypernetwork {self.network.name}: its optimizer {self.optimizer_name!r} is not "
-                              "a torch optimizer")
-        return cls(self.parameters, lr=learn_rate)  # type: ignore[call-arg]  # every torch optimizer takes lr
-
-    def context(self, texts: list[str]) -> torch.Tensor:
-        # The text encoder is not trained: each caption is encoded once (without gradients).
-        missing = [t for t in dict.fromkeys(texts) if t not in self._contexts]
-        if missing:
-            if len(self._contexts) > 4096:
-                self._contexts.clear()
-            with torch.no_grad():
-                encoded = self.encoder.encode(missing)
-            self._contexts.update(zip(missing, encoded, strict=True))
-        return torch.stack([self._contexts[t] for t in texts])
-
-    def preview_embeddings(self, scan: EmbeddingScan) -> EmbeddingScan:
-        return scan
-
-    def train_mode(self, training: bool) -> None:
-        for module in self.network.modules():
-            module.train(training)
-
-    def save(self, path: Path, step: int, optimizer: torch.optim.Optimizer | None,
-             record: dict[str, Any]) -> Path:
-        _guard_finite(self.parameters, path)
-        hn = self.network
-        hn.name, hn.step = path.stem, step  # A1111 names a `<name>-<step>` save after itself
-        hn.sd_checkpoint, hn.sd_checkpoint_name, hn.provenance = self.model.hash, self.model.name, record
-        save_hypernetwork(hn, path)
-        if optimizer is not None:
-            write_optim(path, optimizer.state_dict(), sha256_file(path)[:10], self.optimizer_name)
-        return path
-
-    def close(self) -> None:
-        self.train_mode(False)
-        if self._applied is not None:
-            self._applied.remove()
-            self._applied = None
 
 
 class _BatchCursor:
@@ -300,7 +156,8 @@ def _folder_for(engine: Engine, params: TrainingParams) -> Path:
 
 def trained_file(engine: Engine, params: TrainingParams) -> Path:
     """Where the trained network is written (and read from, when resuming)."""
-    suffix = ".safetensors" if params.kind == "embedding" and params.save_format == "safetensors" else ".pt"
+    safetensors = params.kind == "lora" or (params.kind == "embedding" and params.save_format == "safetensors")
+    suffix = ".safetensors" if safetensors else ".pt"
     return _folder_for(engine, params) / f"{params.name}{suffix}"
 
 
@@ -330,7 +187,7 @@ def _state_step(state_dir: Path) -> int | None:
 
 
 def _open_trainee(engine: Engine, params: TrainingParams, model: LoadedModel, path: Path,
-                  encoder: PromptEncoder, optimizer_state: dict[str, Any]) -> Trainee:
+                  encoder: PromptEncoder, optimizer_state: dict[str, Any], images: list[TrainingImage]) -> Trainee:
     """The network to train: loaded from `path` when resuming (its `.optim` into `optimizer_state`),
     else new."""
     parts = model.components
@@ -351,6 +208,14 @@ def _open_trainee(engine: Engine, params: TrainingParams, model: LoadedModel, pa
         table = EmbeddingTable({**others, params.name: NamedVectors(params.name, vectors)}, parts.tokenizer)
         encoder.embeddings = table
         trainee: Trainee = EmbeddingTrainee(params.name, vectors, encoder, model, embedding.step or 0)
+    elif params.kind == "lora":
+        trainee = lora_trainee(params, model, encoder, images)
+        encoder.embeddings = engine.networks.embeddings(width).lookup(parts.tokenizer)
+        sidecar = None
+        if resuming:
+            assert isinstance(trainee, LoraTrainee)
+            trainee.load(path)
+            sidecar = read_optim(path, str(safetensors_metadata(path).get("sshs_model_hash", ""))[:10])
     else:
         if resuming:
             network = load_hypernetwork(path)
@@ -403,7 +268,7 @@ def run_training(engine: Engine, params: TrainingParams, *, progress: TrainingCa
 
     encoder = PromptEncoder(parts.text_encoder, parts.tokenizer, clip_skip=params.clip_skip, emphasis=params.emphasis)
     optimizer_state: dict[str, Any] = {}
-    trainee = _open_trainee(engine, params, model, path, encoder, optimizer_state)
+    trainee = _open_trainee(engine, params, model, path, encoder, optimizer_state, images)
     try:
         return _train(engine, params, model, trainee, images, lines, size, path, log_dir, state_step,
                       optimizer_state, progress, cancel)
@@ -425,10 +290,15 @@ def _train(engine: Engine, params: TrainingParams, model: LoadedModel, trainee: 
         raise ParamsError(f"{path}: already trained to step {reached}; ask for more steps than that")
     rates = parse_lr_schedule(params.resolved_learn_rate)
     optimizer = trainee.optimizer(rates.base_lr)
+    chosen_rates = [group["lr"] for group in optimizer.param_groups]
     if optimizer_state and not exact:
         optimizer.load_state_dict(optimizer_state)
-        for group in optimizer.param_groups:
-            group["lr"] = rates.base_lr
+        for group, rate in zip(optimizer.param_groups, chosen_rates, strict=True):
+            group["lr"] = rate  # this run's rates, the file's moments
+    schedule: LRSchedule = rates
+    total = rates.steps(params.steps)
+    if params.kind == "lora":  # kohya's named schedulers, over the whole run
+        schedule, total = named_schedule(params.lr_scheduler, params.lr_warmup_steps, params.steps), params.steps
     clip = parse_lr_schedule(params.clip_grad_value).rate if params.clip_grad_mode != "disabled" else None
 
     vae = parts.vae
@@ -444,12 +314,14 @@ def _train(engine: Engine, params: TrainingParams, model: LoadedModel, trainee: 
                         torch.Generator().manual_seed(params.seed), use_weight=params.use_weight)
     cursor = _BatchCursor(images, params.batch_size, params.seed)
     objective = DiffusionObjective(parts.unet, parts.alphas_cumprod,
-                                   parts.config.schedule.get("prediction_type", "epsilon"))
+                                   parts.config.schedule.get("prediction_type", "epsilon"),
+                                   noise_offset=params.noise_offset, min_snr_gamma=params.min_snr_gamma)
 
     def loss(index: int) -> torch.Tensor:
         batch = cursor.at(index)
         captions = CaptionMaker(lines, params.name, shuffle_tags=params.shuffle_tags,
-                                tag_drop_out=params.tag_drop_out, rng=random.Random(params.seed * SEED_STRIDE + index))
+                                tag_drop_out=params.tag_drop_out, rng=random.Random(params.seed * SEED_STRIDE + index),
+                                keep_tokens=params.keep_tokens, caption_dropout=params.caption_dropout_rate)
         texts = [captions.make(images[i].filewords) for i in batch]
         latents = torch.stack([cache.latent(i) for i in batch])
         weights = [cache.weight(i) for i in batch]
@@ -465,7 +337,7 @@ def _train(engine: Engine, params: TrainingParams, model: LoadedModel, trainee: 
     earlier = read_loss_csv(log_dir / "loss.csv", up_to=state_step if exact and state_step else start)
     run = _Run(engine, params, model, trainee, log_dir, path.suffix, size, params.preview_prompt or first_caption,
                per_epoch, record, rows=earlier if params.resume else [])
-    loop = TrainingLoop(loss, optimizer, total=rates.steps(params.steps), schedule=rates,
+    loop = TrainingLoop(loss, optimizer, total=total, schedule=schedule,
                         accumulate=params.gradient_step, start=start,
                         clip_grad_norm=clip if params.clip_grad_mode == "norm" else None,
                         clip_grad_value=clip if params.clip_grad_mode == "value" else None,
