@@ -1,8 +1,8 @@
 """Training benchmarks (issue: training embeddings and hypernetworks).
 
 quality — on the demo model, with every option at its default but --steps: an embedding trained on
-12 faces with cat ears (captions without them) and a hypernetwork trained on 12 sepia faces; each
-then draws --images images per prompt and `emaki.demo.describe` counts cat ears / sepia:
+12 faces with cat ears (captions without them), a hypernetwork and a LoRA trained on 12 sepia faces;
+each then draws --images images per prompt and `emaki.demo.describe` counts cat ears / sepia:
 
     python benchmarks/train.py quality --steps 400 --images 40
 
@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 CAPTION = "1girl, solo, long hair, smile"
 
@@ -40,23 +41,25 @@ def quality(args: argparse.Namespace) -> None:
     root = Path(tempfile.mkdtemp(prefix="emaki-train-bench-"))
     engine = Engine(Workspace(root / "home"), DevicePolicy.choose(threads=args.threads))
     cases = [("embedding", "nekomimi", "cat_ears", "1girl, nekomimi", "cat_ears"),
-             ("hypernetwork", "sepiastyle", "sepia", "1girl <hypernet:sepiastyle:1>", "sepia")]
-    print(f"{'kind':>12} {'train s':>8} {'prompt':>32} {'rate':>6}")
+             ("hypernetwork", "sepiastyle", "sepia", "1girl <hypernet:sepiastyle:1>", "sepia"),
+             ("lora", "sepialora", "sepia", "1girl <lora:sepialora:1>", "sepia")]
+    print(f"{'kind':>12} {'train s':>8} {'prompt':>32} {'rate':>6}  file")
     for kind, name, concept, prompt, feature in cases:
         data = root / concept
         write_concept_dataset(data, concept, count=12)
         start = time.perf_counter()
-        engine.train(_params(kind, name, data, args.steps, args.options))
+        outcome = engine.train(_params(kind, name, data, args.steps, args.options))
         seconds = time.perf_counter() - start
+        size = f"{outcome.path.stat().st_size / 1e6:.2f} MB"
         for text in (prompt, "1girl"):
             result = engine.generate(GenerationParams.create(prompt=text, seed=1000, batch_size=args.images // 4,
                                                              n_iter=4), save=False)
             found = [describe(image.image) for image in result.images]
             hits = sum(bool(d["cat_ears"]) if feature == "cat_ears" else d["style"] == "sepia" for d in found)
-            print(f"{kind:>12} {seconds:8.1f} {text:>32} {hits / len(found):6.2f}", flush=True)
+            print(f"{kind:>12} {seconds:8.1f} {text:>32} {hits / len(found):6.2f}  {size}", flush=True)
 
 
-def _params(kind: str, name: str, data: Path, steps: int, options: str) -> object:
+def _params(kind: str, name: str, data: Path, steps: int, options: str) -> Any:
     from emaki.training.params import TrainingParams
 
     return TrainingParams.create(kind=kind, name=name, data=str(data), steps=steps, **json.loads(options or "{}"))
