@@ -31,7 +31,7 @@ class ImageFacts:
     vae_hash: str | None = None
     uses_ensd: bool = True  # the sampler draws noise after the first step (A1111 writes ENSD then)
     eta: tuple[str, float] | None = None  # ("Eta" | "Eta DDIM", value) when the sampler's eta is not its default
-    networks: Mapping[str, object] = field(default_factory=dict)  # "TI hashes", "Hypernet hash", ...
+    networks: Mapping[str, object] = field(default_factory=dict)  # "Lora hashes", "TI hashes", ...
     version: str = ""
 
 
@@ -124,6 +124,9 @@ FIELDS: tuple[InfotextField, ...] = _table(
     ("Hires sampler", lambda p, f: _hires(p, p.hr_sampler_name), _reads("hr_sampler_name")),
     ("Hires prompt", lambda p, f: _hires(p, p.hr_prompt or None), _reads("hr_prompt")),
     ("Hires negative prompt", lambda p, f: _hires(p, p.hr_negative_prompt or None), _reads("hr_negative_prompt")),
+    # A1111's Lora extension adds its hashes when the networks activate, before the conditioning
+    # adds `TI hashes`. Informative only: the prompt's `<lora:...>` tags re-apply the LoRAs.
+    ("Lora hashes", lambda p, f: f.networks.get("Lora hashes"), None),
     ("TI hashes", lambda p, f: f.networks.get("TI hashes"), None),
     ("Emphasis", lambda p, f: p.emphasis if p.emphasis != "Original" else None, _reads("emphasis")),
     ("Hypernet", lambda p, f: p.hypernetwork or None, _reads("hypernetwork")),

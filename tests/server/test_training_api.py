@@ -258,7 +258,7 @@ def test_native_refusals_are_4xx_naming_the_field(client: TestClient, faces: Pat
     base = {"kind": "embedding", "name": "e", "data": str(faces), "steps": 2}
     cases = [
         ({"steps": 0}, 422, "steps"), ({"learn_rate": "fast"}, 422, "learn_rate"),
-        ({"kind": "lora"}, 422, "kind"), ({"no_such_field": 1}, 422, "no_such_field"),
+        ({"kind": "textual"}, 422, "kind"), ({"no_such_field": 1}, 422, "no_such_field"),
         ({"data": str(faces / "none")}, 422, "data:"), ({"resume": True, "overwrite": True}, 422, "resume"),
         ({"kind": "hypernetwork", "learn_rate": "0.005"}, 422, "learn_rate"),
         ({"template": "/etc/passwd"}, 400, "template"), ({"log_directory": "../../elsewhere"}, 400, "log_directory"),

@@ -133,6 +133,21 @@ def test_train_panel_trains_shows_the_curve_and_cancels(browser: Any, live_serve
         saved = load_hypernetwork(hyper_path)
         assert saved.step == step >= 2 and saved.activation_func == "relu"
         expect(page.locator("#error")).to_be_hidden()
+
+        # A LoRA: its own fields, a kohya file in the LoRA folder.
+        panel.get_by_label("Kind").select_option("lora")
+        expect(panel.get_by_label("Rank", exact=True)).to_be_visible()
+        expect(panel.get_by_label("Layer structure")).to_be_hidden()
+        panel.get_by_label("Name", exact=True).fill("weblora")
+        panel.get_by_label("Steps", exact=True).fill("4")
+        panel.get_by_label("Rank", exact=True).fill("2")
+        with page.expect_request(lambda r: r.url.endswith("/api/train") and r.method == "POST") as posted:
+            panel.get_by_role("button", name="Start training").click()
+        assert posted.value.post_data_json["kind"] == "lora" and posted.value.post_data_json["network_dim"] == 2
+        page.wait_for_function("window.emaki.trainFinished >= 3")
+        lora_path = live_server.home / "loras" / "weblora.safetensors"
+        expect(page.locator("#train-result")).to_have_text(f"Saved: {lora_path}")
+        assert lora_path.is_file()
         assert not errors, f"JavaScript errors on the page: {errors}"
     finally:
         context.close()

@@ -34,7 +34,6 @@ from emaki.networks import (
     model_targets,
     walk_files,
 )
-from emaki.params import GenerationParams
 from emaki.prompts.networks import NetworkTag
 from emaki.workspace import FolderKind, Workspace
 
@@ -70,9 +69,10 @@ class NetworkKind(Protocol):
         """What `emaki models` shows of a loaded row, after its name and hash."""
 
     def activate(self, library: Any, folders: Sequence[Path], tags: Sequence[NetworkTag],
-                 params: GenerationParams, handle: ModelHandle) -> dict[str, object]:
-        """Load what `tags` (and the params' own setting of this kind) ask for, patch the model
-        through `handle`; return the infotext fields of what was applied."""
+                 run: Run, handle: ModelHandle) -> dict[str, object]:
+        """Load what `tags` (and the run's params' own setting of this kind) ask for, patch the
+        model through `handle`, add embeddings the files bundle to `run.embeddings`; return the
+        infotext fields of what was applied."""
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ class EmbeddingKind:
         return f"{row['vectors']} vectors × {row['width']}{step}{trained_on(row.get('provenance'))}"
 
     def activate(self, library: EmbeddingLibrary, folders: Sequence[Path], tags: Sequence[NetworkTag],
-                 params: GenerationParams, handle: ModelHandle) -> dict[str, object]:
+                 run: Run, handle: ModelHandle) -> dict[str, object]:
         return {}  # the conditioning stage reads them; `TI hashes` comes from what it used
 
 
@@ -152,7 +152,8 @@ class HypernetworkKind:
                 f"{trained_on(row.get('provenance'))}")
 
     def activate(self, library: HypernetworkLibrary, folders: Sequence[Path], tags: Sequence[NetworkTag],
-                 params: GenerationParams, handle: ModelHandle) -> dict[str, object]:
+                 run: Run, handle: ModelHandle) -> dict[str, object]:
+        params = run.params
         chosen = [(tag.name, tag.multiplier) for tag in tags]
         if params.hypernetwork:
             chosen.append((params.hypernetwork, params.hypernetwork_strength))
@@ -168,8 +169,8 @@ class HypernetworkKind:
 class LoraKind:
     """LoRA / LyCORIS (issue 15): `<lora:name:te[:unet[:dyn]]>` (or `<lyco:...>`) tags patch the
     UNet and text-encoder weights through the run's handle; `Lora hashes` goes in the infotext.
-    Embeddings bundled in a file are on `LoraNetwork.embeddings` (not yet given to the prompt
-    encoder)."""
+    Embeddings bundled in a file join the run's (`run.embeddings`) while the file is in the
+    prompt, as A1111 registers those of loaded networks."""
 
     name: str = "lora"
     title: str = "LoRAs"
@@ -197,7 +198,7 @@ class LoraKind:
         return "; ".join(parts)
 
     def activate(self, library: LoraLibrary, folders: Sequence[Path], tags: Sequence[NetworkTag],
-                 params: GenerationParams, handle: ModelHandle) -> dict[str, object]:
+                 run: Run, handle: ModelHandle) -> dict[str, object]:
         if not tags:
             return {}
         chosen = []
@@ -208,6 +209,8 @@ class LoraKind:
                 raise ParamsError(f"lora {tag.name!r}: no such file in {where} (prompt tag {tag.text})")
             te, unet, dyn = lora_strengths(tag)
             chosen.append(ChosenLora(library.load(path), te, unet, dyn, tag.name))
+            for name, embedding in chosen[-1].network.embeddings.items():  # usable while it is in the prompt
+                run.embeddings.setdefault(name, BundledEmbedding(name, embedding.vectors, tag.name))
 
         def replace(module: torch.nn.Module, name: str, value: torch.Tensor) -> None:
             if getattr(module, name) is not None:
@@ -219,6 +222,16 @@ class LoraKind:
         apply_loras(chosen, model_targets(handle.components), replace)
         hashes = lora_hashes(chosen, lambda network: library.shorthash(network.file.path))
         return {"Lora hashes": hashes} if hashes else {}
+
+
+@dataclass(frozen=True)
+class BundledEmbedding:
+    """An embedding stored in a LoRA file; `TI hashes` names the LoRA in place of a file hash
+    (A1111's `BundledTIHash`)."""
+
+    name: str
+    vectors: torch.Tensor
+    shorthash: str  # the LoRA as the prompt tag names it
 
 
 EMBEDDINGS = EmbeddingKind()
@@ -277,7 +290,7 @@ class NetworksExtension(Extension):
         for kind in NETWORK_KINDS:
             tags = [tag for tag in self.tags if tag.kind in tag_kinds(kind)]
             self.fields |= kind.activate(self.libraries.library(kind), self.libraries.folders(kind), tags,
-                                         run.params, handle)
+                                         run, handle)
 
     def infotext_fields(self, run: Run) -> dict[str, object]:
         return self.fields

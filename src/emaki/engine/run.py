@@ -16,7 +16,7 @@ from emaki.devices import DevicePolicy
 from emaki.engine.patching import ModelHandle
 from emaki.models.loader import LoadedModel
 from emaki.params import GenerationParams
-from emaki.prompts import PromptEncoder
+from emaki.prompts import PromptEmbedding, PromptEncoder
 from emaki.prompts.networks import NetworkTag
 from emaki.sampling import Sampler
 from emaki.sampling.denoiser import DiscreteEpsDenoiser
@@ -96,6 +96,7 @@ class Run:
     conds: list = field(default_factory=list)
     unconds: list = field(default_factory=list)
     infotext_networks: dict[str, object] = field(default_factory=dict)
+    embeddings: dict[str, PromptEmbedding] = field(default_factory=dict)  # bundled in the run's LoRAs
 
     @property
     def model(self) -> LoadedModel:

@@ -5,7 +5,8 @@ them in order; extensions (the hires fix's second pass) call them too.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -18,21 +19,49 @@ from emaki.errors import EmakiError
 from emaki.infotext_codec import ImageFacts, encode_infotext
 from emaki.networks import EmbeddingScan, ti_hashes
 from emaki.params import GenerationParams
-from emaki.prompts import PromptEncoder, encode_negative_prompts, encode_prompts
+from emaki.prompts import (
+    EmbeddingTable,
+    PromptEmbedding,
+    PromptEncoder,
+    encode_negative_prompts,
+    encode_prompts,
+)
 from emaki.sampling import ImageRNG, Sampler, brownian_noise_sampler
 from emaki.sampling.denoiser import CFGDenoiser
 from emaki.version import __version__
 
+log = logging.getLogger(__name__)
+
 # --- conditioning ---
 
 def condition(run: Run, embeddings: EmbeddingScan) -> None:
-    """Encode both prompts once for every batch (the same texts each time); embeddings are
-    replaced by name; `TI hashes` records the ones used."""
+    """Encode both prompts once for every batch (the same texts each time); embeddings (the
+    folders' and those the run's networks bring) are replaced by name; `TI hashes` records the
+    ones used."""
     params, parts = run.params, run.model.components
+    usable = usable_embeddings(embeddings, run.embeddings, int(parts.text_encoder.config.hidden_size))
     run.encoder = PromptEncoder(parts.text_encoder, parts.tokenizer, clip_skip=params.clip_skip,
-                                emphasis=params.emphasis, embeddings=embeddings.lookup(parts.tokenizer))
+                                emphasis=params.emphasis, embeddings=EmbeddingTable(usable, parts.tokenizer))
     run.conds, run.unconds = encode_pair(run, run.prompt_text, params.negative_prompt, run.schedule_steps)
     run.infotext_networks["TI hashes"] = ti_hashes([*run.conds[0].embeddings, *run.unconds[0].embeddings])
+
+
+def usable_embeddings(scan: EmbeddingScan, brought: Mapping[str, PromptEmbedding],
+                      width: int) -> dict[str, PromptEmbedding]:
+    """The folders' embeddings plus those the run's networks bring (bundled in LoRA files), as
+    A1111 v1.10 registers them: a folder embedding keeps its name, and one of another width than
+    the text encoder's is skipped (each with a warning)."""
+    usable: dict[str, PromptEmbedding] = dict(scan.loaded)
+    for name, embedding in brought.items():
+        if name in usable:
+            log.warning("embedding %r bundled in a LoRA is not used: the embeddings folder has one of that name",
+                        name)
+        elif embedding.vectors.shape[-1] != width:
+            log.warning("embedding %r bundled in a LoRA is not used: width %d does not fit this model's text "
+                        "encoder (%d)", name, embedding.vectors.shape[-1], width)
+        else:
+            usable[name] = embedding
+    return usable
 
 
 def encode_pair(run: Run, prompt: str, negative: str, steps: int) -> tuple[list, list]:

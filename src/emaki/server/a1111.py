@@ -256,6 +256,14 @@ def hypernetworks(request: Request) -> list[dict[str, Any]]:
             for row in _service(request).catalog.inventory.rows("hypernetworks") if row["status"] == "loaded"]
 
 
+@router.get("/loras")
+def loras(request: Request) -> list[dict[str, Any]]:
+    """A1111's Lora extension listing: file stem, alias (`ss_output_name`), path, and the
+    safetensors metadata (JSON values parsed)."""
+    return [{"name": row["name"], "alias": row["alias"], "path": row["path"], "metadata": row["metadata"]}
+            for row in _service(request).catalog.loras()]
+
+
 @router.get("/embeddings")
 def embeddings(request: Request) -> dict[str, Any]:
     """Embeddings that fit the current checkpoint (`loaded`) and those that do not, with why."""
@@ -271,7 +279,9 @@ def embeddings(request: Request) -> dict[str, Any]:
 @router.post("/refresh-checkpoints")
 @router.post("/refresh-embeddings")
 @router.post("/refresh-vae")
+@router.post("/refresh-loras")
 def refresh(request: Request) -> None:
+    """Walk the folders again; answers null, as A1111 does."""
     _service(request).catalog.refresh()
 
 

@@ -287,6 +287,16 @@ def models(request: Request) -> dict[str, Any]:
     }
 
 
+@router.get("/loras")
+def loras(request: Request) -> list[dict[str, Any]]:
+    """The LoRAs a prompt can use (what the page's picker lists): `<lora:ALIAS:1>` selects one;
+    `trigger_words` are its most frequent training tags; `embeddings` those bundled in it."""
+    return [{"name": row["name"], "alias": row["alias"], "kind": row["kind"], "rank": row["rank"],
+             "base_model": row["base_model"] or row["sd_version"] or None, "trigger_words": row["trigger_words"],
+             "embeddings": row["embeddings"], "hash": row["hash"]}
+            for row in _service(request).catalog.loras()]
+
+
 @router.get("/health")
 def health(request: Request) -> dict[str, Any]:
     return {"ok": True, "queue": _service(request).store.counts()}

@@ -1,7 +1,7 @@
-"""What the server may load, by name: checkpoints, VAEs, hypernetworks and embeddings found in
-the configured folders (and the bundled demo model). A name from an HTTP request is matched
-against these lists and nothing else, so a request can never make the server open a file
-outside those folders.
+"""What the server may load, by name: checkpoints, VAEs, hypernetworks, embeddings and LoRAs
+found in the configured folders (and the bundled demo model). A name from an HTTP request is
+matched against these lists and nothing else, so a request can never make the server open a
+file outside those folders.
 """
 
 from __future__ import annotations
@@ -9,9 +9,10 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from emaki.engine.inventory import Inventory, take_inventory
-from emaki.engine.networks import NetworkLibraries
+from emaki.engine.networks import NetworkLibraries, kind_for_tag
 from emaki.errors import EmakiError
 from emaki.models.convert import CLIP_PREFIX
 from emaki.models.hashes import HashCache
@@ -143,3 +144,32 @@ class Catalog:
             if name == row["name"]:
                 return row["name"]
         raise NameNotAllowed(f"{field}: no hypernetwork {name!r} in the hypernetwork folders")
+
+    def loras(self) -> list[dict[str, Any]]:
+        """The LoRA files that load (`emaki models` rows), as `/sdapi/v1/loras` lists them."""
+        return [row for row in self.inventory.rows("loras") if row["status"] == "loaded"]
+
+    def find_lora(self, name: str, field: str = "prompt") -> dict[str, Any]:
+        """The LoRA row `<lora:name>` selects, matched as the engine matches it (file stem, then
+        `ss_output_name` alias, then stem ignoring case). A name the listing lacks is looked for
+        again in the LoRA folders (a file added since, as A1111 re-lists on a miss)."""
+        check_plain_name(field, name)
+        found = _lora_named(self.inventory.rows("loras"), name)
+        if found is None:
+            found = _lora_named(self.libraries.rows(kind_for_tag("lora"), self.text_width), name)
+        if found is None:
+            where = ", ".join(str(f) for f in self.workspace.folders("loras"))
+            raise NameNotAllowed(f"{field}: no LoRA {name!r} in the LoRA folders ({where})")
+        if found["status"] != "loaded":
+            raise NameNotAllowed(f"{field}: LoRA {name!r} ({found['path']}) cannot be used: {found['reason']}")
+        return found
+
+
+def _lora_named(rows: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
+    """The row `name` selects, in `LoraLibrary.find`'s order."""
+    for matches in (lambda row: row["name"] == name, lambda row: row["alias"] == name,
+                    lambda row: row["name"].lower() == name.lower()):
+        for row in rows:
+            if matches(row):
+                return row
+    return None

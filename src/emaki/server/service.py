@@ -14,6 +14,7 @@ from PIL import Image
 
 from emaki.engine.engine import Engine
 from emaki.engine.hires import check_upscaler
+from emaki.engine.networks import kind_for_tag
 from emaki.engine.policy import ensure_params_allowed
 from emaki.errors import EmakiError, ParamsError
 from emaki.files import atomic_write
@@ -135,10 +136,13 @@ class Service:
                                   else self.catalog.find_hypernetwork(str(hypernetwork), "hypernetwork"))
         params = GenerationParams.create(**values)
         parse_sampler_name(params.sampler_name, params.scheduler)  # an unknown name fails now, not in the queue
-        for tag in extract_networks(params.prompt)[1]:
-            if tag.kind == "hypernet":
-                self.catalog.find_hypernetwork(tag.name, "prompt")
         ensure_params_allowed(params)  # every prompt field, whether or not its feature is on
+        for tag in extract_networks(params.prompt)[1]:  # a missing file fails now, not in the queue
+            kind = kind_for_tag(tag.kind)
+            if kind.name == "hypernetwork":
+                self.catalog.find_hypernetwork(tag.name, "prompt")
+            elif kind.name == "lora":
+                self.catalog.find_lora(tag.name, "prompt")
         if params.enable_hr:
             check_upscaler(params.hr_upscaler)
             if params.hr_sampler_name:

@@ -1,5 +1,5 @@
-// emaki's web page: a form that queues jobs on /api/jobs, watches them (server-sent events, or
-// polling when the server wants credentials), a gallery of what was made, and a Train panel that
+// emaki's web page: a form (with a LoRA picker) that queues jobs on /api/jobs, watches them
+// (server-sent events, or polling when the server wants credentials), a gallery of what was made, and a Train panel that
 // queues training runs on /api/train and draws their loss curve. Plain JS, no build step. Text from the server or from images only ever goes into the DOM through textContent.
 "use strict";
 
@@ -17,6 +17,7 @@ const state = {
   events: null,            // its EventSource, when not polling
   lastSeed: null,          // seed of the first image of the last finished job ("Reuse last")
   checkpoints: [],
+  loras: [],               // /api/loras: what the LoRA picker lists
   samplers: [],
   schedulers: [],
   galleryOffset: 0,
@@ -323,6 +324,78 @@ function fillForm(params, fields = {}) {
 }
 
 let recountTokens = () => {};
+
+// ---------------------------------------------------------------- LoRA picker
+
+// The name a tag selects the LoRA by: its alias (kohya's `ss_output_name`), as A1111 inserts it,
+// unless the alias could not stand in a tag.
+function loraTagName(lora) {
+  return lora.alias && !/[:<>]/.test(lora.alias) ? lora.alias : lora.name;
+}
+
+async function loadLoras() {
+  state.loras = await api("/api/loras");
+  renderLoras();
+}
+
+async function refreshLoras() {
+  try {
+    await api("/sdapi/v1/refresh-loras", { method: "POST" });
+    await loadLoras();
+  } catch (error) {
+    showError(`Could not list the LoRAs: ${error.message}`);
+  }
+}
+
+function renderLoras() {
+  const filter = $("lora-filter").value.trim().toLowerCase();
+  const shown = state.loras.filter((lora) => !filter
+    || [lora.name, lora.alias, ...lora.trigger_words].some((text) => text.toLowerCase().includes(filter)));
+  $("lora-list").replaceChildren(...shown.map(loraButton));
+  $("lora-count").textContent = state.loras.length ? `(${state.loras.length})` : "";
+  $("lora-empty").hidden = state.loras.length > 0;
+}
+
+// One LoRA: its file name (and alias); hovering shows the tag, trigger words and bundled embeddings.
+function loraButton(lora) {
+  const tag = `<lora:${loraTagName(lora)}:1>`;
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "lora";
+  button.dataset.name = lora.name;
+  button.textContent = lora.name;
+  if (lora.alias !== lora.name) {
+    const alias = document.createElement("span");
+    alias.className = "alias";
+    alias.textContent = lora.alias;
+    button.append(alias);
+  }
+  const lines = [`Adds ${tag} to the prompt`];
+  if (lora.trigger_words.length) lines.push(`Trigger words: ${lora.trigger_words.join(", ")}`);
+  if (lora.embeddings.length) lines.push(`Embeddings: ${lora.embeddings.join(", ")}`);
+  if (lora.base_model) lines.push(`Base model: ${lora.base_model}`);
+  button.title = lines.join("\n");
+  button.addEventListener("click", () => insertIntoPrompt(tag));
+  return button;
+}
+
+// Puts `text` into the prompt at its cursor (over a selection; at the end when the prompt was
+// only ever filled in, which leaves the cursor there), a space apart from what is around it.
+function insertIntoPrompt(text) {
+  const area = $("prompt");
+  const before = area.value.slice(0, area.selectionStart);
+  const after = area.value.slice(area.selectionEnd);
+  const head = `${before}${before && !/\s$/.test(before) ? " " : ""}${text}`;
+  area.value = `${head}${after && !/^\s/.test(after) ? " " : ""}${after}`;
+  area.focus();
+  area.setSelectionRange(head.length, head.length);
+  area.dispatchEvent(new Event("input"));  // the token counter
+}
+
+function setUpLoras() {
+  $("lora-filter").addEventListener("input", renderLoras);
+  $("lora-refresh").addEventListener("click", refreshLoras);
+}
 
 // ---------------------------------------------------------------- jobs
 
@@ -751,6 +824,7 @@ function showTrainingKind() {
   const kind = $("train-kind").value;
   $("train-embedding-fields").hidden = kind !== "embedding";
   $("train-hypernetwork-fields").hidden = kind !== "hypernetwork";
+  $("train-lora-fields").hidden = kind !== "lora";
   $("train-lr").placeholder = training.learnRates[kind] || "";
 }
 
@@ -759,7 +833,7 @@ function readTrainingForm() {
   const kind = $("train-kind").value;
   const name = $("train-name").value.trim();
   const data = $("train-data").value.trim();
-  if (!name) throw new Error("Name: give the embedding or hypernetwork a name.");
+  if (!name) throw new Error("Name: give the embedding, hypernetwork or LoRA a name.");
   if (!data) throw new Error("Dataset folder: give the folder of training images on the server.");
   const body = {
     kind, name, data, model: $("model").value || null,
@@ -776,6 +850,11 @@ function readTrainingForm() {
     body.init_text = $("train-init-text").value;
     const vectors = intOrNull("train-vectors");
     if (vectors !== null) body.num_vectors_per_token = vectors;
+  } else if (kind === "lora") {
+    const rank = intOrNull("train-rank");
+    if (rank !== null) body.network_dim = rank;
+    const convRank = intOrNull("train-conv-rank");
+    if (convRank !== null) body.conv_dim = convRank;
   } else {
     const text = $("train-layers").value.trim();
     if (text) {
@@ -995,9 +1074,10 @@ async function start() {
   setUpDrop();
   setUpInit();
   setUpTraining();
+  setUpLoras();
 
   try {
-    await Promise.all([loadChoices(), loadTrainingOptions()]);
+    await Promise.all([loadChoices(), loadTrainingOptions(), loadLoras()]);
     setStatus("Ready");
   } catch (error) {
     showError(`Could not load the model lists: ${error.message}`);
