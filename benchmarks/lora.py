@@ -75,7 +75,8 @@ def main() -> None:
             print(f"patching 3 rank-{args.rank} LoRAs, {attempt}: {time.perf_counter() - start:.2f} s", flush=True)
     for prompt in ("1girl", "1girl" + tags):
         stamps: list[float] = []
-        engine.generate(params.updated(prompt=prompt), save=False, progress=lambda e: stamps.append(time.perf_counter()))
+        engine.generate(params.updated(prompt=prompt), save=False,
+                        progress=lambda e, stamps=stamps: stamps.append(time.perf_counter()))
         per_step = (stamps[-1] - stamps[1]) / (len(stamps) - 2)
         print(f"{'with' if tags in prompt else 'without'} LoRAs: {per_step:.3f} s/step at {args.size}²", flush=True)
 

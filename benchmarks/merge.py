@@ -8,11 +8,16 @@ RSS (max resident set, including the interpreter and torch) is its own:
 * emaki weighted sum (`emaki.merge.merge`), with the inputs' hashes cached and cold
 * naive / emaki add difference `A + α·(B - C)` of three models
 * emaki lineage of the weighted-sum result against the three inputs
+* emaki bake: a random SD 1.5-size kohya LoRA (rank 32, UNet + text encoder; `--locon` adds the
+  ResNet convolutions) baked into A as fp16 (`merge --lora`), checked against W + ΔW computed
+  whole for a sample of layers; with `--extract`, the LoRA extracted back from the result
+  (`emaki lora extract`, on the CPU) with its relative errors
 
 and checks that emaki's outputs equal the naive ones bit for bit. Times are wall seconds with
 warm page cache (the files were just written or read).
 
     python benchmarks/merge.py [--folder /tmp/emaki-merge-bench] [--skip-naive] [--keep]
+    python benchmarks/merge.py --only bake [--lora-rank 32] [--locon] [--extract]
 """
 
 from __future__ import annotations
@@ -133,7 +138,79 @@ def lineage(model: str, candidates: list[str]) -> None:
     torch.set_num_threads(2)
     result = trace_lineage(model, candidates)
     worst = max(fit.residual for fit in result.blocks.values())
-    print("LINEAGE", json.dumps({"first": result.summary()[:2], "worst_residual": worst}))
+    lora = [line for line in result.summary() if "LoRA" in line]
+    print("LINEAGE", json.dumps({"first": result.summary()[:2], "worst_residual": worst,
+                                 "lora": lora}))
+
+
+def build_lora(path: Path, rank: int, locon: bool) -> None:
+    """A random kohya LoRA for SD 1.5 (fp16): ΔW entries of about 1e-3, alpha = rank / 2."""
+    import torch
+    from safetensors.torch import save_file
+
+    from emaki.networks.lora.extract import CheckpointNames, kohya_modules
+
+    shapes = sd15_layout()
+    g = torch.Generator().manual_seed(7)
+    tensors = {}
+    for module in kohya_modules(CheckpointNames(shapes), shapes, convolutions=locon):
+        out, inp, *kernel = shapes[module.weight_key]
+        down = torch.randn(rank, inp, *kernel, generator=g) * (2e-3 / rank**0.5)
+        up = torch.randn(out, rank, *([1, 1] if kernel else []), generator=g)
+        tensors[f"{module.kohya_name}.lora_down.weight"] = down.half()
+        tensors[f"{module.kohya_name}.lora_up.weight"] = up.half()
+        tensors[f"{module.kohya_name}.alpha"] = torch.tensor(rank / 2)
+    save_file(tensors, str(path), metadata={"ss_network_dim": str(rank), "ss_base_model_version": "sd_v1"})
+
+
+def bake(model: str, lora: str, out: str) -> None:
+    import torch
+
+    from emaki.merge import InputRef, MergeRecipe, merge
+    from emaki.merge.recipe import LoraRef
+
+    torch.set_num_threads(2)
+    recipe = MergeRecipe(
+        "no-interpolation", InputRef(model), dtype="fp16", loras=(LoraRef(lora, 0.8, 0.8),)
+    )
+    merge(recipe, out, overwrite=True)
+
+
+def check_bake(model: str, lora: str, out: str, samples: int = 24) -> None:
+    """A sample of baked tensors against W + 0.8·ΔW computed whole (within fp16 rounding)."""
+    import torch
+    from safetensors import safe_open
+
+    from emaki.networks.lora import load_lora
+    from emaki.networks.lora.extract import CheckpointNames
+
+    network = load_lora(lora)
+    with safe_open(model, "pt") as fa, safe_open(out, "pt") as fo:
+        names = CheckpointNames(list(fa.keys()))
+        modules = sorted(network.modules.items())
+        step = max(1, len(modules) // samples)
+        worst = 0.0
+        for name, module in modules[::step]:
+            key = names.find(name).weight_key  # type: ignore[union-attr]
+            weight = fa.get_tensor(key).float()
+            delta, _ = module.delta(weight, 0.8)
+            exact = weight + delta
+            got = fo.get_tensor(key)
+            ulp = (torch.nextafter(got.abs(), torch.tensor(float("inf"), dtype=got.dtype)) - got.abs()).float()
+            worst = max(worst, float(((got.float() - exact).abs() / ulp).max()))
+        print("SAME", json.dumps(worst <= 1.0))
+
+
+def extract(tuned: str, base: str, out: str, rank: int) -> None:
+    from emaki.merge import open_source
+    from emaki.merge.blocks import block_of
+    from emaki.networks.lora.extract import extract_lora, save_extracted_lora
+
+    result = extract_lora(open_source(tuned), open_source(base), rank=rank, threads=2)
+    save_extracted_lora(result, out, overwrite=True)
+    errors = result.relative_errors(block_of)
+    print("EXTRACT", json.dumps({"layers": len(result.layers), "all": result.relative_error,
+                                 "worst_block": max(errors.items(), key=lambda kv: kv[1])}))
 
 
 def settle(paths: list[Path]) -> None:
@@ -175,6 +252,8 @@ def child(args: list[str], warm: list[Path] | None = None) -> dict:
             stats["lineage"] = json.loads(line[len("LINEAGE ") :])
         if line.startswith("SAME "):
             stats["same"] = json.loads(line[len("SAME ") :])
+        if line.startswith("EXTRACT "):
+            stats["extract"] = json.loads(line[len("EXTRACT ") :])
     return stats
 
 
@@ -186,6 +265,42 @@ def same_tensors(x: str, y: str) -> bool:
         if set(fx.keys()) != set(fy.keys()):
             return False
         return all(torch.equal(fx.get_tensor(k), fy.get_tensor(k)) for k in fx.keys())  # noqa: SIM118 (not a dict)
+
+
+def bake_rows(folder: Path, model: Path, args: argparse.Namespace) -> None:
+    """Bake a random SD 1.5 LoRA into `model`; print time, peak RSS and the checks."""
+    kind = "locon" if args.locon else "lora"
+    lora = folder / f"{kind}-r{args.lora_rank}.safetensors"
+    if not lora.exists():
+        child(["build-lora", str(lora), str(args.lora_rank), kind])
+    out = folder / "baked-lora.safetensors"
+    stats = child(["bake", str(model), str(lora), str(out)], [model, lora])
+    same = child(["check-bake", str(model), str(lora), str(out)])["same"]
+    lin = child(["lineage", str(out), str(model)], [out, model])
+    mb = lora.stat().st_size / 1e6
+    print(
+        f"bake a rank-{args.lora_rank} {kind.upper() if args.locon else 'LoRA'} ({mb:.0f} MB) into "
+        f"{model.name} as fp16: {stats['wall']:.1f} s, {stats['rss_mb']:.0f} MB peak "
+        f"(target < 400 MB: {'met' if stats['rss_mb'] < 400 else 'MISSED'}); "
+        f"sampled layers = W + ΔW within fp16 rounding: {same}"
+    )
+    print(
+        f"lineage of the baked model vs {model.name}: {lin['wall']:.1f} s, "
+        f"{lin['rss_mb']:.0f} MB peak; {lin['lineage']['lora'] or 'no LoRA seen'}"
+    )
+    if args.extract:
+        extracted = folder / "extracted.safetensors"
+        ex = child(["extract", str(out), str(model), str(extracted), str(args.lora_rank)], [out, model])
+        info = ex["extract"]
+        print(
+            f"extract rank {args.lora_rank} back: {ex['wall']:.1f} s, {ex['rss_mb']:.0f} MB peak, "
+            f"{info['layers']} layers, relative error {info['all'] * 100:.3f}% overall, "
+            f"worst block {info['worst_block'][0]} {info['worst_block'][1] * 100:.3f}%"
+        )
+        if not args.keep:
+            extracted.unlink(missing_ok=True)
+    if not args.keep:
+        out.unlink(missing_ok=True)
 
 
 def main() -> None:
@@ -202,7 +317,11 @@ def main() -> None:
         help="screen this many candidates (beyond 3: hard links to a, b, c under other names, "
         "so the extra files share the page cache: this measures the arithmetic, not the disk)",
     )
-    parser.add_argument("--only", choices=["weighted-sum", "add-difference"], default=None)
+    parser.add_argument("--only", choices=["weighted-sum", "add-difference", "bake"], default=None)
+    parser.add_argument("--lora-rank", type=int, default=32, help="rank of the baked LoRA")
+    parser.add_argument("--locon", action="store_true", help="the LoRA covers the ResNet convs too")
+    parser.add_argument("--extract", action="store_true", help="extract the LoRA back (slow)")
+    parser.add_argument("--skip-bake", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the outputs")
     parser.add_argument(
         "--ckpt", action="store_true", help="also merge with A as a .ckpt (written once, 2 GB)"
@@ -224,6 +343,14 @@ def main() -> None:
             to_ckpt(Path(rest[0]), Path(rest[1]))
         elif kind == "compare":
             print("SAME", json.dumps(same_tensors(rest[0], rest[1])))
+        elif kind == "build-lora":
+            build_lora(Path(rest[0]), int(rest[1]), rest[2] == "locon")
+        elif kind == "bake":
+            bake(rest[0], rest[1], rest[2])
+        elif kind == "check-bake":
+            check_bake(rest[0], rest[1], rest[2])
+        elif kind == "extract":
+            extract(rest[0], rest[1], rest[2], int(rest[3]))
         print(json.dumps({"seconds": time.perf_counter() - start, "rss_mb": peak_rss_mb()}))
         return
 
@@ -231,7 +358,7 @@ def main() -> None:
     folder.mkdir(parents=True, exist_ok=True)
     inputs = [folder / f"{name}.safetensors" for name in ("a", "b", "c")]
     for seed, path in enumerate(inputs, start=1):
-        if not path.exists():
+        if not path.exists() and (args.only != "bake" or seed == 1):
             stats = child(["build", str(path), str(seed)])
             gb = path.stat().st_size / 1e9
             print(
@@ -241,12 +368,17 @@ def main() -> None:
     print(
         f"inputs: {size / 1e9:.2f} GB each ({size / 2**30:.2f} GiB); machine: {os.cpu_count()} CPUs"
     )
+    if args.only == "bake":
+        bake_rows(folder, inputs[0], args)
+        return
     cache = str(folder / "hashes.json")
     child(
         ["emaki", "weighted-sum", str(folder / "warm.safetensors"), cache, *map(str, inputs[:2])]
     )  # fill the cache
     child(["emaki", "add-difference", str(folder / "warm.safetensors"), cache, *map(str, inputs)])
     (folder / "warm.safetensors").unlink()
+    if args.only is None and not args.skip_bake:
+        bake_rows(folder, inputs[0], args)
     rows = []
     modes = [args.only] if args.only else ["weighted-sum", "add-difference"]
     for mode in modes:

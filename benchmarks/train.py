@@ -17,6 +17,7 @@ each process's peak memory (max RSS):
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import random
 import resource
@@ -161,7 +162,7 @@ def worker(args: argparse.Namespace) -> None:
     stamps = run(Path(args.checkpoint), args.size, args.steps)
     # The median of the intervals after the first two: the first steps of a process create oneDNN's
     # kernels and the backward pass's buffers (several times a warm step, in both tools).
-    intervals = sorted(b - a for a, b in zip(stamps[2:], stamps[3:], strict=False))
+    intervals = sorted(b - a for a, b in itertools.pairwise(stamps[2:]))
     per_step = intervals[len(intervals) // 2]
     print(json.dumps({"per_step": per_step, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
 
