@@ -112,3 +112,13 @@ def test_models_are_found_by_name_in_an_a1111_install(tmp_path, tiny_safetensors
     assert code == 0, stderr
     [png] = out.glob("*.png")
     assert "Model: anything-v3" in Image.open(png).info["parameters"]
+
+
+def test_typos_in_commands_and_options_are_usage_errors_with_a_suggestion(capsys):
+    code, stderr = emaki_in_process(capsys, "generat", "a cat")
+    assert code == 2 and "No such command 'generat'. Did you mean 'generate'?" in stderr
+    assert "Traceback" not in stderr
+    code, stderr = emaki_in_process(capsys, "generate", "a cat", "--stepz", "3")
+    assert code == 2 and "No such option: --stepz" in stderr and "--steps" in stderr
+    code, stderr = emaki_in_process(capsys, "train", "lora", "x", "--data", ".", "--steps", "1", "--rnk", "3")
+    assert code == 2 and "--rank" in stderr

@@ -39,6 +39,7 @@ def _register_commands() -> None:
     # Each module adds its commands to `app` when imported.
     from emaki.cli import (
         generate,  # noqa: F401
+        lora,  # noqa: F401
         merge,  # noqa: F401
         models,  # noqa: F401
         serve,  # noqa: F401
@@ -60,10 +61,13 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Abort:
         err_console.print("aborted")
         sys.exit(130)
-    except Exception as e:  # click's usage errors
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
+    except Exception as e:
+        if _is_usage_error(e):  # a typo in a command or an option: the usage line, a suggestion, exit 2
+            e.show()  # type: ignore[attr-defined]
+            sys.exit(e.exit_code)  # type: ignore[attr-defined]
         raise
+
+
+def _is_usage_error(error: Exception) -> bool:
+    """click's errors, whichever copy of click raised them (typer ships its own, `typer._click`)."""
+    return any(cls.__name__ == "ClickException" for cls in type(error).__mro__)
