@@ -99,8 +99,8 @@ OLD_CASES: list[tuple[str, int, list[tuple[int, str]]]] = [
     ("[a:b:1.5]", 20, [(1, "a"), (20, "b")]),  # >= 1: a step count, truncated
     ("[a:b:1.0]", 20, [(1, "a"), (20, "b")]),
     ("[a:b:5]", 20, [(5, "a"), (20, "b")]),
-    ("[dog:cat:0]", 20, [(0, "dog"), (20, "cat")]),  # 0 kept: `dog` for the first call
-    ("[a:b:-1]", 10, [(-10, "a"), (10, "b")]),  # -1 < 1: a fraction, -10, never reached
+    ("a [dog:cat:0] in the park", 20, [(20, "a cat in the park")]),  # below 1: dropped, as A1111 drops it
+    ("[a:b:-1]", 10, [(10, "b")]),  # -1 < 1: a fraction, -10, dropped
     ("[a|b]", 3, alternating(3, "a", "b")),
 ]
 

@@ -77,13 +77,13 @@ def prompt_schedules(
     The sampler uses, at 0-based denoiser call `k`, the first entry with `k <= end_at_step`.
     `when` with a `.` is a fraction of `steps` (`int(when * steps)`), otherwise a step count;
     both are clamped to `steps`, and boundaries below 1 are dropped. `old_timelines=True`
-    gives the late-2022 rule: `when < 1` is a fraction, anything else a step count, and no
-    boundary is dropped (`[a:b:0]` used `a` for the first call).
+    gives the late-2022 rule: `when < 1` is a fraction, anything else a step count; boundaries
+    below 1 are dropped there too, so `[a:b:0]` is `b` from the first call (as A1111 does).
 
-    >>> prompt_schedules("[dog:cat:0]", 20)
-    [(20, 'cat')]
-    >>> prompt_schedules("[dog:cat:0]", 20, old_timelines=True)
-    [(0, 'dog'), (20, 'cat')]
+    >>> prompt_schedules("a [dog:cat:0] in the park", 20)
+    [(20, 'a cat in the park')]
+    >>> prompt_schedules("a [dog:cat:0] in the park", 20, old_timelines=True)
+    [(20, 'a cat in the park')]
     >>> prompt_schedules("[a:b:1.5]", 20), prompt_schedules("[a:b:1.5]", 20, old_timelines=True)
     ([(20, 'a')], [(1, 'a'), (20, 'b')])
     >>> prompt_schedules("[a|[b|c]]", 4)
@@ -100,7 +100,7 @@ def prompt_schedules(
     for node in _walk(tree):
         if isinstance(node, _Scheduled):
             node.when = _resolve_when(node.literal, steps, old_timelines)
-            if old_timelines or node.when >= 1:
+            if node.when >= 1:
                 boundaries.add(node.when)
         elif isinstance(node, _Alternate):
             boundaries.update(range(1, steps + 1))
