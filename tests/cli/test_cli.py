@@ -122,3 +122,17 @@ def test_typos_in_commands_and_options_are_usage_errors_with_a_suggestion(capsys
     assert code == 2 and "No such option: --stepz" in stderr and "--steps" in stderr
     code, stderr = emaki_in_process(capsys, "train", "lora", "x", "--data", ".", "--steps", "1", "--rnk", "3")
     assert code == 2 and "--rank" in stderr
+
+
+def test_from_a_png_never_opens_a_path_or_a_hub_id_it_names(tmp_path, capsys, monkeypatch):
+    from PIL.PngImagePlugin import PngInfo
+
+    monkeypatch.setenv("EMAKI_HOME", str(tmp_path / "home"))
+    for named in ("/etc/passwd", "someone/some-model", "../../models/x", "missing-model"):
+        info = PngInfo()
+        info.add_text("parameters", f"1girl\nSteps: 1, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 64x64, Model: {named}")
+        crafted = tmp_path / "crafted.png"
+        Image.new("RGB", (8, 8)).save(crafted, pnginfo=info)
+        code, stderr = emaki_in_process(capsys, "generate", "--from", str(crafted), "--out", str(tmp_path / "out"))
+        assert code == 2 and f"names the model {named!r}, which is not in the workspace" in stderr, stderr
+    assert not (tmp_path / "out").exists()

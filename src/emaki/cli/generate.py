@@ -18,6 +18,7 @@ from emaki.errors import EmakiError, ParamsError
 from emaki.infotext import parse_infotext, read_infotext
 from emaki.infotext_codec import decode_infotext
 from emaki.params import GenerationParams
+from emaki.workspace import Workspace
 
 if TYPE_CHECKING:
     from emaki.engine import GenerationProgress
@@ -39,6 +40,30 @@ def params_from_image(path: Path) -> GenerationParams:
     if not text:
         raise EmakiError(f"{path}: the image holds no generation parameters")
     return decode_infotext(text)
+
+
+def _models_named_by_the_image(params: GenerationParams, image: Path, workspace: Workspace, model_from_image: bool,
+                               vae_from_image: bool) -> GenerationParams:
+    """A PNG is someone else's text: the model and VAE it names are looked up by name in the
+    workspace only — never opened as a path, never fetched from a hub — unless --model/--vae say."""
+    from emaki.engine.inventory import VAE_SUFFIXES
+    from emaki.models.resolve import find_model_by_name
+    from emaki.networks import walk_files
+
+    if model_from_image and params.model:
+        found = find_model_by_name(params.model, workspace)
+        if found is None:
+            raise ParamsError(f"{image}: names the model {params.model!r}, which is not in the workspace's model "
+                              "folders; pass --model to choose one")
+        params = params.updated(model=found)
+    if vae_from_image and params.vae:
+        name = params.vae
+        vaes = [p for p in walk_files(workspace.folders("vaes"), VAE_SUFFIXES) if name in (p.name, p.stem)]
+        if Path(name).name != name or not vaes:
+            raise ParamsError(f"{image}: names the VAE {name!r}, which is not in the workspace's VAE folders; "
+                              "pass --vae to choose one")
+        params = params.updated(vae=str(vaes[0]))
+    return params
 
 
 @app.command("generate")
@@ -113,6 +138,8 @@ def generate_command(
     params = base.updated(**{k: v for k, v in overrides.items() if v is not None})
     ensure_params_allowed(params)  # before anything loads or prints
     workspace = cli_workspace(a1111, embeddings=embeddings_dir, hypernetworks=hypernetworks_dir)
+    if from_image is not None:
+        params = _models_named_by_the_image(params, from_image, workspace, model is None, vae is None)
     policy = DevicePolicy.choose(precision, threads=threads)
     # The engine pulls in diffusers (seconds, ~200 MB): only the commands that run it import it.
     from emaki.engine import Engine

@@ -27,6 +27,20 @@ def default_model() -> str:
     return str(path)
 
 
+def find_model_by_name(name: str, workspace: Workspace) -> str | None:
+    """A model *named* somewhere the user did not choose (an infotext's `Model:`): a file stem
+    under the workspace's model folders or the demo model, never a path or a hub id."""
+    if not name or Path(name).name != name or name in (".", ".."):
+        return None
+    for folder in workspace.model_search:
+        for suffix in ("",) + MODEL_SUFFIXES:
+            candidate = folder / f"{name}{suffix}"
+            if candidate.is_file():
+                return str(candidate)
+    demo = demo_model_path()
+    return str(demo) if name in (demo.stem, demo.name) and demo.is_file() else None
+
+
 def resolve_model(name: str | None, workspace: Workspace) -> str:
     """A path, or a file stem found under the workspace's model folders, or a hub id, or the
     demo model."""
