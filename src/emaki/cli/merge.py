@@ -1,4 +1,4 @@
-"""`emaki merge`, `emaki lineage` and `emaki hash`."""
+"""`emaki merge` (with `--lora` baking), `emaki lineage` and `emaki hash`."""
 
 from __future__ import annotations
 
@@ -64,6 +64,51 @@ def parse_blocks(text: str) -> tuple[float, ...]:
     return values
 
 
+def parse_lora(text: str) -> tuple[str, float, float]:
+    """`--lora NAME[:W]` or `NAME:TE:UNET` → (NAME, TE, UNET); W defaults to 1. NAME may hold
+    colons (a Windows path): only trailing numbers are multipliers.
+
+    >>> parse_lora("detail:0.8"), parse_lora("style:0.5:1"), parse_lora("C:/loras/x.safetensors")
+    (('detail', 0.8, 0.8), ('style', 0.5, 1.0), ('C:/loras/x.safetensors', 1.0, 1.0))
+    """
+    from emaki.merge.recipe import MergeError
+
+    parts = text.split(":")
+    numbers: list[float] = []
+    while len(parts) > 1 and len(numbers) < 2:
+        try:
+            numbers.insert(0, float(parts[-1]))
+        except ValueError:
+            break
+        parts.pop()
+    name = ":".join(parts)
+    if not name:
+        raise MergeError(f"--lora {text!r}: expected NAME:W or NAME:TE:UNET")
+    te = numbers[0] if numbers else 1.0
+    return name, te, numbers[1] if len(numbers) > 1 else te
+
+
+def lora_refs(specs: list[str]) -> tuple[Any, ...]:
+    """`--lora` values as recipe LoRAs, each NAME found as a path, a file stem or an
+    `ss_output_name` alias in the workspace's LoRA folders."""
+    from emaki.merge.recipe import LoraRef, MergeError
+    from emaki.networks.lora import LoraLibrary
+
+    folders = cli_workspace().folders("loras")
+    library = LoraLibrary()
+    refs = []
+    for spec in specs:
+        name, te, unet = parse_lora(spec)
+        path = library.find(name, folders)
+        if path is None:
+            raise MergeError(
+                f"--lora {name}: no LoRA file by that name (a path, a file stem or an "
+                f"ss_output_name alias in {', '.join(str(f) for f in folders)})"
+            )
+        refs.append(LoraRef(str(path), te=te, unet=unet, name=name))
+    return tuple(refs)
+
+
 @app.command("merge")
 def merge_command(
     models: Annotated[
@@ -108,6 +153,15 @@ def merge_command(
     name: Annotated[
         str | None, typer.Option(help="Name recorded in the A1111 recipe (default: A1111's).")
     ] = None,
+    lora: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--lora",
+            help="Bake a LoRA into the result: NAME:W (TE and UNet) or NAME:TE:UNET; NAME is a "
+            "path, a file stem or an ss_output_name in the LoRA folders. Repeatable.",
+            show_default=False,
+        ),
+    ] = None,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="The output .safetensors.")
     ] = None,
@@ -119,7 +173,8 @@ def merge_command(
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
 ) -> None:
-    """Merge checkpoints in constant memory; the recipe goes into the output's metadata."""
+    """Merge checkpoints (and bake LoRAs) in constant memory; the recipe goes into the output's
+    metadata."""
     from emaki.merge import InputRef, MergeRecipe, load_recipe, merge
     from emaki.merge import save_recipe as write_recipe
     from emaki.merge.recipe import MergeError
@@ -138,6 +193,7 @@ def merge_command(
             "--vae": vae,
             "--discard": discard,
             "--name": name,
+            "--lora": lora,
         }
         extra = [flag for flag, value in given.items() if value]
         if extra:
@@ -176,6 +232,7 @@ def merge_command(
             vae=InputRef(str(vae)) if vae is not None else None,
             discard=discard,
             name=name,
+            loras=lora_refs(lora or []),
         )
     if out is None:
         raise MergeError("merge: give the output file with --out OUT.safetensors")
@@ -193,6 +250,13 @@ def merge_command(
         from emaki.errors import Interrupted
 
         raise Interrupted(f"{out}: merge interrupted; nothing was written") from None
+    for label, keys in result.lora_unmatched.items():
+        shown = ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+        err_console.print(
+            f"lora {label}: {len(keys)} keys name no layer of this model (not baked): {shown}",
+            highlight=False,
+            soft_wrap=True,
+        )
     for path in result.rebuilt:
         err_console.print(
             f"recomputed {path} from its recipe (file missing or changed)", highlight=False

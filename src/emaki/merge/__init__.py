@@ -7,12 +7,23 @@ result = merge(recipe, "out.safetensors")        # result.recipe has the inputs'
 
 from emaki.merge import trace_lineage
 report = trace_lineage("unknown.safetensors", ["a.safetensors", "b.ckpt"])
+
+from emaki.merge import LoraRef                  # bake LoRAs into the result (after the merge)
+recipe = MergeRecipe("no-interpolation", InputRef("a.safetensors"), dtype="fp16",
+                     loras=(LoraRef("detail.safetensors", te=0.8, unet=0.8),))
 """
 
 from emaki.merge.blocks import ALL_BLOCKS, UNET_BLOCKS, block_of
 from emaki.merge.lineage import LineageResult, trace_lineage
 from emaki.merge.merger import MergeResult, merge
-from emaki.merge.recipe import InputRef, MergeError, MergeRecipe, load_recipe, save_recipe
+from emaki.merge.recipe import (
+    InputRef,
+    LoraRef,
+    MergeError,
+    MergeRecipe,
+    load_recipe,
+    save_recipe,
+)
 from emaki.merge.sources import open_source
 
 __all__ = [
@@ -20,6 +31,7 @@ __all__ = [
     "UNET_BLOCKS",
     "InputRef",
     "LineageResult",
+    "LoraRef",
     "MergeError",
     "MergeRecipe",
     "MergeResult",

@@ -13,11 +13,20 @@ candidates that take part: the others get exactly 0. A weighted sum `(1-α)A + �
 
 Components whose bits equal a candidate's (after casting the candidate to the model's dtype)
 are reported as identical, e.g. a baked-in VAE.
+
+A model made by baking a LoRA into a candidate X differs from X by a low-rank ΔW = M − X in
+every layer the LoRA covers. A few layers (`LOW_RANK_SAMPLES`: attention, projections, MLPs
+of the UNet and text encoder, spread over the file) are checked per candidate: a layer is
+*changed* when ‖ΔW‖ > `UNCHANGED`·‖X‖ (more than rounding), and *low-rank* when 99 % of
+‖ΔW‖² lies in its first r singular values with r ≤ `LOW_RANK_FRACTION` of the layer's smaller
+side. When most changed layers are low-rank, the model "looks like X + a LoRA of rank ~R",
+R the largest such r.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +52,27 @@ LINEAGE_SLICE_ELEMENTS = 1 << 18
 #: candidate that is not a parent can explain).
 SPARSE_THRESHOLD = 1e-3
 _BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+LOW_RANK_SAMPLES = 8
+LOW_RANK_ENERGY = 0.99
+LOW_RANK_FRACTION = 0.25
+#: ‖M − X‖ ≤ this · ‖X‖ in a layer: rounding (an fp16 copy is ~3e-4), not a change
+UNCHANGED = 1e-3
+_LORA_LAYER = re.compile(r"(attn[12]\.to_|proj_in|proj_out|ff\.net|self_attn\.|mlp\.fc)")
+
+
+@dataclass
+class LowRankDiff:
+    """How a model differs from one candidate in the sampled layers (see the module doc)."""
+
+    rank: int  # the largest rank holding 99 % of a low-rank layer's change
+    low_rank: int  # sampled layers whose change is low-rank
+    changed: int  # sampled layers that changed more than rounding
+    sampled: int
+    ranks: dict[str, int] = field(default_factory=dict)  # per changed layer: its 99 % rank
+
+    @property
+    def looks_like_lora(self) -> bool:
+        return self.changed > 0 and 2 * self.low_rank > self.changed
 
 
 @dataclass
@@ -62,6 +92,8 @@ class LineageResult:
     identical: dict[str, list[str]] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)  # keys a candidate lacks or shapes differently
     nonnegative: bool = False
+    #: candidate → how the model differs from it in a few sampled layers
+    low_rank: dict[str, LowRankDiff] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -79,6 +111,17 @@ class LineageResult:
             },
             "identical": self.identical,
             "skipped": self.skipped,
+            "low_rank": {
+                path: {
+                    "looks_like_lora": diff.looks_like_lora,
+                    "rank": diff.rank,
+                    "layers_low_rank": diff.low_rank,
+                    "layers_changed": diff.changed,
+                    "layers_sampled": diff.sampled,
+                    "ranks": diff.ranks,
+                }
+                for path, diff in self.low_rank.items()
+            },
         }
 
     def summary(self) -> list[str]:
@@ -98,6 +141,13 @@ class LineageResult:
         for part in ("UNet", TEXT_ENCODER, VAE):
             for path in self.identical.get(part, []):
                 lines.append(f"{_PART_NAMES[part]} identical to candidate {labels[path]}")
+        for path, diff in self.low_rank.items():
+            if diff.looks_like_lora:
+                lines.append(
+                    f"looks like {labels[path]} + a LoRA of rank ~{diff.rank} ({diff.low_rank} of "
+                    f"{diff.changed} changed layers sampled hold {LOW_RANK_ENERGY:.0%} of the change "
+                    f"in ≤ {diff.rank} singular values)"
+                )
         if self.skipped:
             lines.append(
                 f"{len(self.skipped)} tensors left out "
@@ -329,4 +379,59 @@ def _trace(
         hits = [paths[j] for j in range(k) if all(same[b][j] for b in unet)]
         if hits:
             identical["UNet"] = hits
-    return LineageResult(model.label, paths, fits, identical, skipped, nonnegative)
+    samples = _low_rank_samples(model, keys)
+    low_rank = {}
+    for j, cand in enumerate(cands):
+        diff = low_rank_difference(model, cand, [key for key in samples if key in cand_keys[j]])
+        if diff is not None:
+            low_rank[paths[j]] = diff
+    return LineageResult(model.label, paths, fits, identical, skipped, nonnegative, low_rank)
+
+
+def _low_rank_samples(model: TensorSource, keys: list[str]) -> list[str]:
+    """Up to `LOW_RANK_SAMPLES` layers LoRAs usually cover, evenly spread over the file."""
+    layers = [
+        key
+        for key in keys
+        if key.endswith(".weight")
+        and _LORA_LAYER.search(key)
+        and len(model.info(key).shape) in (2, 4)
+        and model.info(key).shape[2:] in ((), (1, 1))
+    ]
+    if len(layers) <= LOW_RANK_SAMPLES:
+        return layers
+    step = len(layers) / LOW_RANK_SAMPLES
+    return [layers[int((i + 0.5) * step)] for i in range(LOW_RANK_SAMPLES)]
+
+
+def _whole(source: TensorSource, key: str) -> torch.Tensor:
+    info = source.info(key)
+    return source.read(key, 0, info.numel).to(torch.float32, copy=True).reshape(info.shape[0], -1)
+
+
+def low_rank_difference(
+    model: TensorSource, candidate: TensorSource, keys: Sequence[str]
+) -> LowRankDiff | None:
+    """How `model − candidate` looks in the layers `keys`; None if no layer was comparable."""
+    diff = LowRankDiff(rank=0, low_rank=0, changed=0, sampled=0)
+    for key in keys:
+        if candidate.info(key).shape != model.info(key).shape:
+            continue
+        diff.sampled += 1
+        x = _whole(candidate, key)
+        delta = _whole(model, key) - x
+        norm = float(delta.norm())
+        if norm <= UNCHANGED * float(x.norm()):
+            continue
+        diff.changed += 1
+        # The squared singular values, as eigenvalues of the smaller Gram matrix (a float32
+        # product and a float64 eigensolve: far cheaper than an SVD of a 1280x5120 layer).
+        side = delta if delta.shape[0] <= delta.shape[1] else delta.T
+        energy = torch.linalg.eigvalsh((side @ side.T).double()).flip(0).clamp_min(0)
+        share = energy.cumsum(0) / energy.sum()
+        rank = int((share < LOW_RANK_ENERGY).sum()) + 1
+        diff.ranks[key] = rank
+        if rank <= LOW_RANK_FRACTION * min(delta.shape):
+            diff.low_rank += 1
+            diff.rank = max(diff.rank, rank)
+    return diff if diff.sampled else None

@@ -6,7 +6,8 @@ Memory stays at a few slices whatever the model size: inputs are read a slice at
 
 Inputs a recipe names are verified by sha256 (cached by path, size and mtime); an input that
 is itself an emaki merge and whose file is gone (or changed) is recomputed from its own recipe
-on the fly, so a merge of merges replays from the leaves.
+on the fly, so a merge of merges replays from the leaves. LoRAs baked in (`recipe.loras`) are
+verified by their 12-hex `Lora hashes` hash.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from emaki.merge.recipe import (
     RECIPE_METADATA_KEY,
     InputFacts,
     InputRef,
+    LoraRef,
     MergeError,
     MergeRecipe,
     merge_metadata,
@@ -46,6 +48,8 @@ class MergeResult:
     seconds: float
     nbytes: int
     rebuilt: list[str] = field(default_factory=list)  # inputs recomputed from their recipes
+    #: per baked LoRA (by name): its keys that name no tensor of the model (not applied)
+    lora_unmatched: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -90,6 +94,7 @@ class _Session:
         self.rebuilt: list[str] = []
         self.input_paths: set[Path] = set()
         self.inputs: dict[int, tuple[dict[str, _Opened], _Opened | None]] = {}  # by id(plan)
+        self.loras: dict[int, tuple[LoraRef, ...]] = {}  # by id(plan), hashes filled in
 
     def find(self, path: str) -> Path | None:
         candidates = [Path(path).expanduser()]
@@ -135,10 +140,28 @@ class _Session:
         self.stack.callback(source.close)
         return source
 
+    def open_lora(self, ref: LoraRef) -> tuple[LoraRef, TensorSource]:
+        """A baked LoRA's file, checked against the recipe's hash; the ref with path and hash."""
+        from emaki.networks.lora import LoraLibrary
+
+        path = self.find(ref.path)
+        if path is None:
+            known = f", hash {ref.hash}" if ref.hash else ""
+            raise MergeError(f"{ref.path}: no such file (LoRA {ref.label!r} of the recipe{known})")
+        shorthash = LoraLibrary().shorthash(path)
+        if ref.hash is not None and ref.hash != shorthash:
+            raise MergeError(
+                f"{path}: LoRA hash {shorthash} differs from the recipe's {ref.hash} "
+                f"(LoRA {ref.label!r}); this is not the file the recipe was made from"
+            )
+        source = self._open_file(path)
+        return replace(ref, path=str(path.resolve()), hash=shorthash), source
+
     def build(self, recipe: MergeRecipe) -> MergePlan:
         """The plan of `recipe` over its opened inputs (nested recipes recursively)."""
         opened = {role: self.open_input(ref, role) for role, ref in recipe.inputs.items()}
         vae = self.open_input(recipe.vae, "vae") if recipe.vae is not None else None
+        loras = [self.open_lora(ref) for ref in recipe.loras]
         b, c = opened.get("b"), opened.get("c")
         plan = MergePlan(
             recipe,
@@ -146,9 +169,11 @@ class _Session:
             b.source if b is not None else None,
             c.source if c is not None else None,
             vae=vae.source if vae is not None else None,
+            loras=loras,
             slice_elements=self.slice_elements,
         )
         self.inputs[id(plan)] = (opened, vae)
+        self.loras[id(plan)] = tuple(ref for ref, _ in loras)
         return plan
 
 
@@ -179,7 +204,7 @@ def _completed_recipe(
         if item.hashes is not None and ref.sha256 is None:  # a new input: record its hashes
             ref = replace(ref, sha256=fact.sha256, legacy_hash=fact.legacy_hash)
         refs[role] = ref
-    recipe = replace(plan.recipe, **refs)  # type: ignore[arg-type]
+    recipe = replace(plan.recipe, **refs, loras=session.loras[id(plan)])  # type: ignore[arg-type]
     architecture = facts["a"].metadata.get(CONFIG_METADATA_KEY)
     metadata = merge_metadata(
         recipe,
@@ -249,7 +274,13 @@ def merge(
             raise MergeError(f"{out}: internal error: metadata grew after hashing")
         writer.commit(metadata)
     return MergeResult(
-        out, final_recipe, metadata, time.perf_counter() - started, total, session.rebuilt
+        out,
+        final_recipe,
+        metadata,
+        time.perf_counter() - started,
+        total,
+        session.rebuilt,
+        dict(plan.bake.unmatched) if plan.bake is not None else {},
     )
 
 

@@ -11,6 +11,8 @@ operations, so results equal a whole-model fp32 merge bit for bit):
 * weighted sum:   `(1 - α)·A + α·B`
 * add difference: `A + α·(B - C)`
 * no interpolation: `A`
+* with LoRAs (`recipe.loras`, bake.py): the result of the above `+ Σ ΔW_lora`, still in float32
+  before the one rounding
 
 Key handling follows A1111 v1.10.1: only keys containing "model" are merged (so `model_ema.*`
 too, when both have them), never the text encoder's `position_ids`; other keys (`betas`,
@@ -26,14 +28,19 @@ Without one, a merged tensor takes the promoted dtype of its inputs and a copied
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from emaki.merge.blocks import block_of, is_merged_key
-from emaki.merge.recipe import MergeError, MergeRecipe
+from emaki.merge.recipe import LoraRef, MergeError, MergeRecipe
 from emaki.merge.sources import TensorInfo, TensorSource
 from emaki.models.convert import TEXT_ENCODER_PREFIX, UNET_PREFIX, VAE_PREFIX
+
+if TYPE_CHECKING:
+    from emaki.merge.bake import LoraBake
 
 OUTPUT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 #: Elements per slice read from each input and written to the output (256 Ki: 512 KiB of fp16).
@@ -127,10 +134,11 @@ class MergePlan:
         c: TensorSource | None = None,
         vae: TensorSource | None = None,
         *,
+        loras: Sequence[tuple[LoraRef, TensorSource]] = (),
         slice_elements: int = SLICE_ELEMENTS,
     ):
         self.recipe, self.a, self.b, self.c, self.vae = recipe, a, b, c, vae
-        given = [s for s in (a, b, c, vae) if s is not None]
+        given = [s for s in (a, b, c, vae) if s is not None] + [s for _, s in loras]
         if len({id(s) for s in given}) != len(given):
             raise MergeError(
                 "MergePlan: open each input separately (a read reuses its source's buffer)"
@@ -159,9 +167,15 @@ class MergePlan:
         # Largest items first keeps every tensor aligned to its dtype in the output file.
         plans.sort(key=lambda p: -p.info.dtype.itemsize)
         self.plans = {p.key: p for p in plans}
+        #: the LoRAs baked into the output (bake.py), None without any
+        self.bake: LoraBake | None = None
+        if loras:  # imported here: plain merges do without the LoRA package
+            from emaki.merge.bake import LoraBake
+
+            self.bake = LoraBake(loras, {p.key: p.info for p in plans})
         self._buffers: dict[str, torch.Tensor] = {}
         self._whole_key: str | None = None
-        self._whole: torch.Tensor | None = None
+        self._whole: torch.Tensor | None = None  # float32, the current whole-tensor key
 
     # ---- planning -------------------------------------------------------------------------
     def _check_inputs(self) -> None:
@@ -275,10 +289,10 @@ class MergePlan:
             buffer = self._buffers[name] = torch.empty(self.slice_elements, dtype=dtype)
         return buffer[:count]
 
-    def _as(self, values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    def _as(self, values: torch.Tensor, dtype: torch.dtype, name: str = "out") -> torch.Tensor:
         if values.dtype == dtype:
             return values
-        out = self._buffer("out-" + str(dtype), dtype, values.numel())
+        out = self._buffer(f"{name}-{dtype}", dtype, values.numel())
         for lo, hi in _chunks(values.numel()):
             out[lo:hi].copy_(values[lo:hi])
         return out
@@ -286,18 +300,27 @@ class MergePlan:
     def read(self, key: str, start: int, count: int) -> torch.Tensor:
         """Elements `[start, start + count)` of output tensor `key`, flattened, in its dtype."""
         plan = self.plans[key]
+        if self.bake is not None and key in self.bake.patches:
+            return self._baked(plan, start, count)
+        return self._values(plan, start, count, plan.info.dtype, "out")
+
+    def _values(
+        self, plan: KeyPlan, start: int, count: int, dtype: torch.dtype, name: str
+    ) -> torch.Tensor:
+        """The merge's values (before any LoRA) of a slice, in `dtype` (a buffer `name`)."""
+        key = plan.key
         if plan.kind == "copy":
-            return self._as(self.a.read(key, start, count), plan.info.dtype)
+            return self._as(self.a.read(key, start, count), dtype, name)
         if plan.kind == "vae":
             assert self.vae is not None and plan.source_key is not None
-            return self._as(self.vae.read(plan.source_key, start, count), plan.info.dtype)
+            return self._as(self.vae.read(plan.source_key, start, count), dtype, name)
         if plan.channels is not None:
-            return self._whole_channel_merge(plan)[start : start + count]
+            return self._as(self._whole_channel_merge(plan)[start : start + count], dtype, name)
         assert self.b is not None
         a = self.a.read(key, start, count)
         b = self.b.read(key, start, count)
         c = self.c.read(key, start, count) if self.c is not None else None
-        out = self._buffer("out-" + str(plan.info.dtype), plan.info.dtype, count)
+        out = self._buffer(f"{name}-{dtype}", dtype, count)
         x, y = self._work("x"), self._work("y")
         z = self._work("z") if c is not None else None
         for lo, hi in _chunks(count):
@@ -309,6 +332,33 @@ class MergePlan:
                 add_difference_(xs, ys, z[:n].copy_(c[lo:hi]), plan.alpha)
             out[lo:hi].copy_(xs)
         return out
+
+    def _baked(self, plan: KeyPlan, start: int, count: int) -> torch.Tensor:
+        """`W + ΣΔW` in float32, rounded once to the output dtype (bake.py)."""
+        assert self.bake is not None
+        if not self.bake.rows(plan.key):
+            whole = self._whole_baked(plan)
+            return self._as(whole[start : start + count], plan.info.dtype)
+        merged = self._values(plan, start, count, torch.float32, "merged")
+        delta = self.bake.delta_slice(plan.key, start, count)
+        values = self._buffer("baked", torch.float32, count)
+        for lo, hi in _chunks(count):
+            torch.add(merged[lo:hi], delta[lo:hi], out=values[lo:hi])
+        return self._as(values, plan.info.dtype)
+
+    def _whole_baked(self, plan: KeyPlan) -> torch.Tensor:
+        """A tensor whose LoRA update needs all of it (not a plain LoRA): W + ΣΔW, float32."""
+        if self._whole_key == "baked:" + plan.key and self._whole is not None:
+            return self._whole
+        assert self.bake is not None
+        whole = torch.empty(plan.info.numel, dtype=torch.float32)
+        for start in range(0, plan.info.numel, self.slice_elements):
+            count = min(self.slice_elements, plan.info.numel - start)
+            whole[start : start + count] = self._values(plan, start, count, torch.float32, "merged")
+        weight = whole.reshape(plan.info.shape)
+        weight += self.bake.whole_delta(plan.key, weight)
+        self._whole_key, self._whole = "baked:" + plan.key, whole
+        return whole
 
     def _work(self, name: str) -> torch.Tensor:
         buffer = self._buffers.get(name)
@@ -326,7 +376,8 @@ class MergePlan:
             add_difference_(x, y, z, alpha)
 
     def _whole_channel_merge(self, plan: KeyPlan) -> torch.Tensor:
-        """An 8/9-channel A with a 4-channel B: merge `[:, :4]`, keep A's other channels."""
+        """An 8/9-channel A with a 4-channel B: merge `[:, :4]`, keep A's other channels
+        (float32, flattened)."""
         if self._whole_key == plan.key and self._whole is not None:
             return self._whole
         assert self.b is not None and plan.channels is not None
@@ -340,5 +391,5 @@ class MergePlan:
         y = self.b.read(plan.key, 0, b_info.numel).to(torch.float32, copy=True)
         self._combine(x, y, plan.key, 0, b_info.numel, plan.alpha)
         a[:, : plan.channels] = x.reshape(b_info.shape)
-        self._whole_key, self._whole = plan.key, a.reshape(-1).to(plan.info.dtype)
+        self._whole_key, self._whole = plan.key, a.reshape(-1)
         return self._whole

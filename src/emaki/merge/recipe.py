@@ -11,6 +11,11 @@ A recipe is JSON:
  "vae": null, "discard": null, "name": null}
 ```
 
+A recipe that bakes LoRAs into the result adds `"loras"`, applied in order after the merge:
+`[{"path": "/loras/detail.safetensors", "name": "detail", "hash": "0123456789ab", "te": 0.8,
+"unet": 0.8}]` (`hash`: the 12 hex of A1111's `Lora hashes`). Recipes without LoRAs have no
+such key, so their JSON is what it was before LoRAs could be baked.
+
 An input that is itself an emaki merge carries its own recipe, so a merge of merges can be
 rebuilt from the leaves when an intermediate file is gone. The same JSON (canonical: sorted
 keys, no spaces) goes into the output's `emaki_merge_recipe` metadata next to A1111's
@@ -81,6 +86,44 @@ class InputRef:
 
 
 @dataclass(frozen=True)
+class LoraRef:
+    """A LoRA baked into the result: its file, the name it was asked for by, its 12-hex hash
+    (A1111's `Lora hashes`, filled in when merged), and the text-encoder and UNet multipliers."""
+
+    path: str
+    te: float = 1.0
+    unet: float = 1.0
+    hash: str | None = None
+    name: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name or Path(self.path).stem
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "name": self.name, "hash": self.hash, "te": self.te,
+                "unet": self.unet}
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> LoraRef:
+        if not isinstance(data, dict) or not isinstance(data.get("path"), str):
+            raise MergeError(f"recipe: {where} must be an object with a 'path' string")
+        multipliers: list[float] = []
+        for label in ("te", "unet"):
+            value: Any = data.get(label, multipliers[0] if multipliers else 1.0)
+            if not (isinstance(value, int | float) and math.isfinite(value)):
+                raise MergeError(f"recipe: {where}.{label} must be a finite number, got {value!r}")
+            multipliers.append(float(value))
+        return cls(
+            path=data["path"],
+            te=multipliers[0],
+            unet=multipliers[1],
+            hash=_opt_str(data.get("hash"), f"{where}.hash"),
+            name=_opt_str(data.get("name"), f"{where}.name"),
+        )
+
+
+@dataclass(frozen=True)
 class MergeRecipe:
     """How to make one model from two or three (mode, α or 25 block weights, options)."""
 
@@ -96,6 +139,7 @@ class MergeRecipe:
     vae: InputRef | None = None
     discard: str | None = None
     name: str | None = None
+    loras: tuple[LoraRef, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -129,6 +173,9 @@ class MergeRecipe:
                 )
             if not all(isinstance(v, int | float) and math.isfinite(v) for v in self.blocks):
                 raise MergeError("recipe: every block weight must be a finite number")
+        for lora in self.loras:
+            if not all(math.isfinite(v) for v in (lora.te, lora.unet)):
+                raise MergeError(f"recipe: LoRA {lora.label!r}: multipliers must be finite numbers")
         if self.dtype is not None and self.dtype not in DTYPES:
             raise MergeError(f"recipe: dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
         if self.discard is not None:
@@ -156,7 +203,15 @@ class MergeRecipe:
         return float(self.alpha)
 
     def default_name(self) -> str:
-        """A1111's default output name (specs §7.1)."""
+        """A1111's default output name (specs §7.1), then `+ W(lora)` per baked LoRA
+        (`TE/UNET(lora)` when the two differ)."""
+        return self._merge_name() + "".join(
+            f" + {_number(lora.te) if lora.te == lora.unet else f'{_number(lora.te)}/{_number(lora.unet)}'}"
+            f"({lora.label})"
+            for lora in self.loras
+        )
+
+    def _merge_name(self) -> str:
         a = Path(self.a.path).stem
         if self.mode == "weighted-sum":
             assert self.b is not None
@@ -186,6 +241,8 @@ class MergeRecipe:
             "discard": self.discard,
             "name": self.name,
         }
+        if self.loras:
+            data["loras"] = [lora.to_dict() for lora in self.loras]
         return data
 
     def to_json(self) -> str:
@@ -208,6 +265,9 @@ class MergeRecipe:
             k: InputRef.from_dict(inputs[k], f"{where}.inputs.{k}") if inputs.get(k) else None
             for k in ("a", "b", "c")
         }
+        loras = data.get("loras") or []
+        if not isinstance(loras, list):
+            raise MergeError(f"{where}: 'loras' must be a list of objects")
         blocks = data.get("blocks")
         if blocks is not None and not isinstance(blocks, list):
             raise MergeError(f"{where}: 'blocks' must be a list of {len(UNET_BLOCKS)} numbers")
@@ -225,10 +285,18 @@ class MergeRecipe:
                 vae=InputRef.from_dict(data["vae"], f"{where}.vae") if data.get("vae") else None,
                 discard=_opt_str(data.get("discard"), f"{where}.discard"),
                 name=_opt_str(data.get("name"), f"{where}.name"),
+                loras=tuple(
+                    LoraRef.from_dict(item, f"{where}.loras[{i}]") for i, item in enumerate(loras)
+                ),
                 extra={k: v for k, v in data.items() if k == "output"},
             )
         except MergeError as e:
             raise MergeError(str(e).replace("recipe:", f"{where}:", 1)) from None
+
+
+def _number(value: float) -> str:
+    """`0.8`, `1` (not `1.0`)."""
+    return f"{value:g}"
 
 
 def _opt_str(value: Any, where: str) -> str | None:

@@ -6,7 +6,9 @@ for one run with A1111 v1.10's arithmetic, list the files.
 * `modules`: the ΔW formula of each module type (LoRA/LoCon, LoHa, LoKr, IA³, full, norm, OFT,
   DoRA);
 * `library`: finding files by name or alias, listing rows, loading once per file version;
-* `apply`: summing ΔW per weight and patching through the caller's `replace`.
+* `apply`: summing ΔW per weight and patching through the caller's `replace`;
+* `extract`: a LoRA from two checkpoints (truncated SVD of their difference), and the LoRA
+  names of a single-file checkpoint's keys (what baking in `emaki.merge` patches).
 """
 
 from emaki.networks.lora.apply import (
@@ -15,6 +17,15 @@ from emaki.networks.lora.apply import (
     apply_loras,
     lora_hashes,
     lora_strengths,
+)
+from emaki.networks.lora.extract import (
+    CheckpointModule,
+    CheckpointNames,
+    ExtractedLora,
+    LayerFit,
+    extract_lora,
+    kohya_modules,
+    save_extracted_lora,
 )
 from emaki.networks.lora.formats import (
     LORA_SUFFIXES,
@@ -52,10 +63,14 @@ __all__ = [
     "LORA_SUFFIXES",
     "MODULE_TYPES",
     "AppliedLoras",
+    "CheckpointModule",
+    "CheckpointNames",
     "ChosenLora",
+    "ExtractedLora",
     "FullDiff",
     "Hadamard",
     "Kronecker",
+    "LayerFit",
     "LayerTargets",
     "LoraFile",
     "LoraLibrary",
@@ -67,9 +82,11 @@ __all__ = [
     "Target",
     "apply_loras",
     "bundled_embedding_data",
+    "extract_lora",
     "file_kind",
     "fit_to",
     "group_modules",
+    "kohya_modules",
     "load_lora",
     "lora_hashes",
     "lora_strengths",
@@ -80,6 +97,7 @@ __all__ = [
     "read_lora_file",
     "read_lora_tensors",
     "rebuild_tucker",
+    "save_extracted_lora",
     "sd15_targets",
     "sd_version",
     "split_key",
