@@ -1,4 +1,5 @@
-"""A real `emaki serve` in a subprocess (its own EMAKI_HOME), for client and browser tests."""
+"""A real `emaki serve` in a subprocess (its own EMAKI_HOME), for client and browser tests, and the
+headless Chromium (Debian's, driven by Playwright) the web page tests share."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from web_browser import CHROMIUM, LAUNCH_ARGS, WAIT_MS
 
 
 def free_port() -> int:
@@ -100,3 +103,30 @@ def server_factory(tmp_path: Path) -> Iterator:
     yield start
     for server in started:
         server.stop()
+
+
+def _browser_unavailable() -> str | None:
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "the playwright package is not installed (pip install -e '.[test]')"
+    if not CHROMIUM.exists():
+        return f"{CHROMIUM} is missing (apt-get install chromium)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Headless Chromium; in CI a missing browser fails the test instead of skipping it."""
+    reason = _browser_unavailable()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"web page test cannot run in CI: {reason}")
+        pytest.skip(reason)
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=WAIT_MS)
+    with sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
+        yield launched
+        launched.close()

@@ -5,39 +5,14 @@ records `Lora hashes`."""
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from tiny_lora import write_tiny_lora
+from web_browser import WAIT_MS
 
-CHROMIUM = Path("/usr/bin/chromium")
-LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-               "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
-WAIT_MS = 60_000
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    try:
-        from playwright.sync_api import expect, sync_playwright
-    except ImportError:
-        reason = "the playwright package is not installed (pip install -e '.[test]')"
-    else:
-        reason = "" if CHROMIUM.exists() else f"{CHROMIUM} is missing (apt-get install chromium)"
-    if reason:
-        if os.environ.get("CI"):
-            pytest.fail(f"LoRA page test cannot run in CI: {reason}")
-        pytest.skip(reason)
-    expect.set_options(timeout=WAIT_MS)
-    with sync_playwright() as p:
-        launched = p.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
-        yield launched
-        launched.close()
 
 
 def test_lora_picker_inserts_tags_that_generate_with_lora_hashes(browser: Any, live_server: Any,

@@ -10,52 +10,21 @@ import base64
 import io
 import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
+from web_browser import WAIT_MS
 
-CHROMIUM = Path("/usr/bin/chromium")
-LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-               "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 REPO = Path(__file__).resolve().parents[2]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-WAIT_MS = 60_000  # generations on a slow shared CPU
 PROMPT = "1girl, pink hair, green eyes, smile"
 RED_PROMPT = "1girl, long hair, red hair, smile, white background"
 GREEN_PROMPT = "1girl, long hair, green hair, smile, white background"
 DROPPED_INFOTEXT = ("dropped prompt test\nNegative prompt: lowres, bad anatomy\n"
                     "Steps: 33, Sampler: Euler, Schedule type: Karras, CFG scale: 5.5, Seed: 4242, "
                     "Size: 64x48, Model: emaki-demo")
-
-
-def _unavailable() -> str | None:
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "the playwright package is not installed (pip install -e '.[test]')"
-    if not CHROMIUM.exists():
-        return f"{CHROMIUM} is missing (apt-get install chromium)"
-    return None
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    reason = _unavailable()
-    if reason:
-        if os.environ.get("CI"):
-            pytest.fail(f"web page test cannot run in CI: {reason}")
-        pytest.skip(reason)
-    from playwright.sync_api import expect, sync_playwright
-
-    expect.set_options(timeout=WAIT_MS)
-    with sync_playwright() as p:
-        launched = p.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
-        yield launched
-        launched.close()
 
 
 class Session:
