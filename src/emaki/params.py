@@ -5,13 +5,14 @@ Field names follow the A1111 API payload (`/sdapi/v1/txt2img`) where one exists.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from emaki.errors import ParamsError
 
 MAX_SEED = 2**32 - 1
+Model = TypeVar("Model", bound=BaseModel)
 
 
 class GenerationParams(BaseModel):
@@ -62,20 +63,30 @@ class GenerationParams(BaseModel):
     @field_validator("width", "height")
     @classmethod
     def _multiple_of_8(cls, value: int | None) -> int | None:
-        if value is not None and value % 8:
-            raise ValueError(f"must be a multiple of 8, got {value}")
-        return value
+        return multiple_of_8(value)
 
     @classmethod
     def create(cls, **fields: Any) -> GenerationParams:
         """Validate `fields`; a bad one raises `ParamsError` naming it and what was expected."""
-        try:
-            return cls(**fields)
-        except ValidationError as e:
-            raise params_error(e) from None
+        return checked(cls, fields)
 
     def updated(self, **fields: Any) -> GenerationParams:
         return GenerationParams.create(**(self.model_dump() | fields))
+
+
+def multiple_of_8(value: int | None) -> int | None:
+    """A size field's rule (latents are an eighth of the pixels): None, or a multiple of 8."""
+    if value is not None and value % 8:
+        raise ValueError(f"must be a multiple of 8, got {value}")
+    return value
+
+
+def checked(model: type[Model], fields: dict[str, Any]) -> Model:
+    """`model(**fields)`, a bad field raising `ParamsError` naming it and what was expected."""
+    try:
+        return model(**fields)
+    except ValidationError as e:
+        raise params_error(e) from None
 
 
 def params_error(error: ValidationError) -> ParamsError:

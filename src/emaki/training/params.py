@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from emaki.errors import ParamsError
-from emaki.params import params_error
+from emaki.params import checked, multiple_of_8
 from emaki.training.schedules import parse_lr_schedule
 
 TrainingKind = Literal["embedding", "hypernetwork", "lora"]
@@ -125,9 +125,7 @@ class TrainingParams(BaseModel):
     @field_validator("width", "height")
     @classmethod
     def _multiple_of_8(cls, value: int | None) -> int | None:
-        if value is not None and value % 8:
-            raise ValueError(f"must be a multiple of 8, got {value}")
-        return value
+        return multiple_of_8(value)
 
     @field_validator("layer_structure")
     @classmethod
@@ -172,7 +170,4 @@ class TrainingParams(BaseModel):
     @classmethod
     def create(cls, **fields: Any) -> TrainingParams:
         """Validate `fields`; a bad one raises `ParamsError` naming it and what was expected."""
-        try:
-            return cls(**fields)
-        except ValidationError as e:
-            raise params_error(e) from None
+        return checked(cls, fields)
