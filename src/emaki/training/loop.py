@@ -159,7 +159,7 @@ class TrainingLoop:
             (loss / self.accumulate).backward()
             total += value
         params = self.parameters
-        if not _all_finite(p.grad for p in params if p.grad is not None):
+        if not all_finite(p.grad for p in params if p.grad is not None):
             self.optimizer.zero_grad(set_to_none=True)
             return math.nan
         if self.clip_grad_norm is not None:
@@ -169,7 +169,7 @@ class TrainingLoop:
         before = ([p.detach().clone() for p in params], copy.deepcopy(self.optimizer.state_dict()))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if not _all_finite(params):
+        if not all_finite(params):
             with torch.no_grad():
                 for param, kept in zip(params, before[0], strict=True):
                     param.copy_(kept)
@@ -186,7 +186,8 @@ class TrainingLoop:
                                self.ema, self.rngs)
 
 
-def _all_finite(tensors: Iterable[torch.Tensor]) -> bool:
+def all_finite(tensors: Iterable[torch.Tensor]) -> bool:
+    """Whether every element of every tensor is finite (what may be kept, saved or hashed)."""
     return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 

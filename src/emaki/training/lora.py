@@ -33,6 +33,7 @@ from emaki.models.loader import LoadedModel
 from emaki.prompts import PromptEncoder
 from emaki.training.artifacts import write_optim
 from emaki.training.dataset import TrainingImage
+from emaki.training.loop import all_finite
 from emaki.training.params import TrainingParams
 from emaki.training.schedules import parse_lr_schedule
 
@@ -200,7 +201,7 @@ class LoraTrainee:
 
     def save(self, path: Path, step: int, optimizer: torch.optim.Optimizer | None, record: dict[str, Any]) -> Path:
         tensors = self.state()
-        if not all(bool(torch.isfinite(t).all()) for t in tensors.values()):
+        if not all_finite(tensors.values()):
             raise ModelLoadError(f"{path}: not written, the LoRA's weights are not finite")
         data_hash = hashlib.sha256(_tensor_bytes(tensors)).hexdigest()
         meta = {**self.metadata, "ss_output_name": path.stem, "ss_steps": str(step),

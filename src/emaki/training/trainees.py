@@ -20,10 +20,7 @@ from emaki.networks.hypernetworks import Hypernetwork, save_hypernetwork
 from emaki.prompts import PromptEncoder
 from emaki.training.artifacts import write_optim
 from emaki.training.errors import TrainingError
-
-
-def _all_finite(tensors: list[torch.Tensor]) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in tensors)
+from emaki.training.loop import all_finite
 
 
 class Trainee(Protocol):
@@ -49,7 +46,7 @@ class Trainee(Protocol):
 
 
 def _guard_finite(tensors: list[torch.Tensor], path: Path) -> None:
-    if not _all_finite(tensors):
+    if not all_finite(tensors):
         raise TrainingError(f"{path}: not written, the weights are not finite (this is a bug: "
                             "the loop rolls back every non-finite step)")
 
