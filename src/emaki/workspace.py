@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from emaki.errors import ParamsError
+from emaki.files import STALE_PARTIAL_S, remove_stale_partials
 
 FolderKind = Literal["checkpoints", "vaes", "embeddings", "hypernetworks", "loras", "upscalers", "wildcards"]
 
@@ -101,4 +102,15 @@ def workspace_from_environment(environ: Mapping[str, str], *, home: Path | None 
     root = a1111 if a1111 is not None else (Path(configured).expanduser() if configured else None)
     if root is not None and not root.is_dir():
         raise ParamsError(f"--a1111: {root} is not a folder")
-    return Workspace(home if home is not None else default_home(environ), root)
+    workspace = Workspace(home if home is not None else default_home(environ), root)
+    _remove_leftovers(workspace)
+    return workspace
+
+
+def _remove_leftovers(workspace: Workspace) -> None:
+    """Clear what writers killed mid-write left (`files.remove_stale_partials`) in the folders
+    emaki writes to under `home`, never an A1111 install's. Every surface starts here."""
+    folders = {workspace.home, workspace.hash_cache.parent}
+    folders.update(workspace.home / sub for sub in HOME_FOLDERS.values())
+    for folder in sorted(folders):
+        remove_stale_partials(folder, older_than_s=STALE_PARTIAL_S)

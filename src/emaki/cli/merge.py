@@ -148,7 +148,11 @@ def merge_command(
         Path | None, typer.Option("--vae", help="Bake this VAE into the result.")
     ] = None,
     discard: Annotated[
-        str | None, typer.Option(help="Drop keys matching this regex (re.search).")
+        str | None,
+        typer.Option(
+            help="Drop keys matching this regex (re.search); one that could backtrack for long, "
+            "such as (a+)+, is refused."
+        ),
     ] = None,
     name: Annotated[
         str | None, typer.Option(help="Name recorded in the A1111 recipe (default: A1111's).")

@@ -13,7 +13,6 @@ verified by their 12-hex `Lora hashes` hash.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,6 +20,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from emaki.files import STALE_PARTIAL_S, remove_stale_partials
 from emaki.merge.plan import SLICE_ELEMENTS, MergePlan
 from emaki.merge.recipe import (
     RECIPE_METADATA_KEY,
@@ -30,6 +30,7 @@ from emaki.merge.recipe import (
     MergeError,
     MergeRecipe,
     merge_metadata,
+    recipe_from_json,
 )
 from emaki.merge.sources import TensorSource, open_source
 from emaki.merge.writer import SafetensorsWriter, safetensors_header
@@ -182,9 +183,9 @@ def _embedded_recipe(source: TensorSource) -> MergeRecipe | None:
     if not text:
         return None
     try:
-        return MergeRecipe.from_dict(json.loads(text), f"{source.label}:{RECIPE_METADATA_KEY}")
-    except (MergeError, json.JSONDecodeError):
-        return None  # an unreadable embedded recipe only loses the lineage record
+        return recipe_from_json(text, f"{source.label}:{RECIPE_METADATA_KEY}")
+    except MergeError:
+        return None  # an unreadable (or hostile) embedded recipe only loses the lineage record
 
 
 def _completed_recipe(
@@ -240,6 +241,7 @@ def merge(
         )
     if out.exists() and not overwrite:
         raise MergeError(f"{out}: already exists (pass overwrite=True / --overwrite to replace it)")
+    remove_stale_partials(out.parent, older_than_s=STALE_PARTIAL_S)  # left by killed merges
     cache = hashes if hashes is not None else HashCache(None)
     with ExitStack() as stack:
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="emaki-hash")

@@ -27,15 +27,21 @@ Without one, a merged tensor takes the promoted dtype of its inputs and a copied
 
 from __future__ import annotations
 
-import re
-from collections.abc import Sequence
+import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
 from emaki.merge.blocks import block_of, is_merged_key
-from emaki.merge.recipe import LoraRef, MergeError, MergeRecipe
+from emaki.merge.recipe import (
+    MAX_DISCARD_KEY_LENGTH,
+    LoraRef,
+    MergeError,
+    MergeRecipe,
+    discard_regex,
+)
 from emaki.merge.sources import TensorInfo, TensorSource
 from emaki.models.convert import TEXT_ENCODER_PREFIX, UNET_PREFIX, VAE_PREFIX
 
@@ -51,6 +57,10 @@ SLICE_ELEMENTS = 1 << 18
 #: loaded 2-core machine). The work is memory-bound and cheap anyway (about 0.3 s per 10⁹
 #: elements on one core), so it runs in chunks of this size on the calling thread.
 COMPUTE_CHUNK = 32768
+#: The whole `discard` pass over a model's keys. A recipe's regex is checked for catastrophic
+#: backtracking when it is read (emaki.safe_regex bounds one key to well under a second); this
+#: bounds the rest, a pattern slow on every key of a big model.
+DISCARD_SECONDS = 10.0
 
 
 def _chunks(count: int) -> list[tuple[int, int]]:
@@ -113,6 +123,28 @@ def architecture_of(source: TensorSource) -> int:
     return int(width) if width is not None else 0
 
 
+def discarded_keys(keys: Iterable[str], pattern: str, label: str) -> set[str]:
+    """The keys in which `pattern` finds a match (`re.search`), all searched within
+    `DISCARD_SECONDS`."""
+    regex = discard_regex(pattern)
+    deadline = time.monotonic() + DISCARD_SECONDS
+    found = set()
+    for key in keys:
+        if len(key) > MAX_DISCARD_KEY_LENGTH:
+            raise MergeError(
+                f"{label}: tensor name {key[:40]!r}... has {len(key)} characters; a discard "
+                f"regex is matched against names of at most {MAX_DISCARD_KEY_LENGTH}"
+            )
+        if regex.search(key):
+            found.add(key)
+        if time.monotonic() > deadline:
+            raise MergeError(
+                f"recipe: discard regex {pattern[:60]!r} took more than {DISCARD_SECONDS:g} s "
+                f"over the tensor names of {label}; simplify it"
+            )
+    return found
+
+
 def _vae_keys(vae: TensorSource) -> dict[str, str]:
     """{output key: VAE-file key}; `loss*` and EMA counters dropped (A1111 `sd_vae.py`)."""
     mapping = {}
@@ -152,13 +184,14 @@ class MergePlan:
         self._b_keys = set(b.keys()) if b is not None else set()
         self._c_keys = set(c.keys()) if c is not None else set()
         self.out_dtype = OUTPUT_DTYPES[recipe.dtype] if recipe.dtype else None
-        discard = re.compile(recipe.discard) if recipe.discard else None
+        discarded = (
+            discarded_keys(a.keys(), recipe.discard, a.label) if recipe.discard else set()
+        )
         vae_map = _vae_keys(vae) if vae is not None else {}
         plans = []
         for key in a.keys():  # noqa: SIM118 (not a dict)
-            if discard is not None and discard.search(key):
-                continue
-            plans.append(self._plan_key(key, vae_map))
+            if key not in discarded:
+                plans.append(self._plan_key(key, vae_map))
         if vae is not None and not any(p.kind == "vae" for p in plans):
             raise MergeError(
                 f"{vae.label}: no VAE weights match the checkpoint's 'first_stage_model.*' keys "

@@ -21,23 +21,40 @@ rebuilt from the leaves when an intermediate file is gone. The same JSON (canoni
 keys, no spaces) goes into the output's `emaki_merge_recipe` metadata next to A1111's
 `sd_merge_recipe` and `sd_merge_models` (specs/FORMATS.md §7.1), so replaying a recipe writes a
 bit-identical file. A saved recipe file may add `"output"`, the path it was written to.
+
+A recipe may come from anywhere (a downloaded model carries one), so reading one is bounded:
+at most `MAX_RECIPE_BYTES` of JSON, merges nested at most `MAX_RECIPE_DEPTH` deep, at most
+`MAX_RECIPE_PARTS` models, LoRAs and merges in all (each one is opened, or rebuilt with its own
+buffers, when the recipe is replayed), and a `discard` regex that cannot backtrack for long
+(`emaki.safe_regex`).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from emaki.errors import EmakiError
 from emaki.merge.blocks import UNET_BLOCKS
+from emaki.safe_regex import bounded_regex
 
 RECIPE_VERSION = 1
 RECIPE_METADATA_KEY = "emaki_merge_recipe"
 MODES = ("weighted-sum", "add-difference", "no-interpolation")
 DTYPES = ("fp16", "bf16", "fp32")
+#: A recipe's JSON (a file, or a model's metadata); real ones are a few KB per merge.
+MAX_RECIPE_BYTES = 4 * 1024 * 1024
+#: Merges nested in merges (a merge of merges of ...): 32 generations of emaki merges.
+MAX_RECIPE_DEPTH = 32
+#: Models, VAEs, LoRAs and merges in one recipe, nested ones included.
+MAX_RECIPE_PARTS = 256
+#: Tensor names a `discard` regex is matched against are at most this long (its work bound).
+MAX_DISCARD_KEY_LENGTH = 256
 A1111_METHODS = {
     "weighted-sum": "Weighted sum",
     "add-difference": "Add difference",
@@ -47,6 +64,22 @@ A1111_METHODS = {
 
 class MergeError(EmakiError, ValueError):
     """A merge cannot be done as asked: bad recipe, incompatible models, missing inputs."""
+
+
+@dataclass
+class _Reading:
+    """What one recipe being read may still hold (`MAX_RECIPE_PARTS`), and where it is from."""
+
+    source: str
+    parts: int = 0
+
+    def count(self, where: str) -> None:
+        self.parts += 1
+        if self.parts > MAX_RECIPE_PARTS:
+            raise MergeError(
+                f"{self.source}: the recipe holds more than {MAX_RECIPE_PARTS} models, LoRAs and "
+                f"merges (at {where}); emaki replays at most {MAX_RECIPE_PARTS}"
+            )
 
 
 @dataclass(frozen=True)
@@ -71,7 +104,12 @@ class InputRef:
         }
 
     @classmethod
-    def from_dict(cls, data: Any, where: str) -> InputRef:
+    def from_dict(
+        cls, data: Any, where: str, *, depth: int = 0, reading: _Reading | None = None
+    ) -> InputRef:
+        """`depth`: merges around this input (its own recipe is one deeper)."""
+        if reading is not None:
+            reading.count(where)
         if isinstance(data, str):
             return cls(path=data)
         if not isinstance(data, dict) or not isinstance(data.get("path"), str):
@@ -81,7 +119,11 @@ class InputRef:
             path=data["path"],
             sha256=_opt_str(data.get("sha256"), f"{where}.sha256"),
             legacy_hash=_opt_str(data.get("legacy_hash"), f"{where}.legacy_hash"),
-            recipe=MergeRecipe.from_dict(nested, f"{where}.recipe") if nested else None,
+            recipe=(
+                MergeRecipe.from_dict(nested, f"{where}.recipe", depth=depth + 1, reading=reading)
+                if nested
+                else None
+            ),
         )
 
 
@@ -105,14 +147,18 @@ class LoraRef:
                 "unet": self.unet}
 
     @classmethod
-    def from_dict(cls, data: Any, where: str) -> LoraRef:
+    def from_dict(cls, data: Any, where: str, *, reading: _Reading | None = None) -> LoraRef:
+        if reading is not None:
+            reading.count(where)
         if not isinstance(data, dict) or not isinstance(data.get("path"), str):
             raise MergeError(f"recipe: {where} must be an object with a 'path' string")
         multipliers: list[float] = []
         for label in ("te", "unet"):
             value: Any = data.get(label, multipliers[0] if multipliers else 1.0)
-            if not (isinstance(value, int | float) and math.isfinite(value)):
-                raise MergeError(f"recipe: {where}.{label} must be a finite number, got {value!r}")
+            if not _finite(value):
+                raise MergeError(
+                    f"recipe: {where}.{label} must be a finite number, got {_shown(value)}"
+                )
             multipliers.append(float(value))
         return cls(
             path=data["path"],
@@ -147,7 +193,7 @@ class MergeRecipe:
 
     def validate(self) -> None:
         if self.mode not in MODES:
-            raise MergeError(f"recipe: mode {self.mode!r} is not one of {', '.join(MODES)}")
+            raise MergeError(f"recipe: mode {_shown(self.mode)} is not one of {', '.join(MODES)}")
         wanted = {"weighted-sum": 2, "add-difference": 3, "no-interpolation": 1}[self.mode]
         given = 1 + (self.b is not None) + (self.c is not None)
         if self.c is not None and self.b is None:
@@ -163,30 +209,25 @@ class MergeRecipe:
             ("text_encoder_alpha", self.text_encoder_alpha),
             ("vae_alpha", self.vae_alpha),
         ):
-            if value is not None and not (isinstance(value, int | float) and math.isfinite(value)):
-                raise MergeError(f"recipe: {name} must be a finite number, got {value!r}")
+            if value is not None and not _finite(value):
+                raise MergeError(f"recipe: {name} must be a finite number, got {_shown(value)}")
         if self.blocks is not None:
             if len(self.blocks) != len(UNET_BLOCKS):
                 raise MergeError(
                     f"recipe: blocks needs {len(UNET_BLOCKS)} values (IN00-IN11, M00, "
                     f"OUT00-OUT11), got {len(self.blocks)}"
                 )
-            if not all(isinstance(v, int | float) and math.isfinite(v) for v in self.blocks):
+            if not all(_finite(v) for v in self.blocks):
                 raise MergeError("recipe: every block weight must be a finite number")
         for lora in self.loras:
             if not all(math.isfinite(v) for v in (lora.te, lora.unet)):
                 raise MergeError(f"recipe: LoRA {lora.label!r}: multipliers must be finite numbers")
         if self.dtype is not None and self.dtype not in DTYPES:
-            raise MergeError(f"recipe: dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
+            raise MergeError(
+                f"recipe: dtype {_shown(self.dtype)} is not one of {', '.join(DTYPES)}"
+            )
         if self.discard is not None:
-            import re
-
-            try:
-                re.compile(self.discard)
-            except re.error as e:
-                raise MergeError(
-                    f"recipe: discard regex {self.discard!r} is invalid ({e})"
-                ) from None
+            discard_regex(self.discard)
 
     @property
     def inputs(self) -> dict[str, InputRef]:
@@ -250,19 +291,40 @@ class MergeRecipe:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
     @classmethod
-    def from_dict(cls, data: Any, where: str = "recipe") -> MergeRecipe:
+    def from_dict(
+        cls,
+        data: Any,
+        where: str = "recipe",
+        *,
+        depth: int = 1,
+        reading: _Reading | None = None,
+    ) -> MergeRecipe:
+        """The recipe in parsed JSON `data` (`where` names it in errors; `depth`: 1 + the merges
+        around it), within the limits of the module doc."""
+        reading = reading if reading is not None else _Reading(where)
+        if depth > MAX_RECIPE_DEPTH:
+            raise MergeError(
+                f"{reading.source}: merges are nested more than {MAX_RECIPE_DEPTH} deep in the "
+                f"recipe; emaki replays at most {MAX_RECIPE_DEPTH} levels"
+            )
+        reading.count(where)
         if not isinstance(data, dict):
             raise MergeError(f"{where}: expected a JSON object")
         version = data.get("emaki_merge_recipe", RECIPE_VERSION)
         if version != RECIPE_VERSION:
             raise MergeError(
-                f"{where}: recipe version {version!r} is not supported (expected {RECIPE_VERSION})"
+                f"{where}: recipe version {_shown(version)} is not supported "
+                f"(expected {RECIPE_VERSION})"
             )
         inputs = data.get("inputs")
         if not isinstance(inputs, dict) or not inputs.get("a"):
             raise MergeError(f"{where}: 'inputs' must hold at least model 'a'")
         refs = {
-            k: InputRef.from_dict(inputs[k], f"{where}.inputs.{k}") if inputs.get(k) else None
+            k: (
+                InputRef.from_dict(inputs[k], f"{where}.inputs.{k}", depth=depth, reading=reading)
+                if inputs.get(k)
+                else None
+            )
             for k in ("a", "b", "c")
         }
         loras = data.get("loras") or []
@@ -271,9 +333,12 @@ class MergeRecipe:
         blocks = data.get("blocks")
         if blocks is not None and not isinstance(blocks, list):
             raise MergeError(f"{where}: 'blocks' must be a list of {len(UNET_BLOCKS)} numbers")
+        mode = data.get("mode", "weighted-sum")
+        if not isinstance(mode, str):
+            raise MergeError(f"{where}: mode must be one of {', '.join(MODES)}, got {_shown(mode)}")
         try:
             return cls(
-                mode=str(data.get("mode", "weighted-sum")),
+                mode=mode,
                 a=refs["a"],  # type: ignore[arg-type]
                 b=refs["b"],
                 c=refs["c"],
@@ -281,17 +346,53 @@ class MergeRecipe:
                 blocks=tuple(blocks) if blocks is not None else None,
                 text_encoder_alpha=data.get("text_encoder_alpha"),
                 vae_alpha=data.get("vae_alpha"),
-                dtype=data.get("dtype"),
-                vae=InputRef.from_dict(data["vae"], f"{where}.vae") if data.get("vae") else None,
+                dtype=_opt_str(data.get("dtype"), f"{where}.dtype"),
+                vae=(
+                    InputRef.from_dict(data["vae"], f"{where}.vae", depth=depth, reading=reading)
+                    if data.get("vae")
+                    else None
+                ),
                 discard=_opt_str(data.get("discard"), f"{where}.discard"),
                 name=_opt_str(data.get("name"), f"{where}.name"),
                 loras=tuple(
-                    LoraRef.from_dict(item, f"{where}.loras[{i}]") for i, item in enumerate(loras)
+                    LoraRef.from_dict(item, f"{where}.loras[{i}]", reading=reading)
+                    for i, item in enumerate(loras)
                 ),
                 extra={k: v for k, v in data.items() if k == "output"},
             )
         except MergeError as e:
             raise MergeError(str(e).replace("recipe:", f"{where}:", 1)) from None
+
+
+def discard_regex(pattern: str) -> re.Pattern[str]:
+    """A recipe's `discard` regex, compiled, refused when it could backtrack for long on a
+    tensor name (`emaki.safe_regex`)."""
+    return bounded_regex(
+        pattern, "recipe: discard regex", max_text=MAX_DISCARD_KEY_LENGTH, error=MergeError
+    )
+
+
+def _finite(value: Any) -> bool:
+    """A JSON number that is a finite float (`10**400` is not: it has no float)."""
+    if not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _shown(value: Any) -> str:
+    """A recipe value for an error message: short scalars as they are, anything else by kind
+    (a recipe's value may be a 600 KB list, or nested too deep to print)."""
+    if isinstance(value, str | bool | float | None) or (
+        isinstance(value, int) and abs(value) < 10**15
+    ):
+        text = repr(value)
+        return text if len(text) <= 60 else text[:57] + "..."
+    return {int: "a very large number", list: "a list", dict: "an object"}.get(
+        type(value), type(value).__name__
+    )
 
 
 def _number(value: float) -> str:
@@ -310,25 +411,75 @@ def load_recipe(path: str | Path) -> MergeRecipe:
     path = Path(path)
     if not path.is_file():
         raise MergeError(f"{path}: no such recipe file")
+    if _is_safetensors(path) or path.suffix.lower() == ".safetensors":
+        return recipe_from_json(_embedded_recipe_text(path), f"{path}:{RECIPE_METADATA_KEY}")
     with open(path, "rb") as f:
         head = f.read(1)
-    if head in (b"{", b" ", b"\n", b"\t", b"\r", b"\xef"):
-        try:
-            data = json.loads(path.read_text(encoding="utf-8-sig"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise MergeError(f"{path}: not a valid recipe JSON file ({e})") from None
-        return MergeRecipe.from_dict(data, str(path))
-    from emaki.models.safe_load import SAFETENSORS, sniff_format
-    from emaki.models.safetensors_header import read_safetensors_metadata
-
-    if sniff_format(path) != SAFETENSORS:
+    if path.suffix.lower() != ".json" and head not in (b"{", b" ", b"\n", b"\t", b"\r", b"\xef"):
         raise MergeError(f"{path}: expected a recipe .json or a .safetensors model merged by emaki")
-    text = read_safetensors_metadata(path).get(RECIPE_METADATA_KEY)
-    if not text:
+    size = path.stat().st_size
+    if size > MAX_RECIPE_BYTES:
+        raise MergeError(
+            f"{path}: {size} bytes is too big for a merge recipe (at most {MAX_RECIPE_BYTES})"
+        )
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise MergeError(f"{path}: not a valid recipe JSON file ({e})") from None
+    return recipe_from_json(text, str(path))
+
+
+def recipe_from_json(text: str, where: str) -> MergeRecipe:
+    """The recipe in JSON `text` (`where` names it in errors), within the module doc's limits."""
+    if len(text) > MAX_RECIPE_BYTES:
+        raise MergeError(
+            f"{where}: {len(text)} characters is too big for a merge recipe "
+            f"(at most {MAX_RECIPE_BYTES})"
+        )
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise MergeError(
+            f"{where}: the recipe JSON is nested too deep (merges nest at most "
+            f"{MAX_RECIPE_DEPTH} deep)"
+        ) from None
+    except ValueError as e:  # JSONDecodeError, or an integer of more than 4300 digits
+        raise MergeError(f"{where}: not a valid recipe JSON file ({str(e)[:200]})") from None
+    return MergeRecipe.from_dict(data, where)
+
+
+def _is_safetensors(path: Path) -> bool:
+    """A safetensors file: an 8-byte little-endian header length that fits in the file, then a
+    JSON object. Decided before any JSON guess: the length's low byte may be `{` or a space.
+    (A JSON file's first 8 bytes, read as that length, are far bigger than the file.)"""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    (length,) = struct.unpack("<Q", head[:8])
+    return 8 + int(length) <= path.stat().st_size
+
+
+def _embedded_recipe_text(path: Path) -> str:
+    """The `emaki_merge_recipe` metadata of a safetensors model, as written (a JSON string)."""
+    from emaki.models.safetensors_header import read_safetensors_header
+
+    try:
+        header = read_safetensors_header(path)
+    except RecursionError:
+        raise MergeError(f"{path}: corrupt safetensors header (JSON nested too deep)") from None
+    metadata = header.get("__metadata__")
+    text = metadata.get(RECIPE_METADATA_KEY) if isinstance(metadata, dict) else None
+    if text is None or text == "":
         raise MergeError(
             f"{path}: the model has no '{RECIPE_METADATA_KEY}' metadata (not merged by emaki)"
         )
-    return MergeRecipe.from_dict(json.loads(text), f"{path}:{RECIPE_METADATA_KEY}")
+    if not isinstance(text, str):
+        raise MergeError(
+            f"{path}: its '{RECIPE_METADATA_KEY}' metadata is {_shown(text)}, "
+            "expected a JSON string (safetensors metadata holds strings only)"
+        )
+    return text
 
 
 def save_recipe(recipe: MergeRecipe, path: str | Path, *, output: str | Path | None = None) -> Path:
@@ -353,12 +504,27 @@ class InputFacts:
 
 
 def _parsed(value: str | None) -> Any:
-    if not value:
+    """An input's A1111 merge metadata, parsed; None when absent, too big or unreadable (it is
+    only copied into the output's metadata, which stays small and writable)."""
+    if not value or len(value) > MAX_RECIPE_BYTES:
         return None
     try:
-        return json.loads(value)
-    except json.JSONDecodeError:
+        parsed = json.loads(value)
+    except (ValueError, RecursionError):
         return None
+    return parsed if _nesting(parsed) <= 16 else None
+
+
+def _nesting(value: Any) -> int:
+    """How deep lists and objects nest in `value` (iterative: it may be nested very deep)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def merge_metadata(

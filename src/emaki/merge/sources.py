@@ -4,8 +4,9 @@ A source never holds a whole model. `read(key, start, count)` returns elements
 `[start, start + count)` of the flattened tensor, read with one positioned read into a buffer the
 source reuses, so a result is valid until the next `read` on the same source.
 
-* `.safetensors`: the JSON header is parsed and checked here (offsets inside the file, sizes
-  matching shapes, no overlaps); data comes from `os.preadv` at the recorded offsets.
+* `.safetensors`: the JSON header is parsed and checked here (shapes of non-negative integers,
+  offsets inside the file, sizes matching shapes, no overlaps) before anything is allocated;
+  data comes from `os.preadv` at the recorded offsets.
 * `.ckpt`/`.pt` (torch zip): the pickle is run through torch's restricted (`weights_only`)
   unpickler with emaki's allowlist and `map_location="meta"`, which builds shape-only tensors
   and records where each storage's bytes lie in the (uncompressed) zip. Data is then read with
@@ -16,6 +17,9 @@ source reuses, so a result is valid until the next `read` on the same source.
   and zip checkpoints whose tensors are strided views into a shared storage are rare enough
   not to deserve a reader of their own: both are loaded whole with the restricted loader
   (memory = file size). These are the only exceptions.
+
+Sparse tensors are refused (a merge reads dense values), and whatever a loader raises on a broken
+file becomes one `ModelLoadError` line naming the file.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from typing import Any, Protocol
 
 import torch
 
-from emaki.errors import ModelLoadError
+from emaki.errors import EmakiError, ModelLoadError
 from emaki.models import safe_load
 from emaki.models.convert import normalize_ldm_key, unwrap_state_dict
 from emaki.models.safetensors_header import (
@@ -54,6 +58,8 @@ SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
     "F8_E5M2": torch.float8_e5m2,
 }
 DTYPE_NAMES: dict[torch.dtype, str] = {v: k for k, v in SAFETENSORS_DTYPES.items()}
+#: No dimension of a real tensor reaches this (torch sizes are signed 64-bit).
+MAX_DIMENSION = 2**48
 
 
 @dataclass(frozen=True)
@@ -168,18 +174,19 @@ def parse_safetensors_header(
     for key, desc in header.items():
         try:
             dtype = SAFETENSORS_DTYPES[desc["dtype"]]
-            shape = tuple(int(d) for d in desc["shape"])
-            begin, end = (int(x) for x in desc["data_offsets"])
+            shape = tuple(_whole(d, MAX_DIMENSION) for d in desc["shape"])
+            begin, end = (_whole(x, 2**63 - 1) for x in desc["data_offsets"])
         except KeyError as e:
             raise ModelLoadError(
                 f"{path}: corrupt safetensors header: tensor {key!r} lacks or has an unknown {e}"
             ) from None
         except (TypeError, ValueError):
             raise ModelLoadError(
-                f"{path}: corrupt safetensors header: bad entry for tensor {key!r}"
+                f"{path}: corrupt safetensors header: bad entry for tensor {key!r} (expected "
+                "a known dtype, a shape and two data offsets of non-negative integers)"
             ) from None
         info = TensorInfo(dtype, shape)
-        if min(shape, default=0) < 0 or begin < 0 or end - begin != info.nbytes:
+        if end - begin != info.nbytes:
             raise ModelLoadError(
                 f"{path}: corrupt safetensors header: tensor {key!r} has {end - begin} bytes, "
                 f"its shape {list(shape)} and dtype need {info.nbytes}"
@@ -199,6 +206,20 @@ def parse_safetensors_header(
                 f"{path}: corrupt safetensors header: tensors {k0!r} and {k1!r} overlap"
             )
     return entries, metadata
+
+
+def _whole(value: Any, limit: int) -> int:
+    """A JSON integer in [0, limit] (not 1.5, "3" or true), else ValueError."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= limit:
+        raise ValueError(value)
+    return value
+
+
+def _check_dense(key: str, value: torch.Tensor, path: Path) -> None:
+    if value.layout != torch.strided:
+        raise ModelLoadError(
+            f"{path}: tensor {key!r} is sparse ({value.layout}); checkpoints hold dense tensors"
+        )
 
 
 def _unwrap(data: Any, path: Path) -> dict[str, Any]:
@@ -230,6 +251,7 @@ def _torch_zip_entries(path: Path) -> dict[str, tuple[int, TensorInfo]]:
     for key, value in _unwrap(data, path).items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
             continue
+        _check_dense(key, value, path)
         storage = value.untyped_storage()
         base = getattr(storage, "_checkpoint_offset", None)
         if base is None:
@@ -282,8 +304,21 @@ class InMemorySource:
 
 
 def open_source(path: str | Path) -> TensorSource:
-    """Open a checkpoint for streaming; the format is sniffed from its content."""
+    """Open a checkpoint for streaming; the format is sniffed from its content. A broken file
+    is one `ModelLoadError` naming it, whatever the loader underneath raised."""
     path = Path(path)
+    try:
+        return _open(path)
+    except EmakiError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the boundary where a file's fault becomes one line
+        first = (str(e).splitlines() or [""])[0][:200]
+        raise ModelLoadError(
+            f"{path}: cannot read this checkpoint ({type(e).__name__}: {first})"
+        ) from None
+
+
+def _open(path: Path) -> TensorSource:
     kind = safe_load.sniff_format(path)
     if kind == safe_load.SAFETENSORS:
         entries, metadata = parse_safetensors_header(path)
@@ -293,5 +328,8 @@ def open_source(path: str | Path) -> TensorSource:
             return _RangeSource(path, _torch_zip_entries(path), {})
         except _NonContiguous:
             pass  # views into shared storages: rare; fall through to a whole load
-    data = safe_load.load_pickle(path)
-    return InMemorySource(_unwrap(data, path), str(path))
+    tensors = _unwrap(safe_load.load_pickle(path), path)
+    for key, value in tensors.items():
+        if isinstance(value, torch.Tensor):
+            _check_dense(str(key), value, path)
+    return InMemorySource(tensors, str(path))

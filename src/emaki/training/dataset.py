@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from emaki.errors import ParamsError
+from emaki.safe_regex import bounded_regex
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 LATENT_SAMPLING_METHODS = ("once", "deterministic", "random")
@@ -150,10 +151,8 @@ def caption_from_file_name(stem: str, filename_regex: str = "", filename_join: s
 
 
 def _filename_pattern(regex: str) -> re.Pattern[str]:
-    try:
-        pattern = re.compile(regex)
-    except re.error as e:
-        raise ParamsError(f"filename_regex: {regex!r} is not a valid regular expression ({e})") from None
+    # File names are at most 255 bytes; a pattern that could backtrack for long on them is refused.
+    pattern = bounded_regex(regex, "filename_regex", max_text=255)
     if pattern.groups > 1:
         raise ParamsError(f"filename_regex: {regex!r} has {pattern.groups} groups; use at most one "
                           "(what it finds is joined with filename_join)")
