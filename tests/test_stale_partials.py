@@ -128,3 +128,18 @@ def test_workspace_setup_cleans_the_folders_emaki_writes(tmp_path):
     workspace_from_environment({"EMAKI_HOME": str(home)})
     assert [p for p in leftovers if p.exists()] == []
     assert fresh.exists()
+
+
+def test_saving_an_image_clears_a_killed_save_s_temp_image(tmp_path):
+    from PIL import Image
+
+    from emaki.engine.output import save_png
+
+    stale = tmp_path / ".emaki-k2x9_a1b.png.tmp"
+    stale.write_bytes(b"half a png")
+    age(stale, 2 * HOUR)
+    fresh = tmp_path / ".emaki-zz81q0pp.png.tmp"  # another process saving right now
+    fresh.write_bytes(b"being written")
+    saved = save_png(Image.new("RGB", (8, 8)), "a\nSteps: 1", tmp_path, seed=3)
+    assert saved.name == "00000-3.png"
+    assert not stale.exists() and fresh.exists()

@@ -22,6 +22,8 @@ STALE_PARTIAL_S = 3600.0
 # emaki.merge.writer's temp file `.<name>.<8 hex>.partial`.
 _PARTIAL_FOLDER = re.compile(r"\.(?P<target>.+)\.[0-9a-f]{12}\.partial")
 _PARTIAL_FILE = re.compile(r"\.(?P<target>.+)\.[0-9a-f]{8}\.partial")
+# emaki.engine.output.save_png's temp image (tempfile.mkstemp's random part).
+_IMAGE_TEMP = re.compile(r"\.emaki-[A-Za-z0-9_]+\.png\.tmp")
 
 
 @contextmanager
@@ -75,7 +77,7 @@ def remove_stale_partials(folder: str | os.PathLike[str], *, older_than_s: float
 
 def _remove_if_stale(entry: os.DirEntry[str], cutoff: float) -> bool:
     info = entry.stat(follow_symlinks=False)
-    if stat.S_ISREG(info.st_mode) and _PARTIAL_FILE.fullmatch(entry.name):
+    if stat.S_ISREG(info.st_mode) and (_PARTIAL_FILE.fullmatch(entry.name) or _IMAGE_TEMP.fullmatch(entry.name)):
         if info.st_mtime >= cutoff:
             return False
         os.unlink(entry.path)

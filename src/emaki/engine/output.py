@@ -11,6 +11,7 @@ from pathlib import Path
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from emaki.files import STALE_PARTIAL_S, remove_stale_partials
 from emaki.infotext import PARAMETERS_KEY
 
 _NUMBERED = re.compile(r"^(\d{5})-")
@@ -35,6 +36,7 @@ def next_number(folder: Path) -> int:
 def save_png(image: Image.Image, infotext: str, folder: Path, seed: int) -> Path:
     """Save as `<folder>/<nnnnn>-<seed>.png`; the name is claimed with a hard link (no clobber)."""
     folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(folder, older_than_s=STALE_PARTIAL_S)  # left by a run killed mid-save
     fd, tmp = tempfile.mkstemp(prefix=".emaki-", suffix=".png.tmp", dir=folder)
     os.close(fd)
     try:
