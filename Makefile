@@ -11,10 +11,12 @@ demo: $(VENV)/.installed
 test: $(VENV)/.test-installed
 	$(VENV)/bin/python -m pytest -q
 
+# spandrel (upscaler models) without its torchvision: see pyproject.toml and docs/design-notes.md.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -e .
+	$(VENV)/bin/pip install --quiet --no-deps 'spandrel>=0.4.2,<0.5'
 	touch $@
 
 # k-diffusion (the samplers' reference) without its dependencies: see pyproject.toml.

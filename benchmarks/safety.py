@@ -8,7 +8,12 @@ the time per `check_prompt` call for typical prompts (cold: every word new; warm
 before, as in a session), and the time per character for long prompts of growing length, which
 stays flat because checking is linear.
 
-    python benchmarks/safety.py [--count 600] [--seeds 1]
+Embeddings that smuggle words (`emaki.safety.embeddings`), on the demo model: each corpus
+prompt's own token vectors made into an embedding — an exact copy, a copy plus noise of 0.3 and
+of 0.6 times each vector's size, a copy scaled by 3 — must be refused when the prompt is, and
+allowed when it is benign; random vectors must read as nothing. Also the time per reading.
+
+    python benchmarks/safety.py [--count 600] [--seeds 1] [--no-embeddings]
 """
 
 from __future__ import annotations
@@ -19,12 +24,14 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "safety"))
 
 from safety_corpus import Case, adversarial_cases, benign_cases
 
 from emaki.safety import check_prompt
+from emaki.safety.embeddings import read_embedding, reads_refused, token_matrix
 from emaki.safety.lexicon import load_lexicon
 
 TYPICAL = [
@@ -62,6 +69,62 @@ def rates(count: int, seed: int) -> None:
         print(f"  missed: {case[:3]!r}")
 
 
+EMBEDDING_COPIES = {
+    "exact": lambda v, g: v,
+    "noise 0.3": lambda v, g: _noisy(v, 0.3, g),
+    "noise 0.6": lambda v, g: _noisy(v, 0.6, g),
+    "scaled 3": lambda v, g: v * 3,
+}
+
+
+def _noisy(vectors: Any, relative: float, generator: Any) -> Any:
+    import torch
+
+    noise = torch.nn.functional.normalize(torch.randn(vectors.shape, generator=generator), dim=1)
+    return vectors + relative * vectors.norm(dim=1, keepdim=True) * noise
+
+
+def embedding_rates(count: int, seed: int) -> None:
+    """Corpus prompts smuggled as embeddings of their own token vectors (see the docstring)."""
+    import torch
+
+    from emaki.models.loader import load_single_file
+    from emaki.models.resolve import demo_model_path
+
+    parts = load_single_file(demo_model_path())
+    matrix, tokenizer = token_matrix(parts.text_encoder), parts.tokenizer
+    generator = torch.Generator().manual_seed(seed)
+    def tokens(prompt: str) -> list[int]:
+        return tokenizer([prompt], add_special_tokens=False, verbose=False)["input_ids"][0]
+
+    # the prompts refused (or allowed) on their own — the negative prompt plays no part here —
+    # that fit one embedding (75 vectors, A1111's limit)
+    refused = [ids for c in adversarial_cases(count, seed)
+               if not check_prompt(c.prompt).allowed and len(ids := tokens(c.prompt)) <= 75]
+    allowed = [ids for c in benign_cases(count, seed)
+               if check_prompt(c.prompt).allowed and len(ids := tokens(c.prompt)) <= 75]
+    readings = 0
+    start = time.perf_counter()
+    for name, copy in EMBEDDING_COPIES.items():
+        results = {}
+        for label, prompts in (("adversarial", refused), ("benign", allowed)):
+            judged = []
+            for ids in prompts:
+                reading = read_embedding(copy(matrix[ids].detach(), generator), matrix, tokenizer)
+                readings += 1
+                judged.append(reads_refused(reading))
+            results[label] = judged
+        caught, false = sum(results["adversarial"]), sum(results["benign"])
+        print(f"  embeddings, {name}: refused {caught / len(refused):.2%} of {len(refused)} smuggled prompts, "
+              f"false positives {false / len(allowed):.2%} of {len(allowed)} benign ones")
+    spread = matrix.detach().std(0)
+    random_vectors = torch.randn(2000, matrix.shape[1], generator=generator) * spread + matrix.detach().mean(0)
+    read_any = read_embedding(random_vectors, matrix, tokenizer).matches
+    print(f"  embeddings, random: {len(read_any)} of 2000 random vectors read as a token")
+    print(f"  embeddings: {(time.perf_counter() - start) / readings * 1e3:.1f} ms per reading "
+          f"({matrix.shape[0]} tokens × {matrix.shape[1]})")
+
+
 def per_call_us(prompt: str, repeat: int, cold: bool) -> float:
     lexicon = load_lexicon()
     times = []
@@ -78,6 +141,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--count", type=int, default=600, help="cases per corpus")
     parser.add_argument("--seeds", type=int, default=1, help="corpora to generate (seeds 0..)")
+    parser.add_argument("--no-embeddings", action="store_true", help="skip the embedding rates (they load the demo model)")
     args = parser.parse_args()
 
     start = time.perf_counter()
@@ -85,6 +149,8 @@ def main() -> None:
     print(f"term lists compiled in {(time.perf_counter() - start) * 1e3:.1f} ms (once per process)")
     for seed in range(args.seeds):
         rates(args.count, seed)
+        if not args.no_embeddings:
+            embedding_rates(args.count, seed)
 
     for prompt in TYPICAL:
         cold = per_call_us(prompt, 300, cold=True)

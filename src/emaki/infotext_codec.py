@@ -14,7 +14,7 @@ from typing import Any
 
 from emaki.errors import ParamsError
 from emaki.infotext import build_infotext, parse_infotext
-from emaki.params import GenerationParams
+from emaki.params import INPAINTING_FILLS, GenerationParams
 
 VERSION_KEY = "Version"
 
@@ -31,7 +31,8 @@ class ImageFacts:
     vae_hash: str | None = None
     uses_ensd: bool = True  # the sampler draws noise after the first step (A1111 writes ENSD then)
     eta: tuple[str, float] | None = None  # ("Eta" | "Eta DDIM", value) when the sampler's eta is not its default
-    networks: Mapping[str, object] = field(default_factory=dict)  # "Lora hashes", "TI hashes", ...
+    # What the run's extensions add: "Lora hashes", "TI hashes", inpainting's "Mask blur", ...
+    networks: Mapping[str, object] = field(default_factory=dict)
     version: str = ""
 
 
@@ -76,6 +77,24 @@ def _reads_size(width: str, height: str) -> Reader:
     return read
 
 
+def _reads_choice(name: str, values: Mapping[str, object]) -> Reader:
+    """Reads a row whose value is one of `values`' keys (how A1111 writes a choice) into `name`."""
+
+    def read(fields: Mapping[str, str], key: str) -> dict[str, Any]:
+        if key not in fields:
+            return {}
+        if fields[key] not in values:
+            raise ParamsError(f"infotext field {key!r}: expected one of {', '.join(values)}, got {fields[key]!r}")
+        return {name: values[fields[key]]}
+
+    return read
+
+
+def _extension(key: str) -> Writer:
+    """A row the run's extensions write (through `ImageFacts.networks`)."""
+    return lambda p, f: f.networks.get(key)
+
+
 def _variation(params: GenerationParams) -> bool:
     return params.subseed_strength > 0
 
@@ -111,6 +130,7 @@ FIELDS: tuple[InfotextField, ...] = _table(
      _reads_size("seed_resize_from_w", "seed_resize_from_h")),
     ("Denoising strength", lambda p, f: float(p.denoising_strength) if p.init_image or p.enable_hr else None,
      _reads("denoising_strength", float)),
+    ("Conditional mask weight", _extension("Conditional mask weight"), _reads("inpainting_mask_weight", float)),
     ("Clip skip", lambda p, f: p.clip_skip if p.clip_skip > 1 else None, _reads("clip_skip", int)),
     ("ENSD", lambda p, f: p.eta_noise_seed_delta if p.eta_noise_seed_delta and f.uses_ensd else None,
      _reads("eta_noise_seed_delta", int)),
@@ -124,6 +144,15 @@ FIELDS: tuple[InfotextField, ...] = _table(
     ("Hires sampler", lambda p, f: _hires(p, p.hr_sampler_name), _reads("hr_sampler_name")),
     ("Hires prompt", lambda p, f: _hires(p, p.hr_prompt or None), _reads("hr_prompt")),
     ("Hires negative prompt", lambda p, f: _hires(p, p.hr_negative_prompt or None), _reads("hr_negative_prompt")),
+    # Inpainting, in the order A1111's img2img adds them (its web UI's defaults are not written).
+    ("Mask mode", _extension("Mask mode"),
+     _reads_choice("inpainting_mask_invert", {"Inpaint masked": 0, "Inpaint not masked": 1})),
+    ("Mask blur", _extension("Mask blur"), _reads("mask_blur", int)),
+    ("Inpaint area", _extension("Inpaint area"),
+     _reads_choice("inpaint_full_res", {"Whole picture": False, "Only masked": True})),
+    ("Masked area padding", _extension("Masked area padding"), _reads("inpaint_full_res_padding", int)),
+    ("Masked content", _extension("Masked content"),
+     _reads_choice("inpainting_fill", {name: i for i, name in enumerate(INPAINTING_FILLS)})),
     # A1111's Lora extension adds its hashes when the networks activate, before the conditioning
     # adds `TI hashes`. Informative only: the prompt's `<lora:...>` tags re-apply the LoRAs.
     ("Lora hashes", lambda p, f: f.networks.get("Lora hashes"), None),
@@ -136,6 +165,7 @@ FIELDS: tuple[InfotextField, ...] = _table(
      _reads("hypernetwork_strength", float)),
     ("Prompt dialect", lambda p, f: "NovelAI" if p.prompt_dialect == "novelai" else None,
      lambda fields, key: {"prompt_dialect": "novelai"} if fields.get(key, "").lower() == "novelai" else {}),
+    ("Noise multiplier", _extension("Noise multiplier"), _reads("initial_noise_multiplier", float)),
     ("Eta", lambda p, f: f.eta[1] if f.eta and f.eta[0] == "Eta" else None, _reads("eta", float)),
     ("Eta DDIM", lambda p, f: f.eta[1] if f.eta and f.eta[0] == "Eta DDIM" else None, _reads("eta", float)),
 )

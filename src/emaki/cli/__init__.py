@@ -20,7 +20,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, emoji=False)
 
 
 def cli_workspace(a1111: Path | None = None, *, embeddings: list[Path] | None = None,
@@ -39,12 +39,14 @@ def _register_commands() -> None:
     # Each module adds its commands to `app` when imported.
     from emaki.cli import (
         generate,  # noqa: F401
+        inpaint,  # noqa: F401
         lora,  # noqa: F401
         merge,  # noqa: F401
         models,  # noqa: F401
         serve,  # noqa: F401
         tokens,  # noqa: F401
         train,  # noqa: F401
+        upscale,  # noqa: F401
     )
 
 

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from emaki.cli import app, cli_workspace
+from emaki.cli.inpaint import inpainting_overrides
 from emaki.devices import DevicePolicy
 from emaki.engine.policy import ensure_params_allowed
 from emaki.errors import EmakiError, ParamsError
@@ -23,7 +24,7 @@ from emaki.workspace import Workspace
 if TYPE_CHECKING:
     from emaki.engine import GenerationProgress
 
-console = Console()
+console = Console(emoji=False)
 _SIZE = re.compile(r"^(\d+)[xX×](\d+)$")
 
 
@@ -96,9 +97,17 @@ def generate_command(
     init_image: Annotated[Path | None, typer.Option("--init-image", help="img2img: start from this image (see `emaki img2img`).")] = None,
     denoise: Annotated[float | None, typer.Option("--denoise", help="img2img: denoising strength, 0 keeps the image, 1 redraws it (default 0.75).")] = None,
     resize_mode: Annotated[str | None, typer.Option("--resize-mode", help='img2img: "just resize" (default), "crop and resize" or "resize and fill".')] = None,
+    noise_multiplier: Annotated[float | None, typer.Option("--noise-multiplier", help="img2img: scale the initial noise (default 1).")] = None,
+    mask: Annotated[Path | None, typer.Option("--mask", help="Inpainting: repaint where this mask is white (see `emaki inpaint`); an --init-image with transparency is repainted where transparent.")] = None,
+    mask_blur: Annotated[int | None, typer.Option("--mask-blur", help="Inpainting: blur the mask's edge by this many pixels (default 4).")] = None,
+    fill: Annotated[str | None, typer.Option("--fill", help='Inpainting: "fill", "original" (default), "latent noise" or "latent nothing".')] = None,
+    area: Annotated[str | None, typer.Option("--area", help='Inpainting: "whole" (default) or "only-masked" (cropped with --padding, redrawn at --size, pasted back).')] = None,
+    padding: Annotated[int | None, typer.Option("--padding", help="Inpainting, only-masked: pixels kept around the mask (default 32).")] = None,
+    invert: Annotated[bool | None, typer.Option("--invert", help="Inpainting: repaint what the mask leaves out.")] = None,
+    mask_weight: Annotated[float | None, typer.Option("--mask-weight", help="9-channel inpainting models: conditioning mask strength, 0-1 (default 1).")] = None,
     hires: Annotated[bool | None, typer.Option("--hires", help="Hires fix: redraw at a larger size in a second pass (strength: --denoise, default 0.75).")] = None,
     hr_scale: Annotated[float | None, typer.Option("--hr-scale", help="Hires fix: upscale factor (default 2).")] = None,
-    hr_upscaler: Annotated[str | None, typer.Option("--hr-upscaler", help='Hires fix: "Latent" (default), "Latent (nearest-exact)", ..., "Lanczos", "Nearest".')] = None,
+    hr_upscaler: Annotated[str | None, typer.Option("--hr-upscaler", help='Hires fix: "Latent" (default), "Latent (nearest-exact)", ..., "Lanczos", "Nearest", or an upscaler model by name ("R-ESRGAN 4x+", a file stem in the upscalers folder).')] = None,
     hr_steps: Annotated[int | None, typer.Option("--hr-steps", help="Hires fix: steps of the second pass (default: --steps).")] = None,
     hr_sampler: Annotated[str | None, typer.Option("--hr-sampler", help="Hires fix: sampler of the second pass (default: --sampler).")] = None,
 ) -> None:
@@ -131,6 +140,8 @@ def generate_command(
         "hr_second_pass_steps": hr_steps,
         "hr_sampler_name": hr_sampler,
     }
+    overrides |= inpainting_overrides(mask=mask, mask_blur=mask_blur, fill=fill, area=area, padding=padding,
+                                      invert=invert, noise_multiplier=noise_multiplier, mask_weight=mask_weight)
     if size is not None:
         overrides["width"], overrides["height"] = parse_size(size)
     if from_image is None and prompt is None:

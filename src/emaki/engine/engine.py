@@ -6,8 +6,11 @@ server's worker and `emaki.generate` each hold one. Nothing in it is process-wid
 from __future__ import annotations
 
 import threading
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from PIL import Image
 
 from emaki.devices import DevicePolicy
 from emaki.engine.inventory import VAE_SUFFIXES
@@ -18,12 +21,22 @@ from emaki.engine.pipeline import plan, run_generation, text_encoder_width
 from emaki.engine.policy import ensure_params_allowed
 from emaki.engine.preview import Previewer
 from emaki.engine.run import Cancel, GenerationResult, ProgressCallback
-from emaki.errors import ModelLoadError
+from emaki.errors import EmakiError, ModelLoadError
 from emaki.models.hashes import HashCache
 from emaki.models.loader import LoadedModel, ModelCache
 from emaki.models.resolve import resolve_model
 from emaki.networks import walk_files
 from emaki.params import GenerationParams
+from emaki.upscalers import (
+    DEFAULT_OVERLAP,
+    DEFAULT_TILE,
+    UpscalerCache,
+    describe_upscaler,
+    find_upscaler,
+    list_upscalers,
+    upscale_image,
+)
+from emaki.upscalers.upscale import UpscaleCallback, check_upscale_options, open_picture
 from emaki.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -129,3 +142,42 @@ class Engine:
                 layer_structure=layer_structure or (1.0, 2.0, 1.0), activation_func=activation_func,
                 weight_initialization=weight_initialization, add_layer_norm=add_layer_norm,
                 dropout_structure=dropout_structure, overwrite=overwrite)
+
+    # --- upscalers (issue 17: A1111's extras) ---
+
+    @cached_property
+    def upscaler_models(self) -> UpscalerCache:
+        """The last upscaler model loaded, kept for the next image."""
+        return UpscalerCache()
+
+    def upscalers(self) -> list[dict[str, Any]]:
+        """What `upscale` takes: None, Lanczos, Nearest, then the model files in the workspace's
+        upscaler folders, as rows of name, kind, path, scale and architecture (read from the
+        files' tensor names and shapes; a file no architecture matches has a `reason`)."""
+        rows = []
+        for upscaler in list_upscalers(self.workspace):
+            row: dict[str, Any] = {"name": upscaler.name, "kind": upscaler.kind, "scale": upscaler.scale,
+                                   "path": str(upscaler.path) if upscaler.path else None, "architecture": None}
+            if upscaler.path is not None:
+                try:
+                    row["architecture"], row["scale"] = describe_upscaler(upscaler.path)
+                except EmakiError as e:
+                    row["reason"] = str(e)
+            rows.append(row)
+        return rows
+
+    def upscale(self, image: Image.Image | str | Path, upscaler: str, scale: float = 2.0, *, tile: int = DEFAULT_TILE,
+                overlap: int = DEFAULT_OVERLAP, progress: UpscaleCallback | None = None) -> Image.Image:
+        """`image` (a picture or its path) upscaled by `scale` with `upscaler`: a name from
+        `upscalers()`, an A1111 name such as "R-ESRGAN 4x+" whose file is in the workspace, or a
+        model file's path. Models run in tiles of `tile` pixels overlapping by `overlap` (0: no
+        tiling), on this engine's device; `progress` hears of every tile."""
+        check_upscale_options(scale, tile, overlap)
+        found = find_upscaler(upscaler, self.workspace, field="upscaler", allow_path=True)
+        picture = image if isinstance(image, Image.Image) else open_picture(image)
+        with self._running:
+            self.policy.apply()
+            model = (self.upscaler_models.get(found.path, self.policy.device, self.policy.dtype)
+                     if found.path is not None else None)
+            return upscale_image(picture, found, scale, model=model, tile=tile, overlap=overlap, progress=progress)
+

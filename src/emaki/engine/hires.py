@@ -1,8 +1,9 @@
 """Hires fix: A1111's second txt2img pass (`StableDiffusionProcessingTxt2Img.sample_hr_pass`).
 
 The first pass's latents are upscaled — in latent space ("Latent" modes) or as decoded images
-(Lanczos/Nearest/None, then encoded again) — and redrawn by an img2img pass at the target size
-that runs exactly `hr_second_pass_steps` (or `steps`) steps.
+(Lanczos/Nearest/None, or an upscaler model from the workspace such as "R-ESRGAN 4x+", then
+encoded again) — and redrawn by an img2img pass at the target size that runs exactly
+`hr_second_pass_steps` (or `steps`) steps.
 """
 
 from __future__ import annotations
@@ -12,24 +13,25 @@ import torch.nn.functional as F
 from PIL import Image
 
 from emaki.engine.img2img import encode_image
+from emaki.engine.networks import NetworksExtension
 from emaki.engine.run import Batch, Extension, Run, StepCallback
 from emaki.engine.stages import decode, denoise, encode_pair
 from emaki.errors import ParamsError
 from emaki.params import GenerationParams
 from emaki.prompts import extract_networks
 from emaki.sampling import Sampler, get_sampler, img2img_sigmas, parse_sampler_name, sigmas_for
+from emaki.upscalers import (
+    IMAGE_UPSCALERS,
+    LATENT_UPSCALERS,
+    Upscaler,
+    UpscalerModel,
+    find_upscaler,
+    load_upscaler_model,
+    resize_with_model,
+)
+from emaki.workspace import Workspace
 
-# A1111's `shared.latent_upscale_modes`: interpolation mode and antialias.
-LATENT_UPSCALERS = {
-    "Latent": ("bilinear", False),
-    "Latent (antialiased)": ("bilinear", True),
-    "Latent (bicubic)": ("bicubic", False),
-    "Latent (bicubic antialiased)": ("bicubic", True),
-    "Latent (nearest)": ("nearest", False),
-    "Latent (nearest-exact)": ("nearest-exact", False),
-}
-IMAGE_UPSCALERS = {"None": Image.Resampling.LANCZOS, "Lanczos": Image.Resampling.LANCZOS,
-                   "Nearest": Image.Resampling.NEAREST}
+__all__ = ["IMAGE_UPSCALERS", "LATENT_UPSCALERS", "HiresFix", "check_upscaler", "hires_steps", "target_size"]
 
 
 def target_size(params: GenerationParams) -> tuple[int, int]:
@@ -46,10 +48,11 @@ def target_size(params: GenerationParams) -> tuple[int, int]:
     return max(8, width // 8 * 8), max(8, height // 8 * 8)
 
 
-def check_upscaler(name: str) -> None:
-    if name not in LATENT_UPSCALERS and name not in IMAGE_UPSCALERS:
-        known = ", ".join([*LATENT_UPSCALERS, *IMAGE_UPSCALERS])
-        raise ParamsError(f"hr_upscaler: {name!r} is not one emaki has (it has: {known})")
+def check_upscaler(name: str, workspace: Workspace | None = None) -> Upscaler:
+    """The upscaler `hr_upscaler` names: a latent mode, Lanczos/Nearest/None, or — given the
+    workspace — a model file in its upscaler folders, by name only (never a path: the name
+    comes from requests and PNGs)."""
+    return find_upscaler(name, workspace, field="hr_upscaler")
 
 
 def hires_steps(params: GenerationParams) -> tuple[int, int]:
@@ -65,20 +68,40 @@ def upscale_latents(latents: torch.Tensor, size: tuple[int, int], factor: int, u
     return F.interpolate(latents, size=(size[1] // factor, size[0] // factor), mode=mode, antialias=antialias)
 
 
-def upscale_images(images: list[Image.Image], size: tuple[int, int], upscaler: str) -> list[Image.Image]:
+def upscale_images(images: list[Image.Image], size: tuple[int, int], upscaler: str,
+                   model: UpscalerModel | None = None) -> list[Image.Image]:
+    """Decoded images to `size`: resampled, or enlarged by `model` then resampled (A1111's
+    `resize_image` with an upscaler)."""
+    if model is not None:
+        return [resize_with_model(image, model, size) for image in images]
     return [image.resize(size, IMAGE_UPSCALERS[upscaler]) for image in images]
 
+
+def run_workspace(run: Run) -> Workspace | None:
+    """The workspace whose upscaler folders a model name is looked up in: the one the engine's
+    network libraries read (the run carries no other)."""
+    for extension in run.extensions:
+        if isinstance(extension, NetworksExtension):
+            return extension.libraries.workspace
+    return None
 
 
 class HiresFix(Extension):
     """The second pass, planned once per run: its sampler, sigmas and prompts; then, after each
-    batch's first pass, upscale and redraw."""
+    batch's first pass, upscale and redraw. A model upscaler is loaded once, when the run is planned."""
+
+    def __init__(self, workspace: Workspace | None = None) -> None:
+        self.workspace = workspace
+        self.model: UpscalerModel | None = None
 
     def plan(self, run: Run) -> None:
         params = run.params
         if params.init_image:
             raise ParamsError("enable_hr: the hires fix is a txt2img pass; it cannot be combined with init_image")
-        check_upscaler(params.hr_upscaler)
+        upscaler = check_upscaler(params.hr_upscaler, self.workspace or run_workspace(run))
+        if upscaler.kind == "model":
+            assert upscaler.path is not None
+            self.model = load_upscaler_model(upscaler.path).to(run.policy.device, run.policy.dtype)
         self.sampler: Sampler = (get_sampler(parse_sampler_name(params.hr_sampler_name)[0])
                                  if params.hr_sampler_name else run.sampler)
         if self.sampler.lcm != run.sampler.lcm:
@@ -102,7 +125,7 @@ class HiresFix(Extension):
         if params.hr_upscaler in LATENT_UPSCALERS:
             upscaled = upscale_latents(latents.float(), self.size, factor, params.hr_upscaler)
         else:
-            images = upscale_images(decode(run, latents), self.size, params.hr_upscaler)
+            images = upscale_images(decode(run, latents), self.size, params.hr_upscaler, self.model)
             upscaled = torch.cat([encode_image(parts.vae, image, run.policy.device) for image in images])
         # A1111 draws the second pass's noise from new generators with the same seeds.
         return denoise(run, batch, upscaled, on_step, sampler=self.sampler, sigmas=self.sigmas,

@@ -61,31 +61,56 @@ def fit_image(image: Image.Image, width: int, height: int, mode: str) -> Image.I
     raise ParamsError(f"resize_mode: expected just resize, crop and resize or resize and fill, got {mode!r}")
 
 
+def image_pixels(image: Image.Image) -> torch.Tensor:
+    """An RGB image as the VAE's input: 1×3×H×W in [-1, 1]."""
+    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
+
+
 @torch.inference_mode()
-def encode_image(vae: Any, image: Image.Image, device: torch.device) -> torch.Tensor:
-    """Scaled latents (1×C×h×w) of an RGB image: the mean of the VAE posterior, so the same
+def encode_pixels(vae: Any, pixels: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Scaled latents (n×C×h×w) of VAE-input pixels: the mean of the posterior, so the same
     image always gives the same latents (A1111 samples the posterior with the global RNG)."""
-    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
     posterior = vae.encode(pixels.to(device=device, dtype=vae.dtype)).latent_dist
     scale = float(vae.config.get("scaling_factor", 0.18215))
     return posterior.mean.float() * scale
 
 
+def encode_image(vae: Any, image: Image.Image, device: torch.device) -> torch.Tensor:
+    """Scaled latents (1×C×h×w) of an RGB image (`encode_pixels`)."""
+    return encode_pixels(vae, image_pixels(image), device)
+
+
 class Img2Img(Extension):
     """Start from `image` instead of noise: `denoising_strength` decides where on the schedule
-    sampling starts (A1111's `setup_img2img_steps`)."""
+    sampling starts (A1111's `setup_img2img_steps`); `initial_noise_multiplier` scales the noise
+    added to it."""
 
     def __init__(self, image: Image.Image) -> None:
         self.image = image
+        self.fitted: Image.Image | None = None  # the image at the run's size
         self.latent: torch.Tensor | None = None
 
     def plan(self, run: Run) -> None:
         params = run.params
         assert params.width is not None and params.height is not None
-        run.start_sigma, run.sigmas = img2img_sigmas(run.sampler, run.sigmas, params.steps, params.denoising_strength)
-        fitted = fit_image(self.image, params.width, params.height, params.resize_mode)
-        self.latent = encode_image(run.model.components.vae, fitted, run.policy.device)
+        plan_img2img_sigmas(run)
+        self.fitted = fit_image(self.image, params.width, params.height, params.resize_mode)
+        self.latent = encode_image(run.model.components.vae, self.fitted, run.policy.device)
 
     def initial_latents(self, run: Run, batch: Batch) -> torch.Tensor | None:
         assert self.latent is not None
         return self.latent.expand(run.params.batch_size, -1, -1, -1)
+
+    def initial_noise(self, run: Run, noise: torch.Tensor) -> torch.Tensor:
+        multiplier = run.params.initial_noise_multiplier
+        return noise if multiplier == 1 else noise * multiplier
+
+    def infotext_fields(self, run: Run) -> dict[str, object]:
+        multiplier = run.params.initial_noise_multiplier
+        return {} if multiplier == 1 else {"Noise multiplier": float(multiplier)}
+
+
+def plan_img2img_sigmas(run: Run) -> None:
+    """Start part-way down the schedule (A1111's `setup_img2img_steps`)."""
+    params = run.params
+    run.start_sigma, run.sigmas = img2img_sigmas(run.sampler, run.sigmas, params.steps, params.denoising_strength)

@@ -35,6 +35,7 @@ from emaki.networks import (
     walk_files,
 )
 from emaki.prompts.networks import NetworkTag
+from emaki.safety.embeddings import EmbeddingReadings
 from emaki.workspace import FolderKind, Workspace
 
 
@@ -210,7 +211,7 @@ class LoraKind:
             te, unet, dyn = lora_strengths(tag)
             chosen.append(ChosenLora(library.load(path), te, unet, dyn, tag.name))
             for name, embedding in chosen[-1].network.embeddings.items():  # usable while it is in the prompt
-                run.embeddings.setdefault(name, BundledEmbedding(name, embedding.vectors, tag.name))
+                run.embeddings.setdefault(name, BundledEmbedding(name, embedding.vectors, tag.name, str(path)))
 
         def replace(module: torch.nn.Module, name: str, value: torch.Tensor) -> None:
             if getattr(module, name) is not None:
@@ -232,6 +233,7 @@ class BundledEmbedding:
     name: str
     vectors: torch.Tensor
     shorthash: str  # the LoRA as the prompt tag names it
+    source: str = ""  # the LoRA file, for messages
 
 
 EMBEDDINGS = EmbeddingKind()
@@ -252,11 +254,13 @@ def kind_for_tag(tag: str) -> NetworkKind:
 
 
 class NetworkLibraries:
-    """An engine's loaded network files, one library per kind, over the workspace's folders."""
+    """An engine's loaded network files, one library per kind, over the workspace's folders, and
+    what the embeddings its runs used read as (`readings`: each read once per model)."""
 
     def __init__(self, workspace: Workspace) -> None:
         self.workspace = workspace
         self._libraries = {kind.name: kind.new_library() for kind in NETWORK_KINDS}
+        self.readings = EmbeddingReadings()
 
     def library(self, kind: NetworkKind) -> Any:
         return self._libraries[kind.name]

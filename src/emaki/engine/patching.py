@@ -29,6 +29,10 @@ class ModelHandle:
         """Register how to undo a patch made outside the handle's own methods."""
         self._undo.append(undo)
 
+    def add_forward_pre_hook(self, module: torch.nn.Module, hook: Callable[..., object]) -> None:
+        """Run `hook(module, args)` before each forward of `module` during this run."""
+        self._undo.append(module.register_forward_pre_hook(hook).remove)
+
     @torch.no_grad()
     def replace_weight(self, module: torch.nn.Module, name: str, value: torch.Tensor) -> None:
         """Swap a parameter's tensor for this run (LoRA-style weight patches); the original

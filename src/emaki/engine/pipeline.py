@@ -9,7 +9,8 @@ stages (`emaki.engine.run.Extension`); the stages themselves know none of them.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,8 @@ import torch
 
 from emaki.devices import DevicePolicy
 from emaki.engine.hires import HiresFix
-from emaki.engine.img2img import Img2Img, default_size, open_init_image
+from emaki.engine.img2img import default_size, open_init_image
+from emaki.engine.inpaint import image_extensions
 from emaki.engine.networks import NetworkLibraries, NetworksExtension
 from emaki.engine.patching import ModelHandle
 from emaki.engine.run import (
@@ -33,6 +35,7 @@ from emaki.engine.run import (
 )
 from emaki.engine.stages import batch_seeds, condition, decode, denoise, initial_latents, write
 from emaki.errors import EmakiError, Interrupted, ParamsError
+from emaki.models.components import SDComponents
 from emaki.models.loader import LoadedModel
 from emaki.networks import EmbeddingScan
 from emaki.params import MAX_SEED, GenerationParams
@@ -77,14 +80,14 @@ def plan(params: GenerationParams, handle: ModelHandle, policy: DevicePolicy, ne
     prompt_text, tags = extract_networks(params.prompt)
     denoiser = DiscreteEpsDenoiser(_eps_model(model, policy), parts.alphas_cumprod, lcm=sampler.lcm)
     sigmas = sigmas_for(sampler, schedule, params.steps, denoiser.model_sigmas)
-    extensions: list[Extension] = [NetworksExtension(networks, tags)]
-    if init is not None:
-        extensions.append(Img2Img(init))
+    # img2img, inpainting (a mask, or the init image's transparency), a 9-channel model's conditioning
+    extensions: list[Extension] = [NetworksExtension(networks, tags), *image_extensions(params, init, model)]
     if params.enable_hr:
         extensions.append(HiresFix())
     options = {k: v for k, v in (("eta", params.eta), ("s_noise", params.s_noise)) if v is not None}
     run = Run(params, handle, policy, sampler, schedule, prompt_text, tags, denoiser, sigmas, sigmas[0],
               (parts.config.latent_channels, params.height // factor, params.width // factor), options, extensions)
+    run.readings = networks.readings
     for extension in extensions:
         extension.plan(run)
     return run
@@ -123,6 +126,8 @@ def run_generation(run: Run, embeddings: EmbeddingScan, *, folder: Path | None, 
     """Conditioning, then every batch through the stages; `run.handle` is patched by the
     extensions and restored by the caller's `with`. An interrupt (or any `EmakiError`) carries
     the images made so far as its `result`: they are already written."""
+    if cancel is not None:
+        interrupt_inside_models(run.handle, cancel.interrupt)
     for extension in run.extensions:
         extension.patch_model(run, run.handle)
     condition(run, embeddings)
@@ -151,6 +156,32 @@ def make_batch(run: Run, batch: Batch, folder: Path | None, on_step: StepCallbac
     for extension in run.extensions:
         images = extension.after_decode(run, batch, images)
     return write(run, batch, images, folder)
+
+
+def interrupt_inside_models(handle: ModelHandle, interrupt: threading.Event) -> None:
+    """Check `interrupt` before each block of the UNet and of the VAE's encoder and decoder, and
+    each resnet, attention and resampler inside them, for the run (`handle` removes the hooks): a
+    step at 2048² takes minutes on a CPU, so between steps (`step_callback`) is not soon enough.
+    Skip is still taken between steps only: it ends the batch being sampled, as before."""
+
+    def check(module: torch.nn.Module, args: object) -> None:
+        if interrupt.is_set():
+            raise Interrupted("interrupted")
+
+    for module in _model_blocks(handle.components):
+        handle.add_forward_pre_hook(module, check)
+
+
+def _model_blocks(parts: SDComponents) -> Iterator[torch.nn.Module]:
+    unet, vae = parts.unet, parts.vae
+    blocks = [*unet.down_blocks, unet.mid_block, *unet.up_blocks, *vae.encoder.down_blocks, vae.encoder.mid_block,
+              vae.decoder.mid_block, *vae.decoder.up_blocks]
+    for block in blocks:
+        if block is None:  # a UNet without a middle block
+            continue
+        yield block
+        for child in block.children():  # resnets, attentions, upsamplers: lists of modules
+            yield from child if isinstance(child, torch.nn.ModuleList) else (child,)
 
 
 def step_callback(run: Run, batch: Batch, cancel: Cancel | None, progress: ProgressCallback | None,

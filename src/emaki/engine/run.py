@@ -18,6 +18,7 @@ from emaki.models.loader import LoadedModel
 from emaki.params import GenerationParams
 from emaki.prompts import PromptEmbedding, PromptEncoder
 from emaki.prompts.networks import NetworkTag
+from emaki.safety.embeddings import EmbeddingReadings
 from emaki.sampling import Sampler
 from emaki.sampling.denoiser import DiscreteEpsDenoiser
 from emaki.sampling.progress import StepInfo
@@ -97,6 +98,7 @@ class Run:
     unconds: list = field(default_factory=list)
     infotext_networks: dict[str, object] = field(default_factory=dict)
     embeddings: dict[str, PromptEmbedding] = field(default_factory=dict)  # bundled in the run's LoRAs
+    readings: EmbeddingReadings = field(default_factory=EmbeddingReadings)  # the engine's, set by `plan`
 
     @property
     def model(self) -> LoadedModel:
@@ -124,6 +126,10 @@ class Extension:
     def initial_latents(self, run: Run, batch: Batch) -> torch.Tensor | None:
         """The latents sampling starts from (img2img), or None for pure noise."""
         return None
+
+    def initial_noise(self, run: Run, noise: torch.Tensor) -> torch.Tensor:
+        """The noise a sampling pass starts from, drawn from the batch's seeds (img2img scales it)."""
+        return noise
 
     def wrap_denoiser(self, run: Run, denoiser: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
         """Around the denoiser: `f(x, sigma) -> denoised` for this run."""

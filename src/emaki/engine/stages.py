@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from emaki.engine.output import save_png
+from emaki.engine.policy import ensure_embeddings_allowed_in
 from emaki.engine.run import Batch, GeneratedImage, Run, StepCallback
 from emaki.errors import EmakiError
 from emaki.infotext_codec import ImageFacts, encode_infotext
@@ -36,12 +37,13 @@ log = logging.getLogger(__name__)
 
 def condition(run: Run, embeddings: EmbeddingScan) -> None:
     """Encode both prompts once for every batch (the same texts each time); embeddings (the
-    folders' and those the run's networks bring) are replaced by name; `TI hashes` records the
-    ones used."""
+    folders' and those the run's networks bring) are replaced by name — once the policy has read
+    the words they encode; `TI hashes` records the ones used."""
     params, parts = run.params, run.model.components
     usable = usable_embeddings(embeddings, run.embeddings, int(parts.text_encoder.config.hidden_size))
     run.encoder = PromptEncoder(parts.text_encoder, parts.tokenizer, clip_skip=params.clip_skip,
                                 emphasis=params.emphasis, embeddings=EmbeddingTable(usable, parts.tokenizer))
+    ensure_embeddings_allowed_in(params, run.encoder, run.model, run.readings)
     run.conds, run.unconds = encode_pair(run, run.prompt_text, params.negative_prompt, run.schedule_steps)
     run.infotext_networks["TI hashes"] = ti_hashes([*run.conds[0].embeddings, *run.unconds[0].embeddings])
 
@@ -114,7 +116,10 @@ def denoise(run: Run, batch: Batch, start: torch.Tensor | None, on_step: StepCal
     for extension in run.extensions:
         guided = extension.wrap_denoiser(run, guided)
     device = run.policy.device
-    x = sampler.initial_latent(rng.first().to(device), start_sigma, init=start)
+    first = rng.first().to(device)
+    for extension in run.extensions:
+        first = extension.initial_noise(run, first)
+    x = sampler.initial_latent(first, start_sigma, init=start)
     noise = brownian_noise_sampler(x, sigmas, rng.seeds) if sampler.brownian_noise else rng.noise_sampler()
     with torch.inference_mode():
         return sampler(guided, x, sigmas.to(device), noise_sampler=noise, callback=on_step, **run.options)

@@ -7,7 +7,7 @@ be built from it without any file or download.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 # SD 1.x noise schedule (v1-inference.yaml): scaled-linear betas over 1000 steps.
@@ -35,6 +35,12 @@ class ModelConfig:
     @property
     def latent_channels(self) -> int:
         return int(self.vae.get("latent_channels", 4))
+
+    @property
+    def is_inpainting(self) -> bool:
+        """An inpainting checkpoint (SD 1.5-inpainting): the UNet also takes the mask (1 channel)
+        and the masked image's latents, concatenated to its input (4 + 1 + 4 = 9 channels)."""
+        return int(self.unet.get("in_channels", 4)) == 2 * self.latent_channels + 1
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -95,6 +101,11 @@ def sd15_config() -> ModelConfig:
         },
         text_encoder=_text_encoder(hidden=768, layers=12, heads=12, intermediate=3072),
     )
+
+
+def as_inpainting(config: ModelConfig) -> ModelConfig:
+    """The same sizes with a 9-channel UNet input: an inpainting model's architecture."""
+    return replace(config, unet={**config.unet, "in_channels": 2 * config.latent_channels + 1})
 
 
 def tiny_config() -> ModelConfig:

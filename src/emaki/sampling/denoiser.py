@@ -7,6 +7,9 @@ eps at 1000 discrete timesteps becomes `f(x, sigma) -> x0`:
     eps = unet(x / sqrt(sigma² + 1), t, cond)
     x0 = x - sigma · eps
 
+An inpainting model (9-channel UNet) also takes `image_conditioning(x)` — the mask and the
+masked image's latents (A1111's `c_concat`) — concatenated to its scaled input.
+
 `CFGDenoiser` batches the conditional and unconditional passes and combines them as
 composable diffusion (specs/FORMATS.md §4.4): x0 = u + Σ_i w_i · cfg · (c_i − u).
 """
@@ -22,6 +25,7 @@ from emaki.sampling.lcm import lcm_boundary, lcm_timestep
 from emaki.sampling.schedules import model_sigmas, sigma_to_t
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+ImageConditioning = Callable[[torch.Tensor], torch.Tensor]  # latents (n, c, h, w) → extra channels (n, k, h, w)
 
 
 class DiscreteEpsDenoiser:
@@ -31,6 +35,7 @@ class DiscreteEpsDenoiser:
         self.eps_model = eps_model
         self.lcm = lcm  # A1111's LCMCompVisDenoiser: LCM timesteps and the consistency boundary
         self.model_sigmas = model_sigmas(alphas_cumprod).float()
+        self.image_conditioning: ImageConditioning | None = None  # set per run for inpainting models
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         sigma_b = sigma.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
@@ -39,7 +44,10 @@ class DiscreteEpsDenoiser:
             t = lcm_timestep(sigma, self.model_sigmas)
         else:
             t = sigma_to_t(sigma.float(), self.model_sigmas)
-        eps = self.eps_model(x * c_in, t.to(sigma.dtype), context)
+        x_in = x * c_in
+        if self.image_conditioning is not None:  # unscaled, as LDM's hybrid conditioning concatenates it
+            x_in = torch.cat([x_in, self.image_conditioning(x).to(x_in)], dim=1)
+        eps = self.eps_model(x_in, t.to(sigma.dtype), context)
         denoised = x - eps.to(x.dtype) * sigma_b
         return lcm_boundary(x, denoised, sigma, self.model_sigmas) if self.lcm else denoised
 

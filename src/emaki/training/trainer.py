@@ -36,6 +36,7 @@ from emaki.params import GenerationParams
 from emaki.prompts import PromptEncoder
 from emaki.prompts.embedding_hook import EmbeddingTable, NamedVectors
 from emaki.safety import check_training_captions, ensure_allowed
+from emaki.safety.embeddings import ensure_trained_embedding_allowed, read_embedding, token_matrix
 from emaki.training.artifacts import (
     LossRow,
     plot_losses,
@@ -237,6 +238,16 @@ def _open_trainee(engine: Engine, params: TrainingParams, model: LoadedModel, pa
     return trainee
 
 
+def _refuse_smuggled_words(trainee: Trainee, model: LoadedModel, step: int, captions: list[tuple[str, str]]) -> None:
+    """An embedding whose trained vectors read as refused words (copies of the token vectors of
+    "child nude" under another name), alone or in front of its captions, is not saved: raise
+    `PolicyViolation` (`emaki.safety.embeddings`)."""
+    if isinstance(trainee, EmbeddingTrainee):
+        parts = model.components
+        reading = read_embedding(trainee.vectors, token_matrix(parts.text_encoder), parts.tokenizer)
+        ensure_trained_embedding_allowed(trainee.name, step, reading, captions)
+
+
 def run_training(engine: Engine, params: TrainingParams, *, progress: TrainingCallback | None = None,
                  cancel: threading.Event | None = None) -> TrainingOutcome:
     """Train `params.kind` `params.name` up to `params.steps`; see the module docstring."""
@@ -343,6 +354,8 @@ def _train(engine: Engine, params: TrainingParams, model: LoadedModel, trainee: 
                         clip_grad_value=clip if params.clip_grad_mode == "value" else None,
                         checkpoint_dir=log_dir / "state", checkpoint_every=params.save_every, resume=exact)
 
+    captions = _policy_items(images, lines, params.name)  # a trained embedding is judged with them
+
     def on_step(p: TrainingProgress) -> None:
         kind, name = params.kind, params.name
         epoch, epoch_step = p.step // per_epoch, p.step % per_epoch
@@ -358,6 +371,7 @@ def _train(engine: Engine, params: TrainingParams, model: LoadedModel, trainee: 
         run.rows.append(LossRow(p.step, epoch, epoch_step, p.loss, p.lr))
         saved = preview = None
         if params.save_every and p.step % params.save_every == 0 and p.step < loop.total:
+            _refuse_smuggled_words(trainee, model, p.step, captions)
             saved = trainee.save(log_dir / FOLDERS[kind] / f"{name}-{p.step}{path.suffix}", p.step, None,
                                  {**record, "step": p.step})
             run.saves.append(saved)
@@ -376,8 +390,10 @@ def _train(engine: Engine, params: TrainingParams, model: LoadedModel, trainee: 
         result = loop.run(on_step, cancel)
     except NonFiniteLossError:
         # The weights are the last good ones (the loop rolled the others back): keep them.
+        _refuse_smuggled_words(trainee, model, run.rows[-1].step if run.rows else start, captions)
         _finish(run, path, optimizer, run.rows[-1].step if run.rows else start)
         raise
+    _refuse_smuggled_words(trainee, model, result.step, captions)
     return _finish(run, path, optimizer, result.step, cancelled=result.cancelled, total=loop.total)
 
 
