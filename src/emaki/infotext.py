@@ -7,16 +7,24 @@ Writing follows v1.10.1 `create_infotext` (specs/FORMATS.md §5.1), parsing foll
 from __future__ import annotations
 
 import json
+import os
 import re
+import struct
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from PIL import Image
 
 from emaki.errors import EmakiError
+from emaki.models.regular_files import open_regular_file
 
 PARAMETERS_KEY = "parameters"
+MAX_TEXT_CHUNK_BYTES = 4 * 1024 * 1024
+"""A PNG text chunk longer than this (stored or inflated) is refused unread; parameters are a few KB."""
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
 
 _RE_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 _RE_SIZE = re.compile(r"^(\d+)x(\d+)$")
@@ -161,13 +169,75 @@ def infotext_of(image: Image.Image) -> str | None:
     return None
 
 
-def read_infotext(image_path: str | Path) -> str | None:
-    """The generation parameters stored in an image file (see `infotext_of`)."""
-    path = Path(image_path)
+def _compressed_text(kind: bytes, body: bytes) -> bytes | None:
+    """The zlib stream of a zTXt / compressed iTXt chunk body (PNG spec §11.3.4), else None."""
+    key_end = body.find(b"\x00")
+    if key_end < 0:
+        return None
+    if kind == b"zTXt":
+        return body[key_end + 2:]
+    if body[key_end + 1:key_end + 2] != b"\x01":  # iTXt stored uncompressed
+        return None
+    language_end = body.find(b"\x00", key_end + 3)
+    translated_end = body.find(b"\x00", language_end + 1) if language_end >= 0 else -1
+    return body[translated_end + 1:] if translated_end >= 0 else None
+
+
+def check_png_text_chunks(f: BinaryIO, path: str | os.PathLike[str], limit: int,
+                          error: type[EmakiError] = EmakiError) -> tuple[int, int] | None:
+    """For a PNG: refuse (with `error`) a text chunk over `limit` bytes, stored or inflated, before
+    PIL reads it; return the declared (width, height). None for another format. Reads chunk
+    headers only (and the bodies of compressed text chunks, which are at most `limit`); leaves
+    `f` at its start."""
+    f.seek(0)
+    if f.read(8) != PNG_SIGNATURE:
+        f.seek(0)
+        return None
+    size = None
+    while len(head := f.read(8)) == 8:
+        length, kind = struct.unpack(">I4s", head)
+        if kind == b"IEND":
+            break
+        if kind in _TEXT_CHUNKS and length > limit:
+            raise error(f"{os.fspath(path)}: a {kind.decode()} chunk of {length:,} bytes, more than the "
+                        f"{limit:,} a text chunk may have")
+        if kind == b"IHDR" or kind in _TEXT_CHUNKS[1:]:
+            body = f.read(length)
+            if kind == b"IHDR" and len(body) >= 8:
+                size = struct.unpack(">II", body[:8])
+            stream = _compressed_text(kind, body) if kind != b"IHDR" else None
+            if stream is not None and _inflates_past(stream, limit):
+                raise error(f"{os.fspath(path)}: a {kind.decode()} chunk that inflates to more than the "
+                            f"{limit:,} bytes a text chunk may have")
+            f.seek(4, os.SEEK_CUR)
+        else:
+            f.seek(length + 4, os.SEEK_CUR)
+    f.seek(0)
+    return (int(size[0]), int(size[1])) if size else None
+
+
+def _inflates_past(stream: bytes, limit: int) -> bool:
     try:
-        with Image.open(path) as image:
-            return infotext_of(image)
-    except FileNotFoundError:
-        raise EmakiError(f"{path}: no such image") from None
-    except OSError as e:
-        raise EmakiError(f"{path}: not a readable image ({e})") from None
+        return len(zlib.decompressobj().decompress(stream, limit + 1)) > limit
+    except zlib.error:
+        return False  # PIL names a broken stream itself
+
+
+def read_infotext(image_path: str | Path) -> str | None:
+    """The generation parameters stored in an image file (see `infotext_of`). Only a regular
+    file is opened; its pixels are never decoded; a PNG text chunk over `MAX_TEXT_CHUNK_BYTES`
+    is refused unread."""
+    path = Path(image_path)
+    if not os.path.lexists(path):
+        raise EmakiError(f"{path}: no such image")
+    with open_regular_file(path, EmakiError) as f:
+        size = check_png_text_chunks(f, path, MAX_TEXT_CHUNK_BYTES)
+        try:
+            with Image.open(f) as image:
+                return infotext_of(image)
+        except Image.DecompressionBombError as e:
+            shown = f"{size[0]}×{size[1]} pixels" if size else str(e)
+            raise EmakiError(f"{path}: {shown}, too large to open (a decompression bomb?)") from None
+        except Exception as e:  # noqa: BLE001  (PIL fails on damaged files in many ways)
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise EmakiError(f"{path}: not a readable image ({first})") from None

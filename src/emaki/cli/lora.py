@@ -10,8 +10,8 @@ from rich.console import Console
 
 from emaki.cli import app
 
-console = Console()
-err_console = Console(stderr=True)
+console = Console(emoji=False)
+err_console = Console(stderr=True, emoji=False)
 
 lora_app = typer.Typer(
     name="lora", help="LoRA tools: extract a LoRA from two checkpoints.", no_args_is_help=True

@@ -14,8 +14,8 @@ from rich.console import Console
 from emaki.cli import app, cli_workspace
 from emaki.errors import EmakiError
 
-console = Console()
-err_console = Console(stderr=True)
+console = Console(emoji=False)
+err_console = Console(stderr=True, emoji=False)
 DEFAULT_ALPHA = 0.3  # A1111's default multiplier
 
 

@@ -19,7 +19,7 @@ from emaki.cli import app, cli_workspace
 from emaki.engine.inventory import Inventory, take_inventory
 from emaki.engine.networks import NETWORK_KINDS
 
-console = Console()
+console = Console(emoji=False)
 
 
 def _print(inventory: Inventory) -> None:
@@ -31,10 +31,13 @@ def _print(inventory: Inventory) -> None:
     def line(text: str) -> None:
         console.print(escape(text), highlight=False, emoji=False)
 
-    for title, files in (("Checkpoints", inventory.checkpoints), ("VAEs", inventory.vaes)):
-        heading(title, files)
+    for title, kind, files in (("Checkpoints", "checkpoint", inventory.checkpoints), ("VAEs", "vae", inventory.vaes)):
+        skipped = inventory.skipped_of(kind)
+        heading(title, files + skipped)
         for row in files:
             line(f"  {row['name']} [{row['hash'] or '-'}]  {row['path']}")
+        for row in skipped:
+            line(f"  {row['name']}  skipped: {row['reason']}  {row['path']}")
     for kind in NETWORK_KINDS:
         rows = inventory.rows(kind.folder)
         heading(kind.title, rows)

@@ -12,7 +12,7 @@ from emaki.cli import app
 from emaki.models.tokenizer import load_clip_tokenizer
 from emaki.prompts.token_counter import count_tokens
 
-console = Console()
+console = Console(emoji=False)
 
 
 @app.command("tokens")

@@ -25,7 +25,7 @@ from emaki.training.params import TrainingParams, parse_number_list
 if TYPE_CHECKING:
     from emaki.training.report import TrainingOutcome, TrainingUpdate
 
-console = Console(stderr=True)
+console = Console(stderr=True, emoji=False)
 
 # Options that only one kind has: (kind, field) — given for the other kind they are an error.
 ONLY = {"init_text": "embedding", "num_vectors_per_token": "embedding", "save_format": "embedding",

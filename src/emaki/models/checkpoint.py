@@ -56,20 +56,48 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelCon
     for prefix, part in ((CLIP_PREFIX, "text encoder"), (VAE_PREFIX, "VAE")):
         if not any(k.startswith(prefix) for k in state):
             raise ModelLoadError(f"{path}: the checkpoint has no {part} weights ('{prefix}*')")
-    if CONFIG_METADATA_KEY in metadata:
-        try:
-            config = ModelConfig.from_dict(json.loads(metadata[CONFIG_METADATA_KEY]))
-        except (KeyError, TypeError, json.JSONDecodeError) as e:
-            raise ModelLoadError(f"{path}: unreadable '{CONFIG_METADATA_KEY}' metadata ({e})") from None
-    else:
-        config = infer_config(state, path)
+    inferred = infer_config(state, path)
+    if CONFIG_METADATA_KEY not in metadata:
+        return state, inferred
+    try:
+        config = ModelConfig.from_dict(json.loads(metadata[CONFIG_METADATA_KEY]))
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
+        raise ModelLoadError(f"{path}: unreadable '{CONFIG_METADATA_KEY}' metadata ({e})") from None
+    _check_config_fits_tensors(config, inferred, path)
     return state, config
 
 
-def _shape(state: dict[str, torch.Tensor], key: str, path: Path) -> tuple[int, ...]:
+# The config fields the tensor shapes decide: metadata may only add what shapes cannot say
+# (norm groups, head counts). A few bytes of metadata must not size a model bigger than its tensors.
+_SHAPE_FIELDS = {
+    "unet": ("in_channels", "out_channels", "down_block_types", "up_block_types", "block_out_channels",
+             "layers_per_block", "cross_attention_dim"),
+    "vae": ("in_channels", "out_channels", "down_block_types", "up_block_types", "block_out_channels",
+            "layers_per_block", "latent_channels"),
+    "text_encoder": ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                     "max_position_embeddings"),
+}
+
+
+def _check_config_fits_tensors(config: ModelConfig, inferred: ModelConfig, path: Path) -> None:
+    for part, fields in _SHAPE_FIELDS.items():
+        said, measured = getattr(config, part), getattr(inferred, part)
+        if not isinstance(said, dict):
+            raise ModelLoadError(f"{path}: unreadable '{CONFIG_METADATA_KEY}' metadata ({part} is not an object)")
+        for name in fields:
+            if name in said and said[name] != measured[name]:
+                raise ModelLoadError(f"{path}: '{CONFIG_METADATA_KEY}' metadata says {part} {name} {said[name]}, "
+                                     f"the tensors say {measured[name]}")
+
+
+def _shape(state: dict[str, torch.Tensor], key: str, path: Path, ndim: int) -> tuple[int, ...]:
+    """The shape of `state[key]`, which must have `ndim` dimensions."""
     if key not in state:
         raise ModelLoadError(f"{path}: missing tensor {key!r}; not a complete SD 1.x checkpoint")
-    return tuple(state[key].shape)
+    shape = tuple(state[key].shape)
+    if len(shape) != ndim:
+        raise ModelLoadError(f"{path}: tensor {key!r} has shape {shape}; expected {ndim} dimensions")
+    return shape
 
 
 def _count(state: dict[str, torch.Tensor], pattern: str) -> int:
@@ -79,8 +107,8 @@ def _count(state: dict[str, torch.Tensor], pattern: str) -> int:
 
 def infer_unet_config(state: dict[str, torch.Tensor], path: Path) -> dict[str, Any]:
     p = UNET_PREFIX
-    in_channels = _shape(state, p + "input_blocks.0.0.weight", path)[1]
-    out_channels = _shape(state, p + "out.2.weight", path)[0]
+    in_channels = _shape(state, p + "input_blocks.0.0.weight", path, 4)[1]
+    out_channels = _shape(state, p + "out.2.weight", path, 4)[0]
     n_input = _count(state, re.escape(p) + r"input_blocks\.(\d+)\.")
     downsamplers = [i for i in range(n_input) if p + f"input_blocks.{i}.0.op.weight" in state]
     levels = len(downsamplers) + 1
@@ -88,10 +116,10 @@ def infer_unet_config(state: dict[str, torch.Tensor], path: Path) -> dict[str, A
     channels, has_attn = [], []
     for level in range(levels):
         first = 1 + level * (per_level + 1)
-        channels.append(_shape(state, p + f"input_blocks.{first}.0.out_layers.3.weight", path)[0])
+        channels.append(_shape(state, p + f"input_blocks.{first}.0.out_layers.3.weight", path, 4)[0])
         has_attn.append(p + f"input_blocks.{first}.1.proj_in.weight" in state)
     attn_key = next((k for k in state if k.startswith(p) and k.endswith("attn2.to_k.weight")), None)
-    cross_dim = tuple(state[attn_key].shape)[1] if attn_key else 768
+    cross_dim = _shape(state, attn_key, path, 2)[1] if attn_key else 768
     if cross_dim == 1024:
         raise ModelLoadError(f"{path}: this is an SD 2.x checkpoint (1024-wide text context); emaki loads SD 1.x")
     proj_in = next((state[k] for k in state if k.startswith(p) and k.endswith("proj_in.weight")), None)
@@ -114,11 +142,11 @@ def infer_vae_config(state: dict[str, torch.Tensor], path: Path, prefix: str = V
     p = prefix
     levels = _count(state, re.escape(p) + r"encoder\.down\.(\d+)\.")
     per_level = _count(state, re.escape(p) + r"encoder\.down\.0\.block\.(\d+)\.")
-    channels = [_shape(state, p + f"encoder.down.{i}.block.0.conv2.weight", path)[0] for i in range(levels)]
-    latent = _shape(state, p + "quant_conv.weight", path)[0] // 2
+    channels = [_shape(state, p + f"encoder.down.{i}.block.0.conv2.weight", path, 4)[0] for i in range(levels)]
+    latent = _shape(state, p + "quant_conv.weight", path, 4)[0] // 2
     return {
-        "in_channels": _shape(state, p + "encoder.conv_in.weight", path)[1],
-        "out_channels": _shape(state, p + "decoder.conv_out.weight", path)[0],
+        "in_channels": _shape(state, p + "encoder.conv_in.weight", path, 4)[1],
+        "out_channels": _shape(state, p + "decoder.conv_out.weight", path, 4)[0],
         "down_block_types": ["DownEncoderBlock2D"] * levels,
         "up_block_types": ["UpDecoderBlock2D"] * levels,
         "block_out_channels": channels,
@@ -132,10 +160,10 @@ def infer_vae_config(state: dict[str, torch.Tensor], path: Path, prefix: str = V
 
 def infer_text_encoder_config(state: dict[str, torch.Tensor], path: Path) -> dict[str, Any]:
     p = CLIP_PREFIX + "text_model."
-    vocab, hidden = _shape(state, p + "embeddings.token_embedding.weight", path)
-    positions = _shape(state, p + "embeddings.position_embedding.weight", path)[0]
+    vocab, hidden = _shape(state, p + "embeddings.token_embedding.weight", path, 2)
+    positions = _shape(state, p + "embeddings.position_embedding.weight", path, 2)[0]
     layers = _count(state, re.escape(p) + r"encoder\.layers\.(\d+)\.")
-    intermediate = _shape(state, p + "encoder.layers.0.mlp.fc1.weight", path)[0]
+    intermediate = _shape(state, p + "encoder.layers.0.mlp.fc1.weight", path, 2)[0]
     return {
         "vocab_size": vocab,
         "hidden_size": hidden,

@@ -1,9 +1,13 @@
-"""Model file hashes as A1111 and Civitai show them (specs/FORMATS.md §6)."""
+"""Model file hashes as A1111 and Civitai show them (specs/FORMATS.md §6).
+
+Only regular files are read (`open_regular_file`): hashing a FIFO or `/dev/zero` would never end.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +15,7 @@ from typing import Any
 
 from emaki.errors import ModelLoadError
 from emaki.files import atomic_write
+from emaki.models.regular_files import open_regular_file, regular_file_stat
 from emaki.models.safetensors_header import safetensors_data_start
 
 _BLOCK = 1 << 20
@@ -19,7 +24,7 @@ _BLOCK = 1 << 20
 def sha256_file(path: str | Path) -> str:
     """Full-file sha256, read in 1 MiB blocks."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular_file(path) as f:
         while block := f.read(_BLOCK):
             digest.update(block)
     return digest.hexdigest()
@@ -40,7 +45,7 @@ def legacy_hash(path: str | Path) -> str:
     >>> legacy_hash(f.name); os.unlink(f.name)
     'e3b0c442'
     """
-    with open(path, "rb") as f:
+    with open_regular_file(path) as f:
         f.seek(0x100000)
         return hashlib.sha256(f.read(0x10000)).hexdigest()[:8]
 
@@ -48,7 +53,7 @@ def legacy_hash(path: str | Path) -> str:
 def tensor_data_hash(path: str | Path) -> str:
     """sha256 of a safetensors file's tensor data only (kohya/addnet hash; header excluded)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular_file(path) as f:
         f.seek(safetensors_data_start(path))
         while block := f.read(_BLOCK):
             digest.update(block)
@@ -70,7 +75,7 @@ class FileHashes:
 
 def _tensor_data_start(path: Path) -> int | None:
     """Where a safetensors file's tensor data begins; None for any other file."""
-    with open(path, "rb") as f:
+    with open_regular_file(path) as f:
         head = f.read(9)
     if head[8:9] != b"{":
         return None
@@ -88,7 +93,7 @@ def file_hashes(path: str | Path, *, tensor_data: bool = True) -> FileHashes:
     buffer = bytearray(_BLOCK)
     view = memoryview(buffer)
     position = 0
-    with open(path, "rb", buffering=0) as f:
+    with open_regular_file(path) as f:
         while n := f.readinto(buffer):
             block = view[:n]
             whole.update(block)
@@ -119,8 +124,8 @@ class HashCache:
 
     def get(self, path: str | Path, *, tensor_data: bool = False) -> FileHashes:
         """The file's hashes, computed (and stored) only when the cache has none valid."""
-        path = Path(path).resolve()
-        stat = path.stat()
+        stat = regular_file_stat(path)  # names the user's path when it is no regular file
+        path = Path(os.path.realpath(path))  # `resolve` raises on a link loop
         key = str(path)
         entry = self._entries.get(key)
         fresh = (isinstance(entry, dict) and entry.get("size") == stat.st_size

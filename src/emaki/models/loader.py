@@ -30,6 +30,7 @@ from emaki.models.convert import (
     ldm_to_vae,
 )
 from emaki.models.hashes import HashCache
+from emaki.models.regular_files import regular_file_stat
 from emaki.models.safe_load import load_tensors
 from emaki.models.tokenizer import load_clip_tokenizer
 
@@ -51,11 +52,17 @@ _Module = TypeVar("_Module", bound=torch.nn.Module)
 
 def _assign(module_cls: type[_Module], config: dict[str, Any], state: dict[str, torch.Tensor], what: str,
             source: str, dtype: torch.dtype = torch.float32) -> _Module:
-    with init_empty_weights(include_buffers=False):
-        if module_cls is CLIPTextModel:
-            module = module_cls(CLIPTextConfig(**config))
-        else:
-            module = module_cls(**config)
+    try:
+        with init_empty_weights(include_buffers=False):
+            if module_cls is CLIPTextModel:
+                module = module_cls(CLIPTextConfig(**config))
+            else:
+                module = module_cls(**config)
+    except (ValueError, TypeError, RuntimeError, ZeroDivisionError) as e:
+        # Sizes SD 1.x conventions fill in (e.g. 32 norm groups) may not fit a small model's tensors.
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"{source}: the {what} sizes read from the tensors do not build a model ({first}); "
+                             "a checkpoint that needs other sizes must carry them (emaki's .safetensors do)") from None
     expected = module.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -160,6 +167,9 @@ def load_model_uncached(source: str | os.PathLike[str], vae: str | os.PathLike[s
     if path.is_file():
         components = load_single_file(path, dtype)
         name, model_hash = path.stem, hashes.get(path).autov2
+    elif os.path.lexists(path) and not path.is_dir():
+        regular_file_stat(path)  # a FIFO, a device, a broken link: says which
+        raise ModelLoadError(f"{path}: not a model file")
     elif path.is_dir():
         if not (path / "model_index.json").is_file() and not (path / "unet").is_dir():
             raise ModelLoadError(f"{path}: folder is not a diffusers model (no model_index.json)")
@@ -172,6 +182,8 @@ def load_model_uncached(source: str | os.PathLike[str], vae: str | os.PathLike[s
     loaded = LoadedModel(components, name, str(path if path.exists() else text), model_hash)
     if vae is not None:
         vae_path = Path(vae).expanduser()
+        if os.path.lexists(vae_path) and not vae_path.is_dir():
+            regular_file_stat(vae_path)  # a FIFO, a device, a broken link: says which
         if not vae_path.is_file():
             raise ModelLoadError(f"{vae_path}: no such VAE file")
         loaded.components = with_vae(components, vae_path)
@@ -192,10 +204,11 @@ class ModelCache:
             if p is None:
                 return (None,)
             path = Path(p).expanduser()
+            real = os.path.realpath(path)  # `resolve` raises on a link loop
             if path.is_file():
                 st = path.stat()
-                return (str(path.resolve()), st.st_size, st.st_mtime_ns)
-            return (str(path.resolve()) if path.exists() else p,)
+                return (real, st.st_size, st.st_mtime_ns)
+            return (real if path.exists() else p,)
 
         return ident(source) + ident(vae)
 

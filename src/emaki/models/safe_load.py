@@ -1,9 +1,10 @@
 """Reading tensors from files users download: safetensors first, pickles only restricted.
 
-The format is sniffed from the first bytes, never from the extension. Pickled files
-(`.ckpt`, `.pt`, `.bin`) go through torch's `weights_only` unpickler with a narrow allowlist of
-the extra globals real checkpoints carry (specs/FORMATS.md §7.2); anything else is refused
-before it can run.
+The format is sniffed from the first bytes, never from the extension; only regular files are
+opened. Pickled files (`.ckpt`, `.pt`, `.bin`) go through torch's `weights_only` unpickler with a
+narrow allowlist of the extra globals real checkpoints carry (specs/FORMATS.md §7.2); anything else
+is refused before it can run. Before that, a census of the pickle (`pickle_census`) checks every
+storage it declares against the bytes the file holds and refuses sparse tensors.
 """
 
 from __future__ import annotations
@@ -20,7 +21,20 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from emaki.errors import ModelLoadError, UnsafeFileError
-from emaki.models.safetensors_header import read_safetensors_metadata, safetensors_data_start
+from emaki.models.pickle_census import (
+    PickleCensus,
+    check_dense_only,
+    check_legacy_storages,
+    check_zip_storages,
+    legacy_census,
+    zip_census,
+)
+from emaki.models.regular_files import open_regular_file
+from emaki.models.safetensors_header import (
+    header_metadata,
+    read_checked_safetensors_header,
+    safetensors_data_start,
+)
 
 SAFETENSORS = "safetensors"
 TORCH_ZIP = "torch-zip"
@@ -61,13 +75,8 @@ def _allowlist() -> list[Any]:
 
 def sniff_format(path: Path) -> str:
     """SAFETENSORS, TORCH_ZIP or TORCH_LEGACY, from the file's first bytes."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(16)
-    except FileNotFoundError:
-        raise ModelLoadError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ModelLoadError(f"{path}: is a folder, expected a model file") from None
+    with open_regular_file(path) as f:
+        head = f.read(16)
     if len(head) == 0:
         raise ModelLoadError(f"{path}: the file is empty")
     if head[:4] == b"PK\x03\x04":
@@ -83,25 +92,65 @@ def sniff_format(path: Path) -> str:
     )
 
 
-_UNSUPPORTED_GLOBAL = re.compile(r"(?:Unsupported global|GLOBAL|Unsupported operand)[:\s]+(\S+)")
+_REFUSED_GLOBAL = re.compile(r"GLOBAL (\S+?)[.,]?(?:\s|$)")
+
+
+def _census(path: Path) -> PickleCensus:
+    """Check what the pickle declares before torch allocates or rebuilds anything."""
+    kind = sniff_format(path)
+    census = PickleCensus()
+    if kind == TORCH_ZIP:
+        census, records = zip_census(path)
+        check_zip_storages(census, records, path)
+    elif kind == TORCH_LEGACY:
+        census, remaining = legacy_census(path)
+        if remaining is not None:
+            check_legacy_storages(census, remaining, path)
+    check_dense_only(census, path)
+    return census
+
+
+def _refused(path: Path, error: pickle.UnpicklingError, census: PickleCensus) -> UnsafeFileError:
+    found = _REFUSED_GLOBAL.search(str(error))
+    what = census.global_named(found.group(1)) if found else "an object outside the allowlist"
+    return UnsafeFileError(
+        f"{path}: refused to load: the pickle asks for {what}, which is not allowed "
+        "(only tensors and plain containers are; nothing in the file was executed)"
+    )
+
+
+def _check_dense(data: Any, path: Path) -> None:
+    """No sparse, nested or other non-strided tensor anywhere in `data` (walked without recursion)."""
+    pending, seen = [data], set()
+    while pending:
+        item = pending.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, torch.Tensor):
+            if item.layout != torch.strided or item.is_nested:
+                raise ModelLoadError(f"{path}: holds a {item.layout} tensor; emaki reads dense tensors only")
+        elif isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, list | tuple | set):
+            pending.extend(item)
 
 
 def load_pickle(path: Path, *, map_location: str = "cpu") -> Any:
     """`torch.load` restricted to tensors, containers and the allowlisted globals
-    (`map_location="meta"` builds shape-only tensors)."""
+    (`map_location="meta"` builds shape-only tensors), after the census."""
+    path = Path(path)
+    census = _census(path)
     try:
         with torch.serialization.safe_globals(_allowlist()):
-            return torch.load(path, map_location=map_location, weights_only=True)
+            data = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        found = _UNSUPPORTED_GLOBAL.search(str(e))
-        what = found.group(1) if found else "an object outside the allowlist"
-        raise UnsafeFileError(
-            f"{path}: refused to load: the pickle asks for {what}, which is not allowed "
-            "(only tensors and plain containers are; nothing in the file was executed)"
-        ) from None
+        raise _refused(path, e, census) from None
     except Exception as e:  # noqa: BLE001 (damaged files fail in many ways inside torch.load)
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelLoadError(f"{path}: corrupt or truncated checkpoint ({first_line})") from None
+    _check_dense(data, path)
+    return data
 
 
 def load_tensors(path: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
@@ -109,7 +158,7 @@ def load_tensors(path: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
     path = Path(path)
     kind = sniff_format(path)
     if kind == SAFETENSORS:
-        metadata = read_safetensors_metadata(path)  # names what is wrong with a bad header
+        metadata = header_metadata(read_checked_safetensors_header(path))  # names what is wrong
         try:
             return dict(load_file(str(path))), metadata
         except (SafetensorError, OSError, ValueError) as e:

@@ -7,16 +7,23 @@ then the tensors' bytes (offsets count from the end of the header).
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import os
 import struct
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from emaki.errors import ModelLoadError
+from emaki.models.regular_files import open_regular_file
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 """Longer headers are refused (the `safetensors` library's own limit)."""
+
+DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+               "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+"""Bytes per element of each safetensors dtype name."""
 
 
 def _header_length(f: BinaryIO, path: str | os.PathLike[str]) -> int:
@@ -39,7 +46,7 @@ def _header_length(f: BinaryIO, path: str | os.PathLike[str]) -> int:
 
 def read_safetensors_header(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The header's JSON object: one entry per tensor, plus `__metadata__` if the file has any."""
-    with open(path, "rb") as f:
+    with open_regular_file(path) as f:
         raw = f.read(_header_length(f, path))
     try:
         header = json.loads(raw)
@@ -54,7 +61,7 @@ def read_safetensors_header(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def safetensors_data_start(path: str | os.PathLike[str]) -> int:
     """Where the tensor data begins: 8 + the header length."""
-    with open(path, "rb") as f:
+    with open_regular_file(path) as f:
         return 8 + _header_length(f, path)
 
 
@@ -67,3 +74,41 @@ def header_metadata(header: dict[str, Any]) -> dict[str, str]:
 def read_safetensors_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     """The `__metadata__` of a safetensors file, without reading any tensor."""
     return header_metadata(read_safetensors_header(Path(path)))
+
+
+def read_checked_safetensors_header(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The header, every tensor entry checked against the data it claims: a known dtype, a shape
+    of non-negative ints whose size × dtype width is exactly its `data_offsets` span, inside the
+    file, no two spans overlapping. What a shape-only reader (a LoRA listing) may then trust."""
+    with open_regular_file(path) as f:
+        length = _header_length(f, path)
+        data_size = os.fstat(f.fileno()).st_size - 8 - length
+    header = read_safetensors_header(path)
+    spans = sorted(_checked_span(path, key, entry, data_size) for key, entry in header.items() if key != "__metadata__")
+    for (_, end, first), (begin, _, second) in itertools.pairwise(spans):
+        if begin < end:
+            raise ModelLoadError(f"{path}: corrupt safetensors header: tensors {first!r} and {second!r} overlap")
+    return header
+
+
+def _checked_span(path: str | os.PathLike[str], key: str, entry: Any, data_size: int) -> tuple[int, int, str]:
+    def corrupt(why: str) -> ModelLoadError:
+        return ModelLoadError(f"{path}: corrupt safetensors header: tensor {key!r} {why}")
+
+    if not isinstance(entry, dict):
+        raise corrupt(f"is not an object ({type(entry).__name__})")
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if dtype not in DTYPE_BYTES:
+        raise corrupt(f"has an unknown dtype {dtype!r}")
+    if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
+        raise corrupt(f"has a bad shape {shape!r} (expected a list of sizes)")
+    if (not isinstance(offsets, list) or len(offsets) != 2 or not all(type(n) is int for n in offsets)
+            or not 0 <= offsets[0] <= offsets[1]):
+        raise corrupt(f"has bad data_offsets {offsets!r} (expected [begin, end])")
+    begin, end = offsets
+    needed = math.prod(shape) * DTYPE_BYTES[dtype]
+    if needed != end - begin:
+        raise corrupt(f"of shape {shape} {dtype} needs {needed} bytes, its data_offsets hold {end - begin}")
+    if end > data_size:
+        raise corrupt(f"ends at byte {end} of the data, which has {data_size}")
+    return begin, end, key

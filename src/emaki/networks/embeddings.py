@@ -25,10 +25,13 @@ from PIL import Image, UnidentifiedImageError
 
 from emaki.errors import ModelLoadError
 from emaki.files import atomic_write
+from emaki.infotext import check_png_text_chunks
 from emaki.models.hashes import sha256_file
+from emaki.models.regular_files import open_regular_file
 from emaki.models.safe_load import SAFETENSORS, load_pickle, load_tensors, sniff_format
 from emaki.networks.image_embedding import (
     TEXT_CHUNK_KEY,
+    HiddenDataTooLarge,
     embedding_card,
     embedding_to_b64,
     hide_in_pixels,
@@ -39,6 +42,11 @@ PICKLE_SUFFIXES = (".pt", ".bin")
 PROVENANCE_KEY = "emaki_provenance"
 IMAGE_SUFFIXES = (".png", ".webp", ".jxl", ".avif")
 EMBEDDING_SUFFIXES = PICKLE_SUFFIXES + (".safetensors",) + IMAGE_SUFFIXES
+MAX_EMBEDDING_PIXELS = 4096 * 4096
+"""Larger embedding images are refused before decoding (A1111's cards are well under a megapixel;
+PIL itself only warns below 89 megapixels, i.e. ~270 MB decoded)."""
+MAX_EMBEDDING_TEXT_BYTES = 16 * 1024 * 1024
+"""The most an `sd-ti-embedding` text chunk may hold (75 SD 1.x vectors are ~2 MB of base64)."""
 
 
 class NotAnEmbedding(ModelLoadError):
@@ -145,12 +153,7 @@ def load_embedding(path: str | Path) -> Embedding:
     suffix = path.suffix.lower()
     source = str(path)
     if suffix in IMAGE_SUFFIXES:
-        try:
-            with Image.open(path) as image:
-                image.load()
-                found = read_image_data(image)
-        except (UnidentifiedImageError, OSError) as e:
-            raise ModelLoadError(f"{path}: not a readable image ({e})") from None
+        found = _read_image(path)
         if found is None:
             raise NotAnEmbedding(f"{path}: the image holds no embedding (a preview?)")
         data, how = found
@@ -174,6 +177,31 @@ def load_embedding(path: str | Path) -> Embedding:
     embedding.path = path
     embedding.sha256 = sha256_file(path)
     return embedding
+
+
+def _read_image(path: Path) -> tuple[Any, str] | None:
+    """The embedding data of an image file (see `read_image_data`). Its size is checked before
+    its pixels are decoded, its text chunks before they are read (a small file can declare a
+    gigapixel image or a chunk that inflates to gigabytes)."""
+    with open_regular_file(path) as f:
+        size = check_png_text_chunks(f, path, MAX_EMBEDDING_TEXT_BYTES, ModelLoadError)
+        try:
+            with Image.open(f) as image:
+                if image.width * image.height > MAX_EMBEDDING_PIXELS:
+                    raise _too_many_pixels(path, image.size)
+                image.load()
+                return read_image_data(image)
+        except HiddenDataTooLarge as e:
+            raise ModelLoadError(f"{path}: {e}") from None
+        except Image.DecompressionBombError:  # PIL refuses to even open one over 179 megapixels
+            raise _too_many_pixels(path, size or (0, 0)) from None
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+            raise ModelLoadError(f"{path}: not a readable image ({e})") from None
+
+
+def _too_many_pixels(path: Path, size: tuple[int, int]) -> ModelLoadError:
+    return ModelLoadError(f"{path}: {size[0]}×{size[1]} pixels, more than the {MAX_EMBEDDING_PIXELS:,} allowed "
+                          "for an embedding image (a decompression bomb?)")
 
 
 def a1111_data(embedding: Embedding) -> dict[str, Any]:

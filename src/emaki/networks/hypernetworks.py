@@ -13,7 +13,11 @@ settings exactly as A1111 builds it (§1.3), so A1111 state dicts load without r
 from __future__ import annotations
 
 import inspect
+import itertools
 import json
+import math
+import numbers
+import reprlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -261,30 +265,104 @@ class Hypernetwork:
                    last_layer_dropout=last_layer_dropout)
 
 
+def _short(value: Any) -> str:
+    return reprlib.repr(value)
+
+
+def _numbers(value: Any, field: str, source: str) -> list[float]:
+    """The file's `field` as a list of finite numbers, or a `ModelLoadError` naming it."""
+    if not isinstance(value, list | tuple) or not all(isinstance(x, numbers.Real) for x in value):
+        raise ModelLoadError(f"{source}: {field} must be a list of numbers; the file has {_short(value)}")
+    found = [float(x) for x in value]
+    if not all(math.isfinite(x) for x in found):
+        raise ModelLoadError(f"{source}: {field} must hold finite numbers; the file has {_short(value)}")
+    return found
+
+
+def _flag(data: Mapping[Any, Any], field: str, default: bool, source: str) -> bool:
+    value = data.get(field, default)
+    if value is None:
+        return default
+    if not isinstance(value, numbers.Real):
+        raise ModelLoadError(f"{source}: {field} must be true or false; the file has {_short(value)}")
+    return bool(value)
+
+
+def _optional_text(data: Mapping[Any, Any], field: str) -> str | None:
+    """A descriptive field (checkpoint name, notes): text, else left out (it never changes the output)."""
+    value = data.get(field)
+    return value if isinstance(value, str) else None
+
+
+def _step(value: Any, source: str) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, numbers.Real) and math.isfinite(float(value)):
+        return int(float(value))
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    raise ModelLoadError(f"{source}: step must be a whole number; the file has {_short(value)}")
+
+
+def implied_parameters(dim: int, layer_structure: Sequence[float], add_layer_norm: bool) -> int:
+    """How many numbers a `HypernetworkModule` of this shape holds (Linear weights and biases,
+    LayerNorm weights and biases), computed without building it.
+
+    >>> implied_parameters(768, [1, 2, 1], False)  # 768·1536 + 1536 + 1536·768 + 768
+    2361600
+    """
+    widths = [int(dim * x) for x in layer_structure]
+    count = 0
+    for width_in, width_out in itertools.pairwise(widths):
+        count += width_in * width_out + width_out + (2 * width_out if add_layer_norm else 0)
+    return count
+
+
+def _check_size(size: int, pair: Sequence[Mapping[str, Any]], layer_structure: list[float], add_layer_norm: bool,
+                source: str) -> None:
+    """Refuse a layer whose structure implies more numbers than its state dicts hold, before
+    anything is allocated (a 1 KB file could otherwise ask for gigabytes)."""
+    widths = [int(size * x) for x in layer_structure]
+    if min(widths) < 1:
+        raise ModelLoadError(f"{source}: layer {size}: layer_structure {layer_structure} gives a layer "
+                             f"{min(widths)} wide; every layer needs a width of at least 1")
+    implied = implied_parameters(size, layer_structure, add_layer_norm)
+    for state in pair:
+        held = sum(t.numel() for t in state.values() if isinstance(t, torch.Tensor))
+        if implied > held:
+            raise ModelLoadError(f"{source}: layer {size} does not fit layer_structure {layer_structure}: it "
+                                 f"implies {implied:,} parameters per module; the file holds {held:,}")
+
+
 def hypernetwork_from_state(data: Mapping[Any, Any], name: str, *, source: str = "hypernetwork") -> Hypernetwork:
     """Build a `Hypernetwork` from the dict saved in a `.pt` file, with A1111's loader
-    defaults for missing keys (specs §1.2). Only int keys are layers."""
-    layer_structure = [float(x) for x in (data.get("layer_structure") or DEFAULT_LAYER_STRUCTURE)]
+    defaults for missing keys (specs §1.2). Only int keys are layers. Every field is checked
+    (a bad one is a `ModelLoadError` naming it) before any module is built."""
+    stored_structure = data.get("layer_structure")
+    if stored_structure is None or (isinstance(stored_structure, list | tuple) and not stored_structure):
+        stored_structure = DEFAULT_LAYER_STRUCTURE
+    layer_structure = _numbers(stored_structure, "layer_structure", source)
     activation_func = data.get("activation_func")
-    if activation_func is not None:
-        activation_func = str(activation_func)
-    is_layer_norm = bool(data.get("is_layer_norm", False))
-    weight_initialization = str(data.get("weight_initialization") or "Normal")
-    dropout_structure = data.get("dropout_structure")
-    last_layer_dropout = bool(data.get("last_layer_dropout", False))
-    if dropout_structure is not None:
-        dropout_structure = [float(x) for x in dropout_structure]
+    if activation_func is not None and not isinstance(activation_func, str):
+        raise ModelLoadError(f"{source}: activation_func must be a name; the file has {_short(activation_func)}")
+    is_layer_norm = _flag(data, "is_layer_norm", False, source)
+    weight_initialization = _optional_text(data, "weight_initialization") or "Normal"
+    last_layer_dropout = _flag(data, "last_layer_dropout", False, source)
+    if data.get("dropout_structure") is not None:
+        dropout_structure = _numbers(data["dropout_structure"], "dropout_structure", source)
         use_dropout = any(dropout_structure)
     else:
-        use_dropout = bool(data.get("use_dropout", False))
+        use_dropout = _flag(data, "use_dropout", False, source)
         dropout_structure = dropout_structure_for(layer_structure, use_dropout, last_layer_dropout)
-    activate_output = bool(data.get("activate_output", True))
+    activate_output = _flag(data, "activate_output", True, source)
+    step = _step(data.get("step"), source)
     layers: dict[int, tuple[HypernetworkModule, HypernetworkModule]] = {}
     for size, pair in data.items():
         if type(size) is not int:
             continue
         if not isinstance(pair, list | tuple) or len(pair) != 2 or not all(isinstance(p, Mapping) for p in pair):
             raise ModelLoadError(f"{source}: layer {size} is not a (key, value) pair of state dicts")
+        _check_size(size, pair, layer_structure, is_layer_norm, source)
         try:
             layers[size] = tuple(  # type: ignore[assignment]
                 HypernetworkModule(size, state, layer_structure=layer_structure, activation_func=activation_func,
@@ -292,18 +370,19 @@ def hypernetwork_from_state(data: Mapping[Any, Any], name: str, *, source: str =
                                    dropout_structure=dropout_structure)
                 for state in pair
             )
-        except RuntimeError as e:
-            first = str(e).strip().splitlines()[0]
+        except ParamsError as e:
+            raise ModelLoadError(f"{source}: {e}") from None
+        except (RuntimeError, TypeError, ValueError, KeyError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ModelLoadError(
                 f"{source}: layer {size} does not fit layer_structure {layer_structure}, "
                 f"activation {activation_func!r}, layer norm {is_layer_norm} ({first})"
             ) from None
-        except ParamsError as e:
-            raise ModelLoadError(f"{source}: {e}") from None
     if not layers:
         raise ModelLoadError(f"{source}: not a hypernetwork (no layers keyed by width such as 768 or 320)")
+    stored_name = data.get("name")
     return Hypernetwork(
-        name=str(data.get("name") or name),
+        name=stored_name if isinstance(stored_name, str) and stored_name else name,
         layers=layers,
         layer_structure=layer_structure,
         activation_func=activation_func,
@@ -313,13 +392,12 @@ def hypernetwork_from_state(data: Mapping[Any, Any], name: str, *, source: str =
         activate_output=activate_output,
         dropout_structure=dropout_structure,
         last_layer_dropout=last_layer_dropout,
-        step=int(data.get("step") or 0),
-        sd_checkpoint=data.get("sd_checkpoint"),
-        sd_checkpoint_name=data.get("sd_checkpoint_name"),
-        optional_info=data.get("optional_info"),
+        step=step,
+        sd_checkpoint=_optional_text(data, "sd_checkpoint"),
+        sd_checkpoint_name=_optional_text(data, "sd_checkpoint_name"),
+        optional_info=_optional_text(data, "optional_info"),
         provenance=read_provenance(data.get(PROVENANCE_KEY)),
     )
-
 
 
 def load_hypernetwork(path: str | Path) -> Hypernetwork:

@@ -70,9 +70,15 @@ def _xor_stream(block: np.ndarray) -> np.ndarray:
 
 def hide_in_pixels(picture: Image.Image, data: dict[str, Any], decoration: np.ndarray | None = None) -> Image.Image:
     """`picture` with `data` hidden in two blocks left and right of it (A1111's layout)."""
+    return hide_payload_in_pixels(picture, zlib.compress(_to_json(data).encode(), level=9), decoration)
+
+
+def hide_payload_in_pixels(picture: Image.Image, compressed: bytes,
+                           decoration: np.ndarray | None = None) -> Image.Image:
+    """`picture` with the bytes `compressed` (zlib of the JSON) hidden beside it."""
     picture = picture.convert("RGB")
     height = picture.height
-    payload = np.frombuffer(zlib.compress(_to_json(data).encode(), level=9), dtype=np.uint8)
+    payload = np.frombuffer(compressed, dtype=np.uint8)
     per_block = 3 * height
     size = -(-payload.size // per_block) * per_block
     shades = _decoration_shades(decoration)
@@ -111,8 +117,26 @@ def _crop_black(pixels: np.ndarray) -> np.ndarray:
     return pixels[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
 
 
+MAX_HIDDEN_BYTES = 32 * 1024 * 1024
+"""The most the hidden zlib payload may inflate to (an SD 1.x embedding of 75 vectors is ~1.5 MB of
+JSON); more is refused, not inflated (a few KB of pixels could otherwise inflate to gigabytes)."""
+
+
+class HiddenDataTooLarge(ValueError):
+    """The zlib payload hidden in the pixels inflates past `MAX_HIDDEN_BYTES`."""
+
+
+def _inflate(compressed: bytes) -> bytes:
+    inflater = zlib.decompressobj()
+    raw = inflater.decompress(compressed, MAX_HIDDEN_BYTES)
+    if inflater.unconsumed_tail:
+        raise HiddenDataTooLarge(f"the data hidden in its pixels inflates to more than {MAX_HIDDEN_BYTES:,} bytes")
+    return raw
+
+
 def read_pixel_data(image: Image.Image) -> Any | None:
-    """The data hidden in an image's pixels, or None when it has none (a plain preview)."""
+    """The data hidden in an image's pixels, or None when it has none (a plain preview);
+    `HiddenDataTooLarge` for a payload that inflates past `MAX_HIDDEN_BYTES`."""
     pixels = _crop_black(np.asarray(image.convert("RGB"))) & 0x0F
     empty = np.flatnonzero(pixels.sum(axis=(0, 2)) == 0)
     if empty.size < 2:
@@ -122,9 +146,12 @@ def read_pixel_data(image: Image.Image) -> Any | None:
     if low.shape != high.shape or low.size == 0:
         return None
     try:
-        raw = zlib.decompressobj().decompress(((high << 4) | low).tobytes())
+        raw = _inflate(((high << 4) | low).tobytes())
+    except zlib.error:
+        return None
+    try:
         return _from_json(raw)
-    except (zlib.error, ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError):
         return None
 
 

@@ -6,7 +6,8 @@ are previews, not embeddings. The name is the file stem (an image's stored name 
 whose width differs from the text encoder's is kept as *skipped* with the reason, never used.
 Hypernetworks (§1.5): `*.pt` under the folders, recursively, looked up by file stem.
 
-A library re-reads only files whose size or mtime changed since the last scan.
+A library re-reads only files whose size or mtime changed since the last scan. Only regular
+files are opened: a FIFO, a device or a broken link is listed as skipped with the reason.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from emaki.errors import EmakiError, ModelLoadError
+from emaki.models.regular_files import regular_file_stat
 from emaki.networks.embeddings import (
     EMBEDDING_SUFFIXES,
     IMAGE_SUFFIXES,
@@ -40,29 +42,45 @@ class SkippedFile:
 
 def walk_files(folders: Iterable[Path], suffixes: Sequence[str]) -> list[Path]:
     """Files under `folders` (recursively, links followed) with one of `suffixes`, each folder
-    sorted case-insensitively, in folder order."""
+    sorted case-insensitively, in folder order.
+
+    Names only: nothing is opened, so a FIFO, a device or a broken link with such a name is listed
+    too, and whoever opens it refuses it with the reason (`regular_file_stat`; listings show it as
+    skipped). A folder reached again through a link (a loop) is not walked twice.
+    """
     found: list[Path] = []
-    seen: set[Path] = set()
+    seen: set[str] = set()
+    walked: set[tuple[int, int]] = set()
     for folder in folders:
         folder = Path(folder).expanduser()
         if not folder.is_dir():
             continue
         batch = []
-        for root, _dirs, files in os.walk(folder, followlinks=True):
+        for root, dirs, files in os.walk(folder, followlinks=True):
+            try:
+                identity = os.stat(root)
+            except OSError:
+                dirs[:] = []
+                continue
+            if (identity.st_dev, identity.st_ino) in walked:
+                dirs[:] = []  # a link back to a folder already walked
+                continue
+            walked.add((identity.st_dev, identity.st_ino))
             for file in files:
                 path = Path(root) / file
                 if path.suffix.lower() in suffixes:
                     batch.append(path)
         for path in sorted(batch, key=lambda p: str(p).lower()):
-            key = path.resolve()
+            key = os.path.realpath(path)  # `Path.resolve` raises on a link loop
             if key not in seen:
                 seen.add(key)
                 found.append(path)
     return found
 
 
-def _stamp(path: Path) -> tuple[int, int]:
-    stat = path.stat()
+def file_stamp(path: Path) -> tuple[int, int]:
+    """(size, mtime) of a regular file; `ModelLoadError` with the reason for anything else."""
+    stat = regular_file_stat(path)
     return stat.st_size, stat.st_mtime_ns
 
 
@@ -99,8 +117,7 @@ class EmbeddingLibrary:
     def __init__(self) -> None:
         self._files: dict[Path, tuple[tuple[int, int], Embedding | SkippedFile | None]] = {}
 
-    def _read(self, path: Path) -> Embedding | SkippedFile | None:
-        stamp = _stamp(path)
+    def _read(self, path: Path, stamp: tuple[int, int]) -> Embedding | SkippedFile | None:
         cached = self._files.get(path)
         if cached is not None and cached[0] == stamp:
             return cached[1]
@@ -124,11 +141,13 @@ class EmbeddingLibrary:
             if path.suffix.lower() in IMAGE_SUFFIXES and ".preview." in path.name.lower():
                 continue
             try:
-                if path.stat().st_size == 0:
-                    continue
-            except OSError:
+                stamp = file_stamp(path)
+            except ModelLoadError as e:  # a FIFO, a device, a broken link: listed, never opened
+                scan.skipped.append(SkippedFile(path, path.stem, str(e).removeprefix(f"{path}: ")))
                 continue
-            result = self._read(path)
+            if stamp[0] == 0:
+                continue
+            result = self._read(path, stamp)
             if result is None:
                 continue
             if isinstance(result, SkippedFile):
@@ -168,14 +187,20 @@ class HypernetworkLibrary:
     def load(self, name: str, folders: Sequence[Path]) -> Hypernetwork:
         """The hypernetwork named `name` (a file stem, or a path)."""
         candidate = Path(name).expanduser()
-        path = candidate if candidate.suffix and candidate.is_file() else find_hypernetwork_file(name, folders)
+        # A path names its file even when that is a broken link or a FIFO: opening it says which.
+        path = candidate if candidate.suffix and os.path.lexists(candidate) else find_hypernetwork_file(name, folders)
         if path is None:
             where = ", ".join(str(f) for f in folders) or "no folders"
             raise ModelLoadError(f"hypernetwork {name!r}: no such file ({where})")
-        stamp = _stamp(path)
+        stamp = file_stamp(path)
         cached = self._loaded.get(path)
         if cached is not None and cached[0] == stamp:
             return cached[1]
-        hypernetwork = load_hypernetwork(path)
+        try:
+            hypernetwork = load_hypernetwork(path)
+        except EmakiError:
+            raise
+        except Exception as e:  # noqa: BLE001  (a damaged file must not stop a listing or a run)
+            raise ModelLoadError(f"{path}: unreadable hypernetwork ({type(e).__name__}: {e})") from None
         self._loaded[path] = (stamp, hypernetwork)
         return hypernetwork

@@ -38,7 +38,7 @@ import torch
 from emaki.errors import ModelLoadError
 from emaki.models.convert import unwrap_state_dict
 from emaki.models.safe_load import SAFETENSORS, load_pickle, load_tensors, sniff_format
-from emaki.models.safetensors_header import header_metadata, read_safetensors_header
+from emaki.models.safetensors_header import header_metadata, read_checked_safetensors_header
 
 LORA_SUFFIXES = (".safetensors", ".pt", ".ckpt")
 BUNDLE_PREFIX = "bundle_emb."
@@ -153,7 +153,7 @@ def read_lora_file(path: str | Path) -> LoraFile:
     restricted onto the meta device (no tensor data)."""
     path = Path(path)
     if sniff_format(path) == SAFETENSORS:
-        header = read_safetensors_header(path)
+        header = read_checked_safetensors_header(path)  # shapes that match the data they claim
         shapes = {key: tuple(int(n) for n in entry.get("shape", ()))
                   for key, entry in header.items() if key != "__metadata__" and isinstance(entry, dict)}
         return LoraFile(path, shapes, header_metadata(header))

@@ -19,7 +19,7 @@ from emaki.errors import EmakiError
 from emaki.models.hashes import sha256_file, tensor_data_hash
 from emaki.models.safe_load import SAFETENSORS, sniff_format
 from emaki.networks.embeddings import Embedding, embedding_from_data
-from emaki.networks.library import SkippedFile, walk_files
+from emaki.networks.library import SkippedFile, file_stamp, walk_files
 from emaki.networks.lora.formats import (
     LORA_SUFFIXES,
     LoraFile,
@@ -72,11 +72,6 @@ def load_lora(path: str | Path) -> LoraNetwork:
                        embeddings, unknown)
 
 
-def _stamp(path: Path) -> tuple[int, int]:
-    stat = path.stat()
-    return stat.st_size, stat.st_mtime_ns
-
-
 def file_kind(file: LoraFile) -> tuple[str, int | None, list[str]]:
     """(kind, rank, problems) from a file's key names and shapes: kind "lora", "locon", "loha",
     "lokr", "ia3", "full", "oft", "norm" (joined with "+" when mixed, "+dora" with DoRA
@@ -122,7 +117,10 @@ class LoraLibrary:
 
     def header(self, path: Path) -> LoraFile | SkippedFile:
         """The file's shapes and metadata, or why it cannot be read."""
-        stamp = _stamp(path)
+        try:
+            stamp = file_stamp(path)
+        except EmakiError as e:  # a FIFO, a device, a broken link: never opened, not remembered
+            return SkippedFile(path, path.stem, str(e).removeprefix(f"{path}: "))
         cached = self._headers.get(path)
         if cached is not None and cached[0] == stamp:
             return cached[1]
@@ -158,7 +156,7 @@ class LoraLibrary:
     def hash(self, path: Path) -> str:
         """A1111's LoRA hash (sha256 hex): the `sshs_model_hash` kohya wrote, else the addnet
         hash (the tensor data after the safetensors header), else the whole file's sha256."""
-        stamp = _stamp(path)
+        stamp = file_stamp(path)
         cached = self._hashes.get(path)
         if cached is not None and cached[0] == stamp:
             return cached[1]
@@ -174,7 +172,7 @@ class LoraLibrary:
 
     def load(self, path: Path) -> LoraNetwork:
         """The loaded file, read again only when it changed."""
-        stamp = _stamp(path)
+        stamp = file_stamp(path)
         cached = self._loaded.get(path)
         if cached is not None and cached[0] == stamp:
             self._loaded.move_to_end(path)
