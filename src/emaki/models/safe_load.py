@@ -20,7 +20,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from emaki.errors import ModelLoadError, UnsafeFileError
+from emaki.errors import EmakiError, ModelLoadError, UnsafeFileError
 from emaki.models.pickle_census import (
     PickleCensus,
     check_dense_only,
@@ -97,6 +97,16 @@ _REFUSED_GLOBAL = re.compile(r"GLOBAL (\S+?)[.,]?(?:\s|$)")
 
 def _census(path: Path) -> PickleCensus:
     """Check what the pickle declares before torch allocates or rebuilds anything."""
+    try:
+        return _checked_census(path)
+    except EmakiError:
+        raise
+    except Exception as e:  # noqa: BLE001 (a damaged archive fails in many ways inside zipfile)
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"{path}: corrupt or truncated checkpoint ({first_line})") from None
+
+
+def _checked_census(path: Path) -> PickleCensus:
     kind = sniff_format(path)
     census = PickleCensus()
     if kind == TORCH_ZIP:
