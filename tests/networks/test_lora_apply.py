@@ -107,6 +107,18 @@ def test_lokr_is_a_kronecker_product():
     assert torch.allclose(conv, torch.kron(c1[:, :, None, None], w2c), atol=1e-5)
 
 
+@pytest.mark.parametrize(("kind", "parts"), [
+    (LoraUpDown, {"lora_up.weight": torch.zeros(50_000, 1), "lora_down.weight": torch.zeros(1, 50_000)}),
+    (Hadamard, {"hada_w1_a": torch.zeros(50_000, 1), "hada_w1_b": torch.zeros(1, 50_000),
+     "hada_w2_a": torch.zeros(8, 1), "hada_w2_b": torch.zeros(1, 6)}),
+    (Kronecker, {"lokr_w1": torch.zeros(300, 300), "lokr_w2_a": torch.zeros(300, 1), "lokr_w2_b": torch.zeros(1, 300)}),
+], ids=["lora", "loha", "lokr"])
+def test_factors_that_multiply_out_beyond_the_weight_are_refused_before_multiplying(kind, parts):
+    # A 400 KB file whose product is 2.5·10⁹ values (10 GB) must not be computed to find out it does not fit.
+    with pytest.raises(ValueError, match="multiply out to"):
+        kind(parts).delta(W, 1.0)
+
+
 def test_ia3_scales_rows_or_input_columns():
     rows, _ = IA3({"weight": rand(8), "on_input": torch.tensor(False)}).delta(W, 0.5)
     assert torch.allclose(rows, 0.5 * W * rand(8)[:, None])

@@ -24,6 +24,22 @@ from emaki.errors import ModelLoadError
 Tensor = torch.Tensor
 
 
+def _numel(shape: Collection[int]) -> int:
+    total = 1
+    for size in shape:
+        total *= int(size)
+    return total
+
+
+def _product_numel(a: Tensor, b: Tensor) -> int:
+    """Elements of `a @ b.reshape(b.shape[0], -1)`, computed without computing it."""
+    return int(a.shape[0]) * _numel(b.shape[1:])
+
+
+def _tucker_numel(core: Tensor, a: Tensor, b: Tensor) -> int:
+    return int(a.shape[-1]) * int(b.shape[-1]) * _numel(core.shape[2:])
+
+
 def rebuild_tucker(core: Tensor, a: Tensor, b: Tensor) -> Tensor:
     """CP/Tucker weight `core ×₀ a ×₁ b`: core [r, r', kh, kw], a [r, out], b [r', in] →
     [out, in, kh, kw] (LyCORIS `hada_t*`, `lokr_t2`)."""
@@ -66,12 +82,23 @@ class NetworkModule:
         """The raw update u (float32); `weight` is the model's, float32."""
         raise NotImplementedError
 
+    def implied_numel(self) -> int | None:
+        """How many elements `update` would make, read from the parts' shapes alone; None when
+        the update is no bigger than a stored part or the weight itself."""
+        return None
+
     def bias_update(self, weight: Tensor) -> Tensor | None:
         """The raw bias update (A1111's `ex_bias`), if the type has one."""
         return None
 
     def delta(self, weight: Tensor, multiplier: float, dyn: int | None = None) -> tuple[Tensor, Tensor | None]:
         """(ΔW, Δb or None) for a model weight `weight`, in float32 (see the module docstring)."""
+        implied = self.implied_numel()
+        if implied is not None and implied > weight.numel():
+            # A small file's factors can multiply out to gigabytes (a 240 KB file asked for 3.6 GB):
+            # a real update never has more elements than the weight it changes.
+            raise ValueError(f"its factors multiply out to {implied} values, more than the {weight.numel()} "
+                             f"of the weight of shape {tuple(weight.shape)}")
         w = weight.detach().to(torch.float32)
         u = self.update(w, dyn)
         if self._has("bias"):
@@ -132,6 +159,11 @@ class LoraUpDown(NetworkModule):
             up2, down2 = up2[:, :dyn], down2[:dyn]
         return (up2 @ down2).reshape(up.shape[0], down.shape[1], *down.shape[2:])
 
+    def implied_numel(self) -> int:
+        up, down = self.parts["lora_up.weight"], self.parts["lora_down.weight"]
+        extra = _numel(self.parts["lora_mid.weight"].shape[2:]) if self._has("lora_mid.weight") else 1
+        return _product_numel(up, down) * extra
+
 
 class Hadamard(NetworkModule):
     """LoHa: u = (w1a · w1b) ⊙ (w2a · w2b); with `hada_t1/t2` each factor is t ×₀ a ×₁ b."""
@@ -152,6 +184,9 @@ class Hadamard(NetworkModule):
     def update(self, weight: Tensor, dyn: int | None = None) -> Tensor:
         first, second = self._factor(1, weight), self._factor(2, weight)
         return fit_to(first, weight) * fit_to(second, weight)
+
+    def implied_numel(self) -> int:
+        return max(_factor_numel(self.parts, "hada", index) for index in (1, 2))
 
 
 class Kronecker(NetworkModule):
@@ -185,6 +220,19 @@ class Kronecker(NetworkModule):
         if w2.ndim == 4:
             w1 = w1[:, :, None, None]
         return torch.kron(w1.contiguous(), w2.contiguous())
+
+    def implied_numel(self) -> int:
+        return _factor_numel(self.parts, "lokr", 1) * _factor_numel(self.parts, "lokr", 2)
+
+
+def _factor_numel(parts: Mapping[str, Tensor], prefix: str, index: int) -> int:
+    """Elements of a LoHa/LoKr factor: stored whole, `a · b`, or Tucker `t ×₀ a ×₁ b`."""
+    whole = f"{prefix}_w{index}"
+    if whole in parts:
+        return parts[whole].numel()
+    a, b = parts[f"{prefix}_w{index}_a"], parts[f"{prefix}_w{index}_b"]
+    core = parts.get(f"{prefix}_t{index}")
+    return _tucker_numel(core, a, b) if core is not None else _product_numel(a, b)
 
 
 class IA3(NetworkModule):
