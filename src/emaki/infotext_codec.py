@@ -8,13 +8,16 @@ record (init image, batch size, ...) keep their defaults when read back.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from emaki.errors import ParamsError
 from emaki.infotext import build_infotext, parse_infotext
 from emaki.params import INPAINTING_FILLS, GenerationParams
+
+if TYPE_CHECKING:
+    from emaki.prompts.styles import Style
 
 VERSION_KEY = "Version"
 
@@ -62,6 +65,19 @@ def _reads(name: str, kind: type = str) -> Reader:
         if key not in fields:
             return {}
         return {name: fields[key] if kind is str else _number(fields, key, kind)}
+
+    return read
+
+
+def _reads_flag(name: str) -> Reader:
+    """Reads a row A1111 writes as `True` into the bool params field `name`."""
+
+    def read(fields: Mapping[str, str], key: str) -> dict[str, Any]:
+        if key not in fields:
+            return {}
+        if fields[key].strip().lower() not in ("true", "false"):
+            raise ParamsError(f"infotext field {key!r}: expected True or False, got {fields[key]!r}")
+        return {name: fields[key].strip().lower() == "true"}
 
     return read
 
@@ -168,6 +184,13 @@ FIELDS: tuple[InfotextField, ...] = _table(
     ("Noise multiplier", _extension("Noise multiplier"), _reads("initial_noise_multiplier", float)),
     ("Eta", lambda p, f: f.eta[1] if f.eta and f.eta[0] == "Eta" else None, _reads("eta", float)),
     ("Eta DDIM", lambda p, f: f.eta[1] if f.eta and f.eta[0] == "Eta DDIM" else None, _reads("eta", float)),
+    # A1111's CFG denoiser adds NGMS once it has skipped the negative prompt, during sampling.
+    ("NGMS", _extension("NGMS"), _reads("s_min_uncond", float)),
+    ("NGMS all steps", _extension("NGMS all steps"), _reads_flag("s_min_uncond_all")),
+    # emaki's own speed approximations (no A1111 name), and the precision when it is not fp32.
+    ("Cache interval", _extension("Cache interval"), _reads("cache_interval", int)),
+    ("Gate step", _extension("Gate step"), _reads("gate_step", int)),
+    ("Precision", _extension("Precision"), None),
 )
 KNOWN_KEYS = frozenset(f.key for f in FIELDS)
 HIRES_KEYS = ("Hires upscaler", "Hires upscale", "Hires resize-1")
@@ -182,10 +205,11 @@ def encode_infotext(params: GenerationParams, facts: ImageFacts) -> str:
     return build_infotext(params.prompt, params.negative_prompt, values)
 
 
-def params_from_fields(fields: Mapping[str, str]) -> GenerationParams:
+def params_from_fields(fields: Mapping[str, str], styles: Sequence[Style] = ()) -> GenerationParams:
     """`GenerationParams` from a parsed infotext (`parse_infotext`); absent fields keep A1111's
     defaults (GPU noise, CLIP skip 1, ...). The model and VAE come back as written (names, looked
-    up in the workspace by the engine)."""
+    up in the workspace by the engine). `styles` found in the prompts are taken back out of them
+    into `styles` (`with_styles_taken_out`)."""
     values: dict[str, Any] = {"prompt": fields.get("Prompt", ""), "negative_prompt": fields.get("Negative prompt", "")}
     for row in FIELDS:
         if row.read is not None:
@@ -193,9 +217,34 @@ def params_from_fields(fields: Mapping[str, str]) -> GenerationParams:
     values.setdefault("rng", "GPU")
     if any(key in fields for key in HIRES_KEYS):
         values["enable_hr"] = True
-    return GenerationParams.create(**values)
+    return GenerationParams.create(**with_styles_taken_out(values, styles))
 
 
-def decode_infotext(text: str) -> GenerationParams:
+def with_styles_taken_out(values: dict[str, Any], styles: Sequence[Style]) -> dict[str, Any]:
+    """A1111's reading of styles (`parse_generation_parameters`, "Apply if any"): an infotext
+    records the styled prompts only, so the styles found in them (`extract_styles`) are taken
+    out and named in `styles`; with a hires prompt, only when it holds the same styles (its text
+    then empty where it equals the first pass's)."""
+    if not styles:
+        return values
+    # Imported here: the prompts package pulls in torch, and most readers never need it.
+    from emaki.prompts.styles import extract_styles
+
+    names, prompt, negative = extract_styles(values["prompt"], values["negative_prompt"], styles)
+    if not names:
+        return values
+    taken = {"prompt": prompt, "negative_prompt": negative, "styles": names}
+    if "hr_prompt" in values or "hr_negative_prompt" in values:
+        hr_names, hr_prompt, hr_negative = extract_styles(values.get("hr_prompt", values["prompt"]),
+                                                          values.get("hr_negative_prompt", values["negative_prompt"]),
+                                                          styles)
+        if hr_names != names:
+            return values
+        taken |= {"hr_prompt": "" if hr_prompt == prompt else hr_prompt,
+                  "hr_negative_prompt": "" if hr_negative == negative else hr_negative}
+    return values | taken
+
+
+def decode_infotext(text: str, styles: Sequence[Style] = ()) -> GenerationParams:
     """The params an infotext records (see `params_from_fields`)."""
-    return params_from_fields(parse_infotext(text))
+    return params_from_fields(parse_infotext(text), styles)

@@ -8,7 +8,7 @@ can ask for unbounded work or memory, or store a NaN that JSON cannot carry.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, Self, TypeVar
+from typing import Annotated, Any, Literal, Self, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -80,6 +80,8 @@ class GenerationParams(CheckedModel):
 
     prompt: str = Field("", max_length=MAX_PROMPT_LENGTH)
     negative_prompt: str = Field("", max_length=MAX_PROMPT_LENGTH)
+    styles: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+        default_factory=list, max_length=64, description="styles (styles.csv names) applied to the prompts, in order")
     seed: int = Field(-1, ge=-1, le=MAX_SEED, description="-1 draws a random seed")
     subseed: int = Field(-1, ge=-1, le=MAX_SEED)
     subseed_strength: float = Field(0.0, ge=0.0, le=1.0)
@@ -96,6 +98,14 @@ class GenerationParams(CheckedModel):
     clip_skip: int = Field(1, ge=1, le=12)
     eta: float | None = None
     s_noise: float | None = None
+    # Speed (docs/performance.md): approximations, each off by default and recorded in infotext.
+    s_min_uncond: float = Field(0.0, ge=0.0, le=100.0, description="NGMS, A1111's Negative Guidance minimum "
+                                "sigma: below it the negative prompt is skipped every other step (0: off)")
+    s_min_uncond_all: bool = Field(False, description="NGMS skips the negative prompt on every step below it")
+    cache_interval: int = Field(0, ge=0, le=1000, description="DeepCache: the whole UNet every N steps, its deep "
+                                "features reused in between (0, 1: off)")
+    gate_step: int = Field(0, ge=0, le=1000, description="T-GATE: from this step on, cross-attention is reused "
+                           "and the negative prompt dropped (0: off)")
     eta_noise_seed_delta: int = Field(0, ge=0, le=MAX_SEED, description="added to the seed of the noise after the first")
     rng: Literal["CPU", "GPU", "NV"] = "CPU"
     prompt_dialect: Literal["a1111", "novelai"] = "a1111"
@@ -133,6 +143,11 @@ class GenerationParams(CheckedModel):
     initial_noise_multiplier: float = Field(1.0, ge=0.0, le=1.5, description="img2img: scales the initial noise")
     inpainting_mask_weight: float = Field(1.0, ge=0.0, le=1.0, description="9-channel inpainting models: "
                                           "conditioning mask strength")
+
+    @field_validator("styles", mode="before")
+    @classmethod
+    def _no_styles(cls, value: Any) -> Any:
+        return [] if value is None else value  # A1111's API sends `styles: null` for none
 
     @field_validator("width", "height")
     @classmethod
@@ -194,3 +209,21 @@ def check_input_size(width: int, height: int, field: str) -> None:
     if width * height > MAX_INPUT_PIXELS:
         raise ImageTooLarge(f"{field}: the image is {width}x{height} pixels, more than the {MAX_INPUT_PIXELS:,} "
                             f"(4096x4096) an input image may have")
+
+
+SPEEDS = ("exact", "fast")
+
+
+def speed_preset(name: str, steps: int) -> dict[str, Any]:
+    """The fields `--speed NAME` sets for a run of `steps` steps: `exact` turns every
+    approximation off; `fast` turns on those that kept the demo model's attribute accuracy within
+    2 points of the exact path (docs/performance.md has the measurements).
+
+    >>> speed_preset("exact", 20)["gate_step"], speed_preset("fast", 20)["gate_step"]
+    (0, 6)
+    """
+    if name not in SPEEDS:
+        raise ParamsError(f"speed: expected {' or '.join(SPEEDS)}, got {name!r}")
+    if name == "exact":
+        return {"s_min_uncond": 0.0, "s_min_uncond_all": False, "cache_interval": 0, "gate_step": 0}
+    return {"s_min_uncond": 0.0, "s_min_uncond_all": False, "cache_interval": 0, "gate_step": max(1, round(steps * 0.3))}

@@ -18,7 +18,8 @@ from emaki.engine.policy import ensure_params_allowed
 from emaki.errors import EmakiError, ParamsError
 from emaki.infotext import parse_infotext, read_infotext
 from emaki.infotext_codec import decode_infotext
-from emaki.params import GenerationParams
+from emaki.params import GenerationParams, speed_preset
+from emaki.prompts.styles import read_styles, styles_files
 from emaki.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -36,11 +37,14 @@ def parse_size(text: str) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
-def params_from_image(path: Path) -> GenerationParams:
+def params_from_image(path: Path, workspace: Workspace | None = None) -> GenerationParams:
+    """The params a PNG records; with a workspace, the styles of its styles files found in the
+    prompts are taken back out into `styles` (as A1111 reads an infotext)."""
     text = read_infotext(path)
     if not text:
         raise EmakiError(f"{path}: the image holds no generation parameters")
-    return decode_infotext(text)
+    styles = list(read_styles(styles_files(workspace)).values()) if workspace is not None else []
+    return decode_infotext(text, styles)
 
 
 def _models_named_by_the_image(params: GenerationParams, image: Path, workspace: Workspace, model_from_image: bool,
@@ -71,12 +75,18 @@ def _models_named_by_the_image(params: GenerationParams, image: Path, workspace:
 def generate_command(
     prompt: Annotated[str | None, typer.Argument(help="The prompt (A1111 syntax).")] = None,
     negative: Annotated[str | None, typer.Option("--negative", "-n", help="Negative prompt.")] = None,
+    style: Annotated[list[str] | None, typer.Option("--style", help="A style (`emaki styles list`) applied to the prompts; repeatable, applied in order.")] = None,
     model: Annotated[str | None, typer.Option(help="Checkpoint file, diffusers folder or hub id (default: the bundled demo model).")] = None,
     vae: Annotated[str | None, typer.Option(help="A separate VAE file.")] = None,
     sampler: Annotated[str | None, typer.Option(help='Sampler by its A1111 name, e.g. "Euler a", "DPM++ 2M Karras".')] = None,
     scheduler: Annotated[str | None, typer.Option(help="Schedule type (Automatic, Karras, ...).")] = None,
     steps: Annotated[int | None, typer.Option(help="Sampling steps.")] = None,
     cfg: Annotated[float | None, typer.Option(help="CFG scale.")] = None,
+    speed: Annotated[str | None, typer.Option("--speed", help="exact (default) or fast: the approximations that keep quality (docs/performance.md); the options below override it.")] = None,
+    ngms: Annotated[float | None, typer.Option("--ngms", help="Negative Guidance minimum sigma (A1111): below it, skip the negative prompt every other step (0: off).")] = None,
+    ngms_all_steps: Annotated[bool | None, typer.Option("--ngms-all-steps", help="--ngms skips the negative prompt on every step, not every other.")] = None,
+    cache_interval: Annotated[int | None, typer.Option("--cache-interval", help="DeepCache: the whole UNet every N steps, its deep features reused in between (0: off).")] = None,
+    gate_step: Annotated[int | None, typer.Option("--gate-step", help="T-GATE: from this step on, reuse cross-attention and drop the negative prompt (0: off).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed; -1 for a random one.")] = None,
     size: Annotated[str | None, typer.Option(help="WIDTHxHEIGHT, multiples of 8 (default: the model's native size).")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Images per batch.")] = None,
@@ -87,7 +97,7 @@ def generate_command(
     prompt_dialect: Annotated[str | None, typer.Option("--prompt-dialect", help="a1111 or novelai.")] = None,
     from_image: Annotated[Path | None, typer.Option("--from", help="Regenerate from a PNG's parameters (other options override).")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Folder for the images (default: EMAKI_HOME/outputs/<date>).")] = None,
-    precision: Annotated[str | None, typer.Option(help="fp32 (default on CPU), bf16, fp16 (GPU).")] = None,
+    precision: Annotated[str | None, typer.Option(help="auto (default: bf16 on a CPU with AVX-512 BF16 or AMX, fp16 on a GPU, else fp32), fp32, bf16, fp16.", envvar="EMAKI_PRECISION")] = None,
     threads: Annotated[int | None, typer.Option("--threads", help="CPU threads (default: the idle cores; 1 on a busy 2-core machine).")] = None,
     hypernetwork: Annotated[str | None, typer.Option("--hypernetwork", help="Hypernetwork (file stem) applied to every prompt; or use <hypernet:NAME:STRENGTH> in the prompt.")] = None,
     hypernetwork_strength: Annotated[float | None, typer.Option("--hypernetwork-strength", help="Strength of --hypernetwork (default 1).")] = None,
@@ -112,16 +122,22 @@ def generate_command(
     hr_sampler: Annotated[str | None, typer.Option("--hr-sampler", help="Hires fix: sampler of the second pass (default: --sampler).")] = None,
 ) -> None:
     """Generate images from a prompt (txt2img; img2img with --init-image)."""
-    base = params_from_image(from_image) if from_image else GenerationParams()
+    workspace = cli_workspace(a1111, embeddings=embeddings_dir, hypernetworks=hypernetworks_dir)
+    base = params_from_image(from_image, workspace) if from_image else GenerationParams()
     overrides: dict[str, Any] = {
         "prompt": prompt,
         "negative_prompt": negative,
+        "styles": style,
         "model": model,
         "vae": vae,
         "sampler_name": sampler,
         "scheduler": scheduler if scheduler is not None else ("Automatic" if sampler else None),
         "steps": steps,
         "cfg_scale": cfg,
+        "s_min_uncond": ngms,
+        "s_min_uncond_all": ngms_all_steps,
+        "cache_interval": cache_interval,
+        "gate_step": gate_step,
         "seed": seed,
         "batch_size": batch_size,
         "n_iter": batch_count,
@@ -147,8 +163,9 @@ def generate_command(
     if from_image is None and prompt is None:
         raise ParamsError("prompt: give a prompt, or --from IMAGE to regenerate one")
     params = base.updated(**{k: v for k, v in overrides.items() if v is not None})
+    if speed is not None:  # the preset over the image's values, the options given over the preset
+        params = params.updated(**{k: v for k, v in speed_preset(speed, params.steps).items() if overrides[k] is None})
     ensure_params_allowed(params)  # before anything loads or prints
-    workspace = cli_workspace(a1111, embeddings=embeddings_dir, hypernetworks=hypernetworks_dir)
     if from_image is not None:
         params = _models_named_by_the_image(params, from_image, workspace, model is None, vae is None)
     policy = DevicePolicy.choose(precision, threads=threads)

@@ -13,11 +13,18 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from emaki.devices import DevicePolicy
+from emaki.engine.image_prompts import workspace_run_prompts
 from emaki.engine.inventory import VAE_SUFFIXES
 from emaki.engine.networks import NetworkLibraries
 from emaki.engine.output import dated_folder
 from emaki.engine.patching import ModelHandle
-from emaki.engine.pipeline import plan, run_generation, text_encoder_width
+from emaki.engine.pipeline import (
+    image_seeds,
+    plan,
+    resolve_seeds,
+    run_generation,
+    text_encoder_width,
+)
 from emaki.engine.policy import ensure_params_allowed
 from emaki.engine.preview import Previewer
 from emaki.engine.run import Cancel, GenerationResult, ProgressCallback
@@ -42,6 +49,7 @@ from emaki.workspace import Workspace
 if TYPE_CHECKING:
     from emaki.training.params import TrainingParams
     from emaki.training.report import TrainingCallback, TrainingOutcome
+    from emaki.xyz.run import GridProgressCallback, GridResult
 
 
 def resolve_vae(name: str | None, workspace: Workspace) -> str | None:
@@ -77,9 +85,12 @@ class Engine:
     def generate(self, params: GenerationParams, *, progress: ProgressCallback | None = None,
                  cancel: Cancel | None = None, save: bool = True, out_dir: Path | None = None) -> GenerationResult:
         """Make `params.batch_size × params.n_iter` images; write them (to `out_dir`, default
-        `outputs/<date>`) unless `save` is False. Refused prompts raise `PolicyViolation` before
-        anything loads; `cancel` interrupts or skips (see `Cancel`)."""
-        ensure_params_allowed(params)
+        `outputs/<date>`) unless `save` is False. Each image's prompts are the params' with their
+        styles applied and wildcards expanded from its seed; refused prompts raise
+        `PolicyViolation` before anything loads; `cancel` interrupts or skips (see `Cancel`)."""
+        params = resolve_seeds(params)
+        prompts = workspace_run_prompts(params, image_seeds(params), self.workspace)
+        ensure_params_allowed(params, prompts.images)
         with self._running:
             self.policy.apply()
             model = self.load(params.model, params.vae)
@@ -87,9 +98,22 @@ class Engine:
             embeddings = self.networks.embeddings(text_encoder_width(model))
             folder = (out_dir if out_dir is not None else dated_folder(self.workspace.outputs)) if save else None
             with ModelHandle(model) as handle:  # every patch is undone here, however the run ends
-                run = plan(params, handle, self.policy, self.networks)
+                run = plan(params, handle, self.policy, self.networks, prompts)
                 return run_generation(run, embeddings, folder=folder, cancel=cancel, progress=progress,
                                       preview_map=preview_map)
+
+    # --- X/Y/Z plot (issue 18: A1111's scripts/xyz_grid.py) ---
+
+    def grid(self, params: GenerationParams, x: Any = None, y: Any = None, z: Any = None, *,
+             progress: GridProgressCallback | None = None, cancel: Cancel | None = None, save: bool = True,
+             out_dir: Path | None = None, **options: Any) -> GridResult:
+        """An X/Y/Z plot over `params` (`emaki.xyz.run_grid`): each axis as "Steps: 10-30 (+10)",
+        {"axis": "Sampler", "values": [...]} or an `AxisSpec`; `options` are the other `GridSpec`
+        fields (draw_legend, include_sub_grids, margin_size, ...)."""
+        from emaki.xyz import GridSpec, run_grid
+
+        spec = GridSpec.create(x=x, y=y, z=z, **options)
+        return run_grid(self, params, spec, progress=progress, cancel=cancel, save=save, out_dir=out_dir)
 
     # --- training (issue: A1111's textual inversion and hypernetwork training) ---
 

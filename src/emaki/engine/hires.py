@@ -12,10 +12,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from emaki.engine.image_prompts import ImagePrompt
 from emaki.engine.img2img import encode_image
 from emaki.engine.networks import NetworksExtension
 from emaki.engine.run import Batch, Extension, Run, StepCallback
-from emaki.engine.stages import decode, denoise, encode_pair
+from emaki.engine.stages import decode, denoise, encode_lists
 from emaki.errors import ParamsError
 from emaki.params import GenerationParams
 from emaki.prompts import extract_networks
@@ -115,9 +116,20 @@ class HiresFix(Extension):
     def prepare(self, run: Run) -> None:
         """The hires prompts default to the first pass's; their timelines follow the hires steps."""
         params = run.params
-        steps = (params.hr_second_pass_steps or params.steps) * (2 if self.sampler.second_order else 1)
-        prompt = extract_networks(params.hr_prompt)[0] if params.hr_prompt else run.prompt_text
-        self.conds = encode_pair(run, prompt, params.hr_negative_prompt or params.negative_prompt, steps)
+        self.steps = (params.hr_second_pass_steps or params.steps) * (2 if self.sampler.second_order else 1)
+        self.encoded: tuple[tuple[str, str], ...] = ()
+        self.conditioning(run, 0)
+
+    def conditioning(self, run: Run, batch_index: int) -> tuple[list, list]:
+        """The second pass's conditioning of one batch (each image's own hires prompts),
+        encoded again only when they differ from the batch before's."""
+        images = run.batch_prompts(batch_index) or [ImagePrompt.of(run.params)] * run.params.batch_size
+        texts = tuple((extract_networks(image.hr_prompt)[0] if image.hr_prompt else extract_networks(image.prompt)[0],
+                       image.hr_negative_prompt or image.negative_prompt) for image in images)
+        if texts != self.encoded:
+            self.conds = encode_lists(run, [p for p, _ in texts], [n for _, n in texts], self.steps)
+            self.encoded = texts
+        return self.conds
 
     def after_denoise(self, run: Run, batch: Batch, latents: torch.Tensor, on_step: StepCallback) -> torch.Tensor:
         params, parts = run.params, run.model.components
@@ -129,4 +141,4 @@ class HiresFix(Extension):
             upscaled = torch.cat([encode_image(parts.vae, image, run.policy.device) for image in images])
         # A1111 draws the second pass's noise from new generators with the same seeds.
         return denoise(run, batch, upscaled, on_step, sampler=self.sampler, sigmas=self.sigmas,
-                       start_sigma=self.start_sigma, conds=self.conds)
+                       start_sigma=self.start_sigma, conds=self.conditioning(run, batch.index))

@@ -18,6 +18,7 @@ import torch
 
 from emaki.devices import DevicePolicy
 from emaki.engine.hires import HiresFix
+from emaki.engine.image_prompts import RunPrompts, network_tags
 from emaki.engine.img2img import default_size, open_init_image
 from emaki.engine.inpaint import image_extensions
 from emaki.engine.networks import NetworkLibraries, NetworksExtension
@@ -33,13 +34,20 @@ from emaki.engine.run import (
     Run,
     StepCallback,
 )
-from emaki.engine.stages import batch_seeds, condition, decode, denoise, initial_latents, write
+from emaki.engine.stages import (
+    batch_seeds,
+    condition,
+    condition_batch,
+    decode,
+    denoise,
+    initial_latents,
+    write,
+)
 from emaki.errors import EmakiError, Interrupted, ParamsError
 from emaki.models.components import SDComponents
 from emaki.models.loader import LoadedModel
 from emaki.networks import EmbeddingScan
 from emaki.params import MAX_SEED, GenerationParams
-from emaki.prompts import extract_networks
 from emaki.sampling import get_sampler, parse_sampler_name, sigmas_for
 from emaki.sampling.denoiser import DiscreteEpsDenoiser
 from emaki.sampling.progress import StepInfo
@@ -47,6 +55,19 @@ from emaki.sampling.progress import StepInfo
 
 def resolve_seed(seed: int) -> int:
     return secrets.randbelow(MAX_SEED + 1) if seed == -1 else seed
+
+
+def resolve_seeds(params: GenerationParams) -> GenerationParams:
+    """`params` with a random seed (-1) drawn, and a random variation seed: what the images'
+    seeds (and wildcard choices) are made from."""
+    if params.seed != -1 and params.subseed != -1:
+        return params
+    return params.updated(seed=resolve_seed(params.seed), subseed=resolve_seed(params.subseed))
+
+
+def image_seeds(params: GenerationParams) -> list[int]:
+    """The seed of every image of a run, batch after batch (`stages.batch_seeds`)."""
+    return [seed for index in range(params.n_iter) for seed in batch_seeds(params, index)[0]]
 
 
 def native_size(model: LoadedModel) -> int:
@@ -60,9 +81,12 @@ def text_encoder_width(model: LoadedModel) -> int:
 
 # --- plan ---
 
-def plan(params: GenerationParams, handle: ModelHandle, policy: DevicePolicy, networks: NetworkLibraries) -> Run:
+def plan(params: GenerationParams, handle: ModelHandle, policy: DevicePolicy, networks: NetworkLibraries,
+         prompts: RunPrompts | None = None) -> Run:
     """Resolve what the params leave open (seeds, size, sampler and schedule names), choose the
-    extensions, and set up the denoiser and the sigmas."""
+    extensions, and set up the denoiser and the sigmas. `prompts` are each image's prompts
+    (styles applied, wildcards expanded: `image_prompts`); without them every image has the
+    params' own."""
     model = handle.model
     sampler_name, schedule = parse_sampler_name(params.sampler_name, params.scheduler)
     sampler = get_sampler(sampler_name)
@@ -77,7 +101,9 @@ def plan(params: GenerationParams, handle: ModelHandle, policy: DevicePolicy, ne
         raise ParamsError(f"size: {params.width}x{params.height} must be a multiple of {factor} for this model")
     _place(model, policy)
     parts = model.components
-    prompt_text, tags = extract_networks(params.prompt)
+    if prompts is None:
+        prompts = RunPrompts.same(params, params.batch_size * params.n_iter)
+    prompt_text, tags = network_tags(prompts.images)
     denoiser = DiscreteEpsDenoiser(_eps_model(model, policy), parts.alphas_cumprod, lcm=sampler.lcm)
     sigmas = sigmas_for(sampler, schedule, params.steps, denoiser.model_sigmas)
     # img2img, inpainting (a mask, or the init image's transparency), a 9-channel model's conditioning
@@ -88,6 +114,8 @@ def plan(params: GenerationParams, handle: ModelHandle, policy: DevicePolicy, ne
     run = Run(params, handle, policy, sampler, schedule, prompt_text, tags, denoiser, sigmas, sigmas[0],
               (parts.config.latent_channels, params.height // factor, params.width // factor), options, extensions)
     run.readings = networks.readings
+    run.prompts = prompts.images
+    run.infotext_networks |= prompts.fields
     for extension in extensions:
         extension.plan(run)
     return run
@@ -148,7 +176,9 @@ def run_generation(run: Run, embeddings: EmbeddingScan, *, folder: Path | None, 
 
 
 def make_batch(run: Run, batch: Batch, folder: Path | None, on_step: StepCallback) -> list[GeneratedImage]:
-    """initial latents → denoise (and the extensions' passes) → decode → write."""
+    """(its own prompts' conditioning) → initial latents → denoise (and the extensions'
+    passes) → decode → write."""
+    condition_batch(run, batch.index)
     latents = denoise(run, batch, initial_latents(run, batch), on_step)
     for extension in run.extensions:
         latents = extension.after_denoise(run, batch, latents, on_step)

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from emaki.devices import DevicePolicy
+from emaki.engine.image_prompts import ImagePrompt
 from emaki.engine.patching import ModelHandle
 from emaki.models.loader import LoadedModel
 from emaki.params import GenerationParams
@@ -57,6 +58,8 @@ class GeneratedImage:
     subseed: int
     infotext: str
     path: Path | None = None
+    prompt: str = ""  # this image's prompts as made: styles applied, wildcards expanded
+    negative_prompt: str = ""
 
 
 @dataclass
@@ -99,10 +102,19 @@ class Run:
     infotext_networks: dict[str, object] = field(default_factory=dict)
     embeddings: dict[str, PromptEmbedding] = field(default_factory=dict)  # bundled in the run's LoRAs
     readings: EmbeddingReadings = field(default_factory=EmbeddingReadings)  # the engine's, set by `plan`
+    # Each image's prompts, batch after batch (A1111's `p.all_prompts`, ...), set by `plan`;
+    # `conds`/`unconds` hold the batch whose (network-free) prompts `encoded` are.
+    prompts: list[ImagePrompt] = field(default_factory=list)
+    encoded: tuple[tuple[str, str], ...] = ()
 
     @property
     def model(self) -> LoadedModel:
         return self.handle.model
+
+    def batch_prompts(self, batch_index: int) -> list[ImagePrompt]:
+        """The prompts of the images of one batch."""
+        size = self.params.batch_size
+        return self.prompts[batch_index * size:(batch_index + 1) * size]
 
     @property
     def schedule_steps(self) -> int:

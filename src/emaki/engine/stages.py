@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from emaki.engine.image_prompts import ImagePrompt
 from emaki.engine.output import save_png
 from emaki.engine.policy import ensure_embeddings_allowed_in
 from emaki.engine.run import Batch, GeneratedImage, Run, StepCallback
@@ -26,6 +27,7 @@ from emaki.prompts import (
     PromptEncoder,
     encode_negative_prompts,
     encode_prompts,
+    extract_networks,
 )
 from emaki.sampling import ImageRNG, Sampler, brownian_noise_sampler
 from emaki.sampling.denoiser import CFGDenoiser
@@ -36,16 +38,34 @@ log = logging.getLogger(__name__)
 # --- conditioning ---
 
 def condition(run: Run, embeddings: EmbeddingScan) -> None:
-    """Encode both prompts once for every batch (the same texts each time); embeddings (the
-    folders' and those the run's networks bring) are replaced by name — once the policy has read
-    the words they encode; `TI hashes` records the ones used."""
+    """Set up the prompt encoder and encode the first batch's prompts (`condition_batch`);
+    embeddings (the folders' and those the run's networks bring) are replaced by name — once the
+    policy has read the words they encode in every image's prompts; `TI hashes` records the
+    ones used."""
     params, parts = run.params, run.model.components
     usable = usable_embeddings(embeddings, run.embeddings, int(parts.text_encoder.config.hidden_size))
     run.encoder = PromptEncoder(parts.text_encoder, parts.tokenizer, clip_skip=params.clip_skip,
                                 emphasis=params.emphasis, embeddings=EmbeddingTable(usable, parts.tokenizer))
-    ensure_embeddings_allowed_in(params, run.encoder, run.model, run.readings)
-    run.conds, run.unconds = encode_pair(run, run.prompt_text, params.negative_prompt, run.schedule_steps)
+    ensure_embeddings_allowed_in(params, run.encoder, run.model, run.readings, run.prompts or None)
+    condition_batch(run, 0)
+
+
+def condition_batch(run: Run, batch_index: int) -> None:
+    """`run.conds`/`run.unconds` for one batch: its images' prompts (without network tags)
+    encoded, unless the batch encoded last had the very same — as every batch has when the
+    prompts do not vary image to image, so they are encoded once per run."""
+    images = run.batch_prompts(batch_index) or [ImagePrompt.of(run.params)] * run.params.batch_size
+    texts = tuple((_text(image.prompt, run), image.negative_prompt) for image in images)
+    if texts == run.encoded:
+        return
+    run.conds, run.unconds = encode_lists(run, [p for p, _ in texts], [n for _, n in texts], run.schedule_steps)
+    run.encoded = texts
     run.infotext_networks["TI hashes"] = ti_hashes([*run.conds[0].embeddings, *run.unconds[0].embeddings])
+
+
+def _text(prompt: str, run: Run) -> str:
+    """A prompt without its network tags (the first image's is planned already)."""
+    return run.prompt_text if run.prompts and prompt == run.prompts[0].prompt else extract_networks(prompt)[0]
 
 
 def usable_embeddings(scan: EmbeddingScan, brought: Mapping[str, PromptEmbedding],
@@ -68,11 +88,18 @@ def usable_embeddings(scan: EmbeddingScan, brought: Mapping[str, PromptEmbedding
 
 def encode_pair(run: Run, prompt: str, negative: str, steps: int) -> tuple[list, list]:
     """Conditioning of a prompt and its negative for one batch, over `steps` model calls."""
+    batch = run.params.batch_size
+    return encode_lists(run, [prompt] * batch, [negative] * batch, steps)
+
+
+def encode_lists(run: Run, prompts: list[str], negatives: list[str], steps: int) -> tuple[list, list]:
+    """Conditioning of each image's prompt and negative prompt in a batch, over `steps` model
+    calls (texts repeated in the batch are encoded once)."""
     assert run.encoder is not None
-    batch, dialect = run.params.batch_size, run.params.prompt_dialect
+    dialect = run.params.prompt_dialect
     with torch.inference_mode():
-        return (encode_prompts(run.encoder, [prompt] * batch, steps, dialect=dialect),
-                encode_negative_prompts(run.encoder, [negative] * batch, steps, dialect=dialect))
+        return (encode_prompts(run.encoder, prompts, steps, dialect=dialect),
+                encode_negative_prompts(run.encoder, negatives, steps, dialect=dialect))
 
 
 # --- per batch: initial latents → denoise ---
@@ -146,25 +173,32 @@ def recorded_eta(sampler: Sampler, eta: float | None) -> tuple[str, float] | Non
     return None if eta == default else (key, float(eta))
 
 
-def infotext(run: Run, seed: int, subseed: int) -> str:
+def infotext(run: Run, seed: int, subseed: int, prompts: ImagePrompt | None = None, index: int = 0) -> str:
+    """One image's infotext: `prompts` are its own (default: the params'), `index` its place in
+    the batch (its embeddings' `TI hashes`)."""
     model = run.model
     networks = dict(run.infotext_networks)
+    if index and len(run.conds) > index:
+        networks["TI hashes"] = ti_hashes([*run.conds[index].embeddings, *run.unconds[index].embeddings])
     for extension in run.extensions:
         networks |= extension.infotext_fields(run)
     facts = ImageFacts(seed, subseed, model.name, model.hash, model.vae_name, model.vae_hash,
                        uses_ensd=run.sampler.uses_ensd, eta=recorded_eta(run.sampler, run.params.eta),
                        networks=networks, version=f"emaki {__version__}")
-    return encode_infotext(run.params, facts)
+    params = prompts.params_for(run.params) if prompts is not None else run.params
+    return encode_infotext(params, facts)
 
 
 def write(run: Run, batch: Batch, images: list[Image.Image], folder: Path | None) -> list[GeneratedImage]:
-    """Each image with its infotext; saved as `<folder>/<nnnnn>-<seed>.png` unless `folder` is None."""
+    """Each image with its infotext (its own prompts); saved as `<folder>/<nnnnn>-<seed>.png`
+    unless `folder` is None."""
     made = []
-    for image, seed, subseed in zip(images, batch.seeds, batch.subseeds):
-        text = infotext(run, seed, subseed)
+    prompts = run.batch_prompts(batch.index) or [ImagePrompt.of(run.params)] * len(images)
+    for index, (image, seed, subseed, own) in enumerate(zip(images, batch.seeds, batch.subseeds, prompts)):
+        text = infotext(run, seed, subseed, own, index)
         try:
             path = save_png(image, text, folder, seed) if folder is not None else None
         except OSError as e:
             raise EmakiError(f"could not write the image to {folder}: {e}") from None
-        made.append(GeneratedImage(image, seed, subseed, text, path))
+        made.append(GeneratedImage(image, seed, subseed, text, path, own.prompt, own.negative_prompt))
     return made
