@@ -44,15 +44,19 @@ _NOVELAI_SAMPLERS = {
 
 
 def quote(value: Any) -> str:
-    """A value as v1.10.1 writes it: JSON-quoted when it holds `,`, newline or `:`.
+    """A value as v1.10.1 writes it: JSON-quoted when it holds `,`, newline or `:` — and, unlike
+    v1.10.1, when it starts with `"`: written bare, such a value would be read (by A1111 too) as a
+    quoted string running on into the next fields.
 
     >>> quote("easynegative: c74b4e810b03, bad-hands-5: aa7651be154c")
     '"easynegative: c74b4e810b03, bad-hands-5: aa7651be154c"'
     >>> quote("Euler a")
     'Euler a'
+    >>> print(quote('"'))
+    "\\""
     """
     text = str(value)
-    if "," not in text and "\n" not in text and ":" not in text:
+    if "," not in text and "\n" not in text and ":" not in text and not text.startswith('"'):
         return text
     return json.dumps(text, ensure_ascii=False)
 
