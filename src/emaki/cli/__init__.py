@@ -38,12 +38,15 @@ def cli_workspace(a1111: Path | None = None, *, embeddings: list[Path] | None = 
 def _register_commands() -> None:
     # Each module adds its commands to `app` when imported.
     from emaki.cli import (
+        batch,  # noqa: F401
         generate,  # noqa: F401
+        grid,  # noqa: F401
         inpaint,  # noqa: F401
         lora,  # noqa: F401
         merge,  # noqa: F401
         models,  # noqa: F401
         serve,  # noqa: F401
+        styles,  # noqa: F401
         tokens,  # noqa: F401
         train,  # noqa: F401
         upscale,  # noqa: F401
