@@ -154,6 +154,12 @@ class GenerationParams(CheckedModel):
     def _multiple_of_8(cls, value: int | None) -> int | None:
         return multiple_of_8(value)
 
+    @field_validator("s_min_uncond", mode="before")
+    @classmethod
+    def _unset_ngms_is_off(cls, value: Any) -> Any:
+        """A1111's API sends `s_min_uncond: null` for its setting's default, which is 0 (off)."""
+        return 0.0 if value is None else value
+
     @model_validator(mode="before")
     @classmethod
     def _mask_blur_sets_both(cls, data: Any) -> Any:

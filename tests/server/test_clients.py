@@ -68,7 +68,9 @@ def test_bearer_token(server_factory) -> None:
     assert httpx.get(server.url + "/api/gallery", headers={"Authorization": "Bearer nope"}).status_code == 401
     with server.client() as client:
         assert client.get("/api/gallery").status_code == 200
-    assert httpx.get(server.url + "/").status_code == 200  # the page itself asks for credentials
+    page = httpx.get(server.url + "/")  # the page too: a browser asks for a user and the token as password
+    assert page.status_code == 401 and page.headers["www-authenticate"].startswith("Basic realm=")
+    assert httpx.get(server.url + "/", auth=("anyone", "tok-123")).status_code == 200
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -30,8 +30,8 @@ DROPPED_INFOTEXT = ("dropped prompt test\nNegative prompt: lowres, bad anatomy\n
 class Session:
     """One browser page on a server, with what it did that the test checks at the end."""
 
-    def __init__(self, browser: Any, base_url: str, shots: Path, name: str) -> None:
-        self.context = browser.new_context(viewport={"width": 1280, "height": 1000}, base_url=base_url)
+    def __init__(self, browser: Any, base_url: str, shots: Path, name: str, **context: Any) -> None:
+        self.context = browser.new_context(viewport={"width": 1280, "height": 1000}, base_url=base_url, **context)
         self.context.set_default_timeout(WAIT_MS)
         self.page = self.context.new_page()
         self.base_url = base_url
@@ -386,7 +386,10 @@ def test_page_signs_in_and_polls_when_the_api_wants_credentials(
     from playwright.sync_api import expect
 
     server = server_factory(["--api-auth", "mika:secret"], auth=("mika", "secret"))
-    session = Session(browser, server.url, tmp_path / "screenshots", "auth")
+    # The page itself needs the browser's sign-in (its dialog: Playwright answers it); the API
+    # calls the page makes carry no browser credentials, and the page asks for its own.
+    session = Session(browser, server.url, tmp_path / "screenshots", "auth",
+                      http_credentials={"username": "mika", "password": "secret"})
     page = session.page
     try:
         page.goto("/")

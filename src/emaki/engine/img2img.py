@@ -14,14 +14,19 @@ from PIL import Image, UnidentifiedImageError
 
 from emaki.engine.run import Batch, Extension, Run
 from emaki.errors import ParamsError
+from emaki.params import ImageTooLarge, check_input_size
 from emaki.sampling import img2img_sigmas
 
 
 def open_init_image(path: str | Path) -> Image.Image:
-    """The image as RGB (transparency composited on white, as A1111 flattens it)."""
+    """The image as RGB (transparency composited on white, as A1111 flattens it); its declared
+    size is checked before its pixels are decoded (`check_input_size`)."""
     try:
         with Image.open(path) as opened:
+            check_input_size(opened.width, opened.height, f"init_image: {path}")
             image = opened.convert("RGBA")
+    except Image.DecompressionBombError as e:
+        raise ImageTooLarge(f"init_image: {path}: {e}") from None
     except FileNotFoundError:
         raise ParamsError(f"init_image: {path}: no such image") from None
     except (UnidentifiedImageError, OSError) as e:

@@ -15,20 +15,29 @@ its last save (the worker sets `resume`).
 
 Databases written before job kinds existed get the `kind` column (every old job a generation)
 when they are opened.
+
+A write SQLite refuses (a full disk, a read-only or broken file) is rolled back and raised as
+`StorageError` (`StorageFull` for a full disk); the store remembers it until a write succeeds
+(`faults`). A job whose end cannot be written at all is kept ended in memory (`keep_failure`):
+reads show it ended, and the next write that can (taking the next job) records it.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+from emaki.errors import ParamsError
+from emaki.jobs.faults import storage_error
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -69,6 +78,7 @@ ADDED_COLUMNS = (("kind", "TEXT NOT NULL DEFAULT 'generate' CHECK (kind IN ('gen
 JOB_KINDS = ("generate", "train")
 MAX_ATTEMPTS = 2  # the first run, and one retry after a crash
 FINISHED = ("done", "failed", "cancelled", "interrupted")
+SQLITE_INTEGER = range(-(2**63), 2**63)  # what an INTEGER column (and a bound parameter) can hold
 
 
 @dataclass(frozen=True)
@@ -114,17 +124,43 @@ class ImageRecord:
     infotext: str
 
 
+def finite(value: Any) -> Any:
+    """`value` with NaN and infinities as None: JSON has no spelling for them (a NaN in a job's
+    params, stored by an older emaki, would break every client that reads the job)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
+
+
+def _json(value: Any) -> str:
+    return json.dumps(finite(value), allow_nan=False)
+
+
 def _job(row: sqlite3.Row) -> Job:
     return Job(
-        id=row["id"], seq=row["seq"], status=row["status"], params=json.loads(row["params"]),
+        id=row["id"], seq=row["seq"], status=row["status"], params=finite(json.loads(row["params"])),
         keep=bool(row["keep"]), attempts=row["attempts"], error=row["error"], note=row["note"],
-        result=json.loads(row["result"]) if row["result"] else None, created=row["created"],
+        result=finite(json.loads(row["result"])) if row["result"] else None, created=row["created"],
         started=row["started"], finished=row["finished"], kind=row["kind"],
     )
 
 
 def _image(row: sqlite3.Row) -> dict[str, Any]:
     return {key: row[key] for key in row.keys()}  # noqa: SIM118  (iterating a Row gives values)
+
+
+@dataclass(frozen=True)
+class KeptEnd:
+    """How a job ended, held in memory because the database could not take it."""
+
+    status: str
+    error: str
+    result: dict[str, Any] | None
+    finished: float
 
 
 class JobStore:
@@ -142,6 +178,8 @@ class JobStore:
         self._db.executescript(SCHEMA)
         self._migrate()
         self.on_finish: list[Callable[[str], None]] = []  # called with the job id after it ends
+        self._write_error: str | None = None  # why the latest write failed (None once one succeeds)
+        self._kept: dict[str, KeptEnd] = {}  # job id -> its end, not yet written
 
     def _migrate(self) -> None:
         """Add the columns a database from an older emaki lacks (their defaults fill old rows)."""
@@ -160,16 +198,38 @@ class JobStore:
             self._db.close()
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
+    def _transaction(self, doing: str) -> Iterator[sqlite3.Connection]:
+        with self._lock, self._writing(doing) as db:
+            yield db
+
+    @contextmanager
+    def _writing(self, doing: str) -> Iterator[sqlite3.Connection]:
+        """One write transaction; the caller holds the lock. SQLite refusing it (at any
+        statement or at the commit) rolls it back and raises `StorageError` saying what failed."""
+        changes = self._db.total_changes
+        try:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                self._rollback()
                 raise
-            self._db.execute("COMMIT")
-            self._changed.notify_all()
+        except sqlite3.Error as e:
+            error = storage_error(f"the job store ({self.path}) could not {doing}", e)
+            self._write_error = str(error)
+            raise error from e
+        if self._db.total_changes != changes:  # a write went through: the store can write again
+            self._write_error = None
+        self._changed.notify_all()
+
+    def _rollback(self) -> None:
+        # SQLite may have rolled back already (it does on a full disk): then there is nothing to undo.
+        if self._db.in_transaction:
+            try:
+                self._db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
 
     # --- the queue ---
 
@@ -178,16 +238,16 @@ class JobStore:
         if kind not in JOB_KINDS:
             raise ValueError(f"job kind {kind!r}: expected one of {', '.join(JOB_KINDS)}")
         job_id = uuid.uuid4().hex
-        with self._transaction() as db:
+        with self._transaction("queue the job") as db:
             db.execute("INSERT INTO jobs (id, status, kind, params, keep, created) VALUES (?, 'queued', ?, ?, ?, ?)",
-                       (job_id, kind, json.dumps(params), int(keep), time.time()))
+                       (job_id, kind, _json(params), int(keep), time.time()))
             row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return _job(row)
 
     def recover(self) -> dict[str, int]:
         """At start-up: requeue (once) the jobs a crash left running; cancel client-only jobs."""
         now = time.time()
-        with self._transaction() as db:
+        with self._transaction("recover the jobs a stop left running") as db:
             orphans = db.execute(
                 "UPDATE jobs SET status = 'cancelled', finished = ?, error = 'the server restarted while the "
                 "HTTP client that asked for this job was waiting' WHERE keep = 0 AND status IN ('queued', 'running')",
@@ -201,37 +261,39 @@ class JobStore:
         return {"retried": retried, "failed": failed, "cancelled": orphans}
 
     def claim_next(self, timeout: float | None = None) -> Job | None:
-        """The oldest queued job, now `running`; waits up to `timeout` s for one (None: forever)."""
+        """The oldest queued job, now `running`; waits up to `timeout` s for one (None: forever).
+        Job ends kept in memory are written first, in the same transaction."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             while True:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    row = self._db.execute(
-                        "SELECT seq FROM jobs WHERE status = 'queued' ORDER BY seq LIMIT 1").fetchone()
+                with self._writing("take the next job") as db:
+                    self._write_kept(db)
+                    row = db.execute("SELECT seq FROM jobs WHERE status = 'queued' ORDER BY seq LIMIT 1").fetchone()
                     if row is not None:
-                        self._db.execute(
-                            "UPDATE jobs SET status = 'running', started = ?, attempts = attempts + 1 WHERE seq = ?",
-                            (time.time(), row["seq"]))
-                        job = self._db.execute("SELECT * FROM jobs WHERE seq = ?", (row["seq"],)).fetchone()
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-                self._db.execute("COMMIT")
+                        db.execute("UPDATE jobs SET status = 'running', started = ?, attempts = attempts + 1 "
+                                   "WHERE seq = ?", (time.time(), row["seq"]))
+                        job = db.execute("SELECT * FROM jobs WHERE seq = ?", (row["seq"],)).fetchone()
+                self._kept.clear()
                 if row is not None:
-                    self._changed.notify_all()
                     return _job(job)
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return None
                 self._changed.wait(remaining)
 
+    def _write_kept(self, db: sqlite3.Connection) -> None:
+        for job_id, end in self._kept.items():
+            db.execute("UPDATE jobs SET status = ?, result = ?, error = ?, finished = ? "
+                       "WHERE id = ? AND status IN ('queued', 'running')",
+                       (end.status, _json(end.result) if end.result is not None else None, end.error,
+                        end.finished, job_id))
+
     def finish(self, job_id: str, status: str, *, result: dict[str, Any] | None = None,
                error: str | None = None, images: Sequence[ImageRecord] = ()) -> None:
         """Record how a job ended, with its gallery rows, in one transaction."""
         assert status in FINISHED
         now = time.time()
-        with self._transaction() as db:
+        with self._transaction("record the job's end") as db:
             for image in images:
                 db.execute(
                     "INSERT INTO images (job_id, path, seed, prompt, negative_prompt, model, width, height, "
@@ -239,19 +301,42 @@ class JobStore:
                     (job_id, str(image.path), image.seed, image.prompt, image.negative_prompt, image.model,
                      image.width, image.height, image.infotext, now))
             db.execute("UPDATE jobs SET status = ?, result = ?, error = ?, finished = ? WHERE id = ?",
-                       (status, json.dumps(result) if result is not None else None, error, now, job_id))
+                       (status, _json(result) if result is not None else None, error, now, job_id))
         self._finished(job_id)
+
+    def keep_failure(self, job_id: str, error: str, result: dict[str, Any] | None = None) -> None:
+        """The job failed and not even that could be written: hold its end in memory (reads show
+        it, `faults` reports it) until `claim_next` can write it."""
+        with self._lock:
+            self._kept[job_id] = KeptEnd("failed", error, result, time.time())
+            self._changed.notify_all()
+        self._finished(job_id)
+
+    def faults(self) -> list[str]:
+        """What keeps the store from recording jobs: the latest failed write, the job ends held
+        in memory."""
+        with self._lock:
+            found = [self._write_error] if self._write_error else []
+            return found + [f"job {job_id} failed and its end could not be recorded: {end.error}"
+                            for job_id, end in self._kept.items()]
+
+    def _seen(self, job: Job) -> Job:
+        """The job as it is: its end from memory when the database could not take it (lock held)."""
+        end = self._kept.get(job.id)
+        if end is None or job.status in FINISHED:
+            return job
+        return replace(job, status=end.status, error=end.error, result=end.result, finished=end.finished)
 
     def requeue(self, job_id: str, note: str) -> None:
         """Put a running job back at its place in the queue (a training run stopped by a server
         stop: it goes on from its last save at the next start)."""
-        with self._transaction() as db:
+        with self._transaction("requeue the job") as db:
             db.execute("UPDATE jobs SET status = 'queued', note = ? WHERE id = ? AND status = 'running'",
                        (note, job_id))
 
     def cancel(self, job_id: str) -> bool:
         """Cancel a queued job; False when it is not queued (running jobs are interrupted instead)."""
-        with self._transaction() as db:
+        with self._transaction("cancel the job") as db:
             cancelled = db.execute("UPDATE jobs SET status = 'cancelled', finished = ? WHERE id = ? AND status = 'queued'",
                                    (time.time(), job_id)).rowcount == 1
         if cancelled:
@@ -261,7 +346,7 @@ class JobStore:
     def get(self, job_id: str) -> Job | None:
         with self._lock:
             row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return _job(row) if row is not None else None
+            return self._seen(_job(row)) if row is not None else None
 
     def jobs(self, status: str | None = None, limit: int = 100) -> list[Job]:
         with self._lock:
@@ -270,18 +355,28 @@ class JobStore:
                                         (status, limit)).fetchall()
             else:
                 rows = self._db.execute("SELECT * FROM jobs ORDER BY seq DESC LIMIT ?", (limit,)).fetchall()
-        return [_job(r) for r in rows]
+            jobs = [self._seen(_job(r)) for r in rows]
+        return [job for job in jobs if not status or job.status == status]
 
     def counts(self) -> dict[str, int]:
         with self._lock:
             rows = self._db.execute("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status").fetchall()
-        return {r["status"]: r["n"] for r in rows}
+            counts = {r["status"]: r["n"] for r in rows}
+            for job_id in self._kept:  # ended in memory: counted as ended
+                row = self._db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+                if row is not None and row["status"] not in FINISHED:
+                    counts[row["status"]] -= 1
+                    counts["failed"] = counts.get("failed", 0) + 1
+        return {status: n for status, n in counts.items() if n}
 
     # --- the gallery ---
 
     def gallery(self, *, text: str | None = None, model: str | None = None, since: float | None = None,
                 until: float | None = None, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
         """Newest first; `text` matches the prompt or negative prompt (case-insensitive substring)."""
+        for name, number in (("limit", limit), ("offset", offset)):
+            if number not in SQLITE_INTEGER:
+                raise ParamsError(f"{name}: expected a 64-bit integer, got {number}")
         where: list[str] = []
         args: list[Any] = []
         if text:
@@ -304,6 +399,8 @@ class JobStore:
         return [_image(r) for r in rows]
 
     def image(self, image_id: int) -> dict[str, Any] | None:
+        if image_id not in SQLITE_INTEGER:  # no such row; SQLite could not even be asked
+            return None
         with self._lock:
             row = self._db.execute("SELECT * FROM images WHERE id = ?", (image_id,)).fetchone()
         return _image(row) if row is not None else None

@@ -8,6 +8,11 @@ them. The engine writes the images of kept jobs.
 A training job runs to its end, or until it is cancelled (then it saves, and ends
 `interrupted`). Stopped by a server stop, it goes back in the queue instead, and when it runs
 again (after a stop or a crash) it goes on from its last save (`resume`).
+
+Nothing a job does can stop the thread. A job whose images cannot be written (a full disk) fails
+with the reason; a job whose end the store cannot record is recorded as failed with why (a
+smaller write), else held ended in memory by the store. Until a job is written again, `faults`
+reports why (what `/api/health` shows).
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ from emaki.engine.preview import png_base64, preview_image
 from emaki.engine.run import Cancel, GeneratedImage, GenerationProgress, GenerationResult
 from emaki.errors import EmakiError, Interrupted
 from emaki.jobs.executor import Executor
-from emaki.jobs.store import ImageRecord, Job, JobStore
+from emaki.jobs.faults import StorageError, disk_full
+from emaki.jobs.store import ImageRecord, Job, JobStore, finite
 from emaki.params import GenerationParams
 from emaki.training.params import TrainingParams
 from emaki.training.report import TrainingOutcome, TrainingUpdate
@@ -37,6 +43,7 @@ log = logging.getLogger("emaki.jobs")
 HELD_SECONDS = 15 * 60  # images nobody collected are dropped after this long
 LOSS_POINTS = 2000  # the loss series a training job reports: its last this many steps
 STOPPED_NOTE = "stopped by a server stop; goes on from its last save at the next start"
+RETRY_SECONDS = 1.0  # the store could not give the next job: wait this long before asking again
 
 
 @dataclass(frozen=True)
@@ -109,17 +116,6 @@ class Progress:
         return elapsed / done - elapsed if done > 0 else 0.0
 
 
-def finite(value: Any) -> Any:
-    """`value` with NaN and infinities as None: JSON has no spelling for them."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [finite(v) for v in value]
-    return value
-
-
 def result_summary(result: GenerationResult, job_timestamp: str) -> dict:
     """What the store keeps of a finished job (enough for A1111's `info`)."""
     return {
@@ -148,6 +144,7 @@ class Worker:
         self._losses: deque[list[float]] = deque(maxlen=LOSS_POINTS)  # the running training job's
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._fault: str | None = None  # why the latest job could not be written (None once one is)
 
     # --- life cycle ---
 
@@ -164,10 +161,33 @@ class Worker:
             self._thread.join(timeout)
 
     def _loop(self) -> None:
+        refused = None  # the store's latest refusal, logged once, not every retry
         while not self._stopping.is_set():
-            job = self.store.claim_next(timeout=0.5)
-            if job is not None:
-                self.run_job(job)
+            try:
+                job = self.store.claim_next(timeout=0.5)
+                refused = None
+                if job is not None:
+                    self.run_job(job)
+            except StorageError as e:  # the job stays queued; `faults` (the store's) says why
+                if str(e) != refused:
+                    log.error("could not take the next job (retrying every %s s): %s", RETRY_SECONDS, e)
+                refused = str(e)
+                self._stopping.wait(RETRY_SECONDS)
+            except Exception:  # a bug must not stop the queue
+                log.exception("the worker loop failed; going on")
+                self._stopping.wait(RETRY_SECONDS)
+
+    def faults(self) -> list[str]:
+        """Why jobs are not being run or recorded now (empty when all is well): the store's
+        failed writes, a job whose images or end could not be written, a stopped thread."""
+        found = self.store.faults()
+        with self._lock:
+            if self._fault:
+                found.append(self._fault)
+        thread = self._thread
+        if thread is not None and not thread.is_alive() and not self._stopping.is_set():
+            found.append("the worker thread has stopped: queued jobs will not run")
+        return found
 
     # --- what the API reads ---
 
@@ -243,14 +263,28 @@ class Worker:
             # The batches finished before an interrupt or a failure are kept (the engine has
             # written them): they go into the gallery, and back to an A1111 client, as in A1111.
             status, error = ("interrupted", "interrupted") if isinstance(e, Interrupted) else ("failed", str(e))
+            failure = self._failure(job, e) if status == "failed" else None
             partial: GenerationResult | None = getattr(e, "result", None)
             if partial is not None and partial.images:
-                self._record(job, partial, timestamp, status=status, error=error)
+                self._record(job, partial, timestamp, status=status, error=error, failure=failure)
             else:
-                self._finish(job.id, status, error=error)
+                self._finish(job.id, status, error=error, result=failure)
         except Exception as e:  # a bug must not kill the worker; the job records it
             log.exception("job %s failed", job.id)
-            self._finish(job.id, "failed", error=f"internal error: {type(e).__name__}: {e}")
+            self._finish(job.id, "failed", error=f"internal error: {type(e).__name__}: {e}",
+                         result=self._failure(job, e))
+
+    def _failure(self, job: Job, error: BaseException) -> dict[str, Any]:
+        """What a failed job's `result` says of its error (`error_type`: `StorageFull` for a full
+        disk, whatever raised it); a full disk is also a fault until a job is written again."""
+        if disk_full(error):
+            self._set_fault(f"job {job.id} could not be written: {error}")
+            return {"error_type": "StorageFull"}
+        return {"error_type": type(error).__name__}
+
+    def _set_fault(self, fault: str | None) -> None:
+        with self._lock:
+            self._fault = fault
 
     def _train(self, job: Job) -> None:
         self._losses.clear()
@@ -262,11 +296,11 @@ class Worker:
                                                            cancel=self.cancel.interrupt)
         except EmakiError as e:
             status, error = ("interrupted", "interrupted") if isinstance(e, Interrupted) else ("failed", str(e))
-            self._finish(job.id, status, result={"error_type": type(e).__name__}, error=error)
+            self._finish(job.id, status, result=self._failure(job, e), error=error)
             return
         except Exception as e:  # a bug must not kill the worker; the job records it
             log.exception("training job %s failed", job.id)
-            self._finish(job.id, "failed", result={"error_type": type(e).__name__},
+            self._finish(job.id, "failed", result=self._failure(job, e),
                          error=f"internal error: {type(e).__name__}: {e}")
             return
         if outcome.cancelled and self._stopping.is_set():
@@ -282,10 +316,30 @@ class Worker:
         # Idle before the job ends: whoever its end wakes must not see it as still in progress.
         with self._lock:
             self._progress = Progress()
-        self.store.finish(job_id, status, images=images, result=result, error=error)
+        try:
+            self.store.finish(job_id, status, images=images, result=result, error=error)
+        except StorageError as e:
+            self._unrecorded(job_id, e, error)
+            return
+        if status == "done":
+            self._set_fault(None)
+
+    def _unrecorded(self, job_id: str, cause: StorageError, error: str | None) -> None:
+        """The store could not record how the job ended: record it as failed with why (a
+        smaller write: no gallery rows, only the error's type), else have the store hold that in
+        memory."""
+        log.error("job %s: could not record its end: %s", job_id, cause)
+        why = f"{error}; then " if error and error != "interrupted" else ""
+        reason = f"{why}its end could not be recorded: {cause}"
+        result = {"error_type": type(cause).__name__}
+        self._set_fault(f"job {job_id} failed: {reason}")
+        try:
+            self.store.finish(job_id, "failed", result=result, error=reason)
+        except StorageError:
+            self.store.keep_failure(job_id, reason, result)
 
     def _record(self, job: Job, result: GenerationResult, job_timestamp: str, status: str = "done",
-                error: str | None = None) -> None:
+                error: str | None = None, failure: dict[str, Any] | None = None) -> None:
         records = []
         if job.keep:
             for image in result.images:
@@ -298,4 +352,5 @@ class Worker:
             with self._lock:
                 self._held = {k: v for k, v in self._held.items() if now - v[0] < HELD_SECONDS}
                 self._held[job.id] = (now, result.images)
-        self._finish(job.id, status, result=result_summary(result, job_timestamp), images=records, error=error)
+        self._finish(job.id, status, result=result_summary(result, job_timestamp) | (failure or {}), images=records,
+                     error=error)

@@ -30,8 +30,9 @@ from emaki.engine.output import png_info
 from emaki.engine.run import GeneratedImage
 from emaki.errors import EmakiError, ParamsError
 from emaki.infotext import infotext_of, parse_infotext
+from emaki.jobs.faults import StorageError
 from emaki.jobs.store import Job
-from emaki.params import params_error
+from emaki.params import ImageTooLarge, check_input_size, params_error
 from emaki.sampling import SAMPLERS, SCHEDULES
 from emaki.server import training
 from emaki.server.a1111_schema import (
@@ -45,7 +46,7 @@ from emaki.server.a1111_schema import (
     Txt2ImgRequest,
 )
 from emaki.server.catalog import text_width
-from emaki.server.service import Service, error_status
+from emaki.server.service import Service, error_status, failed_job_status
 from emaki.version import __version__
 
 router = APIRouter(prefix="/sdapi/v1", tags=["A1111-compatible"])
@@ -127,8 +128,9 @@ async def _generate(body: Txt2ImgRequest, request: Request, init: Image.Image | 
         return service.submit(params, keep=keep)
 
     job = await request.app.state.waiters.wait((await run_in_threadpool(queue)).id)
-    if job.status == "failed":
-        raise HTTPException(500, job.error or "generation failed")
+    if job.status == "failed":  # a full disk: 507; nothing to send back, nothing to hold
+        service.worker.take_held(job.id)
+        raise HTTPException(failed_job_status(job), job.error or "generation failed")
     images = await run_in_threadpool(_reply_images, service, job, keep, body.send_images)
     return {"images": images, "parameters": body.model_dump(), "info": processed_info(job, body)}
 
@@ -150,16 +152,26 @@ async def img2img(body: Img2ImgRequest, request: Request) -> dict[str, Any]:
 
 
 def decode_image(data: str, field: str = "image") -> Image.Image:
-    """Raw base64 or a `data:image/...;base64,` URL (remote URLs are not fetched)."""
+    """Raw base64 or a `data:image/...;base64,` URL (remote URLs are not fetched). The size the
+    image declares is checked before its pixels are decoded (`check_input_size`: a small PNG can
+    declare gigabytes); PIL bounds its text chunks."""
     if data.startswith(("http://", "https://")):
         raise ParamsError(f"{field}: images are not fetched from URLs by this server; send base64")
     if data.startswith("data:"):
         data = data.split(",", 1)[-1]
     try:
         image = Image.open(io.BytesIO(base64.b64decode(data, validate=False)))
-        image.load()
+    except Image.DecompressionBombError as e:
+        raise ImageTooLarge(f"{field}: {e}") from None
     except (binascii.Error, UnidentifiedImageError, OSError, ValueError) as e:
         raise ParamsError(f"{field}: not a base64-encoded image ({e})") from None
+    except Exception as e:  # noqa: BLE001  (PIL fails on damaged headers in many ways)
+        raise ParamsError(f"{field}: not a readable image ({type(e).__name__}: {e})") from None
+    check_input_size(image.width, image.height, field)
+    try:
+        image.load()
+    except Exception as e:  # noqa: BLE001  (PIL fails on damaged files in many ways)
+        raise ParamsError(f"{field}: not a readable image ({type(e).__name__}: {e})") from None
     return image
 
 
@@ -414,6 +426,7 @@ async def _train(request: Request, body: dict[str, Any], model: type[TrainReques
         if job.status == "failed":
             error_class = _error_class(result.get("error_type"))
             status = (500 if error_class is None  # a bug, not the request
+                      else error_status(error_class()) if issubclass(error_class, StorageError)  # 507, 503
                       else 422 if issubclass(error_class, ParamsError) else 400)
             return _refusal(task, status, result.get("error_type") or "Error", job.error or "training failed")
         if job.status == "cancelled":

@@ -7,10 +7,10 @@ from __future__ import annotations
 import random
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from emaki.infotext_codec import decode_infotext
-from emaki.params import GenerationParams
+from emaki.params import MAX_PROMPT_LENGTH, CheckedModel, GenerationParams
 from emaki.prompts import extract_networks
 from emaki.training.params import parse_number_list
 
@@ -19,8 +19,10 @@ _SPELLED_DIFFERENTLY = frozenset({"seed_resize_from_w", "seed_resize_from_h", "s
                                   "denoising_strength", "hr_upscaler", "hr_sampler_name"})
 
 
-class Txt2ImgRequest(BaseModel):
-    """`StableDiffusionProcessingTxt2Img` as the A1111 API accepts it; unknown fields are ignored."""
+class Txt2ImgRequest(CheckedModel):
+    """`StableDiffusionProcessingTxt2Img` as the A1111 API accepts it; unknown fields are ignored.
+    Numbers are checked by the `GenerationParams` fields they fill (floats must be finite here
+    already: the request is echoed back in `parameters`)."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -77,7 +79,7 @@ class Txt2ImgRequest(BaseModel):
     send_images: bool = True
     save_images: bool = False
     alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
-    infotext: str | None = None
+    infotext: str | None = Field(None, max_length=4 * MAX_PROMPT_LENGTH)  # its prompts, and the settings line
 
     def unsupported(self) -> list[str]:
         """Fields asking for something emaki cannot do yet: refused rather than ignored."""
@@ -158,7 +160,7 @@ class Img2ImgRequest(Txt2ImgRequest):
 RESIZE_MODES = {0: "just resize", 1: "crop and resize", 2: "resize and fill"}
 
 
-class PngInfoRequest(BaseModel):
+class PngInfoRequest(CheckedModel):
     image: str = ""
 
 
@@ -174,7 +176,7 @@ def number_list(value: list[float] | str | None, field: str) -> list[float] | No
     return parse_number_list(value, field)
 
 
-class CreateEmbeddingRequest(BaseModel):
+class CreateEmbeddingRequest(CheckedModel):
     """`create_embedding(name, num_vectors_per_token, overwrite_old, init_text)`."""
 
     model_config = ConfigDict(extra="ignore")
@@ -185,7 +187,7 @@ class CreateEmbeddingRequest(BaseModel):
     init_text: str = "*"
 
 
-class CreateHypernetworkRequest(BaseModel):
+class CreateHypernetworkRequest(CheckedModel):
     """`create_hypernetwork(name, enable_sizes, overwrite_old, layer_structure, activation_func,
     weight_init, add_layer_norm, use_dropout, dropout_structure)`."""
 
@@ -215,7 +217,7 @@ class CreateHypernetworkRequest(BaseModel):
         }
 
 
-class TrainRequest(BaseModel):
+class TrainRequest(CheckedModel):
     """The fields `train_embedding` and `train_hypernetwork` share. A1111's other fields
     (`id_task`, `preview_negative_prompt`, `preview_sampler_name`, `preview_cfg_scale`,
     `preview_width`, `preview_height`, `save_image_with_stored_embedding`) are accepted and
@@ -241,7 +243,7 @@ class TrainRequest(BaseModel):
     create_image_every: int = 500
     template_filename: str | None = None
     preview_from_txt2img: bool | None = None  # False: preview with the first caption, as A1111
-    preview_prompt: str = ""
+    preview_prompt: str = Field("", max_length=MAX_PROMPT_LENGTH)
     preview_seed: int = -1  # -1: a random seed
     preview_steps: int = 20
 

@@ -5,16 +5,15 @@ for training, the loss series; finished images land in a searchable gallery.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Body, HTTPException, Query, Request
+from fastapi import APIRouter, Body, HTTPException, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
-from pydantic import BaseModel
+from pydantic import Field
 
 from emaki.engine.networks import NETWORK_KINDS
 from emaki.infotext import infotext_of, parse_infotext
@@ -22,17 +21,19 @@ from emaki.infotext_codec import params_from_fields
 from emaki.jobs.store import FINISHED, Job
 from emaki.models.tokenizer import load_clip_tokenizer
 from emaki.networks.hypernetworks import ACTIVATIONS
-from emaki.params import GenerationParams
+from emaki.params import MAX_PROMPT_LENGTH, CheckedModel, GenerationParams
 from emaki.prompts import count_tokens
 from emaki.server import training
 from emaki.server.a1111 import decode_image
 from emaki.server.a1111_schema import PngInfoRequest
+from emaki.server.changes import ChangeBell, Versions
 from emaki.server.service import Service
 from emaki.training.params import DEFAULT_LEARN_RATES, MAX_VECTORS, TrainingParams
 from emaki.training.templates import TEMPLATE_NAMES
 
 router = APIRouter(prefix="/api", tags=["native"])
-EVENT_INTERVAL = 0.2  # seconds between progress checks of an event stream (ends are reported at once)
+KEEPALIVE_SECONDS = 15.0  # an idle event stream sends a comment this often (proxies, dead clients)
+KEEPALIVE = ": keep-alive\n\n"
 
 
 def _service(request: Request) -> Service:
@@ -76,6 +77,8 @@ def submit_job(body: JobRequest, request: Request) -> dict[str, Any]:
     encoded = fields.pop("init_image", None)
     init = decode_image(encoded, "init_image") if encoded else None
     job = service.submit(service.prepare(fields, init=init), keep=save)
+    if not save:  # no route returns its images: the worker need not hold them
+        request.app.state.uncollected.add(job.id)
     return job_view(service, job)
 
 
@@ -160,32 +163,44 @@ def _sse(event: str, data: dict[str, Any]) -> str:
     return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
+def _event_stream(stream: AsyncIterator[str]) -> StreamingResponse:
+    return StreamingResponse(stream, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
 @router.get("/jobs/{job_id}/events")
 async def job_events(job_id: str, request: Request) -> StreamingResponse:
     """Server-sent events: `progress` (step, preview as a data URL) until the job ends, then
-    one event named after how it ended (`done`, `failed`, `cancelled`, `interrupted`)."""
+    one event named after how it ended (`done`, `failed`, `cancelled`, `interrupted`). The
+    stream sleeps until something changes (no polling); it ends when the server stops."""
     service = _service(request)
     _job_or_404(service, job_id)
+    bell: ChangeBell = request.app.state.changes
 
     async def stream() -> AsyncIterator[str]:
-        last: tuple[Any, ...] | None = None
-        while not await request.is_disconnected():
-            ended = await request.app.state.waiters.wait(job_id, timeout=EVENT_INTERVAL)
-            if ended is not None:
-                yield _sse(ended.status, job_view(service, ended))
-                return
-            event = _progress_event(service, job_id)
-            key = (event["batch"], event["step"]) if event is not None else None
-            if event is not None and key != last:
-                last = key
-                yield _sse("progress", event)
-            elif event is None and last is None:
-                job = service.store.get(job_id)
-                assert job is not None
-                yield _sse("queued", {"job_id": job_id, "position": _position(service, job)})
-                last = ()
+        with request.app.state.waiters.watch(job_id) as ended:
+            job = service.store.get(job_id)  # read after watching: an end in between is not missed
+            assert job is not None
+            last: tuple[Any, ...] | None = None
+            while job.status not in FINISHED:
+                seen = bell.versions  # before looking: a change while we look wakes the wait below
+                event = _progress_event(service, job_id)
+                key = (event["batch"], event["step"]) if event is not None else None
+                if event is not None and key != last:
+                    last = key
+                    yield _sse("progress", event)
+                elif event is None and last is None:
+                    yield _sse("queued", {"job_id": job_id, "position": _position(service, job)})
+                    last = ()
+                if not await bell.changed(seen, KEEPALIVE_SECONDS):
+                    yield KEEPALIVE
+                if bell.closed:
+                    return
+                if ended.is_set():
+                    job = service.store.get(job_id) or job
+                    ended.clear()
+            yield _sse(job.status, job_view(service, job))
 
-    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    return _event_stream(stream())
 
 
 def _position(service: Service, job: Job) -> int:
@@ -195,30 +210,37 @@ def _position(service: Service, job: Job) -> int:
 @router.get("/events")
 async def all_events(request: Request) -> StreamingResponse:
     """Server-sent events for the whole server: `progress` of whichever job runs, `queue`
-    counts when they change, and `finished` with each job that ends."""
+    counts when they change, and `finished` with each job that ends. The database is read only
+    when the queue changed; the stream sleeps in between and ends when the server stops."""
     service = _service(request)
+    bell: ChangeBell = request.app.state.changes
 
     async def stream() -> AsyncIterator[str]:
-        last_progress, last_counts, seen = None, None, time.time()
-        while not await request.is_disconnected():
-            counts = service.store.counts()
-            if counts != last_counts:
-                last_counts = counts
-                yield _sse("queue", counts)
-            recent = service.store.jobs(None, 20)
-            for job in reversed(recent):
-                if job.finished and job.finished > seen:
-                    yield _sse("finished", job_view(service, job))
-            seen = max([seen] + [job.finished or 0 for job in recent])
+        last_progress, last_counts, finished_after = None, None, time.time()
+        read: Versions | None = None
+        while not bell.closed:
+            seen = bell.versions  # before looking: a change while we look wakes the wait below
+            if read is None or seen.jobs != read.jobs:
+                counts = service.store.counts()
+                if counts != last_counts:
+                    last_counts = counts
+                    yield _sse("queue", counts)
+                recent = service.store.jobs(None, 20)
+                for job in reversed(recent):
+                    if job.finished and job.finished > finished_after:
+                        yield _sse("finished", job_view(service, job))
+                finished_after = max([finished_after] + [job.finished or 0 for job in recent])
+            read = seen
             event = _progress_event(service, None)
             key = event and (event["job_id"], event["batch"], event["step"])
             if key != last_progress:
                 last_progress = key
                 if event is not None:
                     yield _sse("progress", event)
-            await asyncio.sleep(EVENT_INTERVAL)
+            if not await bell.changed(seen, KEEPALIVE_SECONDS):
+                yield KEEPALIVE
 
-    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    return _event_stream(stream())
 
 
 @router.get("/gallery")
@@ -259,10 +281,10 @@ def png_params(body: PngInfoRequest) -> dict[str, Any]:
     return params_view(text)
 
 
-class TokensRequest(BaseModel):
-    prompt: str = ""
+class TokensRequest(CheckedModel):
+    prompt: str = Field("", max_length=MAX_PROMPT_LENGTH)
     negative: bool = False
-    steps: int = 20
+    steps: int = Field(20, ge=1, le=1000)  # a generation's bound: prompt schedules have a variant per step
 
 
 @router.post("/tokens")
@@ -298,5 +320,13 @@ def loras(request: Request) -> list[dict[str, Any]]:
 
 
 @router.get("/health")
-def health(request: Request) -> dict[str, Any]:
-    return {"ok": True, "queue": _service(request).store.counts()}
+def health(request: Request, response: Response) -> dict[str, Any]:
+    """`status` "ok"; or "degraded", HTTP 503, with `faults`: why jobs cannot run or be recorded
+    now (a full disk, a job store that cannot write, a stopped worker). A fault clears once a
+    job is written again."""
+    service = _service(request)
+    faults = service.worker.faults()
+    if faults:
+        response.status_code = 503
+    return {"ok": not faults, "status": "degraded" if faults else "ok", "faults": faults,
+            "queue": service.store.counts()}

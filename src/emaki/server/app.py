@@ -1,21 +1,23 @@
-"""The FastAPI application behind `emaki serve`: auth, size limits, error mapping, the two APIs
-and the web page, with the job store and the worker started and stopped with the app.
+"""The FastAPI application behind `emaki serve`: access checks (access.py), size limits, error
+mapping, the two APIs and the web page, with the job store, the worker and the watcher that
+wakes event streams (changes.py) started and stopped with the app; what a job leaves behind (its
+upload, images nobody collects) goes when it ends.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
+import contextlib
 import logging
 import os
-import secrets
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
@@ -23,12 +25,14 @@ from emaki.devices import DevicePolicy
 from emaki.engine.engine import Engine
 from emaki.errors import EmakiError, ParamsError
 from emaki.jobs.executor import LocalExecutor
-from emaki.jobs.store import FINISHED, Job, JobStore
+from emaki.jobs.store import FINISHED, JobStore
 from emaki.jobs.worker import Worker
 from emaki.server import a1111, api
+from emaki.server.access import LOOPBACK_BINDS, AccessGuard, SignInThrottle
 from emaki.server.catalog import Catalog
+from emaki.server.changes import ChangeBell, JobWaiters, watch_changes
 from emaki.server.options import Options
-from emaki.server.service import Service, error_status
+from emaki.server.service import Service, error_status, remove_input, sweep_inputs
 from emaki.version import __version__
 from emaki.workspace import Workspace, workspace_from_environment
 
@@ -49,6 +53,7 @@ class ServerSettings:
     threads: int | None = None  # --threads (default: the idle cores)
     workspace: Workspace | None = None  # default: from EMAKI_HOME / EMAKI_A1111
     run_worker: bool = True
+    allowed_hosts: tuple[str, ...] = ()  # --allowed-hosts: names besides localhost a loopback bind answers
 
     @property
     def needs_auth(self) -> bool:
@@ -56,7 +61,7 @@ class ServerSettings:
 
     def flags(self) -> dict[str, Any]:
         """`/sdapi/v1/cmd-flags`: the flags, without secrets."""
-        return {"listen": self.host not in ("127.0.0.1", "localhost"), "port": self.port,
+        return {"listen": self.host not in LOOPBACK_BINDS, "port": self.port,
                 "api_auth": bool(self.credentials), "token": bool(self.token), "precision": self.precision,
                 "a1111": str(self.workspace.a1111) if self.workspace and self.workspace.a1111 else None,
                 "api": True, "nowebui": False}
@@ -73,51 +78,30 @@ def parse_credentials(text: str) -> dict[str, str]:
     return credentials
 
 
-class JobWaiters:
-    """Lets request handlers await a job's end without polling the database: the store calls
-    back from the worker thread and the event loop is woken at once."""
+class UncollectedImages:
+    """Jobs whose images no route returns (a native job with `save: false`): the worker's hold
+    of them is dropped when they end instead of sitting in memory for 15 minutes (an A1111
+    request takes its job's images itself)."""
 
-    def __init__(self, store: JobStore) -> None:
+    def __init__(self, store: JobStore, worker: Worker) -> None:
         self.store = store
-        self._events: dict[str, set[asyncio.Event]] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self.worker = worker
+        self._ids: set[str] = set()
+        self._lock = threading.Lock()  # added by request threads, ended by the worker thread
 
-    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self.store.on_finish.append(self._finished_in_thread)
+    def add(self, job_id: str) -> None:
+        with self._lock:
+            self._ids.add(job_id)
+        job = self.store.get(job_id)
+        if job is not None and job.status in FINISHED:  # it ended before it was added
+            self.ended(job_id)
 
-    def _finished_in_thread(self, job_id: str) -> None:
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._set, job_id)
-
-    def _set(self, job_id: str) -> None:
-        for event in self._events.get(job_id, ()):
-            event.set()
-
-    async def wait(self, job_id: str, timeout: float | None = None) -> Job | None:
-        """The job once it has ended, or None when `timeout` seconds pass first."""
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        event = asyncio.Event()
-        self._events.setdefault(job_id, set()).add(event)
-        try:
-            while True:
-                job = self.store.get(job_id)
-                if job is None or job.status in FINISHED:
-                    return job
-                remaining = 5.0 if deadline is None else deadline - loop.time()
-                if remaining <= 0:
-                    return None
-                try:  # the 5 s cap only guards against a lost wake-up
-                    await asyncio.wait_for(event.wait(), timeout=min(remaining, 5.0))
-                except TimeoutError:
-                    pass
-                event.clear()
-        finally:
-            waiting = self._events.get(job_id, set())
-            waiting.discard(event)
-            if not waiting:
-                self._events.pop(job_id, None)
+    def ended(self, job_id: str) -> None:
+        with self._lock:
+            if job_id not in self._ids:
+                return
+            self._ids.discard(job_id)
+        self.worker.take_held(job_id)
 
 
 class BodySizeLimit:
@@ -161,26 +145,13 @@ class _TooLarge(Exception):
     pass
 
 
-def _authorized(request: Request, settings: ServerSettings) -> bool:
-    header = request.headers.get("authorization", "")
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() == "bearer" and settings.token:
-        return secrets.compare_digest(value.strip().encode(), settings.token.encode())
-    if scheme.lower() == "basic" and settings.credentials:
-        try:
-            user, _, password = base64.b64decode(value.strip()).decode("utf-8").partition(":")
-        except (ValueError, UnicodeDecodeError):
-            return False
-        expected = settings.credentials.get(user)
-        return expected is not None and secrets.compare_digest(password.encode(), expected.encode())
-    return False
-
-
-def require_auth(request: Request) -> None:
-    settings: ServerSettings = request.app.state.settings
-    if settings.needs_auth and not _authorized(request, settings):
-        scheme = "Basic" if settings.credentials else "Bearer"
-        raise HTTPException(401, "Incorrect username or password", headers={"WWW-Authenticate": scheme})
+def begin_shutdown(app: FastAPI) -> None:
+    """The server is about to stop (SIGTERM, Ctrl+C), before it waits for open requests to end:
+    interrupt the running job, end the event streams and answer the requests waiting on jobs
+    that will not run now; otherwise they would hold the server open. Safe to call again."""
+    app.state.service.worker.stop(timeout=0)  # sets the flags; the lifespan's stop joins the thread
+    app.state.changes.close()
+    app.state.waiters.stop()
 
 
 def create_app(settings: ServerSettings | None = None) -> FastAPI:
@@ -193,24 +164,44 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     service = Service(store, worker, Catalog(workspace, engine.networks), Options(workspace.home / "server-options.json"),
                       workspace.home / "inputs", engine)
 
-    def trained(job_id: str) -> None:  # a training job wrote a file the listings should show
-        job = store.get(job_id)
-        if job is not None and job.kind == "train":
-            service.catalog.invalidate()
+    uncollected = UncollectedImages(store, worker)
 
-    store.on_finish.append(trained)
+    def job_ended(job_id: str) -> None:  # in the thread that ended it (the worker's, or a cancel's)
+        uncollected.ended(job_id)
+        try:  # tidying up must not fail the job, nor reach the worker
+            job = store.get(job_id)
+            if job is None:
+                return
+            remove_input(job.params, service.inputs)  # a requeued job does not end: its upload stays
+            if job.kind == "train":  # it wrote a file the listings should show
+                service.catalog.invalidate()
+        except Exception:
+            log.exception("after job %s ended", job_id)
+
+    store.on_finish.append(job_ended)
+    bell = ChangeBell()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         recovered = store.recover()
         if any(recovered.values()):
             log.warning("jobs left by the last run: %s", recovered)
-        app.state.waiters.attach(asyncio.get_running_loop())
+        waiting = store.jobs("queued", 1_000_000) + store.jobs("running", 1_000_000)
+        sweep_inputs(service.inputs, {Path(job.params["init_image"]) for job in waiting
+                                      if job.params.get("init_image")})
+        loop = asyncio.get_running_loop()
+        bell.attach()
+        app.state.waiters.attach(loop)
+        watcher = asyncio.create_task(watch_changes(bell, worker, str(workspace.database)))
         if settings.run_worker:
             worker.start()
         try:
             yield
         finally:
+            begin_shutdown(app)
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
             worker.stop()
             store.close()
 
@@ -219,16 +210,20 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
                               "progress events, gallery).")
     app.state.settings = settings
     app.state.service = service
-    app.state.waiters = JobWaiters(store)
-    guarded = [Depends(require_auth)]
-    app.include_router(a1111.router, dependencies=guarded)
-    app.include_router(api.router, dependencies=guarded)
+    app.state.changes = bell
+    app.state.waiters = JobWaiters(store, bell)
+    app.state.uncollected = uncollected
+    app.state.sign_ins = SignInThrottle()  # failed sign-ins per client address, for this app only
+    app.include_router(a1111.router)
+    app.include_router(api.router)
 
     @app.exception_handler(EmakiError)
     async def emaki_error(request: Request, error: EmakiError) -> JSONResponse:
         return JSONResponse({"error": type(error).__name__, "detail": str(error)}, status_code=error_status(error))
 
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
+    # Outermost: Host, Origin and credentials are checked before a body is read or a route runs,
+    # for every path (the page, `/docs` and `/openapi.json` included).
+    app.add_middleware(AccessGuard, settings=settings, throttle=app.state.sign_ins)
     app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")
     return app
-

@@ -5,6 +5,8 @@ so the policy, the name checks and the settings apply the same way to every requ
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,18 +15,23 @@ from typing import Any
 from PIL import Image
 
 from emaki.engine.engine import Engine
-from emaki.engine.hires import check_upscaler
+from emaki.engine.hires import check_upscaler, target_size
+from emaki.engine.img2img import default_size
 from emaki.engine.networks import kind_for_tag
 from emaki.engine.policy import ensure_params_allowed
 from emaki.errors import EmakiError, ParamsError
 from emaki.files import atomic_write
+from emaki.jobs.faults import StorageError, StorageFull, storage_error
 from emaki.jobs.store import Job, JobStore
 from emaki.jobs.worker import Worker
-from emaki.params import GenerationParams
+from emaki.params import GenerationParams, ImageTooLarge
 from emaki.prompts import extract_networks
 from emaki.sampling import parse_sampler_name
 from emaki.server.catalog import Catalog, CheckpointEntry, NameNotAllowed
-from emaki.server.options import Options, check_option
+from emaki.server.options import OPTION_FIELDS, Options, check_option
+
+MAX_PIXELS = 2048 * 2048  # the most this server draws at once: an image, its noise, a hires pass
+NATIVE_SIZE = 512  # a size left to the model is checked as SD 1.x's
 
 
 class ModelBusy(EmakiError):
@@ -32,7 +39,11 @@ class ModelBusy(EmakiError):
 
 
 def error_status(error: EmakiError) -> int:
-    """The HTTP status of an error a request caused."""
+    """The HTTP status of an error a request caused (or met: the server cannot write, 507/503)."""
+    if isinstance(error, StorageError):
+        return 507 if isinstance(error, StorageFull) else 503
+    if isinstance(error, ImageTooLarge):
+        return 413
     if isinstance(error, ParamsError):
         return 422
     if isinstance(error, ModelBusy):
@@ -40,22 +51,67 @@ def error_status(error: EmakiError) -> int:
     return 400  # policy refusals, names outside the folders, unreadable inputs
 
 
+def check_size_limits(params: GenerationParams, init: Image.Image | None = None) -> None:
+    """Every size a job would draw at is within `MAX_PIXELS`: the image (an img2img image's own
+    size when the request gives none), the seed-resize noise and the hires fix's second pass."""
+    width, height = params.width, params.height
+    if width is None or height is None:
+        default = default_size(init, 8) if init is not None else (NATIVE_SIZE, NATIVE_SIZE)
+        width, height = width or default[0], height or default[1]
+    _within("size", width, height)
+    if params.seed_resize_from_w > 0 and params.seed_resize_from_h > 0:
+        _within("seed_resize_from_w/h", params.seed_resize_from_w, params.seed_resize_from_h)
+    if params.enable_hr:
+        hires_width, hires_height = target_size(params.model_copy(update={"width": width, "height": height}))
+        _within("hires size (hr_scale, hr_resize_x/y)", hires_width, hires_height)
+
+
+def _within(field: str, width: int, height: int) -> None:
+    if width * height > MAX_PIXELS:
+        raise ParamsError(f"{field}: {width}x{height} is more than this server makes (2048x2048)")
+
+
+def failed_job_status(job: Job) -> int:
+    """The HTTP status of a job that failed in the queue, for a client that waited on it: 507
+    when the disk is full, 503 when the store could not record it, else 500 (the request was
+    checked when it was queued: what failed is the server's)."""
+    error_type = (job.result or {}).get("error_type")
+    return {StorageFull.__name__: 507, StorageError.__name__: 503}.get(str(error_type), 500)
+
+
 def save_input(image: Image.Image, folder: Path) -> Path:
     """Write an uploaded image as PNG under a fresh name, atomically (temp file, then rename)."""
     target = folder / f"{uuid.uuid4().hex}.png"
-    with atomic_write(target) as tmp:
-        image.save(tmp, format="PNG")
+    try:
+        with atomic_write(target) as tmp:
+            image.save(tmp, format="PNG")
+    except OSError as e:
+        raise storage_error(f"could not keep the uploaded image in {folder}", e) from None
     return target
 
 
-# Settings that fill a generation field the request did not set.
-OPTION_FIELDS = {
-    "CLIP_stop_at_last_layers": "clip_skip",
-    "eta_noise_seed_delta": "eta_noise_seed_delta",
-    "randn_source": "rng",
-    "emphasis": "emphasis",
-    "sd_hypernetwork_strength": "hypernetwork_strength",
-}
+def remove_input(params: dict[str, Any], folder: Path) -> None:
+    """Delete a job's uploaded init image once the job has ended (only a file `save_input` wrote
+    into `folder`: a path from elsewhere is not the server's to delete)."""
+    path = params.get("init_image")
+    if path and Path(path).resolve().parent == folder.resolve():
+        Path(path).unlink(missing_ok=True)
+
+
+def sweep_inputs(folder: Path, needed: set[Path]) -> None:
+    """At start-up: delete the uploads no waiting job needs (left by a crash, by a request refused
+    after its image was written, or by jobs the restart cancelled), and cut-short writes."""
+    if not folder.is_dir():
+        return
+    base, keep = folder.resolve(), {path.resolve() for path in needed}
+    for entry in folder.iterdir():
+        if base / entry.name in keep:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):  # one that cannot go stays; the server still starts
+                entry.unlink(missing_ok=True)
 
 
 @dataclass
@@ -135,6 +191,7 @@ class Service:
         values["hypernetwork"] = (None if hypernetwork in (None, "", "None")
                                   else self.catalog.find_hypernetwork(str(hypernetwork), "hypernetwork"))
         params = GenerationParams.create(**values)
+        check_size_limits(params, init)
         parse_sampler_name(params.sampler_name, params.scheduler)  # an unknown name fails now, not in the queue
         ensure_params_allowed(params)  # every prompt field, whether or not its feature is on
         for tag in extract_networks(params.prompt)[1]:  # a missing file fails now, not in the queue
@@ -152,6 +209,6 @@ class Service:
         return params
 
     def submit(self, params: GenerationParams, *, keep: bool = True) -> Job:
-        if params.width is not None and params.height is not None and params.width * params.height > 2048 * 2048:
-            raise ParamsError(f"size: {params.width}x{params.height} is more than this server makes (2048x2048)")
+        """Queue checked params; a full disk is `StorageFull` (HTTP 507)."""
+        check_size_limits(params)
         return self.store.submit(params.model_dump(), keep=keep)
