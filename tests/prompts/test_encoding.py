@@ -199,3 +199,11 @@ def test_bad_settings_are_refused(tiny_components) -> None:
         PromptEncoder(tiny_components.text_encoder, tiny_components.tokenizer, emphasis="Strong")
     with pytest.raises(ParamsError, match="clip_skip"):
         PromptEncoder(tiny_components.text_encoder, tiny_components.tokenizer, clip_skip=0)
+
+
+def test_prompt_editing_that_would_make_gigabytes_of_conditioning_is_refused(encoder: PromptEncoder) -> None:
+    long_text = ", ".join(["masterpiece"] * 80)  # 3 chunks of 75 tokens
+    edits = " ".join(f"[cat{i}:dog{i}:{i}]" for i in range(1, 700))
+    with pytest.raises(ParamsError, match="prompt editing makes"):
+        encode_prompts(encoder, [f"{long_text} {edits}"], 1000)
+    assert encode_prompts(encoder, [f"{long_text} [cat:dog:5]"], 20)  # ordinary editing is untouched

@@ -20,6 +20,8 @@ from emaki.prompts.embedding_hook import EmbeddingLookup, PromptEmbedding
 
 EMPHASIS_MODES = ("Original", "No norm", "Ignore", "None")
 
+MAX_ENCODED_CHUNKS = 2048  # CLIP chunks of one prompt with all its edits: ~0.5 GB at width 768
+
 
 class PromptEncoder:
     """Encodes prompt texts (already free of AND, editing and network tags) to conditioning.
@@ -103,6 +105,11 @@ class PromptEncoder:
         rows = torch.tensor([unique.index(t) for t in texts])
         chunked = [self.chunks(t)[0] for t in unique]
         n_chunks = max(len(c) for c in chunked)
+        if len(texts) * n_chunks > MAX_ENCODED_CHUNKS:
+            # Prompt editing multiplies a prompt: 1000 switch points in a 32 k-character prompt
+            # would be 1000 texts of 50 chunks, gigabytes of conditioning.
+            raise ParamsError(f"prompt: its prompt editing makes {len(texts)} texts of up to {n_chunks} chunks of "
+                              f"75 tokens; at most {MAX_ENCODED_CHUNKS} chunks in all can be encoded")
         outputs = []
         for i in range(n_chunks):
             batch = [c[i] if i < len(c) else empty_chunk() for c in chunked]
