@@ -1,6 +1,6 @@
 """Every example in the README runs as written: the Python blocks in a fresh interpreter, the
 shell blocks in bash, in a scratch folder with its own EMAKI_HOME (a tiny model stands in for
-`anything-v3`, a small picture for `photo.png`)."""
+`anything-v3`, a small picture for `photo.png` and a mask for `mask.png`)."""
 
 from __future__ import annotations
 
@@ -48,6 +48,9 @@ def scratch(tmp_path: Path, stand_in_checkpoint: Path) -> tuple[Path, dict[str, 
     (home / "models").mkdir(parents=True)
     shutil.copy(stand_in_checkpoint, tmp_path / "anything-v3.safetensors")
     Image.new("RGB", (64, 64), (200, 120, 90)).save(tmp_path / "photo.png")
+    mask = Image.new("L", (64, 64))
+    mask.paste(255, (16, 4, 48, 28))
+    mask.save(tmp_path / "mask.png")
     bin_dir = str(Path(sys.executable).parent)
     env = os.environ | {"EMAKI_HOME": str(home), "PATH": f"{bin_dir}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
     return tmp_path, env
@@ -129,6 +132,13 @@ def test_shell_examples_run(scratch, index):
         assert (home / "loras" / "sepialora.safetensors").is_file()
         made = sorted((home / "outputs").rglob("*.png"))
         assert "TI hashes: \"nekomimi: " in Image.open(made[0]).info["parameters"]
+    if "emaki inpaint" in script:
+        run = folder / "run1"
+        assert len(list(run.glob("*.png"))) == 2 and (run / "summary.csv").is_file()
+        assert (folder / "big" / "photo.png").is_file() and Image.open(folder / "big" / "photo.png").size == (128, 128)
+        made = [Image.open(p).info["parameters"] for p in (Path(env["EMAKI_HOME"]) / "outputs").rglob("*.png")]
+        assert any("Script: X/Y/Z plot" in text for text in made)
+        assert any("Wildcard prompt: " in text and "anime style" in text for text in made)
     if "--from" in script:
         first, again = folder / "outputs" / "00000-1234.png", folder / "again" / "00000-1234.png"
         assert Image.open(first).tobytes() == Image.open(again).tobytes()
