@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from PIL import Image
 
-from emaki.cli import app, grid
+from emaki.cli import app, generate, grid
 
 
 def run(capsys, *args: str) -> tuple[int, str, str]:
@@ -72,7 +72,7 @@ def test_a_refused_cell_exits_3_before_anything_runs(tmp_path, capsys):
 
 def test_every_generate_option_is_read_by_grid():
     command = typer.main.get_command(app).commands["generate"]
-    handled = {*grid.GENERATE_FIELDS, *grid.INPAINTING_OPTIONS, *grid.OTHER_OPTIONS}
+    handled = {*generate.OPTION_FIELDS, *generate.INPAINTING_OPTIONS, *generate.OTHER_OPTIONS}
     assert {param.name for param in command.params} == handled
 
 
@@ -81,7 +81,7 @@ def test_generate_options_build_the_params_as_generate_builds_them(tmp_path):
 
     given = grid.generate_options(["1girl", "--sampler", "DPM++ 2M", "--steps", "10", "--speed", "fast",
                                    "--gate-step", "2", "--size", "64x96", "--hires", "--batch-count", "2"])
-    params = grid.grid_params(given, Workspace(tmp_path))
+    params = generate.params_from_options(given, Workspace(tmp_path))
     assert (params.prompt, params.sampler_name, params.scheduler, params.steps) == ("1girl", "DPM++ 2M", "Automatic", 10)
     assert (params.width, params.height, params.enable_hr, params.n_iter) == (64, 96, True, 2)
     assert params.gate_step == 2 and params.styles == []  # the option given wins over --speed's preset

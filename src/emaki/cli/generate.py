@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -71,8 +72,49 @@ def _models_named_by_the_image(params: GenerationParams, image: Path, workspace:
     return params
 
 
+# How `emaki generate`'s options become params fields; `emaki grid` takes the same options.
+OPTION_FIELDS = {
+    "prompt": "prompt", "negative": "negative_prompt", "style": "styles", "model": "model", "vae": "vae",
+    "sampler": "sampler_name", "scheduler": "scheduler", "steps": "steps", "cfg": "cfg_scale", "seed": "seed",
+    "ngms": "s_min_uncond", "ngms_all_steps": "s_min_uncond_all", "cache_interval": "cache_interval",
+    "gate_step": "gate_step", "batch_size": "batch_size", "batch_count": "n_iter", "clip_skip": "clip_skip",
+    "ensd": "eta_noise_seed_delta", "rng": "rng", "prompt_dialect": "prompt_dialect",
+    "hypernetwork": "hypernetwork", "hypernetwork_strength": "hypernetwork_strength", "init_image": "init_image",
+    "denoise": "denoising_strength", "resize_mode": "resize_mode", "hires": "enable_hr", "hr_scale": "hr_scale",
+    "hr_upscaler": "hr_upscaler", "hr_steps": "hr_second_pass_steps", "hr_sampler": "hr_sampler_name",
+}
+INPAINTING_OPTIONS = ("mask", "mask_blur", "fill", "area", "padding", "invert", "noise_multiplier", "mask_weight")
+# Options that are not params fields: read by the commands, or by the engine's surroundings.
+OTHER_OPTIONS = ("size", "speed", "from_image", "out", "precision", "threads", "embeddings_dir", "a1111",
+                 "hypernetworks_dir")
+
+
+def params_from_options(given: Mapping[str, Any], workspace: Workspace) -> GenerationParams:
+    """The params `emaki generate`'s options (by parameter name, as click parsed them) ask for:
+    over the `--from` image's, and `--speed`'s preset under the options given."""
+    from_image = Path(given["from_image"]) if given.get("from_image") else None
+    base = params_from_image(from_image, workspace) if from_image is not None else GenerationParams()
+    fields = {field: given.get(option) for option, field in OPTION_FIELDS.items()}
+    fields["styles"] = list(fields["styles"] or ()) or None  # click gives () when --style is not given
+    if fields["sampler_name"] and fields["scheduler"] is None:
+        fields["scheduler"] = "Automatic"  # a sampler named alone takes its own schedule
+    if fields["init_image"] is not None:
+        fields["init_image"] = str(fields["init_image"])
+    fields |= inpainting_overrides(**{name: given.get(name) for name in INPAINTING_OPTIONS})
+    if given.get("size") is not None:
+        fields["width"], fields["height"] = parse_size(given["size"])
+    if from_image is None and given.get("prompt") is None:
+        raise ParamsError("prompt: give a prompt, or --from IMAGE to regenerate one")
+    params = base.updated(**{k: v for k, v in fields.items() if v is not None})
+    if given.get("speed") is not None:  # the preset over the image's values, the options given over the preset
+        preset = speed_preset(given["speed"], params.steps)
+        params = params.updated(**{k: v for k, v in preset.items() if fields.get(k) is None})
+    return params
+
+
 @app.command("generate")
 def generate_command(
+    ctx: typer.Context,
     prompt: Annotated[str | None, typer.Argument(help="The prompt (A1111 syntax).")] = None,
     negative: Annotated[str | None, typer.Option("--negative", "-n", help="Negative prompt.")] = None,
     style: Annotated[list[str] | None, typer.Option("--style", help="A style (`emaki styles list`) applied to the prompts; repeatable, applied in order.")] = None,
@@ -123,48 +165,7 @@ def generate_command(
 ) -> None:
     """Generate images from a prompt (txt2img; img2img with --init-image)."""
     workspace = cli_workspace(a1111, embeddings=embeddings_dir, hypernetworks=hypernetworks_dir)
-    base = params_from_image(from_image, workspace) if from_image else GenerationParams()
-    overrides: dict[str, Any] = {
-        "prompt": prompt,
-        "negative_prompt": negative,
-        "styles": style,
-        "model": model,
-        "vae": vae,
-        "sampler_name": sampler,
-        "scheduler": scheduler if scheduler is not None else ("Automatic" if sampler else None),
-        "steps": steps,
-        "cfg_scale": cfg,
-        "s_min_uncond": ngms,
-        "s_min_uncond_all": ngms_all_steps,
-        "cache_interval": cache_interval,
-        "gate_step": gate_step,
-        "seed": seed,
-        "batch_size": batch_size,
-        "n_iter": batch_count,
-        "clip_skip": clip_skip,
-        "eta_noise_seed_delta": ensd,
-        "rng": rng,
-        "prompt_dialect": prompt_dialect,
-        "hypernetwork": hypernetwork,
-        "hypernetwork_strength": hypernetwork_strength,
-        "init_image": str(init_image) if init_image is not None else None,
-        "denoising_strength": denoise,
-        "resize_mode": resize_mode,
-        "enable_hr": hires,
-        "hr_scale": hr_scale,
-        "hr_upscaler": hr_upscaler,
-        "hr_second_pass_steps": hr_steps,
-        "hr_sampler_name": hr_sampler,
-    }
-    overrides |= inpainting_overrides(mask=mask, mask_blur=mask_blur, fill=fill, area=area, padding=padding,
-                                      invert=invert, noise_multiplier=noise_multiplier, mask_weight=mask_weight)
-    if size is not None:
-        overrides["width"], overrides["height"] = parse_size(size)
-    if from_image is None and prompt is None:
-        raise ParamsError("prompt: give a prompt, or --from IMAGE to regenerate one")
-    params = base.updated(**{k: v for k, v in overrides.items() if v is not None})
-    if speed is not None:  # the preset over the image's values, the options given over the preset
-        params = params.updated(**{k: v for k, v in speed_preset(speed, params.steps).items() if overrides[k] is None})
+    params = params_from_options(ctx.params, workspace)  # every option of the command, by name
     ensure_params_allowed(params)  # before anything loads or prints
     if from_image is not None:
         params = _models_named_by_the_image(params, from_image, workspace, model is None, vae is None)

@@ -14,12 +14,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from emaki.cli import app, cli_workspace
-from emaki.cli.generate import _models_named_by_the_image, params_from_image, parse_size
-from emaki.cli.inpaint import inpainting_overrides
+from emaki.cli.generate import (
+    INPAINTING_OPTIONS,
+    OPTION_FIELDS,
+    OTHER_OPTIONS,
+    _models_named_by_the_image,
+    params_from_options,
+)
 from emaki.devices import DevicePolicy
 from emaki.errors import EmakiError, ParamsError
-from emaki.params import GenerationParams, speed_preset
-from emaki.workspace import Workspace
 
 if TYPE_CHECKING:
     from emaki.engine import Cancel
@@ -27,55 +30,15 @@ if TYPE_CHECKING:
 
 console = Console(emoji=False)
 
-# How `emaki generate`'s options become params fields (as `generate_command` maps them).
-GENERATE_FIELDS = {
-    "prompt": "prompt", "negative": "negative_prompt", "model": "model", "vae": "vae", "sampler": "sampler_name",
-    "scheduler": "scheduler", "steps": "steps", "cfg": "cfg_scale", "seed": "seed", "batch_size": "batch_size",
-    "batch_count": "n_iter", "clip_skip": "clip_skip", "ensd": "eta_noise_seed_delta", "rng": "rng",
-    "prompt_dialect": "prompt_dialect", "hypernetwork": "hypernetwork",
-    "hypernetwork_strength": "hypernetwork_strength", "init_image": "init_image", "denoise": "denoising_strength",
-    "resize_mode": "resize_mode", "hires": "enable_hr", "hr_scale": "hr_scale", "hr_upscaler": "hr_upscaler",
-    "hr_steps": "hr_second_pass_steps", "hr_sampler": "hr_sampler_name", "style": "styles",
-    "ngms": "s_min_uncond", "ngms_all_steps": "s_min_uncond_all", "cache_interval": "cache_interval",
-    "gate_step": "gate_step",
-}
-INPAINTING_OPTIONS = ("mask", "mask_blur", "fill", "area", "padding", "invert", "noise_multiplier", "mask_weight")
-# Options that are not params fields: read here, or by the engine's surroundings.
-OTHER_OPTIONS = ("size", "speed", "from_image", "out", "precision", "threads", "embeddings_dir", "a1111",
-                 "hypernetworks_dir")
-
-
 def generate_options(args: list[str], parent: typer.Context | None = None) -> dict[str, Any]:
     """`args` parsed as `emaki generate` parses them (its options, its help, its errors)."""
     command = typer.main.get_command(app).commands["generate"]  # type: ignore[attr-defined]
     given = command.make_context("grid", list(args), parent=parent).params
     unknown = sorted(name for name, value in given.items() if value is not None and value is not False
-                     and value != () and name not in (*GENERATE_FIELDS, *INPAINTING_OPTIONS, *OTHER_OPTIONS))
+                     and value != () and name not in (*OPTION_FIELDS, *INPAINTING_OPTIONS, *OTHER_OPTIONS))
     if unknown:
         raise ParamsError(f"emaki grid does not take --{unknown[0].replace('_', '-')} yet")
     return given
-
-
-def grid_params(given: dict[str, Any], workspace: Workspace) -> GenerationParams:
-    """The grid's params from `emaki generate`'s options, built as that command builds them."""
-    from_image = Path(given["from_image"]) if given.get("from_image") else None
-    base = params_from_image(from_image, workspace) if from_image is not None else GenerationParams()
-    fields = {GENERATE_FIELDS[name]: value for name, value in given.items() if name in GENERATE_FIELDS}
-    fields["styles"] = list(fields.get("styles") or ()) or None  # click gives () when --style is not given
-    if fields.get("sampler_name") and fields.get("scheduler") is None:
-        fields["scheduler"] = "Automatic"
-    if fields.get("init_image") is not None:
-        fields["init_image"] = str(fields["init_image"])
-    fields |= inpainting_overrides(**{name: given.get(name) for name in INPAINTING_OPTIONS})
-    if given.get("size") is not None:
-        fields["width"], fields["height"] = parse_size(given["size"])
-    if from_image is None and given.get("prompt") is None:
-        raise ParamsError("prompt: give a prompt, or --from IMAGE to take one from a PNG")
-    params = base.updated(**{k: v for k, v in fields.items() if v is not None})
-    if given.get("speed") is not None:  # the preset over the image's values, the options given over the preset
-        preset = speed_preset(given["speed"], params.steps)
-        params = params.updated(**{k: v for k, v in preset.items() if fields.get(k) is None})
-    return params
 
 
 @contextmanager
@@ -141,7 +104,7 @@ def grid_command(
     a1111 = Path(given["a1111"]) if given.get("a1111") else None
     workspace = cli_workspace(a1111, embeddings=[Path(p) for p in given.get("embeddings_dir") or ()],
                               hypernetworks=[Path(p) for p in given.get("hypernetworks_dir") or ()])
-    params = grid_params(given, workspace)
+    params = params_from_options(given, workspace)
     from_image = given.get("from_image")
     if from_image is not None:
         params = _models_named_by_the_image(params, Path(from_image), workspace, given.get("model") is None,
