@@ -205,3 +205,16 @@ class Engine:
                      if found.path is not None else None)
             return upscale_image(picture, found, scale, model=model, tile=tile, overlap=overlap, progress=progress)
 
+
+    def sd_upscale(self, params: GenerationParams, image: Image.Image | str | Path, upscaler: str = "None",
+                   scale: float = 2.0, *, overlap: int = 64, progress: ProgressCallback | None = None,
+                   cancel: Cancel | None = None) -> GenerationResult:
+        """A1111's "SD upscale" img2img script (`emaki.engine.sd_upscale`): `image` upscaled by
+        `scale` with `upscaler`, cut into `params.width`×`params.height` tiles overlapping by
+        `overlap`, each redrawn by img2img with `params`, blended back; one picture per `n_iter`,
+        not written to disk."""
+        from emaki.engine.sd_upscale import sd_upscale
+
+        picture = image if isinstance(image, Image.Image) else open_picture(image)
+        return sd_upscale(self, params, picture, upscaler=upscaler, scale=scale, overlap=overlap,
+                          progress=progress, cancel=cancel)

@@ -1,6 +1,6 @@
 """`/sdapi/v1`: the A1111 web UI's API (v1.10.1 shapes, specs/FORMATS.md §8), so bots, editor
 plugins and `webuiapi` scripts work unchanged. Routes for features emaki does not have
-(upscalers, interrogation, ...) are absent, not faked.
+(interrogation, ...) are absent, not faked: they answer 404.
 
 The training routes answer `{"info": ...}` as A1111 does, but an error is a 4xx (A1111 answers
 200 with "... error: ..."): `{"detail": msg, "info": "<task> error: msg"}`, so clients that print
@@ -15,6 +15,7 @@ import io
 import json
 import os
 import re
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -27,17 +28,22 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ValidationError
 
 from emaki.engine.output import png_info
-from emaki.engine.run import GeneratedImage
+from emaki.engine.run import GeneratedImage, GenerationResult
 from emaki.errors import EmakiError, ParamsError
 from emaki.infotext import infotext_of, parse_infotext
 from emaki.jobs.faults import StorageError
 from emaki.jobs.store import Job
+from emaki.jobs.worker import result_summary
 from emaki.params import ImageTooLarge, check_input_size, params_error
 from emaki.sampling import SAMPLERS, SCHEDULES
 from emaki.server import training
 from emaki.server.a1111_schema import (
+    SD_UPSCALE,
     CreateEmbeddingRequest,
     CreateHypernetworkRequest,
+    ExtrasBatchImagesRequest,
+    ExtrasRequest,
+    ExtrasSingleImageRequest,
     Img2ImgRequest,
     PngInfoRequest,
     TrainEmbeddingRequest,
@@ -46,7 +52,19 @@ from emaki.server.a1111_schema import (
     Txt2ImgRequest,
 )
 from emaki.server.catalog import text_width
+from emaki.server.extras import (
+    a1111_upscalers,
+    check_extras,
+    encode_extras_png,
+    face_restoration_refused,
+    face_restorers,
+    html_info,
+    realesrgan_models,
+    run_extras,
+    upscaler_by_index,
+)
 from emaki.server.service import Service, error_status, failed_job_status
+from emaki.upscalers import LATENT_UPSCALERS, find_upscaler
 from emaki.version import __version__
 
 router = APIRouter(prefix="/sdapi/v1", tags=["A1111-compatible"])
@@ -58,7 +76,11 @@ def _service(request: Request) -> Service:
 
 def processed_info(job: Job, request: Txt2ImgRequest) -> str:
     """`Processed.js()`: the JSON *string* A1111 returns as `info`."""
-    result = job.result or {}
+    return info_json(job.result or {}, request)
+
+
+def info_json(result: dict[str, Any], request: Txt2ImgRequest) -> str:
+    """`Processed.js()` of a run's `result_summary`."""
     params = result.get("params") or {}
     seeds, subseeds = result.get("seeds", []), result.get("subseeds", [])
     info = {
@@ -115,16 +137,24 @@ def _reply_images(service: Service, job: Job, kept: bool, send: bool) -> list[st
     return [encode_png(image) for image in held or []]
 
 
-async def _generate(body: Txt2ImgRequest, request: Request, init: Image.Image | None = None) -> dict[str, Any]:
-    """Queue the request as a job, wait for it, answer as A1111 does."""
+def check_supported(body: Txt2ImgRequest, service: Service) -> None:
+    """Refuse what emaki cannot do rather than ignore it (face restoration: naming the file it needs)."""
+    if body.restore_faces:
+        raise face_restoration_refused(service.engine.workspace, "restore_faces")
     unsupported = body.unsupported()
     if unsupported:
         raise HTTPException(422, f"not supported by emaki yet: {', '.join(unsupported)}")
+
+
+async def _generate(body: Txt2ImgRequest, request: Request, init: Image.Image | None = None,
+                    mask: Image.Image | None = None) -> dict[str, Any]:
+    """Queue the request as a job, wait for it, answer as A1111 does."""
     service = _service(request)
+    check_supported(body, service)
     keep = body.save_images and not body.do_not_save_samples
 
     def queue() -> Job:  # may hash a model file the first time: kept off the event loop
-        params = service.prepare(body.generation_fields(), overrides=body.override_settings, init=init)
+        params = service.prepare(body.generation_fields(), overrides=body.override_settings, init=init, mask=mask)
         return service.submit(params, keep=keep)
 
     job = await request.app.state.waiters.wait((await run_in_threadpool(queue)).id)
@@ -144,11 +174,46 @@ async def txt2img(body: Txt2ImgRequest, request: Request) -> dict[str, Any]:
 async def img2img(body: Img2ImgRequest, request: Request) -> dict[str, Any]:
     if not body.init_images:
         raise HTTPException(422, "init_images: give one image (base64 or a data URL)")
-    init = await run_in_threadpool(decode_image, body.init_images[0], "init_images")
-    reply = await _generate(body, request, init)
+    init = flattened(await run_in_threadpool(decode_image, body.init_images[0], "init_images"))
+    if body.sd_upscale():
+        reply = await _sd_upscale(body, request, init)
+    else:
+        mask = await run_in_threadpool(decode_image, body.mask, "mask") if body.mask else None
+        reply = await _generate(body, request, init, mask)
     if not body.include_init_images:
         reply["parameters"] |= {"init_images": None, "mask": None}
     return reply
+
+
+def flattened(image: Image.Image) -> Image.Image:
+    """A1111 lays an init image with transparency on its background colour (white) before
+    anything else: its alpha is never a mask on this API (the engine would read it as one)."""
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, image.convert("RGBA")).convert("RGB")
+    return image
+
+
+async def _sd_upscale(body: Img2ImgRequest, request: Request, init: Image.Image) -> dict[str, Any]:
+    """The "SD upscale" script, run on the engine in this request's thread (the engine's lock
+    keeps it from running alongside a queued job); nothing goes to the gallery."""
+    service = _service(request)
+    check_supported(body, service)
+    if body.mask:
+        raise HTTPException(422, "mask: the SD upscale script redraws the whole picture; send no mask")
+    overlap, choice, scale = body.sd_upscale_args()
+
+    def run() -> GenerationResult:
+        params = service.prepare(body.generation_fields(), overrides=body.override_settings)
+        upscaler = upscaler_by_index(service.engine, choice)
+        if upscaler != "None":
+            find_upscaler(upscaler, service.engine.workspace, field="script_args")
+        return service.engine.sd_upscale(params, init, upscaler, scale, overlap=overlap)
+
+    result = await run_in_threadpool(run)
+    summary = result_summary(result, time.strftime("%Y%m%d%H%M%S"))
+    images = [encode_png(image) for image in result.images] if body.send_images else []
+    return {"images": images, "parameters": body.model_dump(), "info": info_json(summary, body)}
 
 
 def decode_image(data: str, field: str = "image") -> Image.Image:
@@ -314,7 +379,59 @@ def memory() -> dict[str, Any]:
 
 @router.get("/scripts")
 def scripts() -> dict[str, list[str]]:
-    return {"txt2img": [], "img2img": []}
+    return {"txt2img": [], "img2img": [SD_UPSCALE]}
+
+
+# --- upscalers and extras ---
+
+
+@router.get("/upscalers")
+def upscalers(request: Request) -> list[dict[str, Any]]:
+    return a1111_upscalers(_service(request).engine)
+
+
+@router.get("/latent-upscale-modes")
+def latent_upscale_modes() -> list[dict[str, Any]]:
+    return [{"name": name} for name in LATENT_UPSCALERS]
+
+
+@router.get("/realesrgan-models")
+def realesrgan(request: Request) -> list[dict[str, Any]]:
+    return realesrgan_models(_service(request).engine.workspace)
+
+
+@router.get("/face-restorers")
+def face_restorers_route(request: Request) -> list[dict[str, Any]]:
+    return face_restorers(_service(request).engine.workspace)
+
+
+def _extras(service: Service, body: ExtrasRequest, sources: list[tuple[str, str]]) -> tuple[list[str], str]:
+    """Every (field, base64) image through the extras; the PNGs and the last one's infotext."""
+    engine = service.engine
+    check_extras(engine, body)
+    pictures = [decode_image(data, field) for field, data in sources]  # all read before any is upscaled
+    encoded, text = [], ""
+    for picture in pictures:
+        result, text = run_extras(engine, picture, body)
+        encoded.append(encode_extras_png(result, picture, text))
+    return encoded, text
+
+
+@router.post("/extra-single-image")
+async def extra_single_image(body: ExtrasSingleImageRequest, request: Request) -> dict[str, Any]:
+    if not body.image:
+        raise HTTPException(422, "image: give one image (base64 or a data URL)")
+    images, text = await run_in_threadpool(_extras, _service(request), body, [("image", body.image)])
+    return {"html_info": html_info(text), "image": images[0]}
+
+
+@router.post("/extra-batch-images")
+async def extra_batch_images(body: ExtrasBatchImagesRequest, request: Request) -> dict[str, Any]:
+    if not body.imageList:
+        raise HTTPException(422, "imageList: give at least one {data, name} image")
+    sources = [(f"imageList[{i}]", item.data) for i, item in enumerate(body.imageList)]
+    images, text = await run_in_threadpool(_extras, _service(request), body, sources)
+    return {"html_info": html_info(text), "images": images}
 
 
 @router.get("/script-info")

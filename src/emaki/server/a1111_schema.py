@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 from pydantic import ConfigDict, Field
 
+from emaki.errors import ParamsError
 from emaki.infotext_codec import decode_infotext
 from emaki.params import MAX_PROMPT_LENGTH, CheckedModel, GenerationParams
 from emaki.prompts import extract_networks
@@ -127,14 +128,18 @@ class Txt2ImgRequest(CheckedModel):
 
 
 class Img2ImgRequest(Txt2ImgRequest):
-    """`StableDiffusionProcessingImg2Img` as the API accepts it (inpainting fields are refused)."""
+    """`StableDiffusionProcessingImg2Img` as the API accepts it: with `mask`, inpainting (the
+    defaults are A1111's API's, not its web UI's); `script_name: "SD upscale"` runs that script."""
 
     init_images: list[str] | None = None
     resize_mode: int = 0
     denoising_strength: float | None = 0.75
     image_cfg_scale: float | None = None
     mask: str | None = None
+    mask_blur_x: int = 4
+    mask_blur_y: int = 4
     mask_blur: int | None = None
+    mask_round: bool = True
     inpainting_fill: int = 0
     inpaint_full_res: bool = True
     inpaint_full_res_padding: int = 0
@@ -143,21 +148,89 @@ class Img2ImgRequest(Txt2ImgRequest):
     latent_mask: str | None = None
     include_init_images: bool = False
 
+    def sd_upscale(self) -> bool:
+        """Whether the request runs A1111's "SD upscale" script (A1111 matches titles ignoring case)."""
+        return (self.script_name or "").lower() == SD_UPSCALE
+
     def unsupported(self) -> list[str]:
-        asked = {"mask": bool(self.mask), "latent_mask": bool(self.latent_mask),
+        asked = {"latent_mask": bool(self.latent_mask),
                  "resize_mode": self.resize_mode not in RESIZE_MODES,
-                 "initial_noise_multiplier": self.initial_noise_multiplier not in (None, 1, 1.0),
                  "init_images (more than one)": len(self.init_images or []) > 1}
-        return super().unsupported() + [name for name, on in asked.items() if on]
+        inherited = [name for name in super().unsupported() if not (name == "script_name" and self.sd_upscale())]
+        return inherited + [name for name, on in asked.items() if on]
 
     def generation_fields(self) -> dict[str, Any]:
         fields = super().generation_fields()
         fields["denoising_strength"] = 0.75 if self.denoising_strength is None else self.denoising_strength
         fields["resize_mode"] = RESIZE_MODES.get(self.resize_mode, "just resize")
+        if self.initial_noise_multiplier is not None:
+            fields["initial_noise_multiplier"] = self.initial_noise_multiplier
+        if self.mask:  # the image itself is decoded by the route
+            blur_x, blur_y = (self.mask_blur, self.mask_blur) if self.mask_blur is not None else (
+                self.mask_blur_x, self.mask_blur_y)
+            fields |= {"mask_blur_x": blur_x, "mask_blur_y": blur_y, "mask_round": self.mask_round,
+                       "inpainting_fill": self.inpainting_fill, "inpaint_full_res": self.inpaint_full_res,
+                       "inpaint_full_res_padding": self.inpaint_full_res_padding,
+                       "inpainting_mask_invert": self.inpainting_mask_invert}
         return fields
 
+    def sd_upscale_args(self) -> tuple[int, int | str, float]:
+        """The script's (overlap, upscaler index or name, scale factor) from A1111's positional
+        `script_args` `[info, overlap, upscaler_index, scale_factor]`; A1111's slider defaults for
+        the ones left out."""
+        args = list(self.script_args) + [None] * 4
+        overlap, upscaler, scale = args[1], args[2], args[3]
+        try:
+            overlap = 64 if overlap is None else int(overlap)
+            scale = 2.0 if scale is None else float(scale)
+        except (TypeError, ValueError):
+            raise ParamsError("script_args: expected [_, overlap, upscaler_index, scale_factor] "
+                              f"with numbers, got {self.script_args!r:.120}") from None
+        if upscaler is None:
+            upscaler = 0
+        if not isinstance(upscaler, (int, str)) or isinstance(upscaler, bool):
+            raise ParamsError(f"script_args: the upscaler is an index into /sdapi/v1/upscalers or a name, "
+                              f"got {upscaler!r:.60}")
+        return overlap, upscaler, scale
 
+
+SD_UPSCALE = "sd upscale"
 RESIZE_MODES = {0: "just resize", 1: "crop and resize", 2: "resize and fill"}
+
+
+class ExtrasRequest(CheckedModel):
+    """A1111's `ExtrasBaseRequest`: upscaler 1, then upscaler 2 blended in at its visibility;
+    `resize_mode` 0 scales by `upscaling_resize`, 1 to `upscaling_resize_w`×`_h` (cropped to it
+    with `upscaling_crop`). Face restoration fields are refused while emaki has no restorer."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    resize_mode: int = Field(0, ge=0, le=1)
+    show_extras_results: bool = True
+    gfpgan_visibility: float = Field(0.0, ge=0.0, le=1.0)
+    codeformer_visibility: float = Field(0.0, ge=0.0, le=1.0)
+    codeformer_weight: float = Field(0.0, ge=0.0, le=1.0)
+    upscaling_resize: float = Field(2.0, ge=1.0, le=8.0)
+    upscaling_resize_w: int = Field(512, ge=1, le=8192)
+    upscaling_resize_h: int = Field(512, ge=1, le=8192)
+    upscaling_crop: bool = True
+    upscaler_1: str = "None"
+    upscaler_2: str = "None"
+    extras_upscaler_2_visibility: float = Field(0.0, ge=0.0, le=1.0)
+    upscale_first: bool = False
+
+
+class ExtrasSingleImageRequest(ExtrasRequest):
+    image: str = ""
+
+
+class FileData(CheckedModel):
+    data: str
+    name: str = ""
+
+
+class ExtrasBatchImagesRequest(ExtrasRequest):
+    imageList: list[FileData] = Field(default_factory=list)  # A1111 spells it so
 
 
 class PngInfoRequest(CheckedModel):

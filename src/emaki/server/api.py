@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Body, HTTPException, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import Field
 
@@ -25,8 +26,9 @@ from emaki.params import MAX_PROMPT_LENGTH, CheckedModel, GenerationParams
 from emaki.prompts import count_tokens
 from emaki.server import training
 from emaki.server.a1111 import decode_image
-from emaki.server.a1111_schema import PngInfoRequest
+from emaki.server.a1111_schema import ExtrasRequest, PngInfoRequest
 from emaki.server.changes import ChangeBell, Versions
+from emaki.server.extras import check_extras, encode_extras_png, run_extras
 from emaki.server.service import Service
 from emaki.training.params import DEFAULT_LEARN_RATES, MAX_VECTORS, TrainingParams
 from emaki.training.templates import TEMPLATE_NAMES
@@ -42,8 +44,8 @@ def _service(request: Request) -> Service:
 
 class JobRequest(GenerationParams):
     """A generation (model, VAE and hypernetwork by name, as `/api/models` lists them; for
-    img2img, `init_image` is the image itself, base64 or a data URL) and whether to keep its
-    images in the gallery."""
+    img2img, `init_image` is the image itself, base64 or a data URL, and so is an inpainting
+    `mask`) and whether to keep its images in the gallery."""
 
     save: bool = True
 
@@ -74,9 +76,10 @@ def submit_job(body: JobRequest, request: Request) -> dict[str, Any]:
     service = _service(request)
     fields = body.model_dump(exclude_unset=True)
     save = fields.pop("save", True)
-    encoded = fields.pop("init_image", None)
+    encoded, encoded_mask = fields.pop("init_image", None), fields.pop("mask", None)
     init = decode_image(encoded, "init_image") if encoded else None
-    job = service.submit(service.prepare(fields, init=init), keep=save)
+    mask = decode_image(encoded_mask, "mask") if encoded_mask else None
+    job = service.submit(service.prepare(fields, init=init, mask=mask), keep=save)
     if not save:  # no route returns its images: the worker need not hold them
         request.app.state.uncollected.add(job.id)
     return job_view(service, job)
@@ -317,6 +320,35 @@ def loras(request: Request) -> list[dict[str, Any]]:
              "base_model": row["base_model"] or row["sd_version"] or None, "trigger_words": row["trigger_words"],
              "embeddings": row["embeddings"], "hash": row["hash"]}
             for row in _service(request).catalog.loras()]
+
+
+@router.get("/upscalers")
+def upscalers(request: Request) -> list[dict[str, Any]]:
+    """What `/api/upscale` takes: None, Lanczos, Nearest, then the model files in the upscaler
+    folders (name, kind, scale, architecture; `reason` when a file cannot be used)."""
+    return _service(request).engine.upscalers()
+
+
+class UpscaleRequest(CheckedModel):
+    image: str = Field(..., description="the picture, base64 or a data URL")
+    upscaler: str = "Lanczos"
+    scale: float = Field(2.0, ge=1.0, le=8.0)
+
+
+def _upscale(service: Service, body: UpscaleRequest) -> dict[str, Any]:
+    extras = ExtrasRequest(upscaler_1=body.upscaler, upscaling_resize=body.scale)
+    check_extras(service.engine, extras)
+    picture = decode_image(body.image, "image")
+    result, text = run_extras(service.engine, picture, extras)
+    return {"image": "data:image/png;base64," + encode_extras_png(result, picture, text),
+            "width": result.width, "height": result.height, "infotext": text}
+
+
+@router.post("/upscale")
+async def upscale(body: UpscaleRequest, request: Request) -> dict[str, Any]:
+    """The picture upscaled now (the page's Extras panel), as a PNG data URL carrying A1111's
+    `extras` text; it waits for a running generation to leave the model."""
+    return await run_in_threadpool(_upscale, _service(request), body)
 
 
 @router.get("/health")

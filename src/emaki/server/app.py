@@ -32,7 +32,7 @@ from emaki.server.access import LOOPBACK_BINDS, AccessGuard, SignInThrottle
 from emaki.server.catalog import Catalog
 from emaki.server.changes import ChangeBell, JobWaiters, watch_changes
 from emaki.server.options import Options
-from emaki.server.service import Service, error_status, remove_input, sweep_inputs
+from emaki.server.service import Service, error_status, remove_input, sweep_inputs, uploaded_inputs
 from emaki.version import __version__
 from emaki.workspace import Workspace, workspace_from_environment
 
@@ -187,8 +187,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         if any(recovered.values()):
             log.warning("jobs left by the last run: %s", recovered)
         waiting = store.jobs("queued", 1_000_000) + store.jobs("running", 1_000_000)
-        sweep_inputs(service.inputs, {Path(job.params["init_image"]) for job in waiting
-                                      if job.params.get("init_image")})
+        sweep_inputs(service.inputs, {path for job in waiting for path in uploaded_inputs(job.params)})
         loop = asyncio.get_running_loop()
         bell.attach()
         app.state.waiters.attach(loop)
@@ -225,5 +224,10 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     # Outermost: Host, Origin and credentials are checked before a body is read or a route runs,
     # for every path (the page, `/docs` and `/openapi.json` included).
     app.add_middleware(AccessGuard, settings=settings, throttle=app.state.sign_ins)
+    @app.api_route("/sdapi/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+    async def unknown_a1111_route(path: str) -> JSONResponse:
+        """A route A1111 has and emaki does not (or a typo): 404, not the web page's 405."""
+        return JSONResponse({"detail": "Not Found"}, status_code=404)
+
     app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")
     return app

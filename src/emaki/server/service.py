@@ -90,12 +90,20 @@ def save_input(image: Image.Image, folder: Path) -> Path:
     return target
 
 
+UPLOADED_FIELDS = ("init_image", "mask")  # the params that name an image a request sent
+
+
+def uploaded_inputs(params: dict[str, Any]) -> list[Path]:
+    """The uploads a job's params name (its init image, its inpainting mask)."""
+    return [Path(params[field]) for field in UPLOADED_FIELDS if params.get(field)]
+
+
 def remove_input(params: dict[str, Any], folder: Path) -> None:
-    """Delete a job's uploaded init image once the job has ended (only a file `save_input` wrote
-    into `folder`: a path from elsewhere is not the server's to delete)."""
-    path = params.get("init_image")
-    if path and Path(path).resolve().parent == folder.resolve():
-        Path(path).unlink(missing_ok=True)
+    """Delete a job's uploaded init image and mask once the job has ended (only files
+    `save_input` wrote into `folder`: a path from elsewhere is not the server's to delete)."""
+    for path in uploaded_inputs(params):
+        if path.resolve().parent == folder.resolve():
+            path.unlink(missing_ok=True)
 
 
 def sweep_inputs(folder: Path, needed: set[Path]) -> None:
@@ -168,12 +176,15 @@ class Service:
         self.options.update(self.checked_options(values))
 
     def prepare(self, fields: dict[str, Any], *, overrides: dict[str, Any] | None = None,
-                init: Image.Image | None = None) -> GenerationParams:
+                init: Image.Image | None = None, mask: Image.Image | None = None) -> GenerationParams:
         """Fields a request set (model/VAE/hypernetwork by name), completed from the settings
-        (and per-request `overrides` of them), with `init` as the img2img image; raises
-        ParamsError, NameNotAllowed, PolicyViolation."""
-        if fields.get("init_image"):
-            raise NameNotAllowed("init_image: send the image itself, not a path")
+        (and per-request `overrides` of them), with `init` as the img2img image and `mask` as its
+        inpainting mask; raises ParamsError, NameNotAllowed, PolicyViolation."""
+        for field in UPLOADED_FIELDS:  # a path would have the server open its own files
+            if fields.get(field):
+                raise NameNotAllowed(f"{field}: send the image itself, not a path")
+        if mask is not None and init is None:
+            raise ParamsError("mask: inpainting needs the image to repaint too (init_image)")
         settings = self.options.all() | self.checked_options(overrides or {})
         values = dict(fields)
         for option, field in OPTION_FIELDS.items():
@@ -201,11 +212,18 @@ class Service:
             elif kind.name == "lora":
                 self.catalog.find_lora(tag.name, "prompt")
         if params.enable_hr:
-            check_upscaler(params.hr_upscaler)
+            check_upscaler(params.hr_upscaler, self.engine.workspace)
             if params.hr_sampler_name:
                 parse_sampler_name(params.hr_sampler_name)
         if init is not None:  # last: nothing is written for a request that is refused
-            params = params.updated(init_image=str(save_input(init, self.inputs)))
+            saved = {"init_image": save_input(init, self.inputs)}
+            if mask is not None:
+                try:
+                    saved["mask"] = save_input(mask, self.inputs)
+                except StorageError:
+                    saved["init_image"].unlink(missing_ok=True)
+                    raise
+            params = params.updated(**{field: str(path) for field, path in saved.items()})
         return params
 
     def submit(self, params: GenerationParams, *, keep: bool = True) -> Job:

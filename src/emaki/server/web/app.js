@@ -1,5 +1,6 @@
-// emaki's web page: a form (with a LoRA picker) that queues jobs on /api/jobs, watches them
-// (server-sent events, or polling when the server wants credentials), a gallery of what was made, and a Train panel that
+// emaki's web page: a form (with a LoRA picker and an inpainting mask painter over the init image) that queues jobs on
+// /api/jobs, watches them (server-sent events, or polling when the server wants credentials), a gallery of what was made,
+// an Extras panel that upscales a picture (/api/upscale), and a Train panel that
 // queues training runs on /api/train and draws their loss curve. Plain JS, no build step. Text from the server or from images only ever goes into the DOM through textContent.
 "use strict";
 
@@ -29,7 +30,7 @@ const state = {
 // (and curious users in the console) read these instead of racing the progress bar.
 window.emaki = {
   progressEvents: 0, previews: 0, maxProgress: 0, finishedJobs: 0,
-  trainEvents: 0, trainPoints: 0, trainPreviews: 0, trainFinished: 0,
+  trainEvents: 0, trainPoints: 0, trainPreviews: 0, trainFinished: 0, maskStrokes: 0, upscales: 0,
 };
 
 // ---------------------------------------------------------------- HTTP
@@ -262,6 +263,7 @@ function readForm() {
     params.init_image = state.init;
     params.denoising_strength = denoise === "" ? 0.75 : Number(denoise);
     params.resize_mode = $("resize-mode").value;
+    if ($("inpaint").checked) Object.assign(params, readInpaint());
   }
   if ($("hires").checked) {
     // Hires fix: a second, larger pass at the denoising strength; unchecked, none of it is sent.
@@ -673,6 +675,9 @@ function setInitImage(dataUrl, name) {
       $("init-info").textContent = `${name}, ${probe.naturalWidth}×${probe.naturalHeight}`;
       $("init-info").title = name;
       $("init-clear").disabled = false;
+      $("mask-image").src = dataUrl;
+      resetMask(probe.naturalWidth, probe.naturalHeight);
+      $("inpaint-box").hidden = false;
       setStatus(`Init image: ${name}`);
       resolve(true);
     };
@@ -692,6 +697,159 @@ function clearInitImage() {
   $("init-info").title = "";
   $("init-clear").disabled = true;
   $("init-file").value = "";
+  $("inpaint").checked = false;
+  $("inpaint-tools").hidden = true;
+  $("inpaint-box").hidden = true;
+  $("mask-image").removeAttribute("src");
+}
+
+// ---------------------------------------------------------------- inpainting: the mask painter
+
+// The mask canvas has the init image's pixel size and lies over it on screen: painted pixels
+// are opaque white, the rest transparent (shown half see-through by the style sheet).
+const painter = { last: null };
+
+function resetMask(width, height) {
+  const canvas = $("mask-canvas");
+  canvas.width = width;
+  canvas.height = height;
+  canvas.getContext("2d").clearRect(0, 0, width, height);
+}
+
+// Where a pointer event falls, in image pixels, and how many image pixels one screen pixel is.
+function maskPoint(event) {
+  const canvas = $("mask-canvas");
+  const box = canvas.getBoundingClientRect();
+  const scale = canvas.width / box.width;
+  return { x: (event.clientX - box.left) * scale, y: (event.clientY - box.top) * (canvas.height / box.height), scale };
+}
+
+// A brush (or eraser) stroke from one point to the next; the brush size is in screen pixels.
+function paintStroke(from, to) {
+  const context = $("mask-canvas").getContext("2d");
+  context.globalCompositeOperation = $("mask-eraser").checked ? "destination-out" : "source-over";
+  context.strokeStyle = "#fff";
+  context.lineWidth = Number($("mask-brush").value) * to.scale;
+  context.lineCap = "round";
+  context.lineJoin = "round";
+  context.beginPath();
+  context.moveTo(from.x, from.y);
+  context.lineTo(to.x, to.y);
+  context.stroke();
+  window.emaki.maskStrokes += 1;
+}
+
+function invertMask() {
+  const canvas = $("mask-canvas");
+  const context = canvas.getContext("2d");
+  const pixels = context.getImageData(0, 0, canvas.width, canvas.height);
+  for (let i = 0; i < pixels.data.length; i += 4) {
+    pixels.data[i] = pixels.data[i + 1] = pixels.data[i + 2] = 255;
+    pixels.data[i + 3] = 255 - pixels.data[i + 3];
+  }
+  context.putImageData(pixels, 0, 0);
+}
+
+// The mask as the server takes it: a PNG data URL, white = repaint, black = keep.
+function maskDataUrl() {
+  const canvas = $("mask-canvas");
+  const out = document.createElement("canvas");
+  out.width = canvas.width;
+  out.height = canvas.height;
+  const context = out.getContext("2d");
+  context.fillStyle = "#000";
+  context.fillRect(0, 0, out.width, out.height);
+  context.drawImage(canvas, 0, 0);
+  return out.toDataURL("image/png");
+}
+
+// The inpainting fields of a job (A1111's names and values).
+function readInpaint() {
+  return {
+    mask: maskDataUrl(),
+    mask_blur: intOrNull("mask-blur") ?? 4,
+    inpainting_mask_invert: Number($("mask-mode").value),
+    inpainting_fill: Number($("masked-content").value),
+    inpaint_full_res: $("inpaint-area").value === "masked",
+    inpaint_full_res_padding: intOrNull("inpaint-padding") ?? 32,
+  };
+}
+
+function setUpInpaint() {
+  const canvas = $("mask-canvas");
+  $("inpaint").addEventListener("change", () => { $("inpaint-tools").hidden = !$("inpaint").checked; });
+  $("mask-brush").addEventListener("input", () => { $("mask-brush-size").textContent = `${$("mask-brush").value} px`; });
+  $("mask-invert").addEventListener("click", invertMask);
+  $("mask-clear").addEventListener("click", () => resetMask(canvas.width, canvas.height));
+  canvas.addEventListener("pointerdown", (event) => {
+    canvas.setPointerCapture(event.pointerId);
+    painter.last = maskPoint(event);
+    paintStroke(painter.last, painter.last);
+  });
+  canvas.addEventListener("pointermove", (event) => {
+    if (!painter.last) return;
+    const point = maskPoint(event);
+    paintStroke(painter.last, point);
+    painter.last = point;
+  });
+  for (const name of ["pointerup", "pointercancel"]) {
+    canvas.addEventListener(name, () => { painter.last = null; });
+  }
+}
+
+// ---------------------------------------------------------------- extras: upscale a picture
+
+const extras = { picture: null, name: "" };
+
+// The upscalers the server has (/api/upscalers); model files also join the hires fix's menu.
+async function loadUpscalers() {
+  const usable = (await api("/api/upscalers")).filter((row) => !row.reason && row.name !== "None");
+  fillSelect($("extras-upscaler"), usable.map((row) => [row.name, row.kind === "model" ? `${row.name} (${row.architecture}, ${row.scale}x)` : row.name]));
+  const hires = $("hr-upscaler");
+  for (const row of usable) {
+    if (![...hires.options].some((option) => option.value === row.name)) hires.append(new Option(row.name, row.name));
+  }
+}
+
+async function runExtras() {
+  clearError();
+  $("extras-run").disabled = true;
+  $("extras-info").textContent = "Upscaling…";
+  try {
+    const scale = $("extras-scale").value.trim() === "" ? 2 : Number($("extras-scale").value);
+    const result = await api("/api/upscale", {
+      method: "POST", body: { image: extras.picture, upscaler: $("extras-upscaler").value, scale },
+    });
+    $("extras-result").src = result.image;
+    $("extras-result").hidden = false;
+    $("extras-download").href = result.image;
+    $("extras-download").download = `${extras.name.replace(/\.[^.]*$/, "") || "picture"}-upscaled.png`;
+    $("extras-download").hidden = false;
+    $("extras-info").textContent = `${result.width}×${result.height}: ${result.infotext}`;
+    window.emaki.upscales += 1;
+  } catch (error) {
+    showError(error.message);
+    $("extras-info").textContent = "Not upscaled.";
+  } finally {
+    $("extras-run").disabled = !extras.picture;
+  }
+}
+
+function setUpExtras() {
+  $("extras-file").addEventListener("change", async () => {
+    const file = $("extras-file").files[0];
+    if (!file) return;
+    clearError();
+    try {
+      extras.picture = await readAsDataUrl(file);
+      extras.name = file.name;
+      $("extras-info").textContent = file.name;
+      $("extras-run").disabled = false;
+    } catch (error) {
+      showError(`${file.name}: ${error.message}`);
+    }
+  });
+  $("extras-run").addEventListener("click", runExtras);
 }
 
 // A generated image as the next init image: its bytes (fetched with the credentials, if any)
@@ -1073,11 +1231,13 @@ async function start() {
   $("gallery-more").addEventListener("click", () => loadGallery({ more: true }));
   setUpDrop();
   setUpInit();
+  setUpInpaint();
+  setUpExtras();
   setUpTraining();
   setUpLoras();
 
   try {
-    await Promise.all([loadChoices(), loadTrainingOptions(), loadLoras()]);
+    await Promise.all([loadChoices(), loadTrainingOptions(), loadLoras(), loadUpscalers()]);
     setStatus("Ready");
   } catch (error) {
     showError(`Could not load the model lists: ${error.message}`);

@@ -1,0 +1,153 @@
+"""A1111's "Extras" (v1.10 `scripts/postprocessing_upscale.py`) on the server's engine, the
+upscaler listings in A1111's shapes, and the refusal of face restoration.
+
+    upscaler 1 by a factor (or to width×height: the factor that covers it, then a centred crop)
+    upscaler 2 the same way, blended in: Image.blend(first, second, visibility)
+    infotext: Postprocess upscale by|to, [Postprocess crop to], Postprocess upscaler, [Postprocess upscaler 2]
+
+The engine's lock keeps an upscale from running while a generation uses the model.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from emaki.engine.engine import Engine
+from emaki.errors import ParamsError
+from emaki.infotext import format_number, quote
+from emaki.networks import walk_files
+from emaki.params import MAX_INPUT_PIXELS, ImageTooLarge
+from emaki.server.a1111_schema import ExtrasRequest
+from emaki.upscalers import KNOWN_MODELS, find_upscaler
+from emaki.workspace import Workspace
+
+EXTRAS_KEY = "extras"  # the PNG text chunk A1111's postprocessing writes
+FACE_RESTORER_FILES = {"GFPGAN": "GFPGANv1.4.pth", "CodeFormer": "codeformer-v0.1.0.pth"}
+
+
+def face_restorers_folder(workspace: Workspace) -> Path:
+    return workspace.home / "face-restorers"
+
+
+def face_restorers(workspace: Workspace) -> list[dict[str, Any]]:
+    """`/sdapi/v1/face-restorers`: the restorers emaki can run — none yet."""
+    return []
+
+
+def face_restoration_refused(workspace: Workspace, field: str) -> ParamsError:
+    """Why `field` (restore_faces, gfpgan_visibility, ...) cannot be honoured: emaki has no face
+    restorer, so it names the files one would need and where they would go."""
+    folder = face_restorers_folder(workspace)
+    found = sorted(path.name for path in walk_files([folder], (".pth", ".safetensors"))) if folder.is_dir() else []
+    if found:
+        return ParamsError(f"{field}: emaki cannot run face restorers yet ({', '.join(found)} in {folder} "
+                           "is not used); send it false / 0")
+    wanted = " or ".join(f"{file} ({name})" for name, file in FACE_RESTORER_FILES.items())
+    return ParamsError(f"{field}: face restoration needs a model file, {wanted}, in {folder}; "
+                       "none is there (emaki downloads nothing)")
+
+
+def a1111_upscalers(engine: Engine) -> list[dict[str, Any]]:
+    """`/sdapi/v1/upscalers` (A1111's `shared.sd_upscalers`): None, Lanczos, Nearest, then the
+    model files sorted by name; the order the SD upscale script's `upscaler_index` counts in."""
+    rows = engine.upscalers()
+    builtins = [row for row in rows if row["path"] is None]
+    models = sorted((row for row in rows if row["path"] is not None), key=lambda row: row["name"].lower())
+    return [{"name": row["name"], "model_name": row["architecture"], "model_path": row["path"], "model_url": None,
+             "scale": row["scale"] or 4} for row in builtins + models]
+
+
+def upscaler_by_index(engine: Engine, choice: int | str) -> str:
+    """The upscaler's name the SD upscale script's `upscaler_index` means (a name passes as it is)."""
+    if isinstance(choice, str):
+        return choice
+    names = [row["name"] for row in a1111_upscalers(engine)]
+    if not 0 <= choice < len(names):
+        raise ParamsError(f"script_args: upscaler index {choice} is not in /sdapi/v1/upscalers "
+                          f"(0-{len(names) - 1}: {', '.join(names)})")
+    return names[choice]
+
+
+def realesrgan_models(workspace: Workspace) -> list[dict[str, Any]]:
+    """`/sdapi/v1/realesrgan-models`: A1111's Real-ESRGAN entries; `path` is the file when it is
+    in an upscaler folder (A1111 gives the download URL; emaki downloads nothing)."""
+    files = {path.name.lower(): path for path in walk_files(workspace.folders("upscalers"), (".pth", ".safetensors"))}
+    return [{"name": known.name, "path": str(files[known.file.lower()]) if known.file.lower() in files else None,
+             "scale": known.scale} for known in KNOWN_MODELS if known.a1111_folder == "RealESRGAN"]
+
+
+def _upscale_once(engine: Engine, image: Image.Image, upscaler: str, request: ExtrasRequest,
+                  info: dict[str, str]) -> Image.Image:
+    if request.resize_mode == 1:
+        width, height = request.upscaling_resize_w, request.upscaling_resize_h
+        scale = max(width / image.width, height / image.height)
+        info["Postprocess upscale to"] = f"{width}x{height}"
+    else:
+        scale = request.upscaling_resize
+        info["Postprocess upscale by"] = format_number(scale)
+    if int(image.width * scale) * int(image.height * scale) > MAX_INPUT_PIXELS:
+        raise ImageTooLarge(f"upscaling_resize: {image.width}x{image.height} times {format_number(scale)} is more "
+                            "than this server makes (4096x4096)")
+    result = engine.upscale(image, upscaler, scale)
+    if request.resize_mode == 1 and request.upscaling_crop:
+        cropped = Image.new("RGB", (width, height))
+        cropped.paste(result, (width // 2 - result.width // 2, height // 2 - result.height // 2))
+        result = cropped
+        info["Postprocess crop to"] = f"{width}x{height}"
+    return result
+
+
+def check_extras(engine: Engine, request: ExtrasRequest) -> None:
+    """Refuse what cannot run before any image is touched."""
+    for field in ("gfpgan_visibility", "codeformer_visibility"):
+        if getattr(request, field) > 0:
+            raise face_restoration_refused(engine.workspace, field)
+    for field in ("upscaler_1", "upscaler_2"):
+        name = getattr(request, field)
+        if name != "None":
+            found = find_upscaler(name, engine.workspace, field=field)
+            if found.kind == "latent":
+                raise ParamsError(f"{field}: {name!r} works on latents, in the hires fix only")
+
+
+def run_extras(engine: Engine, image: Image.Image, request: ExtrasRequest) -> tuple[Image.Image, str]:
+    """The picture after A1111's upscale step, and its infotext ("" when upscaler 1 is None)."""
+    info: dict[str, str] = {}
+    picture = image.convert("RGB")
+    if request.upscaler_1 == "None":  # A1111 skips the whole step then
+        return picture, ""
+    result = _upscale_once(engine, picture, request.upscaler_1, request, info)
+    info["Postprocess upscaler"] = request.upscaler_1
+    if request.upscaler_2 != "None" and request.extras_upscaler_2_visibility > 0:
+        second = _upscale_once(engine, picture, request.upscaler_2, request, info)
+        if second.size != result.size:
+            second = second.resize(result.size, Image.Resampling.LANCZOS)
+        result = Image.blend(result, second, request.extras_upscaler_2_visibility)
+        info["Postprocess upscaler 2"] = request.upscaler_2
+    return result, ", ".join(f"{key}: {quote(value)}" for key, value in info.items())
+
+
+def encode_extras_png(result: Image.Image, source: Image.Image, extras: str) -> str:
+    """`result` as base64 PNG, with the source's text chunks (its generation parameters) and
+    A1111's `extras` text."""
+    info = PngInfo()
+    for key, value in source.info.items():
+        if isinstance(key, str) and isinstance(value, str) and key != EXTRAS_KEY:
+            info.add_text(key, value)
+    if extras:
+        info.add_text(EXTRAS_KEY, extras)
+    buffer = io.BytesIO()
+    result.save(buffer, format="PNG", pnginfo=info)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def html_info(text: str) -> str:
+    """A1111's `plaintext_to_html`."""
+    return "<div><p>" + "<br>\n".join(html.escape(line) for line in text.split("\n")) + "</p></div>"
