@@ -440,8 +440,10 @@ def script_info() -> list[Any]:
 
 
 @router.get("/prompt-styles")
-def prompt_styles() -> list[Any]:
-    return []
+def prompt_styles(request: Request) -> list[dict[str, str]]:
+    """The workspace's styles files (its `styles.csv`, then the A1111 install's), as A1111 lists them."""
+    return [{"name": s.name, "prompt": s.prompt, "negative_prompt": s.negative_prompt}
+            for s in _service(request).styles().values()]
 
 
 @router.get("/extensions")

@@ -89,11 +89,18 @@ class Txt2ImgRequest(CheckedModel):
             "hr_scheduler": self.hr_scheduler not in (None, "", "Use same scheduler"),
             "firstphase_width/height": bool(self.firstphase_width or self.firstphase_height),
             "restore_faces": bool(self.restore_faces), "tiling": bool(self.tiling),
-            "script_name": bool(self.script_name), "alwayson_scripts": bool(self.alwayson_scripts),
-            "refiner_checkpoint": bool(self.refiner_checkpoint), "styles": bool(self.styles),
+            "script_name": bool(self.script_name),
+            "refiner_checkpoint": bool(self.refiner_checkpoint),
             "s_churn": bool(self.s_churn), "s_min_uncond": bool(self.s_min_uncond),
         }
-        return [name for name, on in asked.items() if on]
+        return [name for name, on in asked.items() if on] + [
+            f"alwayson_scripts: {name!r} (emaki has no such script)" for name in self.alwayson_asked()]
+
+    def alwayson_asked(self) -> list[str]:
+        """The `alwayson_scripts` entries that ask for something: clients send `{}` or
+        `{"args": []}` for scripts they leave off, and those ask for nothing."""
+        return [name for name, entry in self.alwayson_scripts.items()
+                if entry and not (isinstance(entry, dict) and set(entry) <= {"args"} and not entry.get("args"))]
 
     def generation_fields(self) -> dict[str, Any]:
         """`GenerationParams` fields: those of `infotext` first (A1111's `infotext` field), then

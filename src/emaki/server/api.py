@@ -24,6 +24,7 @@ from emaki.models.tokenizer import load_clip_tokenizer
 from emaki.networks.hypernetworks import ACTIVATIONS
 from emaki.params import MAX_PROMPT_LENGTH, CheckedModel, GenerationParams
 from emaki.prompts import count_tokens
+from emaki.prompts.styles import Style, delete_style, save_style
 from emaki.server import training
 from emaki.server.a1111 import decode_image
 from emaki.server.a1111_schema import ExtrasRequest, PngInfoRequest
@@ -96,6 +97,54 @@ def submit_training(request: Request, body: dict[str, Any] = Body(...)) -> dict[
     service = _service(request)
     job = training.submit_training(service, training.prepare_training(service, body))
     return job_view(service, job)
+
+
+class StyleRequest(CheckedModel):
+    """A style as the page's editor saves it (A1111's `styles.csv` row; `{prompt}` marks where
+    the prompt goes)."""
+
+    prompt: str = Field("", max_length=MAX_PROMPT_LENGTH)
+    negative_prompt: str = Field("", max_length=MAX_PROMPT_LENGTH)
+
+
+def style_view(style: Style) -> dict[str, str]:
+    return {"name": style.name, "prompt": style.prompt, "negative_prompt": style.negative_prompt}
+
+
+@router.get("/styles")
+def list_styles(request: Request) -> list[dict[str, str]]:
+    """The workspace's styles (its own `styles.csv` first, then the A1111 install's)."""
+    return [style_view(style) for style in _service(request).styles().values()]
+
+
+@router.get("/styles/{name}")
+def get_style(name: str, request: Request) -> dict[str, str]:
+    style = _service(request).styles().get(name)
+    if style is None:
+        raise HTTPException(404, f"no style named {name!r}")
+    return style_view(style)
+
+
+@router.put("/styles/{name}")
+def put_style(name: str, body: StyleRequest, request: Request) -> dict[str, str]:
+    """Add the style to the workspace's `styles.csv`, or replace the one of that name there."""
+    service = _service(request)
+    with service.styles_lock:
+        saved = save_style(service.engine.workspace.styles_file,
+                           Style(name, body.prompt, body.negative_prompt))
+    return style_view(saved)
+
+
+@router.delete("/styles/{name}", status_code=204)
+def remove_style(name: str, request: Request) -> Response:
+    """Remove the style from the workspace's `styles.csv` (an A1111 install's file is only read)."""
+    service = _service(request)
+    path = service.engine.workspace.styles_file
+    with service.styles_lock:
+        if name not in {s.name for s in service.styles().values() if s.path == path}:
+            raise HTTPException(404, f"{path}: no style named {name!r}")
+        delete_style(path, name)
+    return Response(status_code=204)
 
 
 @router.get("/train/options")

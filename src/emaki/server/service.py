@@ -6,7 +6,9 @@ so the policy, the name checks and the settings apply the same way to every requ
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import shutil
+import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +18,7 @@ from PIL import Image
 
 from emaki.engine.engine import Engine
 from emaki.engine.hires import check_upscaler, target_size
+from emaki.engine.image_prompts import ImagePrompt, styled
 from emaki.engine.img2img import default_size
 from emaki.engine.networks import kind_for_tag
 from emaki.engine.policy import ensure_params_allowed
@@ -26,6 +29,7 @@ from emaki.jobs.store import Job, JobStore
 from emaki.jobs.worker import Worker
 from emaki.params import GenerationParams, ImageTooLarge
 from emaki.prompts import extract_networks
+from emaki.prompts.styles import Style, read_styles, styles_files
 from emaki.sampling import parse_sampler_name
 from emaki.server.catalog import Catalog, CheckpointEntry, NameNotAllowed
 from emaki.server.options import OPTION_FIELDS, Options, check_option
@@ -130,6 +134,7 @@ class Service:
     options: Options
     inputs: Path  # img2img images received, kept for their jobs (which may run after a restart)
     engine: Engine  # for what is not queued: creating an embedding or a hypernetwork
+    styles_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)  # one styles-file rewrite at a time
 
     def current_checkpoint(self) -> CheckpointEntry:
         """The `sd_model_checkpoint` setting, else the demo model, else the first one found."""
@@ -205,7 +210,9 @@ class Service:
         check_size_limits(params, init)
         parse_sampler_name(params.sampler_name, params.scheduler)  # an unknown name fails now, not in the queue
         ensure_params_allowed(params)  # every prompt field, whether or not its feature is on
-        for tag in extract_networks(params.prompt)[1]:  # a missing file fails now, not in the queue
+        template = self.styled_prompts(params)  # an unknown style fails now, naming it
+        ensure_params_allowed(params, [template])  # the prompts as the engine will make them
+        for tag in extract_networks(template.prompt)[1]:  # a missing file fails now, not in the queue
             kind = kind_for_tag(tag.kind)
             if kind.name == "hypernetwork":
                 self.catalog.find_hypernetwork(tag.name, "prompt")
@@ -225,6 +232,16 @@ class Service:
                     raise
             params = params.updated(**{field: str(path) for field, path in saved.items()})
         return params
+
+    def styles(self) -> dict[str, Style]:
+        """The workspace's styles (its own file's, then the A1111 install's), read now: the
+        page's editor and other tools change the files."""
+        return read_styles(styles_files(self.engine.workspace))
+
+    def styled_prompts(self, params: GenerationParams) -> ImagePrompt:
+        """`params`' prompts with their styles applied, as the engine applies them before
+        expanding wildcards (`emaki.engine.image_prompts`); `ParamsError` names an unknown style."""
+        return styled(params, self.styles() if params.styles else {})
 
     def submit(self, params: GenerationParams, *, keep: bool = True) -> Job:
         """Queue checked params; a full disk is `StorageFull` (HTTP 507)."""
