@@ -3,21 +3,10 @@
 from __future__ import annotations
 
 import typer
+from cli_runner import run_cli as run
 from PIL import Image
 
 from emaki.cli import app, generate, grid
-
-
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    from emaki.cli import main
-
-    try:
-        main(list(args))
-    except SystemExit as stop:
-        captured = capsys.readouterr()
-        return int(stop.code or 0), captured.out, captured.err
-    captured = capsys.readouterr()
-    return 0, captured.out, captured.err
 
 
 def test_a_grid_end_to_end(tmp_path, capsys):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from cli_runner import run_cli as run
 from PIL import Image
 
 from emaki.demo import describe
@@ -20,18 +21,6 @@ def face_and_mask(tmp_path):
     Image.fromarray((hair * 255).astype(np.uint8)).save(tmp_path / "hair.png")
     Image.fromarray((~hair * 255).astype(np.uint8)).save(tmp_path / "rest.png")
     return tmp_path / "red.png", tmp_path / "hair.png", tmp_path / "rest.png", hair
-
-
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    from emaki.cli import main
-
-    try:
-        main(list(args))
-    except SystemExit as stop:
-        captured = capsys.readouterr()
-        return int(stop.code or 0), captured.out, captured.err
-    captured = capsys.readouterr()
-    return 0, captured.out, captured.err
 
 
 def test_inpaint_repaints_the_masked_hair_and_keeps_the_rest(tmp_path, face_and_mask, capsys):

@@ -8,21 +8,10 @@ import os
 from pathlib import Path
 
 import numpy as np
+from cli_runner import run_cli as run
 from PIL import Image
 
 from emaki.infotext import parse_infotext, read_infotext
-
-
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    from emaki.cli import main
-
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as stop:
-        code = int(stop.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def home() -> Path:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_runner import run_cli as _cli
 from engine_runner import ONE_THREAD
 from PIL import Image
 from tiny_lora import write_tiny_lora
@@ -124,17 +125,6 @@ def test_a_generation_writes_lora_hashes_then_ti_hashes(engine):
 
 
 # --- the CLI: `emaki info --json`, `--from` ---
-
-def _cli(capsys, *args: str) -> tuple[int, str, str]:
-    from emaki.cli import main
-
-    try:
-        main(list(args))
-    except SystemExit as stop:
-        out = capsys.readouterr()
-        return int(stop.code or 0), out.out, out.err
-    out = capsys.readouterr()
-    return 0, out.out, out.err
 
 
 def test_info_shows_lora_hashes_and_from_reapplies_the_tag_or_names_a_missing_lora(tmp_path, capsys):

@@ -3,22 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from cli_runner import run_cli as run
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from emaki.cli import main
-
 PARAMETERS = "1girl, smile\nNegative prompt: lowres\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 5, Size: 40x24"
-
-
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_upscale_a_file_keeps_its_parameters_and_adds_the_extras_text(capsys, home_upscalers, tmp_path):
