@@ -6,6 +6,7 @@ import datetime as dt
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image
@@ -35,15 +36,23 @@ def next_number(folder: Path) -> int:
 
 def save_png(image: Image.Image, infotext: str, folder: Path, seed: int) -> Path:
     """Save as `<folder>/<nnnnn>-<seed>.png`; the name is claimed with a hard link (no clobber)."""
+    return save_numbered_png(image, infotext, folder, lambda: next_number(folder),
+                             lambda number: f"{number:05d}-{seed}.png")
+
+
+def save_numbered_png(image: Image.Image, infotext: str, folder: Path, first_number: Callable[[], int],
+                      name: Callable[[int], str]) -> Path:
+    """Save as `<folder>/<name(n)>` for the first free n from `first_number()` (counted once
+    the image is written): the whole file is claimed with a hard link, never over another."""
     folder.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(folder, older_than_s=STALE_PARTIAL_S)  # left by a run killed mid-save
     fd, tmp = tempfile.mkstemp(prefix=".emaki-", suffix=".png.tmp", dir=folder)
     os.close(fd)
     try:
         image.save(tmp, format="PNG", pnginfo=png_info(infotext))
-        number = next_number(folder)
+        number = first_number()
         while True:
-            target = folder / f"{number:05d}-{seed}.png"
+            target = folder / name(number)
             try:
                 os.link(tmp, target)
                 return target

@@ -9,9 +9,7 @@ An interrupt (`Cancel.interrupt`) keeps the cells finished so far and writes the
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,10 +17,9 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from emaki.engine.output import dated_folder, png_info
+from emaki.engine.output import dated_folder, save_numbered_png
 from emaki.engine.run import Cancel, GeneratedImage, GenerationProgress
 from emaki.errors import EmakiError, Interrupted
-from emaki.files import STALE_PARTIAL_S, remove_stale_partials
 from emaki.infotext import quote
 from emaki.params import GenerationParams
 from emaki.xyz.grid import cell_picture, draw_xyz_grid
@@ -129,28 +126,16 @@ def _base_image(cells: list[GridCell], first: int, count: int) -> GeneratedImage
 def save_grid(image: Image.Image, infotext: str, folder: Path, seed: int) -> Path:
     """Save as `<folder>/xyz_grid-<nnnn>-<seed>.png` (A1111's grid names, numbered on from the
     grids already there); the name is claimed with a hard link, never over another file."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        remove_stale_partials(folder, older_than_s=STALE_PARTIAL_S)  # left by a run killed mid-save
-        fd, tmp = tempfile.mkstemp(prefix=".emaki-", suffix=".png.tmp", dir=folder)
-        os.close(fd)
-    except OSError as e:
-        raise EmakiError(f"could not write the grid to {folder}: {e}") from None
-    try:
-        image.save(tmp, format="PNG", pnginfo=png_info(infotext))
+
+    def first_number() -> int:
         numbers = [int(m[1]) for p in folder.glob(f"{GRID_BASENAME}-*.png") if (m := _GRID_FILE.match(p.name))]
-        number = max(numbers, default=-1) + 1
-        while True:
-            target = folder / f"{GRID_BASENAME}-{number:04d}-{seed}.png"
-            try:
-                os.link(tmp, target)
-                return target
-            except FileExistsError:
-                number += 1
+        return max(numbers, default=-1) + 1
+
+    try:
+        return save_numbered_png(image, infotext, folder, first_number,
+                                 lambda number: f"{GRID_BASENAME}-{number:04d}-{seed}.png")
     except OSError as e:
         raise EmakiError(f"could not write the grid to {folder}: {e}") from None
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def _grid_image(image: Image.Image, base: GeneratedImage, fields: dict[str, str], folder: Path | None) -> GridImage:
