@@ -176,6 +176,18 @@ def test_the_job_api_fails_the_job_with_the_reason(demo):
     assert job["status"] == "failed" and "encodes refused words" in job["error"] and job["images"] == []
 
 
+def test_an_a1111_request_meeting_the_refusal_in_the_queue_gets_400_not_500(demo):
+    folder = default_home(os.environ) / "embeddings"
+    folder.mkdir(parents=True)
+    save_file({"emb_params": token_vectors(demo, SMUGGLED)}, folder / "red_hair.safetensors")
+    from emaki.server import ServerSettings, create_app
+
+    with TestClient(create_app(ServerSettings())) as client:
+        answer = client.post("/sdapi/v1/txt2img", json={"prompt": "1girl, red_hair", "steps": 2, "width": 64,
+                                                        "height": 64})
+    assert answer.status_code == 400 and "encodes refused words" in answer.json()["detail"]
+
+
 # --- training ---
 
 @pytest.fixture(scope="module")

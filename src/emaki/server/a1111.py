@@ -31,7 +31,6 @@ from emaki.engine.output import png_info
 from emaki.engine.run import GeneratedImage, GenerationResult
 from emaki.errors import EmakiError, ParamsError
 from emaki.infotext import infotext_of, parse_infotext
-from emaki.jobs.faults import StorageError
 from emaki.jobs.store import Job
 from emaki.jobs.worker import result_summary
 from emaki.params import ImageTooLarge, check_input_size, params_error
@@ -485,16 +484,6 @@ async def _answer(task: str, work: Callable[[], Awaitable[dict[str, Any] | JSONR
         return _refusal(task, error_status(e), type(e).__name__, _renamed(str(e), renamed or {}))
 
 
-def _error_class(name: str | None) -> type[EmakiError] | None:
-    found: list[type[EmakiError]] = [EmakiError]
-    while found:
-        cls = found.pop()
-        if cls.__name__ == name:
-            return cls
-        found += cls.__subclasses__()
-    return None
-
-
 @router.post("/create/embedding", openapi_extra=_body_schema(CreateEmbeddingRequest))
 async def create_embedding(request: Request, body: dict[str, Any] = Body(...)) -> Any:  # noqa: B008
     """A new embedding for the current checkpoint: `{"info": "create embedding filename: <path>"}`."""
@@ -543,11 +532,7 @@ async def _train(request: Request, body: dict[str, Any], model: type[TrainReques
         job = await request.app.state.waiters.wait((await run_in_threadpool(queue)).id)
         result = job.result or {}
         if job.status == "failed":
-            error_class = _error_class(result.get("error_type"))
-            status = (500 if error_class is None  # a bug, not the request
-                      else error_status(error_class()) if issubclass(error_class, StorageError)  # 507, 503
-                      else 422 if issubclass(error_class, ParamsError) else 400)
-            return _refusal(task, status, result.get("error_type") or "Error", job.error or "training failed")
+            return _refusal(task, failed_job_status(job), result.get("error_type") or "Error", job.error or "training failed")
         if job.status == "cancelled":
             return {"info": f"{task} complete: filename:  error: cancelled before it started"}
         return {"info": f"{task} complete: filename: {result.get('path', '')} error: None"}

@@ -44,13 +44,17 @@ class ModelBusy(EmakiError):
 
 def error_status(error: EmakiError) -> int:
     """The HTTP status of an error a request caused (or met: the server cannot write, 507/503)."""
-    if isinstance(error, StorageError):
-        return 507 if isinstance(error, StorageFull) else 503
-    if isinstance(error, ImageTooLarge):
+    return error_class_status(type(error))
+
+
+def error_class_status(kind: type[EmakiError]) -> int:
+    if issubclass(kind, StorageError):
+        return 507 if issubclass(kind, StorageFull) else 503
+    if issubclass(kind, ImageTooLarge):
         return 413
-    if isinstance(error, ParamsError):
+    if issubclass(kind, ParamsError):
         return 422
-    if isinstance(error, ModelBusy):
+    if issubclass(kind, ModelBusy):
         return 409
     return 400  # policy refusals, names outside the folders, unreadable inputs
 
@@ -76,11 +80,22 @@ def _within(field: str, width: int, height: int) -> None:
 
 
 def failed_job_status(job: Job) -> int:
-    """The HTTP status of a job that failed in the queue, for a client that waited on it: 507
-    when the disk is full, 503 when the store could not record it, else 500 (the request was
-    checked when it was queued: what failed is the server's)."""
-    error_type = (job.result or {}).get("error_type")
-    return {StorageFull.__name__: 507, StorageError.__name__: 503}.get(str(error_type), 500)
+    """The HTTP status of a job that failed in the queue, for a client that waited on it: as the
+    error would have answered at submission (a policy refusal met only when the job ran, e.g. an
+    embedding that encodes refused words: 400; a full disk: 507, ...), 500 for anything else."""
+    found = error_class_named((job.result or {}).get("error_type"))
+    return 500 if found is None else error_class_status(found)
+
+
+def error_class_named(name: object) -> type[EmakiError] | None:
+    """The `EmakiError` subclass a job recorded as its `error_type`, if it is one."""
+    classes: list[type[EmakiError]] = [EmakiError]
+    while classes:
+        cls = classes.pop()
+        if cls.__name__ == name:
+            return cls
+        classes += cls.__subclasses__()
+    return None
 
 
 def save_input(image: Image.Image, folder: Path) -> Path:
