@@ -5,6 +5,11 @@ seconds per denoising step (CFG batch of 2), VAE decode seconds, peak RSS and th
 emaki / diffusers at the same precision, for each size.
 
     python benchmarks/generate.py --sizes 256 512 --steps 4 --precisions fp32 bf16
+
+`--features` times emaki's speed features (docs/performance.md) against its exact path instead,
+each in its own subprocess, at the same size, steps and precision:
+
+    python benchmarks/generate.py --sizes 256 --steps 4 --precisions bf16 --features exact ngms gate cache2 fast
 """
 
 from __future__ import annotations
@@ -19,6 +24,16 @@ from pathlib import Path
 
 PROMPT = "masterpiece, best quality, 1girl, silver hair, smile"
 NEGATIVE = "lowres, bad anatomy"
+# GenerationParams fields of each --features name; `fast` is `--speed fast` (emaki.params.speed_preset).
+FEATURES: dict[str, dict] = {
+    "exact": {},
+    "ngms": {"s_min_uncond": 4.0},
+    "ngms-all": {"s_min_uncond": 4.0, "s_min_uncond_all": True},
+    "cache2": {"cache_interval": 2},
+    "cache3": {"cache_interval": 3},
+    "gate": {"gate_step": "50%"},  # a share of the steps, as the preset sets it
+    "fast": {},
+}
 
 
 def build_checkpoint(path: Path) -> None:
@@ -32,7 +47,16 @@ def build_checkpoint(path: Path) -> None:
     save_single_file(build_random_components(sd15_config(), seed=0), path, dtype=torch.float16)
 
 
-def run_emaki(checkpoint: Path, size: int, steps: int, precision: str) -> dict:
+def feature_fields(name: str, steps: int) -> dict:
+    from emaki.params import speed_preset
+
+    if name == "fast":
+        return speed_preset("fast", steps)
+    return {k: max(1, round(steps * float(v[:-1]) / 100)) if isinstance(v, str) else v
+            for k, v in FEATURES[name].items()}
+
+
+def run_emaki(checkpoint: Path, size: int, steps: int, precision: str, feature: str = "exact") -> dict:
     import tempfile
 
     from emaki.devices import DevicePolicy
@@ -43,7 +67,7 @@ def run_emaki(checkpoint: Path, size: int, steps: int, precision: str) -> dict:
     stamps: list[float] = []
     params = GenerationParams.create(prompt=PROMPT, negative_prompt=NEGATIVE, model=str(checkpoint),
                                      sampler_name="Euler a", steps=steps, cfg_scale=7, seed=1,
-                                     width=size, height=size)
+                                     width=size, height=size, **feature_fields(feature, steps))
     start = time.perf_counter()
     engine = Engine(Workspace(Path(tempfile.mkdtemp())), DevicePolicy.choose(precision, threads=2))
     engine.generate(params, save=False, progress=lambda e: stamps.append(time.perf_counter()))
@@ -65,7 +89,7 @@ def run_diffusers(checkpoint: Path, size: int, steps: int, precision: str) -> di
                                    feature_extractor=None, requires_safety_checker=False).to(dtype=dtype)
     stamps: list[float] = []
 
-    def on_step(pipe, i, t, kwargs):  # noqa: ANN001
+    def on_step(pipe, i, t, kwargs):
         stamps.append(time.perf_counter())
         return kwargs
 
@@ -81,8 +105,10 @@ def worker(args: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(2)
-    run = run_emaki if args.worker == "emaki" else run_diffusers
-    result = run(Path(args.checkpoint), args.size, args.steps, args.precision)
+    if args.worker == "emaki":
+        result = run_emaki(Path(args.checkpoint), args.size, args.steps, args.precision, args.feature)
+    else:
+        result = run_diffusers(Path(args.checkpoint), args.size, args.steps, args.precision)
     stamps = result["stamps"]
     # Steps after the first: model load and prompt encoding are not sampling.
     per_step = (stamps[-1] - stamps[0]) / (len(stamps) - 1)
@@ -100,6 +126,9 @@ def main() -> None:
     parser.add_argument("--worker", choices=["emaki", "diffusers"])
     parser.add_argument("--size", type=int)
     parser.add_argument("--precision")
+    parser.add_argument("--features", nargs="+", choices=list(FEATURES),
+                        help="time these speed features against emaki's exact path (no diffusers run)")
+    parser.add_argument("--feature", default="exact", choices=list(FEATURES))
     args = parser.parse_args()
     if args.worker:
         worker(args)
@@ -108,6 +137,9 @@ def main() -> None:
     if not checkpoint.exists():
         print(f"building a random SD 1.5 checkpoint at {checkpoint} ...", flush=True)
         build_checkpoint(checkpoint)
+    if args.features:
+        compare_features(args, checkpoint)
+        return
     print(f"{'size':>5} {'prec':>5} {'tool':>9} {'s/step':>8} {'decode s':>9} {'peak GB':>8}")
     for size in args.sizes:
         for precision in args.precisions:
@@ -122,6 +154,23 @@ def main() -> None:
                       f"{r['peak_rss_gb']:8.2f}", flush=True)
             ratio = rows["emaki"]["per_step"] / rows["diffusers"]["per_step"]
             print(f"{size:>5} {precision:>5} {'ratio':>9} {ratio:8.3f}  (emaki / diffusers, s per step)", flush=True)
+
+
+def compare_features(args: argparse.Namespace, checkpoint: Path) -> None:
+    """Seconds of sampling (steps 2..N: the first step is never approximated, and carries the
+    warm-up) and end to end, and the speed-up of each feature over `exact` in the same run."""
+    print(f"{'size':>5} {'prec':>5} {'feature':>9} {'s/step':>8} {'total s':>8} {'x step':>7} {'x total':>8}")
+    for size in args.sizes:
+        for precision in args.precisions:
+            base: dict | None = None
+            for feature in ["exact", *(f for f in args.features if f != "exact")]:
+                out = subprocess.run([sys.executable, __file__, "--worker", "emaki", "--checkpoint", str(checkpoint),
+                                      "--size", str(size), "--steps", str(args.steps), "--precision", precision,
+                                      "--feature", feature], capture_output=True, text=True, check=True)
+                r = json.loads(out.stdout.strip().splitlines()[-1])
+                base = base or r
+                print(f"{size:>5} {precision:>5} {feature:>9} {r['per_step']:8.2f} {r['total']:8.2f} "
+                      f"{base['per_step'] / r['per_step']:7.2f} {base['total'] / r['total']:8.2f}", flush=True)
 
 
 if __name__ == "__main__":

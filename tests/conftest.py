@@ -24,6 +24,11 @@ def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     # Empty means "no A1111 install"; set (not deleted) so that a CLI run that exports it
     # in-process (`--a1111`) is undone after each test.
     monkeypatch.setenv("EMAKI_A1111", "")
+    # `--precision auto` (the default) would pick bf16 on a CPU with AMX/AVX-512 BF16: tests that
+    # leave the precision open (engines, the server, `emaki` run as a subprocess) keep the fp32
+    # results their goldens hold.
+    monkeypatch.setattr("emaki.devices.cpu_flags", lambda *args: frozenset())
+    monkeypatch.setenv("EMAKI_PRECISION", "fp32")
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -11,6 +13,38 @@ import torch
 from emaki.errors import ParamsError
 
 Precision = Literal["fp32", "bf16", "fp16"]
+PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")  # what --precision takes; auto: `auto_precision`
+# CPU features that run bf16 natively (oneDNN's AVX-512 BF16 and AMX kernels). Without them
+# torch emulates bf16 with fp32 arithmetic plus conversions, slower than plain fp32.
+BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """The CPU's feature flags as Linux lists them (`flags : fpu vme ...`); empty where there is no
+    such file (macOS, Windows) or it cannot be read."""
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return frozenset(value.split())
+    return frozenset()
+
+
+def auto_precision(device: torch.device, flags: Iterable[str]) -> Precision:
+    """`--precision auto`: fp16 on CUDA; bf16 on a CPU with native bf16 (AVX-512 BF16 or AMX,
+    `BF16_CPU_FLAGS`); fp32 otherwise.
+
+    >>> auto_precision(torch.device("cpu"), {"avx512f", "amx_bf16"}), auto_precision(torch.device("cpu"), {"avx2"})
+    ('bf16', 'fp32')
+    """
+    if device.type == "cuda":
+        return "fp16"
+    if device.type == "cpu" and BF16_CPU_FLAGS & set(flags):
+        return "bf16"
+    return "fp32"
 
 
 def idle_cores() -> int:
@@ -34,13 +68,14 @@ class DevicePolicy:
     @classmethod
     def choose(cls, precision: str | None = None, device: str | None = None,
                threads: int | None = None) -> DevicePolicy:
-        """The policy for this machine: CUDA when present; fp16 on a GPU, fp32 on a CPU; as many
-        threads as there are idle cores (`threads` overrides, `--threads` on the surfaces)."""
+        """The policy for this machine: CUDA when present; the precision `auto_precision` picks
+        unless `precision` says (None is auto); as many threads as there are idle cores
+        (`threads` overrides, `--threads` on the surfaces)."""
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if precision is None:
-            precision = "fp16" if dev.type == "cuda" else "fp32"
-        if precision not in ("fp32", "bf16", "fp16"):
-            raise ParamsError(f"precision: expected fp32, bf16 or fp16, got {precision!r}")
+        if precision is None or precision == "auto":
+            precision = auto_precision(dev, cpu_flags())
+        if precision not in PRECISION_CHOICES[1:]:
+            raise ParamsError(f"precision: expected auto, fp32, bf16 or fp16, got {precision!r}")
         if precision == "fp16" and dev.type == "cpu":
             raise ParamsError("precision: fp16 runs on a GPU only; use bf16 or fp32 on a CPU")
         if threads is not None and threads < 1:

@@ -121,7 +121,8 @@ def test_a1111_numbers_its_axes_per_tab():
         "Checkpoint name", "VAE", "RNG source", "Size"]
     assert [img2img[i].label for i in (5, 6, 9, 10, 27, 28)] == [
         "CFG Scale", "Image CFG Scale", "Sampler", "Checkpoint name", "Cond. Image Mask Weight", "VAE"]
-    assert AXES[-2].label == "LoRA weight" and AXES[-2] not in txt2img
+    ours = [axis.label for axis in AXES if axis not in txt2img and axis not in img2img]
+    assert ours == ["LoRA weight", "Hypernet str.", "Cache interval", "Gate step"]
 
 
 def test_prompt_search_and_replace_needs_its_first_value_in_a_prompt():

@@ -138,7 +138,7 @@ def train_command(
     noise_offset: Annotated[float | None, typer.Option("--noise-offset", help="LoRA: noise offset (e.g. 0.05).")] = None,
     caption_dropout: Annotated[float | None, typer.Option("--caption-dropout", help="LoRA: drop the whole caption with this probability.")] = None,
     keep_tokens: Annotated[int | None, typer.Option("--keep-tokens", help="LoRA: the first N tags stay first and are never dropped.")] = None,
-    precision: Annotated[str | None, typer.Option(help="fp32 (default on CPU), bf16, fp16 (GPU).")] = None,
+    precision: Annotated[str | None, typer.Option(help="fp32 (default: training is measured and tested in fp32), auto, bf16, fp16.")] = None,
     threads: Annotated[int | None, typer.Option("--threads", help="CPU threads (default: the idle cores).")] = None,
     a1111: Annotated[Path | None, typer.Option("--a1111", help="An A1111 install whose models and embeddings are used too.")] = None,
 ) -> None:
@@ -169,7 +169,7 @@ def train_command(
         "caption_dropout_rate": caption_dropout, "keep_tokens": keep_tokens,
     }
     params = TrainingParams.create(kind=kind, name=name, data=str(data), steps=steps, **training_fields(kind, given))
-    policy = DevicePolicy.choose(precision, threads=threads)
+    policy = DevicePolicy.choose(precision or "fp32", threads=threads)
     from emaki.engine import Engine  # diffusers: imported only by the commands that run a model
 
     engine = Engine(cli_workspace(a1111), policy)

@@ -78,7 +78,7 @@ def upscale_command(
     overlap: Annotated[int, typer.Option("--overlap", help="Tile overlap in pixels, blended (A1111's default 8).")] = DEFAULT_OVERLAP,
     out: Annotated[Path | None, typer.Option("--out", help="Folder for the results (default: EMAKI_HOME/outputs/extras/<date>).")] = None,
     a1111: Annotated[Path | None, typer.Option("--a1111", help="An A1111 install whose models/ESRGAN, RealESRGAN, SwinIR and DAT folders are searched too.")] = None,
-    precision: Annotated[str | None, typer.Option(help="fp32 (default on CPU), bf16, fp16 (GPU).")] = None,
+    precision: Annotated[str | None, typer.Option(help="auto (default: bf16 on a CPU with AVX-512 BF16 or AMX, fp16 on a GPU, else fp32), fp32, bf16, fp16.", envvar="EMAKI_PRECISION")] = None,
     threads: Annotated[int | None, typer.Option("--threads", help="CPU threads (default: the idle cores).")] = None,
 ) -> None:
     """Upscale an image, or every image in a folder, with an ESRGAN-family model or a resampler."""

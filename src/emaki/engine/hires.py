@@ -14,7 +14,6 @@ from PIL import Image
 
 from emaki.engine.image_prompts import ImagePrompt
 from emaki.engine.img2img import encode_image
-from emaki.engine.networks import NetworksExtension
 from emaki.engine.run import Batch, Extension, Run, StepCallback
 from emaki.engine.stages import decode, denoise, encode_lists
 from emaki.errors import ParamsError
@@ -78,15 +77,6 @@ def upscale_images(images: list[Image.Image], size: tuple[int, int], upscaler: s
     return [image.resize(size, IMAGE_UPSCALERS[upscaler]) for image in images]
 
 
-def run_workspace(run: Run) -> Workspace | None:
-    """The workspace whose upscaler folders a model name is looked up in: the one the engine's
-    network libraries read (the run carries no other)."""
-    for extension in run.extensions:
-        if isinstance(extension, NetworksExtension):
-            return extension.libraries.workspace
-    return None
-
-
 class HiresFix(Extension):
     """The second pass, planned once per run: its sampler, sigmas and prompts; then, after each
     batch's first pass, upscale and redraw. A model upscaler is loaded once, when the run is planned."""
@@ -99,7 +89,7 @@ class HiresFix(Extension):
         params = run.params
         if params.init_image:
             raise ParamsError("enable_hr: the hires fix is a txt2img pass; it cannot be combined with init_image")
-        upscaler = check_upscaler(params.hr_upscaler, self.workspace or run_workspace(run))
+        upscaler = check_upscaler(params.hr_upscaler, self.workspace)
         if upscaler.kind == "model":
             assert upscaler.path is not None
             self.model = load_upscaler_model(upscaler.path).to(run.policy.device, run.policy.dtype)

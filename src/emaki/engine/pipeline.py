@@ -34,6 +34,7 @@ from emaki.engine.run import (
     Run,
     StepCallback,
 )
+from emaki.engine.speed import speed_extensions
 from emaki.engine.stages import (
     batch_seeds,
     condition,
@@ -107,9 +108,10 @@ def plan(params: GenerationParams, handle: ModelHandle, policy: DevicePolicy, ne
     denoiser = DiscreteEpsDenoiser(_eps_model(model, policy), parts.alphas_cumprod, lcm=sampler.lcm)
     sigmas = sigmas_for(sampler, schedule, params.steps, denoiser.model_sigmas)
     # img2img, inpainting (a mask, or the init image's transparency), a 9-channel model's conditioning
-    extensions: list[Extension] = [NetworksExtension(networks, tags), *image_extensions(params, init, model)]
+    extensions: list[Extension] = [NetworksExtension(networks, tags), *speed_extensions(params),
+                                   *image_extensions(params, init, model)]
     if params.enable_hr:
-        extensions.append(HiresFix())
+        extensions.append(HiresFix(networks.workspace))
     options = {k: v for k, v in (("eta", params.eta), ("s_noise", params.s_noise)) if v is not None}
     run = Run(params, handle, policy, sampler, schedule, prompt_text, tags, denoiser, sigmas, sigmas[0],
               (parts.config.latent_channels, params.height // factor, params.width // factor), options, extensions)

@@ -12,6 +12,8 @@ masked image's latents (A1111's `c_concat`) — concatenated to its scaled input
 
 `CFGDenoiser` batches the conditional and unconditional passes and combines them as
 composable diffusion (specs/FORMATS.md §4.4): x0 = u + Σ_i w_i · cfg · (c_i − u).
+A step whose `skip_uncond` rule holds (A1111's NGMS, T-GATE) runs the conditional pass only and,
+as A1111 does, takes each image's first part for u with a scale of 1: x0 = c_1 + Σ_i w_i · (c_i − c_1).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from emaki.sampling.schedules import model_sigmas, sigma_to_t
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 ImageConditioning = Callable[[torch.Tensor], torch.Tensor]  # latents (n, c, h, w) → extra channels (n, k, h, w)
+SkipUncond = Callable[[int, torch.Tensor], bool]  # (denoiser call, sigma) → leave the negative prompt out
 
 
 class DiscreteEpsDenoiser:
@@ -79,7 +82,8 @@ def stack_conds(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
 class CFGDenoiser:
     """Classifier-free guidance with AND parts and scheduled prompts, as A1111's `CFGDenoiser`.
 
-    `step` counts denoiser calls (0-based); scheduled conditionings switch on it.
+    `step` counts denoiser calls (0-based); scheduled conditionings switch on it. Extensions add
+    `skip_uncond` rules; `owners` is the image of each conditional row (after the first call).
     """
 
     def __init__(self, denoiser: DiscreteEpsDenoiser, conds: Sequence[ComposableParts],
@@ -90,6 +94,9 @@ class CFGDenoiser:
         self.unconds = unconds
         self.cfg_scale = cfg_scale
         self.step = 0
+        self.skip_uncond: list[SkipUncond] = []
+        self.skipped_uncond = 0  # calls that left the negative prompt out
+        self.owners: list[int] = []
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         batch = x.shape[0]
@@ -101,9 +108,13 @@ class CFGDenoiser:
                 cond_tensors.append(part.at(self.step))
                 owners.append(i)
                 weights.append(weight)
-        uncond = stack_conds([u.at(self.step) for u in self.unconds])
+        self.owners = owners
         cond = stack_conds(cond_tensors)
         x_cond, sigma_cond = x[owners], sigma[owners]
+        skips = [rule(self.step, sigma) for rule in self.skip_uncond]  # each rule hears of every call
+        if any(skips):
+            return self._conditional_only(x_cond, sigma_cond, cond, owners, weights, batch)
+        uncond = stack_conds([u.at(self.step) for u in self.unconds])
         if cond.shape[1] == uncond.shape[1]:
             out = self.denoiser(torch.cat([x_cond, x]), torch.cat([sigma_cond, sigma]),
                                 torch.cat([cond, uncond]).to(x.device))
@@ -116,4 +127,17 @@ class CFGDenoiser:
             denoised[owner] += (cond_out[row] - uncond_out[owner]) * (weight * self.cfg_scale)
         self.step += 1
         assert denoised.shape[0] == batch
+        return denoised
+
+    def _conditional_only(self, x_cond: torch.Tensor, sigma_cond: torch.Tensor, cond: torch.Tensor,
+                          owners: list[int], weights: list[float], batch: int) -> torch.Tensor:
+        """The conditional pass alone: each image's first part stands in for its unconditional
+        prediction, at scale 1 (A1111's `skip_uncond`)."""
+        cond_out = self.denoiser(x_cond, sigma_cond, cond.to(x_cond.device))
+        firsts = [owners.index(i) for i in range(batch)]
+        denoised = cond_out[firsts].clone()
+        for row, (owner, weight) in enumerate(zip(owners, weights, strict=True)):
+            denoised[owner] += (cond_out[row] - cond_out[firsts[owner]]) * weight
+        self.skipped_uncond += 1
+        self.step += 1
         return denoised

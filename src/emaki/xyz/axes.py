@@ -375,6 +375,8 @@ OURS: tuple[Axis, ...] = (
     Axis("LoRA weight", "float", lora_weight, resolve=check_loras, aliases=("Lora weight",)),
     Axis("Hypernet str.", "float", set_field("hypernetwork_strength"), resolve=check_hypernetwork,
          aliases=("Hypernetwork strength",)),
+    Axis("Cache interval", "int", set_field("cache_interval")),
+    Axis("Gate step", "int", set_field("gate_step")),
 )
 AXES: tuple[Axis, ...] = A1111_AXES + OURS
 NOTHING = AXES[0]
