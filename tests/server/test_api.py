@@ -163,7 +163,7 @@ def test_listing_endpoints(client: TestClient) -> None:
     assert {"Euler a", "DPM++ 2M", "DDIM"} <= set(names)
     labels = [s["label"] for s in client.get("/sdapi/v1/schedulers").json()]
     assert labels[0] == "Automatic" and "Karras" in labels
-    assert client.get("/sdapi/v1/scripts").json() == {"txt2img": [], "img2img": ["sd upscale"]}
+    assert client.get("/sdapi/v1/scripts").json() == {"txt2img": ["x/y/z plot"], "img2img": ["sd upscale", "x/y/z plot"]}
     assert client.get("/sdapi/v1/hypernetworks").json() == []
     assert client.get("/sdapi/v1/embeddings").json() == {"loaded": {}, "skipped": {}}
     assert client.get("/sdapi/v1/memory").json()["ram"]["total"] > 0

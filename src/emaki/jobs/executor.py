@@ -4,7 +4,7 @@ in this process on an `Engine`; a remote executor (a Ray cluster) implements the
 from __future__ import annotations
 
 import threading
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from emaki.engine.engine import Engine
 from emaki.engine.run import Cancel, GenerationResult, ProgressCallback
@@ -12,11 +12,21 @@ from emaki.params import GenerationParams
 from emaki.training.params import TrainingParams
 from emaki.training.report import TrainingCallback, TrainingOutcome
 
+if TYPE_CHECKING:
+    from emaki.xyz.run import GridProgressCallback, GridResult
+    from emaki.xyz.spec import GridSpec
+
 
 class Executor(Protocol):
     def run(self, params: GenerationParams, *, progress: ProgressCallback | None, cancel: Cancel,
             save: bool) -> GenerationResult:
         """Generate `params`; write the images to the workspace's outputs when `save`."""
+        ...
+
+    def grid(self, params: GenerationParams, spec: GridSpec, *, progress: GridProgressCallback | None,
+             cancel: Cancel, save: bool) -> GridResult:
+        """Run the X/Y/Z plot `spec` over `params`; on an interrupt, `Interrupted` carries the
+        partial `GridResult` as its `result`."""
         ...
 
     def train(self, params: TrainingParams, *, progress: TrainingCallback | None,
@@ -38,6 +48,12 @@ class LocalExecutor:
     def run(self, params: GenerationParams, *, progress: ProgressCallback | None, cancel: Cancel,
             save: bool) -> GenerationResult:
         return self.engine.generate(params, progress=progress, cancel=cancel, save=save)
+
+    def grid(self, params: GenerationParams, spec: GridSpec, *, progress: GridProgressCallback | None,
+             cancel: Cancel, save: bool) -> GridResult:
+        from emaki.xyz.run import run_grid  # the grid code loads with the first grid
+
+        return run_grid(self.engine, params, spec, progress=progress, cancel=cancel, save=save)
 
     def train(self, params: TrainingParams, *, progress: TrainingCallback | None,
               cancel: threading.Event) -> TrainingOutcome:

@@ -1,7 +1,8 @@
 """The job queue and the gallery, in one SQLite file (WAL mode) under `EMAKI_HOME`.
 
-A job is a generation (`kind` 'generate': `params` holds `GenerationParams`) or a training run
-('train': `params` holds `TrainingParams`, `result` its `TrainingOutcome`). It moves queued →
+A job is a generation (`kind` 'generate': `params` holds `GenerationParams`), a training run
+('train': `params` holds `TrainingParams`, `result` its `TrainingOutcome`) or an X/Y/Z plot
+('grid': `params` holds `{"params": GenerationParams, "spec": GridSpec}`). It moves queued →
 running → done | failed | cancelled | interrupted. The worker claims the
 oldest queued job in one transaction, so each job runs once however many clients submit at
 the same time. Images are written to disk (atomically) before the transaction that records
@@ -14,7 +15,7 @@ cancelled instead: nobody is left to receive them. A training job that runs agai
 its last save (the worker sets `resume`).
 
 Databases written before job kinds existed get the `kind` column (every old job a generation)
-when they are opened.
+when they are opened; one whose `kind` CHECK predates a kind has its `jobs` table rebuilt.
 
 A write SQLite refuses (a full disk, a read-only or broken file) is rolled back and raised as
 `StorageError` (`StorageFull` for a full disk); the store remembers it until a write succeeds
@@ -39,12 +40,14 @@ from typing import Any
 from emaki.errors import ParamsError
 from emaki.jobs.faults import storage_error
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
+JOB_KINDS = ("generate", "train", "grid")
+KIND_CHECK = "CHECK (kind IN (" + ", ".join(f"'{kind}'" for kind in JOB_KINDS) + "))"
+JOBS_TABLE = """
+CREATE TABLE IF NOT EXISTS {name} (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     id TEXT NOT NULL UNIQUE,
     status TEXT NOT NULL CHECK (status IN ('queued', 'running', 'done', 'failed', 'cancelled', 'interrupted')),
-    kind TEXT NOT NULL DEFAULT 'generate' CHECK (kind IN ('generate', 'train')),
+    kind TEXT NOT NULL DEFAULT 'generate' {kind_check},
     params TEXT NOT NULL,
     keep INTEGER NOT NULL DEFAULT 1,
     attempts INTEGER NOT NULL DEFAULT 0,
@@ -55,7 +58,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     started REAL,
     finished REAL
 );
-CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, seq);
+"""
+JOBS_INDEX = "CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, seq);"
+SCHEMA = JOBS_TABLE.format(name="jobs", kind_check=KIND_CHECK) + JOBS_INDEX + """
 CREATE TABLE IF NOT EXISTS images (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     job_id TEXT NOT NULL REFERENCES jobs (id),
@@ -74,8 +79,7 @@ CREATE INDEX IF NOT EXISTS images_job ON images (job_id);
 """
 
 # Added to `jobs` after its first release: (column, its definition for ALTER TABLE).
-ADDED_COLUMNS = (("kind", "TEXT NOT NULL DEFAULT 'generate' CHECK (kind IN ('generate', 'train'))"),)
-JOB_KINDS = ("generate", "train")
+ADDED_COLUMNS = (("kind", f"TEXT NOT NULL DEFAULT 'generate' {KIND_CHECK}"),)
 MAX_ATTEMPTS = 2  # the first run, and one retry after a crash
 FINISHED = ("done", "failed", "cancelled", "interrupted")
 SQLITE_INTEGER = range(-(2**63), 2**63)  # what an INTEGER column (and a bound parameter) can hold
@@ -95,17 +99,18 @@ class Job:
     created: float
     started: float | None
     finished: float | None
-    kind: str = "generate"  # "generate" | "train"
+    kind: str = "generate"  # "generate" | "train" | "grid"
 
     def public(self) -> dict[str, Any]:
         """What the native API returns for a job (it adds the job's gallery images); a training
-        job's `result` is its `TrainingOutcome` (the trained file, the loss log, ...)."""
+        job's `result` is its `TrainingOutcome` (the trained file, the loss log, ...), a grid job's
+        its summary."""
         view = {
             "id": self.id, "kind": self.kind, "status": self.status, "params": self.params, "error": self.error,
             "note": self.note, "attempts": self.attempts, "created": self.created, "started": self.started,
             "finished": self.finished,
         }
-        if self.kind == "train":
+        if self.kind in ("train", "grid"):  # a grid's: its infotexts (grid first), seeds, cells made
             view["result"] = self.result
         return view
 
@@ -182,12 +187,35 @@ class JobStore:
         self._kept: dict[str, KeptEnd] = {}  # job id -> its end, not yet written
 
     def _migrate(self) -> None:
-        """Add the columns a database from an older emaki lacks (their defaults fill old rows)."""
+        """Add the columns a database from an older emaki lacks (their defaults fill old rows),
+        then widen an older `kind` CHECK to today's kinds."""
         with self._lock:
             present = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
             for column, definition in ADDED_COLUMNS:
                 if column not in present:
                     self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {definition}")
+            table = self._db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'jobs'").fetchone()
+            if KIND_CHECK not in table["sql"]:
+                self._rebuild_jobs()
+
+    def _rebuild_jobs(self) -> None:
+        """SQLite cannot change a CHECK in place: copy `jobs` into a table defined as today's and
+        put it in the old one's place, all in one transaction (SQLite's documented way to alter
+        a table: a failure leaves the old table as it was). Rows keep their `seq`, so the queue's
+        order and the gallery's `job_id`s stay."""
+        columns = ", ".join(row["name"] for row in self._db.execute("PRAGMA table_info(jobs)"))
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("DROP TABLE IF EXISTS jobs_rebuilt")
+            self._db.execute(JOBS_TABLE.format(name="jobs_rebuilt", kind_check=KIND_CHECK))
+            self._db.execute(f"INSERT INTO jobs_rebuilt ({columns}) SELECT {columns} FROM jobs")
+            self._db.execute("DROP TABLE jobs")
+            self._db.execute("ALTER TABLE jobs_rebuilt RENAME TO jobs")
+            self._db.execute(JOBS_INDEX)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
 
     def _finished(self, job_id: str) -> None:
         for callback in self.on_finish:
@@ -234,7 +262,8 @@ class JobStore:
     # --- the queue ---
 
     def submit(self, params: dict[str, Any], *, keep: bool = True, kind: str = "generate") -> Job:
-        """Queue a job of `kind` ('generate': `GenerationParams` fields; 'train': `TrainingParams`)."""
+        """Queue a job of `kind` ('generate': `GenerationParams` fields; 'train': `TrainingParams`;
+        'grid': `{"params": GenerationParams fields, "spec": GridSpec fields}`)."""
         if kind not in JOB_KINDS:
             raise ValueError(f"job kind {kind!r}: expected one of {', '.join(JOB_KINDS)}")
         job_id = uuid.uuid4().hex

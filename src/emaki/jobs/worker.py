@@ -5,6 +5,11 @@ training job the loss series and the latest preview image) and, for clients that
 save (A1111 `save_images: false`), holds the images in memory until the waiting request takes
 them. The engine writes the images of kept jobs.
 
+A grid job (an X/Y/Z plot) runs its cells one after another; its progress says which cell of
+how many, and the step of that cell. Its gallery images are the grid first, then (when written)
+the Z sub-grids, then every cell's images; interrupted, it keeps the finished cells and the
+partial grid.
+
 A training job runs to its end, or until it is cancelled (then it saves, and ends
 `interrupted`). Stopped by a server stop, it goes back in the queue instead, and when it runs
 again (after a stop or a crash) it goes on from its last save (`resume`).
@@ -25,19 +30,26 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 
 from emaki.engine.preview import png_base64, preview_image
 from emaki.engine.run import Cancel, GeneratedImage, GenerationProgress, GenerationResult
 from emaki.errors import EmakiError, Interrupted
+from emaki.infotext import parse_infotext
 from emaki.jobs.executor import Executor
 from emaki.jobs.faults import StorageError, disk_full
 from emaki.jobs.store import ImageRecord, Job, JobStore, finite
 from emaki.params import GenerationParams
 from emaki.training.params import TrainingParams
 from emaki.training.report import TrainingOutcome, TrainingUpdate
+
+if TYPE_CHECKING:
+    from emaki.xyz.run import GridImage, GridProgress, GridResult
+
+#: An image the worker holds for a waiting client: a generation's, or a grid picture.
+HeldImage: TypeAlias = "GeneratedImage | GridImage"
 
 log = logging.getLogger("emaki.jobs")
 HELD_SECONDS = 15 * 60  # images nobody collected are dropped after this long
@@ -88,6 +100,9 @@ class Progress:
     latent: np.ndarray | None = None  # numpy: readers run in request threads (see preview.py)
     preview_map: np.ndarray | None = None
     training: TrainingState | None = None  # a training job's latest step
+    cell: int = 0  # a grid job: the cell being made (1-based, in the order they run), of `cells`
+    cells: int = 0
+    cell_labels: tuple[str, ...] = ()  # its X, Y and Z labels
 
     def preview_base64(self) -> str | None:
         """The latest latent (a training job: the latest preview image) as a base64 PNG (None
@@ -102,7 +117,10 @@ class Progress:
     def fraction(self) -> float:
         if not self.job_id or not self.steps or not self.batches:
             return 0.0
-        return min(1.0, (self.batch * self.steps + self.step) / (self.batches * self.steps))
+        done = min(1.0, (self.batch * self.steps + self.step) / (self.batches * self.steps))
+        if self.cells:  # a grid: the cells before this one, and this one's share
+            return min(1.0, (self.cell - 1 + done) / self.cells)
+        return done
 
     @property
     def eta(self) -> float:
@@ -114,6 +132,49 @@ class Progress:
         done = self.fraction
         elapsed = time.time() - self.started
         return elapsed / done - elapsed if done > 0 else 0.0
+
+
+def grid_images(result: GridResult) -> tuple[list[HeldImage], int]:
+    """A grid's pictures in the order the gallery and A1111 list them — the grid, the Z
+    sub-grids (when asked for and there are several Z values), every cell's images — and how
+    many of them an A1111 client gets (the cells only with `include_lone_images`)."""
+    spec, (_, _, nz) = result.plan.spec, result.plan.shape
+    pictures: list[HeldImage] = [result.grid]
+    if spec.include_sub_grids and nz > 1:
+        pictures += result.sub_grids
+    shown = len(pictures)
+    pictures += [image for cell in result.cells for image in cell.images]
+    return pictures, (len(pictures) if spec.include_lone_images else shown)
+
+
+def grid_summary(result: GridResult, job_timestamp: str) -> dict:
+    """What the store keeps of a finished (or interrupted) grid job: its params and spec, and
+    the seeds and infotexts of every picture, the grid's first; `shown`: how many of them an
+    A1111 client gets."""
+    pictures, shown = grid_images(result)
+    fields = parse_infotext(result.grid.infotext)
+    made = [cell for cell in result.cells if cell.images]
+    return {
+        "params": result.plan.params.model_dump(),
+        "spec": result.plan.spec.model_dump(),
+        "seeds": [_seed_of(picture, result) for picture in pictures],
+        "subseeds": [getattr(picture, "subseed", result.plan.params.subseed) for picture in pictures],
+        "infotexts": [picture.infotext for picture in pictures],
+        "shown": shown,
+        "cells": len(result.cells),
+        "cells_done": len(made),
+        "interrupted": result.interrupted,
+        "model_name": fields.get("Model"),
+        "model_hash": fields.get("Model hash"),
+        "vae_name": fields.get("VAE"),
+        "vae_hash": fields.get("VAE hash"),
+        "job_timestamp": job_timestamp,
+    }
+
+
+def _seed_of(picture: HeldImage, result: GridResult) -> int:
+    """A cell image's seed; a grid picture's is its grid's (A1111 names the file after it)."""
+    return picture.seed if isinstance(picture, GeneratedImage) else result.plan.params.seed
 
 
 def result_summary(result: GenerationResult, job_timestamp: str) -> dict:
@@ -140,7 +201,7 @@ class Worker:
         self.cancel = Cancel()
         self._lock = threading.Lock()
         self._progress = Progress()
-        self._held: dict[str, tuple[float, list[GeneratedImage]]] = {}
+        self._held: dict[str, tuple[float, list[HeldImage]]] = {}
         self._losses: deque[list[float]] = deque(maxlen=LOSS_POINTS)  # the running training job's
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -195,7 +256,7 @@ class Worker:
         with self._lock:
             return self._progress
 
-    def take_held(self, job_id: str) -> list[GeneratedImage] | None:
+    def take_held(self, job_id: str) -> list[HeldImage] | None:
         with self._lock:
             held = self._held.pop(job_id, None)
         return held[1] if held is not None else None
@@ -219,6 +280,15 @@ class Worker:
                          preview_map=update.preview_map)
         with self._lock:
             self._progress = latest
+
+    def _on_grid(self, update: GridProgress) -> None:
+        """Called by the grid as each cell starts (no `generation`) and after each of its steps."""
+        if update.generation is not None:
+            self._on_progress(update.generation)
+            return
+        with self._lock:  # a new cell: its steps start from nothing
+            self._progress = replace(self._progress, cell=update.cell, cells=update.cells,
+                                     cell_labels=update.labels, batch=0, step=0)
 
     def _on_training(self, update: TrainingUpdate) -> None:
         """Called by the trainer after each step, in this thread."""
@@ -255,6 +325,9 @@ class Worker:
             self._train(job)
             return
         timestamp = time.strftime("%Y%m%d%H%M%S", time.localtime(started))
+        if job.kind == "grid":
+            self._grid(job, timestamp)
+            return
         try:
             params = GenerationParams.create(**job.params)
             result = self.executor.run(params, progress=self._on_progress, cancel=self.cancel, save=job.keep)
@@ -273,6 +346,55 @@ class Worker:
             log.exception("job %s failed", job.id)
             self._finish(job.id, "failed", error=f"internal error: {type(e).__name__}: {e}",
                          result=self._failure(job, e))
+
+    def _grid(self, job: Job, timestamp: str) -> None:
+        """Run an X/Y/Z plot job; an interrupt or a failing cell keeps the cells made and the
+        partial grid (the gallery's, and an A1111 client's)."""
+        from emaki.xyz.spec import GridSpec  # the grid code loads with the first grid job
+
+        try:
+            params = GenerationParams.create(**job.params["params"])
+            spec = GridSpec.create(**job.params["spec"])
+            result = self.executor.grid(params, spec, progress=self._on_grid, cancel=self.cancel, save=job.keep)
+            self._record_grid(job, result, timestamp)
+        except EmakiError as e:
+            status, error = ("interrupted", "interrupted") if isinstance(e, Interrupted) else ("failed", str(e))
+            failure = self._failure(job, e) if status == "failed" else None
+            partial: GridResult | None = getattr(e, "result", None)
+            if partial is not None:
+                self._record_grid(job, partial, timestamp, status=status, error=error, failure=failure)
+            else:
+                self._finish(job.id, status, error=error, result=failure)
+        except Exception as e:  # a bug must not kill the worker; the job records it
+            log.exception("grid job %s failed", job.id)
+            self._finish(job.id, "failed", error=f"internal error: {type(e).__name__}: {e}",
+                         result=self._failure(job, e))
+
+    def _record_grid(self, job: Job, result: GridResult, job_timestamp: str, status: str = "done",
+                     error: str | None = None, failure: dict[str, Any] | None = None) -> None:
+        pictures, shown = grid_images(result)
+        records = []
+        if job.keep:
+            params = result.plan.params
+            prompts = {id(image): cell.cell.params for cell in result.cells for image in cell.images}
+            for picture in pictures:
+                if picture.path is None:
+                    continue
+                own = prompts.get(id(picture), params)
+                records.append(ImageRecord(picture.path, _seed_of(picture, result), own.prompt, own.negative_prompt,
+                                           parse_infotext(picture.infotext).get("Model", ""), picture.image.width,
+                                           picture.image.height, picture.infotext))
+        else:
+            self._hold(job.id, pictures[:shown])
+        self._finish(job.id, status, result=grid_summary(result, job_timestamp) | (failure or {}), images=records,
+                     error=error)
+
+    def _hold(self, job_id: str, images: list[HeldImage]) -> None:
+        """Keep a job's images for the client waiting on it (dropping what nobody collected)."""
+        now = time.time()
+        with self._lock:
+            self._held = {k: v for k, v in self._held.items() if now - v[0] < HELD_SECONDS}
+            self._held[job_id] = (now, images)
 
     def _failure(self, job: Job, error: BaseException) -> dict[str, Any]:
         """What a failed job's `result` says of its error (`error_type`: `StorageFull` for a full
@@ -348,9 +470,6 @@ class Worker:
                                            result.params.negative_prompt, result.model.name,
                                            image.image.width, image.image.height, image.infotext))
         else:
-            now = time.time()
-            with self._lock:
-                self._held = {k: v for k, v in self._held.items() if now - v[0] < HELD_SECONDS}
-                self._held[job.id] = (now, result.images)
+            self._hold(job.id, list(result.images))
         self._finish(job.id, status, result=result_summary(result, job_timestamp) | (failure or {}), images=records,
                      error=error)

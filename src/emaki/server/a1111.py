@@ -28,11 +28,11 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ValidationError
 
 from emaki.engine.output import png_info
-from emaki.engine.run import GeneratedImage, GenerationResult
+from emaki.engine.run import GenerationResult
 from emaki.errors import EmakiError, ParamsError
 from emaki.infotext import infotext_of, parse_infotext
 from emaki.jobs.store import Job
-from emaki.jobs.worker import result_summary
+from emaki.jobs.worker import HeldImage, result_summary
 from emaki.params import ImageTooLarge, check_input_size, params_error
 from emaki.sampling import SAMPLERS, SCHEDULES
 from emaki.server import training
@@ -62,7 +62,8 @@ from emaki.server.extras import (
     run_extras,
     upscaler_by_index,
 )
-from emaki.server.service import Service, error_status, failed_job_status
+from emaki.server.service import Service, error_status, failed_job_status, remove_input
+from emaki.server.xyz_script import XYZ_PLOT, grid_spec
 from emaki.upscalers import LATENT_UPSCALERS, find_upscaler
 from emaki.version import __version__
 
@@ -120,20 +121,22 @@ def info_json(result: dict[str, Any], request: Txt2ImgRequest) -> str:
     return json.dumps(info, ensure_ascii=False)
 
 
-def encode_png(image: GeneratedImage) -> str:
+def encode_png(image: HeldImage) -> str:
     buffer = io.BytesIO()
     image.image.save(buffer, format="PNG", pnginfo=png_info(image.infotext))
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _reply_images(service: Service, job: Job, kept: bool, send: bool) -> list[str]:
-    """The job's PNGs as base64: read back from the gallery, or taken from the worker's hold."""
+def _reply_images(service: Service, job: Job, kept: bool, send: bool, count: int | None = None) -> list[str]:
+    """The job's PNGs as base64 (the first `count`, when given): read back from the gallery, or
+    taken from the worker's hold."""
     held = service.worker.take_held(job.id)
     if not send:
         return []
     if kept:
-        return [base64.b64encode(Path(row["path"]).read_bytes()).decode("ascii") for row in service.store.images_of(job.id)]
-    return [encode_png(image) for image in held or []]
+        rows = service.store.images_of(job.id)[:count]
+        return [base64.b64encode(Path(row["path"]).read_bytes()).decode("ascii") for row in rows]
+    return [encode_png(image) for image in (held or [])[:count]]
 
 
 def check_supported(body: Txt2ImgRequest, service: Service) -> None:
@@ -151,6 +154,8 @@ async def _generate(body: Txt2ImgRequest, request: Request, init: Image.Image | 
     service = _service(request)
     check_supported(body, service)
     keep = body.save_images and not body.do_not_save_samples
+    if body.xyz_plot():
+        return await _xyz_plot(body, request, keep, init, mask)
 
     def queue() -> Job:  # may hash a model file the first time: kept off the event loop
         params = service.prepare(body.generation_fields(), overrides=body.override_settings, init=init, mask=mask)
@@ -162,6 +167,35 @@ async def _generate(body: Txt2ImgRequest, request: Request, init: Image.Image | 
         raise HTTPException(failed_job_status(job), job.error or "generation failed")
     images = await run_in_threadpool(_reply_images, service, job, keep, body.send_images)
     return {"images": images, "parameters": body.model_dump(), "info": processed_info(job, body)}
+
+
+async def _xyz_plot(body: Txt2ImgRequest, request: Request, keep: bool, init: Image.Image | None,
+                    mask: Image.Image | None) -> dict[str, Any]:
+    """The "X/Y/Z plot" script: the grid checked and planned now (a bad axis: 422, a refused
+    prompt in any cell: 400, before anything is queued), run as one queued `grid` job, answered
+    as A1111 does: the grid first (then the sub-grids, then the cells with `include_lone_images`),
+    `info.infotexts` alike. An interrupted grid answers with its finished cells' partial grid."""
+    service = _service(request)
+
+    def queue() -> Job:
+        spec = grid_spec(body.script_args, img2img=isinstance(body, Img2ImgRequest))
+        params = service.prepare(body.generation_fields(), overrides=body.override_settings, init=init, mask=mask)
+        try:
+            planned = service.plan_grid(params, spec)
+        except EmakiError:
+            remove_input(params.model_dump(), service.inputs)  # nothing is kept for a refused request
+            raise
+        return service.submit_grid(planned, spec, keep=keep)
+
+    job = await request.app.state.waiters.wait((await run_in_threadpool(queue)).id)
+    if job.status == "failed":
+        service.worker.take_held(job.id)
+        raise HTTPException(failed_job_status(job), job.error or "the X/Y/Z plot failed")
+    result = job.result or {}
+    shown = int(result.get("shown", 0))
+    images = await run_in_threadpool(_reply_images, service, job, keep, body.send_images, shown)
+    summary = result | {key: result.get(key, [])[:shown] for key in ("seeds", "subseeds", "infotexts")}
+    return {"images": images, "parameters": body.model_dump(), "info": info_json(summary, body)}
 
 
 @router.post("/txt2img")
@@ -263,9 +297,10 @@ async def progress(request: Request, skip_current_image: bool = False) -> dict[s
             "interrupted": service.worker.cancel.interrupt.is_set(),
             "stopping_generation": False,
             "job": snapshot.job_id or "",
-            "job_count": counts.get("queued", 0) + counts.get("running", 0),
+            # A grid counts its cells as A1111's X/Y/Z plot does (`state.job_count`).
+            "job_count": snapshot.cells or counts.get("queued", 0) + counts.get("running", 0),
             "job_timestamp": "0",
-            "job_no": snapshot.batch,
+            "job_no": snapshot.cell - 1 if snapshot.cells else snapshot.batch,
             "sampling_step": snapshot.step,
             "sampling_steps": snapshot.steps,
         },
@@ -378,7 +413,7 @@ def memory() -> dict[str, Any]:
 
 @router.get("/scripts")
 def scripts() -> dict[str, list[str]]:
-    return {"txt2img": [], "img2img": [SD_UPSCALE]}
+    return {"txt2img": [XYZ_PLOT], "img2img": [SD_UPSCALE, XYZ_PLOT]}
 
 
 # --- upscalers and extras ---

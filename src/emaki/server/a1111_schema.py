@@ -13,6 +13,7 @@ from emaki.errors import ParamsError
 from emaki.infotext_codec import decode_infotext
 from emaki.params import MAX_PROMPT_LENGTH, CheckedModel, GenerationParams
 from emaki.prompts import extract_networks
+from emaki.server.xyz_script import XYZ_PLOT
 from emaki.training.params import parse_number_list
 
 # Fields whose A1111 spelling or default needs translating (see `generation_fields`).
@@ -89,12 +90,16 @@ class Txt2ImgRequest(CheckedModel):
             "hr_scheduler": self.hr_scheduler not in (None, "", "Use same scheduler"),
             "firstphase_width/height": bool(self.firstphase_width or self.firstphase_height),
             "restore_faces": bool(self.restore_faces), "tiling": bool(self.tiling),
-            "script_name": bool(self.script_name),
+            "script_name": bool(self.script_name) and not self.xyz_plot(),
             "refiner_checkpoint": bool(self.refiner_checkpoint),
-            "s_churn": bool(self.s_churn), "s_min_uncond": bool(self.s_min_uncond),
+            "s_churn": bool(self.s_churn),
         }
         return [name for name, on in asked.items() if on] + [
             f"alwayson_scripts: {name!r} (emaki has no such script)" for name in self.alwayson_asked()]
+
+    def xyz_plot(self) -> bool:
+        """Whether the request runs A1111's "X/Y/Z plot" script (titles match ignoring case)."""
+        return (self.script_name or "").strip().lower() == XYZ_PLOT
 
     def alwayson_asked(self) -> list[str]:
         """The `alwayson_scripts` entries that ask for something: clients send `{}` or

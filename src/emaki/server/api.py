@@ -30,9 +30,10 @@ from emaki.server.a1111 import decode_image
 from emaki.server.a1111_schema import ExtrasRequest, PngInfoRequest
 from emaki.server.changes import ChangeBell, Versions
 from emaki.server.extras import check_extras, encode_extras_png, run_extras
-from emaki.server.service import Service
+from emaki.server.service import Service, remove_input
 from emaki.training.params import DEFAULT_LEARN_RATES, MAX_VECTORS, TrainingParams
 from emaki.training.templates import TEMPLATE_NAMES
+from emaki.xyz.spec import GridSpec
 
 router = APIRouter(prefix="/api", tags=["native"])
 KEEPALIVE_SECONDS = 15.0  # an idle event stream sends a comment this often (proxies, dead clients)
@@ -82,6 +83,42 @@ def submit_job(body: JobRequest, request: Request) -> dict[str, Any]:
     mask = decode_image(encoded_mask, "mask") if encoded_mask else None
     job = service.submit(service.prepare(fields, init=init, mask=mask), keep=save)
     if not save:  # no route returns its images: the worker need not hold them
+        request.app.state.uncollected.add(job.id)
+    return job_view(service, job)
+
+
+class GridRequest(GridSpec):
+    """An X/Y/Z plot: `params` are a generation's fields (as `/api/jobs` takes them: model, VAE
+    by name; `init_image` and `mask` the images themselves), the axes and options are
+    `GridSpec`'s, `save` whether its images go to the gallery."""
+
+    params: dict[str, Any] = Field(default_factory=dict, description="GenerationParams fields")
+    save: bool = True
+
+    def spec(self) -> GridSpec:
+        return GridSpec.create(**{name: getattr(self, name) for name in GridSpec.model_fields})
+
+
+@router.post("/grid", status_code=202)
+def submit_grid(body: GridRequest, request: Request) -> dict[str, Any]:
+    """Queue an X/Y/Z plot as one `grid` job, checked first: an unknown axis or a bad value is
+    422 naming it, a refused prompt in any cell 400, before anything is queued. Watch it like any
+    job: its progress says which cell of how many (`cell`, `cells`); its images are the grid
+    first, then every cell's; its `result.infotexts` likewise."""
+    service = _service(request)
+    spec = body.spec()
+    fields = dict(body.params)
+    encoded, encoded_mask = fields.pop("init_image", None), fields.pop("mask", None)
+    init = decode_image(encoded, "params.init_image") if encoded else None
+    mask = decode_image(encoded_mask, "params.mask") if encoded_mask else None
+    params = service.prepare(fields, init=init, mask=mask)
+    try:
+        planned = service.plan_grid(params, spec)
+    except Exception:
+        remove_input(params.model_dump(), service.inputs)  # nothing is kept for a refused request
+        raise
+    job = service.submit_grid(planned, spec, keep=body.save)
+    if not body.save:  # no route returns its images: the worker need not hold them
         request.app.state.uncollected.add(job.id)
     return job_view(service, job)
 
@@ -199,6 +236,9 @@ def _progress_event(service: Service, job_id: str | None) -> dict[str, Any] | No
              "preview": preview}
     if snapshot.training is not None:
         event |= {"kind": "train", "training": snapshot.training.as_json()}
+    if snapshot.cells:  # a grid: which cell of how many (1-based), and its axis labels
+        event |= {"kind": "grid", "cell": snapshot.cell, "cells": snapshot.cells,
+                  "cell_labels": list(snapshot.cell_labels)}
     return event
 
 
@@ -236,7 +276,7 @@ async def job_events(job_id: str, request: Request) -> StreamingResponse:
             while job.status not in FINISHED:
                 seen = bell.versions  # before looking: a change while we look wakes the wait below
                 event = _progress_event(service, job_id)
-                key = (event["batch"], event["step"]) if event is not None else None
+                key = (event.get("cell"), event["batch"], event["step"]) if event is not None else None
                 if event is not None and key != last:
                     last = key
                     yield _sse("progress", event)
@@ -284,7 +324,7 @@ async def all_events(request: Request) -> StreamingResponse:
                 finished_after = max([finished_after] + [job.finished or 0 for job in recent])
             read = seen
             event = _progress_event(service, None)
-            key = event and (event["job_id"], event["batch"], event["step"])
+            key = event and (event["job_id"], event.get("cell"), event["batch"], event["step"])
             if key != last_progress:
                 last_progress = key
                 if event is not None:

@@ -33,6 +33,7 @@ from emaki.prompts.styles import Style, read_styles, styles_files
 from emaki.sampling import parse_sampler_name
 from emaki.server.catalog import Catalog, CheckpointEntry, NameNotAllowed
 from emaki.server.options import OPTION_FIELDS, Options, check_option
+from emaki.xyz.spec import GridSpec
 
 MAX_PIXELS = 2048 * 2048  # the most this server draws at once: an image, its noise, a hires pass
 NATIVE_SIZE = 512  # a size left to the model is checked as SD 1.x's
@@ -262,3 +263,19 @@ class Service:
         """Queue checked params; a full disk is `StorageFull` (HTTP 507)."""
         check_size_limits(params)
         return self.store.submit(params.model_dump(), keep=keep)
+
+    def plan_grid(self, params: GenerationParams, spec: GridSpec) -> GenerationParams:
+        """Check an X/Y/Z plot before it is queued: every axis's values and names, every cell's
+        params, size and prompts (`emaki.xyz.plan`, the prompt policy on each cell); raises
+        `ParamsError`, `PolicyViolation`. Returns `params` with the seeds the grid fixed, so the
+        queued grid runs the cells judged here."""
+        from emaki.xyz.plan import plan_grid  # the grid code loads with the first grid
+
+        plan = plan_grid(params, spec, self.engine.workspace)
+        for cell in plan.cells:  # an axis (Size, hires) may make a cell larger than the params
+            check_size_limits(cell.params)
+        return plan.params
+
+    def submit_grid(self, params: GenerationParams, spec: GridSpec, *, keep: bool = True) -> Job:
+        """Queue a planned X/Y/Z plot as one `grid` job."""
+        return self.store.submit({"params": params.model_dump(), "spec": spec.model_dump()}, keep=keep, kind="grid")
