@@ -39,6 +39,7 @@ def test_loads_through_the_user_checkpoint_loader() -> None:
     assert parts.unet.config.cross_attention_dim == parts.text_encoder.config.hidden_size
 
 
+@pytest.mark.slow  # 200 images: a quality check of the bundled model (benchmarks/demo_quality.py measures it)
 def test_prompted_hair_and_eye_colours() -> None:
     acc = prompt_accuracy(24, seed=7)
     assert acc.accuracy("hair_color") >= 0.75, acc.summary()
@@ -58,6 +59,7 @@ def test_negative_prompt_removes_red_hair() -> None:
     assert hair_color_mix(generate_images("1girl, red hair", seeds))["red"] >= 12
 
 
+@pytest.mark.slow  # many images: a quality check of the bundled model
 def test_emphasis_shifts_the_colour_mix() -> None:
     """The issue's pair: the weighted colour wins; and with the tag order fixed, weighting the
     first colour moves the mix towards it."""

@@ -202,8 +202,8 @@ def test_bad_settings_are_refused(tiny_components) -> None:
 
 
 def test_prompt_editing_that_would_make_gigabytes_of_conditioning_is_refused(encoder: PromptEncoder) -> None:
-    long_text = ", ".join(["masterpiece"] * 80)  # 3 chunks of 75 tokens
-    edits = " ".join(f"[cat{i}:dog{i}:{i}]" for i in range(1, 700))
+    long_text = ", ".join(["masterpiece"] * 1100)  # 30 chunks of 75 tokens, in 71 edited texts
+    edits = " ".join(f"[cat{i}:dog{i}:{i}]" for i in range(1, 71))
     with pytest.raises(ParamsError, match="prompt editing makes"):
         encode_prompts(encoder, [f"{long_text} {edits}"], 1000)
     assert encode_prompts(encoder, [f"{long_text} [cat:dog:5]"], 20)  # ordinary editing is untouched

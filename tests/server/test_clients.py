@@ -103,6 +103,7 @@ def _wait_all(server, ids: list[str], timeout: float) -> dict[str, dict]:
             time.sleep(0.25)
 
 
+@pytest.mark.slow  # 200 jobs through a real server: a load check
 def test_200_concurrent_jobs_all_complete_once(live_server) -> None:
     with ThreadPoolExecutor(32) as pool:
         ids = list(pool.map(lambda i: _submit(live_server, i), range(200)))
