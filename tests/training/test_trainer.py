@@ -107,6 +107,14 @@ def test_existing_names_need_overwrite_or_resume(engine: Engine, data: Path) -> 
         engine.train_embedding("other", data, 2, resume=True, **QUICK)
 
 
+def test_an_init_text_the_policy_refuses_creates_nothing(engine: Engine) -> None:
+    from emaki.errors import PolicyViolation
+
+    with pytest.raises(PolicyViolation):
+        engine.create_embedding("red_hair", init_text="child, nude")
+    assert not list((engine.workspace.home / "embeddings").glob("red_hair*"))
+
+
 def test_cancel_saves_and_resume_gives_the_uninterrupted_result(engine: Engine, data: Path) -> None:
     straight = engine.train_embedding("straight", data, 6, **QUICK)
     cancel = threading.Event()

@@ -78,6 +78,9 @@ def create_embedding_file(folder: Path, model: Any, name: str, *, init_text: str
     from emaki.training.params import sanitize_name
 
     clean = _clean_name(name, sanitize_name)
+    from emaki.safety import ensure_allowed
+
+    ensure_allowed(init_text)  # the new vectors are copies of these words' token vectors
     parts = model.components
     embedding = new_embedding(clean, parts.text_encoder, parts.tokenizer, init_text=init_text,
                               num_vectors_per_token=num_vectors_per_token)
