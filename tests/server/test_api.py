@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import os
-
 import base64
 import io
 import json
+import os
 import time
 from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
+from job_waiting import wait_job
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from emaki.workspace import default_home
 from emaki.server import ServerSettings, create_app
+from emaki.workspace import default_home
 
 FAST = {"steps": 3, "width": 64, "height": 64, "sampler_name": "Euler a"}
 
@@ -25,16 +25,6 @@ FAST = {"steps": 3, "width": 64, "height": 64, "sampler_name": "Euler a"}
 def client() -> Iterator[TestClient]:
     with TestClient(create_app(ServerSettings())) as test_client:
         yield test_client
-
-
-def wait_job(client: TestClient, job_id: str, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/api/jobs/{job_id}").json()
-        if job["status"] not in ("queued", "running"):
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not finish: {job}")
 
 
 def png_with_parameters(text: str) -> str:

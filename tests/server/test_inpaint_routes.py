@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from job_waiting import wait_job
 from PIL import Image
 from upscalers.conftest import esrgan_state, write_model
 
@@ -49,16 +50,6 @@ def right_half_mask() -> Image.Image:
     mask = Image.new("L", (64, 64), 0)
     mask.paste(255, (32, 0, 64, 64))
     return mask
-
-
-def wait_job(client: TestClient, job_id: str, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/api/jobs/{job_id}").json()
-        if job["status"] not in ("queued", "running"):
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not finish: {job}")
 
 
 def test_a1111_img2img_with_a_mask_repaints_only_the_masked_half(client: TestClient) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from job_waiting import wait_job
 
 from emaki.jobs.store import JobStore
 from emaki.jobs.worker import STOPPED_NOTE
@@ -48,16 +49,6 @@ def faces(tmp_path: Path) -> Path:
 
 def home() -> Path:
     return default_home(os.environ)
-
-
-def wait_job(client: TestClient, job_id: str, timeout: float = 60) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/api/jobs/{job_id}").json()
-        if job["status"] not in ("queued", "running"):
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not finish: {job}")
 
 
 def wait_step(client: TestClient, at_least: int, timeout: float = 60) -> dict[str, Any]:

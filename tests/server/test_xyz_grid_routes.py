@@ -9,13 +9,13 @@ import base64
 import io
 import json
 import sqlite3
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from job_waiting import wait_job
 from PIL import Image
 
 from emaki.jobs.store import JobStore
@@ -34,16 +34,6 @@ def script_args(x_type: int, x_values: str, *, lone: bool = False, old: bool = F
 
 def decoded(data: str) -> Image.Image:
     return Image.open(io.BytesIO(base64.b64decode(data)))
-
-
-def wait_job(client: TestClient, job_id: str, timeout: float = 60) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/api/jobs/{job_id}").json()
-        if job["status"] not in ("queued", "running"):
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not finish: {job}")
 
 
 @pytest.fixture
