@@ -28,7 +28,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -335,17 +335,11 @@ class Worker:
         except EmakiError as e:
             # The batches finished before an interrupt or a failure are kept (the engine has
             # written them): they go into the gallery, and back to an A1111 client, as in A1111.
-            status, error = ("interrupted", "interrupted") if isinstance(e, Interrupted) else ("failed", str(e))
-            failure = self._failure(job, e) if status == "failed" else None
             partial: GenerationResult | None = getattr(e, "result", None)
-            if partial is not None and partial.images:
-                self._record(job, partial, timestamp, status=status, error=error, failure=failure)
-            else:
-                self._finish(job.id, status, error=error, result=failure)
-        except Exception as e:  # a bug must not kill the worker; the job records it
-            log.exception("job %s failed", job.id)
-            self._finish(job.id, "failed", error=f"internal error: {type(e).__name__}: {e}",
-                         result=self._failure(job, e))
+            self._end_on_error(job, e, None if partial is None or not partial.images else
+                               lambda **end: self._record(job, partial, timestamp, **end))
+        except Exception as e:  # noqa: BLE001 (a bug must not kill the worker; the job records it, logged)
+            self._end_on_bug(job, e)
 
     def _grid(self, job: Job, timestamp: str) -> None:
         """Run an X/Y/Z plot job; an interrupt or a failing cell keeps the cells made and the
@@ -358,17 +352,26 @@ class Worker:
             result = self.executor.grid(params, spec, progress=self._on_grid, cancel=self.cancel, save=job.keep)
             self._record_grid(job, result, timestamp)
         except EmakiError as e:
-            status, error = ("interrupted", "interrupted") if isinstance(e, Interrupted) else ("failed", str(e))
-            failure = self._failure(job, e) if status == "failed" else None
             partial: GridResult | None = getattr(e, "result", None)
-            if partial is not None:
-                self._record_grid(job, partial, timestamp, status=status, error=error, failure=failure)
-            else:
-                self._finish(job.id, status, error=error, result=failure)
-        except Exception as e:  # a bug must not kill the worker; the job records it
-            log.exception("grid job %s failed", job.id)
-            self._finish(job.id, "failed", error=f"internal error: {type(e).__name__}: {e}",
-                         result=self._failure(job, e))
+            self._end_on_error(job, e, None if partial is None else
+                               lambda **end: self._record_grid(job, partial, timestamp, **end))
+        except Exception as e:  # noqa: BLE001 (a bug must not kill the worker; the job records it, logged)
+            self._end_on_bug(job, e)
+
+    def _end_on_error(self, job: Job, error: EmakiError, record_made: Callable[..., None] | None) -> None:
+        """End `job` on `error`: `interrupted`, or `failed` with the reason; what it made before
+        is recorded by `record_made` (given the end's `status`, `error` and `failure`), if any."""
+        status, reason = ("interrupted", "interrupted") if isinstance(error, Interrupted) else ("failed", str(error))
+        failure = self._failure(job, error) if status == "failed" else None
+        if record_made is not None:
+            record_made(status=status, error=reason, failure=failure)
+        else:
+            self._finish(job.id, status, error=reason, result=failure)
+
+    def _end_on_bug(self, job: Job, error: Exception) -> None:
+        log.exception("%s job %s failed", job.kind, job.id)
+        self._finish(job.id, "failed", error=f"internal error: {type(error).__name__}: {error}",
+                     result=self._failure(job, error))
 
     def _record_grid(self, job: Job, result: GridResult, job_timestamp: str, status: str = "done",
                      error: str | None = None, failure: dict[str, Any] | None = None) -> None:
