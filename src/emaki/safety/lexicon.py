@@ -144,6 +144,8 @@ class Lexicon:
     exempt_phrases: dict[str, int]
     exempt_starts: frozenset[str]
     cjk_exempt: re.Pattern[str] | None
+    glued_minor: frozenset[str]  # pieces of a glued word that mark it a minor indicator
+    glued_minor_first: frozenset[str]  # the same, only as the word's first piece
     bpe: Bpe
     _seen: dict[str, int] = field(default_factory=dict)  # word → bits; prompts repeat words
 
@@ -180,16 +182,20 @@ class Lexicon:
 
     def _glued_bits(self, readings: tuple[str, ...], found: int) -> int:
         """`BOTH` when a word CLIP does not know whole is a minor and sexual content glued
-        together, else 0: its CLIP pieces (`emaki.safety.bpe`) complete it to both
+        together; `MINOR` when one of its pieces is an unambiguous minor indicator on its own
+        (`glued_minor.txt`: `kidsart`); else 0. Its CLIP pieces (`emaki.safety.bpe`) complete it to both
         (`childnude` = `child` + `nude`, `kidporn`), or, holding a term already, it is two
         terms end to end (`babynsfw`, which CLIP cuts `bab yn sfw`). A piece on one side only
-        does not count: `concubine` holds `cub`, `nineteen` `teen`, `scrape` `rape`. Measured
-        on the 280,000 words of the web2 and GCIDE word lists and the CLIP vocabulary:
-        one-sided pieces would refuse about 800 of them, these rules none.
+        does not count, except the few of `glued_minor.txt`: `concubine` holds `cub`, `nineteen`
+        `teen`, `scrape` `rape`. Measured on the 263,000 words of the web2 and GCIDE word lists
+        (the `english-words` package): any one-sided minor piece would mark 154 of them, the
+        pieces of `glued_minor.txt` 46, of which the 19 ordinary ones (`childbirth`, `kidskin`)
+        are in exempt.txt.
 
         Long words are read in overlapping windows, so checking stays linear."""
         if len(readings) == 1 and readings[0] in self.bpe.whole_words:
             return 0  # a word CLIP knows (most words of most prompts)
+        one_sided = 0
         collapsed = [collapse_repeats(r, keep) for r in readings for keep in (1, 2)]
         for reading in {*readings, *collapsed}:
             if reading in self.bpe.whole_words:
@@ -197,14 +203,22 @@ class Lexicon:
             bits = found
             step = _GLUED_WINDOW // 2
             for start in range(0, max(1, len(reading) - step), step):
-                for piece in self.bpe.pieces(reading[start : start + _GLUED_WINDOW]):
+                pieces = self.bpe.pieces(reading[start : start + _GLUED_WINDOW])
+                for index, piece in enumerate(pieces):
                     if len(piece) >= _MIN_PIECE and piece not in self.exempt_words:
                         bits |= self._reading_bits(piece)
+                    if self._marks_minor(piece, first=start == 0 and index == 0):
+                        one_sided |= MINOR
             if bits == BOTH:
                 return BOTH
             if len(reading) <= _GLUED_WINDOW and self._two_terms(reading):
                 return BOTH
-        return 0
+        return one_sided
+
+    def _marks_minor(self, piece: str, *, first: bool) -> bool:
+        """Whether a CLIP piece of a glued word is a minor indicator on its own
+        (`glued_minor.txt`): `kidsart` is `kids` + `art` to the model."""
+        return piece in self.glued_minor or (first and piece in self.glued_minor_first)
 
     def _two_terms(self, word: str) -> bool:
         """Whether `word` is a minor term and a sexual term end to end (`pedometer` is not
@@ -290,6 +304,7 @@ def load_lexicon() -> Lexicon:
         if len(parts) > 1:
             exempt_phrases[" ".join(parts)] = len(parts)
         exempt_words.add("".join(parts))
+    glued_minor = _terms("glued_minor.txt")
     words.compile()
     squeezed.compile()
     spelled_bits = {t: b for t, b in words.terms().items() if len(t) >= 3}
@@ -308,5 +323,7 @@ def load_lexicon() -> Lexicon:
         exempt_phrases=exempt_phrases,
         exempt_starts=frozenset(p.split(" ", 1)[0] for p in exempt_phrases),
         cjk_exempt=_alternation(cjk_exempt),
+        glued_minor=frozenset(t for t in glued_minor if not t.startswith("^")),
+        glued_minor_first=frozenset(t[1:] for t in glued_minor if t.startswith("^")),
         bpe=load_bpe(),
     )
