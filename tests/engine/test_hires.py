@@ -31,6 +31,15 @@ def test_target_size(fields, size):
     assert target_size(params) == size
 
 
+@pytest.mark.parametrize("fields", [{"hr_scale": 8}, {"height": 512, "hr_resize_y": 4096}])
+def test_a_hires_size_over_the_side_limit_is_refused_before_anything_runs(fields):
+    fields = {"width": 1024, "height": 1024} | fields
+    with pytest.raises(ParamsError, match="hires size .* over 4096 pixels per side"):
+        target_size(GenerationParams.create(enable_hr=True, **fields))
+    with pytest.raises(ParamsError, match="hr_scale"):
+        hires(**fields)
+
+
 @pytest.mark.parametrize("steps, hr_steps, strength, expected", [
     (20, 0, 0.7, (28, 19)),  # A1111 passes the steps explicitly: schedule int(20 / 0.7), 20 of it run
     (20, 10, 0.5, (20, 9)),

@@ -17,7 +17,7 @@ from emaki.engine.img2img import encode_image
 from emaki.engine.run import Batch, Extension, Run, StepCallback
 from emaki.engine.stages import decode, denoise, encode_lists
 from emaki.errors import ParamsError
-from emaki.params import GenerationParams
+from emaki.params import MAX_SIDE, GenerationParams
 from emaki.prompts import extract_networks
 from emaki.sampling import Sampler, get_sampler, img2img_sigmas, parse_sampler_name, sigmas_for
 from emaki.upscalers import (
@@ -36,7 +36,8 @@ __all__ = ["IMAGE_UPSCALERS", "LATENT_UPSCALERS", "HiresFix", "check_upscaler", 
 
 def target_size(params: GenerationParams) -> tuple[int, int]:
     """The second pass's size: `hr_resize_x/y` when given (one of them keeps the aspect ratio),
-    else width and height times `hr_scale`; rounded down to multiples of 8."""
+    else width and height times `hr_scale`; rounded down to multiples of 8. A side over
+    `MAX_SIDE` raises `ParamsError` (each field is within its range, their product may not be)."""
     assert params.width is not None and params.height is not None
     width, height = params.hr_resize_x, params.hr_resize_y
     if not width and not height:
@@ -45,6 +46,9 @@ def target_size(params: GenerationParams) -> tuple[int, int]:
         height = width * params.height // params.width
     elif not width:
         width = height * params.width // params.height
+    if max(width, height) > MAX_SIDE:
+        raise ParamsError(f"hr_scale / hr_resize_x / hr_resize_y: the hires size {width}x{height} is over "
+                          f"{MAX_SIDE} pixels per side")
     return max(8, width // 8 * 8), max(8, height // 8 * 8)
 
 
