@@ -109,8 +109,8 @@ def test_unknown_and_not_yet_supported_axes_are_clear_errors():
         find_axis("Colour")
     with pytest.raises(ParamsError, match=r"axis 'Sigma Churn': emaki has no such setting yet"):
         find_axis("sigma churn")
-    with pytest.raises(ParamsError, match="^X: axis 'Styles'"):
-        values_of("Styles", "a, b")
+    with pytest.raises(ParamsError, match="^X: axis 'Face restore'"):
+        values_of("Face restore", "a, b")
 
 
 def test_a1111_numbers_its_axes_per_tab():

@@ -8,7 +8,8 @@ clear error. Axes A1111 lacks (`OURS`) come after its rows and have no A1111 num
 
 Adding an axis is adding a row: its label, its value kind, how it changes a cell's params
 (`apply`), and optionally how its values are checked against the workspace before anything runs
-(`resolve`), how a value is shown in the legend (`show`) and how costly a change is (`cost`).
+(`resolve`), how a value is shown in the legend (`show`), how costly a change is (`cost`), and
+the closed set its values come from, where there is one (`choices`, A1111's dropdown).
 """
 
 from __future__ import annotations
@@ -25,6 +26,16 @@ from typing import Any, Literal
 from emaki.errors import EmakiError, ParamsError
 from emaki.params import GenerationParams
 from emaki.workspace import Workspace
+from emaki.xyz.choices import (
+    Choices,
+    checkpoint_choices,
+    hires_upscaler_choices,
+    rng_choices,
+    sampler_choices,
+    schedule_choices,
+    style_choices,
+    vae_choices,
+)
 from emaki.xyz.values import expand_floats, expand_ints
 
 Kind = Literal["int", "float", "str", "orders"]  # "orders": every permutation of the values
@@ -82,6 +93,7 @@ class Axis:
     mode: Mode = "both"  # A1111 shows the row on the txt2img tab, the img2img tab, or both
     aliases: tuple[str, ...] = ()
     missing: str = "emaki has no such setting yet"
+    choices: Choices | None = None  # the closed set of values (A1111's dropdown), given a workspace
 
     @property
     def supported(self) -> bool:
@@ -188,6 +200,26 @@ def check_loras(axis: Axis, values: list[Any], context: AxisContext) -> list[Any
 
 
 # --- names checked against the workspace ---
+
+def add_styles(fields: Fields, value: Any, values: Sequence[Any]) -> None:
+    """Styles: the cell's styles after the grid's own (A1111's `p.styles.extend`)."""
+    fields["styles"] = [*fields["styles"], *value]
+
+
+def check_styles(axis: Axis, values: list[Any], context: AxisContext) -> list[Any]:
+    """Each value is a comma-separated list of style names (A1111 splits it on ","); an empty
+    value adds none. Unlike A1111, which skips a name it does not know, an unknown name is an error."""
+    from emaki.prompts.styles import find_styles, read_styles, styles_files
+
+    names = [tuple(name.strip() for name in value.split(",") if name.strip()) for value in values]
+    if context.workspace is not None:
+        styles = read_styles(styles_files(context.workspace))
+        try:
+            find_styles([name for value in names for name in value], styles)
+        except EmakiError as e:
+            raise ParamsError(f"{axis.label}: {e}") from None
+    return names
+
 
 def check_samplers(axis: Axis, values: list[Any], context: AxisContext) -> list[Any]:
     from emaki.sampling import parse_sampler_name
@@ -332,17 +364,21 @@ A1111_AXES: tuple[Axis, ...] = (
     _missing("Image CFG Scale", "float", "img2img", missing="emaki runs no instruct-pix2pix models"),
     Axis("Prompt S/R", "str", search_replace, show=bare, resolve=check_search),
     Axis("Prompt order", "orders", prompt_order, show=joined, resolve=check_order_tokens),
-    Axis("Sampler", "str", set_field("sampler_name"), show=bare, resolve=check_samplers, mode="txt2img"),
-    Axis("Hires sampler", "str", set_field("hr_sampler_name"), resolve=check_samplers, mode="txt2img"),
-    Axis("Sampler", "str", set_field("sampler_name"), show=bare, resolve=check_samplers, mode="img2img"),
+    Axis("Sampler", "str", set_field("sampler_name"), show=bare, resolve=check_samplers, mode="txt2img",
+         choices=sampler_choices),
+    Axis("Hires sampler", "str", set_field("hr_sampler_name"), resolve=check_samplers, mode="txt2img",
+         choices=sampler_choices),
+    Axis("Sampler", "str", set_field("sampler_name"), show=bare, resolve=check_samplers, mode="img2img",
+         choices=sampler_choices),
     Axis("Checkpoint name", "str", set_field("model"), show=file_name, resolve=check_checkpoints, cost=1.0,
-         aliases=("Checkpoint", "Model")),
+         aliases=("Checkpoint", "Model"), choices=checkpoint_choices),
     Axis("Negative Guidance minimum sigma", "float", set_field("s_min_uncond"), aliases=("NGMS",)),
     _missing("Sigma Churn", "float"),
     _missing("Sigma min", "float"),
     _missing("Sigma max", "float"),
     Axis("Sigma noise", "float", set_field("s_noise")),
-    Axis("Schedule type", "str", set_field("scheduler"), resolve=check_schedules, aliases=("Scheduler",)),
+    Axis("Schedule type", "str", set_field("scheduler"), resolve=check_schedules, aliases=("Scheduler",),
+         choices=schedule_choices),
     _missing("Schedule min sigma", "float"),
     _missing("Schedule max sigma", "float"),
     _missing("Schedule rho", "float"),
@@ -353,19 +389,20 @@ A1111_AXES: tuple[Axis, ...] = (
     Axis("Denoising", "float", set_field("denoising_strength"), aliases=("Denoising strength",)),
     Axis("Initial noise multiplier", "float", set_field("initial_noise_multiplier")),
     _missing("Extra noise", "float"),
-    Axis("Hires upscaler", "str", set_field("hr_upscaler"), resolve=check_upscalers, mode="txt2img"),
+    Axis("Hires upscaler", "str", set_field("hr_upscaler"), resolve=check_upscalers, mode="txt2img",
+         choices=hires_upscaler_choices),
     Axis("Cond. Image Mask Weight", "float", set_field("inpainting_mask_weight"), mode="img2img"),
-    Axis("VAE", "str", set_field("vae"), resolve=check_vaes, cost=0.7),
-    _missing("Styles", "str"),  # issue 18 item 2 adds styles: give this row its `apply` then
+    Axis("VAE", "str", set_field("vae"), resolve=check_vaes, cost=0.7, choices=vae_choices),
+    Axis("Styles", "str", add_styles, resolve=check_styles, aliases=("Style",), choices=style_choices),
     _missing("UniPC Order", "int", cost=0.5),
     _missing("Face restore", "str"),
-    _missing("Token merging ratio", "float"),
+    Axis("Token merging ratio", "float", set_field("token_merging_ratio")),
     _missing("Token merging ratio high-res", "float"),
     _missing("Always discard next-to-last sigma", "str"),
     _missing("SGM noise multiplier", "str", missing="emaki runs SD 1.x models only"),
     _missing("Refiner checkpoint", "str", cost=1.0),
     _missing("Refiner switch at", "float"),
-    Axis("RNG source", "str", set_field("rng"), resolve=check_choices("GPU", "CPU", "NV")),
+    Axis("RNG source", "str", set_field("rng"), resolve=check_choices("GPU", "CPU", "NV"), choices=rng_choices),
     _missing("FP8 mode", "str", cost=0.9),
     Axis("Size", "str", set_size, show=bare, resolve=check_sizes),
 )
@@ -417,10 +454,11 @@ class AxisValues:
 def typed_values(axis: Axis, texts: Sequence[str]) -> list[Any]:
     """The values of an axis as its kind reads them: ranges expanded for numbers, every order
     of the tokens for Prompt order."""
-    if axis.kind == "int":
-        return list(expand_ints(texts))
-    if axis.kind == "float":
-        return list(expand_floats(texts))
+    if axis.kind in ("int", "float"):
+        numbers = [text for text in texts if text.strip()]  # A1111 skips empty ones: "10, 20," is two
+        if not numbers:
+            raise ParamsError("no values given")
+        return list(expand_ints(numbers) if axis.kind == "int" else expand_floats(numbers))
     if axis.kind == "orders":
         if len(texts) > MAX_ORDER_TOKENS:
             raise ParamsError(f"{len(texts)} tokens make {math.factorial(len(texts))} orders; at most "
