@@ -7,6 +7,10 @@ numbers, optionally filtered by `filename_regex`. Each step's prompt is a random
 with `[name]` → the trained token and `[filewords]` → the caption, its comma-separated tags
 optionally dropped (`tag_drop_out`) and shuffled. Latents are encoded once (`LatentCache`);
 batches never mix image sizes (`batch_order`).
+
+kohya's additions: `N_name` subfolders (their images used N times per epoch, `repeats` times for
+those directly in the folder) and aspect-ratio buckets (`buckets`: each image fitted to the
+bucket nearest its aspect ratio, `emaki.training.buckets`).
 """
 
 from __future__ import annotations
@@ -26,9 +30,12 @@ from PIL import Image, ImageOps
 
 from emaki.errors import ParamsError
 from emaki.safe_regex import bounded_regex
+from emaki.training.buckets import bucket_resolutions, check_buckets, fit_to_bucket, nearest_bucket
+from emaki.training.params import MAX_REPEATS
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 LATENT_SAMPLING_METHODS = ("once", "deterministic", "random")
+_REPEAT_FOLDER = re.compile(r"^(\d+)_(.*)$")  # kohya's "10_sepia": 10 repeats of class "sepia"
 # A1111's re_numbers_at_start: the "00012-" an image saved by a UI starts with.
 _NUMBERS_AT_START = re.compile(r"^[-\d]+\s*")
 # Pillow's ways of saying "this is not an image it can read".
@@ -45,6 +52,7 @@ class TrainingImage:
     pixels: torch.Tensor  # float32 [3, H, W] in [-1, 1] (RGB)
     weight: torch.Tensor | None  # float32 [H, W] alpha in [0, 1] (with use_weight), else None
     filewords: str  # the caption ([filewords])
+    repeats: int = 1  # times it is used per epoch (kohya's `N_name` folders, `repeats`)
 
 
 def load_images(
@@ -55,8 +63,13 @@ def load_images(
     use_weight: bool,
     filename_regex: str = "",
     filename_join: str = " ",
+    buckets: tuple[int, int, int] | None = None,
+    repeats: int = 1,
 ) -> list[TrainingImage]:
-    """The images directly in `folder`, by name; `size` is (W, H), unused with `varsize`.
+    """The images directly in `folder`, by name, used `repeats` times per epoch, then those of
+    its kohya-style `N_name` subfolders, used N times (their caption without a `.txt`: `name`);
+    `size` is (W, H), unused with `varsize`; with `buckets` (min, max, step) it is the largest
+    area and each image is fitted to its aspect-ratio bucket (`emaki.training.buckets`).
     Unreadable images are skipped (and logged); a folder with none readable is an error."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
@@ -68,10 +81,10 @@ def load_images(
         if size[0] < 8 or size[1] < 8 or size[0] % 8 or size[1] % 8:
             raise ParamsError(f"size: width and height must be multiples of 8, got {size[0]}x{size[1]}")
     _filename_pattern(filename_regex)  # a bad regex fails even when every caption is a .txt
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    bucket_sizes = sorted(bucket_resolutions(size, *check_buckets(buckets))) if buckets and size else None
     images: list[TrainingImage] = []
     unreadable: list[str] = []
-    for path in paths:
+    for path, times, class_caption in image_files(folder, repeats):
         try:
             with Image.open(path) as opened:
                 image = ImageOps.exif_transpose(opened)
@@ -82,7 +95,11 @@ def load_images(
             continue
         alpha = image.convert("RGBA").getchannel("A") if use_weight and image.has_transparency_data else None
         rgb = image.convert("RGB")
-        if not varsize:
+        if bucket_sizes is not None:
+            bucket = nearest_bucket(rgb.size, bucket_sizes)
+            rgb = fit_to_bucket(rgb, bucket)
+            alpha = fit_to_bucket(alpha, bucket) if alpha is not None else None
+        elif not varsize:
             assert size is not None
             rgb = rgb.resize(size, Image.Resampling.BICUBIC)
             alpha = alpha.resize(size, Image.Resampling.BICUBIC) if alpha is not None else None
@@ -96,12 +113,36 @@ def load_images(
             alpha = alpha.crop(box) if alpha is not None else None
         pixels = torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)
         weight = torch.from_numpy(np.asarray(alpha, dtype=np.float32) / 255) if alpha is not None else None
-        caption = caption_for(path, filename_regex, filename_join)
-        images.append(TrainingImage(path, pixels.contiguous(), weight, caption))
+        if class_caption and caption_file(path) is None:
+            caption = class_caption  # kohya: an image without a caption file is its folder's class
+        else:
+            caption = caption_for(path, filename_regex, filename_join)
+        images.append(TrainingImage(path, pixels.contiguous(), weight, caption, times))
     if not images:
         skipped = f" ({len(unreadable)} unreadable: {', '.join(unreadable[:5])})" if unreadable else ""
         raise ParamsError(f"{folder}: no training images (PNG/JPEG/WebP) found{skipped}")
     return images
+
+
+def image_files(folder: Path, repeats: int = 1) -> list[tuple[Path, int, str | None]]:
+    """(image, times per epoch, its folder's class caption) for the images directly in `folder`
+    (`repeats` times, no class) and in its `N_name` subfolders (N times, class `name`), by name."""
+    if not 1 <= repeats <= MAX_REPEATS:
+        raise ParamsError(f"repeats: expected 1 to {MAX_REPEATS}, got {repeats}")
+    found: list[tuple[Path, int, str | None]] = [(p, repeats, None) for p in _images_in(folder)]
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        match = _REPEAT_FOLDER.match(sub.name)
+        if match is None:
+            continue
+        times = int(match.group(1))
+        if not 1 <= times <= MAX_REPEATS:
+            raise ParamsError(f"{sub}: {times} repeats in the folder name; expected 1 to {MAX_REPEATS}")
+        found += [(p, times, match.group(2).strip() or None) for p in _images_in(sub)]
+    return found
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
 def _crop_to_multiple_of_8(size: tuple[int, int]) -> tuple[int, int, int, int] | None:
@@ -277,18 +318,21 @@ def _latent_weight(alpha: torch.Tensor | None, latent: torch.Tensor) -> torch.Te
 def batch_order(images: Sequence[TrainingImage], batch_size: int,
                 generator: torch.Generator) -> Iterator[list[int]]:
     """Batches of image indices, endlessly. Each epoch takes a fresh permutation from
-    `generator`, groups it by pixel size (a batch never mixes sizes), cuts each group into
-    batches of `batch_size` and shuffles the batches; every image is used once per epoch, so a
-    group's last batch (or a whole group smaller than `batch_size`) is smaller rather than
-    dropped or padded with repeats (A1111 drops it and draws random fillers)."""
+    `generator` (of every image `repeats` times), groups it by pixel size (a batch never mixes
+    sizes: one bucket), cuts each group into batches of `batch_size` and shuffles the batches;
+    every image is used `repeats` times per epoch, so a group's last batch (or a whole group
+    smaller than `batch_size`) is smaller rather than dropped or padded with extra images
+    (A1111 drops it and draws random fillers)."""
     if batch_size < 1:
         raise ParamsError(f"batch_size: expected at least 1, got {batch_size}")
     if not images:
         raise ParamsError("batch_order: no training images")
     sizes = [tuple(image.pixels.shape[-2:]) for image in images]
+    pool = [index for index, image in enumerate(images) for _ in range(image.repeats)]
     while True:
         groups: dict[tuple[int, ...], list[int]] = {}
-        for index in torch.randperm(len(images), generator=generator, device=generator.device).tolist():
+        for drawn in torch.randperm(len(pool), generator=generator, device=generator.device).tolist():
+            index = pool[drawn]
             groups.setdefault(sizes[index], []).append(index)
         batches = [group[i:i + batch_size]
                    for group in groups.values() for i in range(0, len(group), batch_size)]

@@ -253,7 +253,8 @@ def lora_trainee(params: TrainingParams, model: LoadedModel, encoder: PromptEnco
         if params.conv_dim else "null",
         "ss_sd_model_name": model.name, "ss_sd_model_hash": model.hash or "", "ss_clip_skip": str(params.clip_skip),
         "ss_tag_frequency": tag_frequency(Path(params.data).name, (image.filewords for image in images)),
-        "ss_num_train_images": str(len(images)), "ss_max_train_steps": str(params.steps),
+        "ss_num_train_images": str(sum(image.repeats for image in images)),
+        "ss_max_train_steps": str(params.steps),
         "ss_learning_rate": f"{base:g}", "ss_unet_lr": f"{unet_lr:g}", "ss_text_encoder_lr": f"{te_lr:g}",
         "ss_optimizer": f"torch.optim.{params.optimizer}", "ss_lr_scheduler": params.lr_scheduler,
         "ss_lr_warmup_steps": str(params.lr_warmup_steps), "ss_min_snr_gamma": str(params.min_snr_gamma),
@@ -262,6 +263,11 @@ def lora_trainee(params: TrainingParams, model: LoadedModel, encoder: PromptEnco
         "ss_resolution": f"({size[0]}, {size[1]})", "ss_batch_size_per_device": str(params.batch_size),
         "ss_gradient_accumulation_steps": str(params.gradient_step), "ss_seed": str(params.seed),
         "ss_training_comment": "trained by emaki",
+        "ss_enable_bucket": str(params.buckets is not None),
     }
+    if params.buckets is not None:  # kohya's bucket options, as its files record them
+        low, high, step = params.buckets
+        metadata |= {"ss_min_bucket_reso": str(low), "ss_max_bucket_reso": str(high),
+                     "ss_bucket_reso_steps": str(step), "ss_bucket_no_upscale": "False"}
     return LoraTrainee(params.name, model, encoder, params.network_dim, alpha, params.conv_dim, conv_alpha,
                        unet_lr, te_lr, params.optimizer, params.seed, metadata=metadata)

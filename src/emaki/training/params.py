@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from emaki.errors import ParamsError
 from emaki.params import checked, multiple_of_8
+from emaki.training.buckets import check_buckets
 from emaki.training.schedules import parse_lr_schedule
 
 TrainingKind = Literal["embedding", "hypernetwork", "lora"]
@@ -35,6 +36,7 @@ DEMO_DEFAULTS: dict[str, dict[str, Any]] = {
 # A1111 users destroy hypernetworks by reusing an embedding's rate; refuse rates from here up.
 HYPERNETWORK_MAX_RATE = 1e-3
 MAX_VECTORS = 75
+MAX_REPEATS = 10_000  # times one image is used per epoch (a kohya folder's N)
 
 
 def sanitize_name(name: str) -> str:
@@ -69,6 +71,11 @@ class TrainingParams(BaseModel):
     width: int | None = Field(None, ge=8, le=2048, description="None: the model's native size")
     height: int | None = Field(None, ge=8, le=2048)
     varsize: bool = Field(False, description="keep each image's size; batches hold images of one size")
+    buckets: list[int] | None = Field(
+        None, description="aspect-ratio buckets MIN,MAX,STEP in pixels (kohya's 256,1024,64): each image fitted "
+        "to the bucket nearest its aspect ratio with an area up to width x height; a batch holds one bucket")
+    repeats: int = Field(1, ge=1, le=MAX_REPEATS, description="times each image directly in `data` is used per "
+                         "epoch (images in kohya-style N_name subfolders: N times)")
     use_weight: bool = Field(False, description="use the image's alpha channel as the loss weight")
     filename_regex: str = Field("", description="keep only what this regex finds in a file-name caption")
     filename_join: str = Field(" ", description="what joins the regex's finds")
@@ -152,6 +159,14 @@ class TrainingParams(BaseModel):
             if self.dropout_structure is not None and len(self.dropout_structure) != len(self.layer_structure):
                 raise ValueError(f"dropout_structure {self.dropout_structure} needs one entry per layer of "
                                  f"layer_structure {self.layer_structure}")
+        if self.buckets is not None:
+            if self.varsize:
+                raise ValueError("buckets and varsize: choose one (buckets fit each image to a bucket of its "
+                                 "aspect ratio; varsize keeps each image's own size)")
+            try:
+                check_buckets(self.buckets)
+            except ParamsError as e:
+                raise ValueError(str(e)) from None
         if (self.width is None) != (self.height is None):
             raise ValueError("width and height: give both or neither")
         if self.resume and self.overwrite:

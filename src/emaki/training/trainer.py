@@ -272,9 +272,10 @@ def run_training(engine: Engine, params: TrainingParams, *, progress: TrainingCa
         module.requires_grad_(False)
     native = native_size(model)
     size = (params.width, params.height) if params.width and params.height else (native, native)
+    buckets = (params.buckets[0], params.buckets[1], params.buckets[2]) if params.buckets else None
     images = load_images(Path(params.data).expanduser(), size=size, varsize=params.varsize,
                          use_weight=params.use_weight, filename_regex=params.filename_regex,
-                         filename_join=params.filename_join)
+                         filename_join=params.filename_join, buckets=buckets, repeats=params.repeats)
     check_training_captions(_policy_items(images, lines, params.name), network_name=params.name)
 
     encoder = PromptEncoder(parts.text_encoder, parts.tokenizer, clip_skip=params.clip_skip, emphasis=params.emphasis)
@@ -340,7 +341,7 @@ def _train(engine: Engine, params: TrainingParams, model: LoadedModel, trainee: 
         generator = torch.Generator().manual_seed(params.seed * SEED_STRIDE + index)
         return objective.loss(latents, trainee.context(texts), weight, generator)
 
-    per_epoch = max(1, len(images) // params.batch_size // params.gradient_step)
+    per_epoch = max(1, sum(image.repeats for image in images) // params.batch_size // params.gradient_step)
     first_caption = CaptionMaker(lines[:1], params.name, shuffle_tags=False, tag_drop_out=0.0,
                                  rng=random.Random(0)).make(images[0].filewords)
     record = provenance(params.kind, params.model_dump(), model_name=model.name, model_hash=model.hash,
