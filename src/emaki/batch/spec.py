@@ -20,10 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from emaki.engine.policy import ensure_params_allowed
 from emaki.errors import EmakiError, ParamsError, PolicyViolation
 from emaki.jobs.rendered import JobRequest
-from emaki.params import GenerationParams
+from emaki.params import GenerationParams, quotable
 
 KEY_HEX = 16  # 64 bits of the hash: no collision in any batch a person runs (1e-10 at 10^5 items)
 MAX_LINE_CHARS = 1_000_000  # a line is one params object; prompts are bounded far below this
@@ -79,6 +81,23 @@ def parse_line(text: str, where: str) -> GenerationParams:
         raise ParamsError(f"{where}: {e}") from None
 
 
+def item_params(fields: Any, where: str) -> GenerationParams:
+    """One item's params from its decoded JSON (a batch sent over HTTP), checked as a file's line
+    is; a bad field raises `ParamsError` naming `where.field` (`items[2].steps`)."""
+    if not isinstance(fields, dict):
+        raise ParamsError(f"{where}: expected a JSON object of generation parameters, got {type(fields).__name__}")
+    try:
+        return GenerationParams(**fields)
+    except ValidationError as e:
+        problems = []
+        for error in e.errors():
+            field = ".".join([where, *(str(part) for part in error["loc"])])
+            message = str(error["msg"]).removeprefix("Value error, ")
+            problems.append(f"{field}: {message} (got {quotable(error.get('input'))!r})" if error["loc"]
+                            else f"{field}: {message}")
+        raise ParamsError("; ".join(problems)) from None
+
+
 def read_lines(path: Path) -> list[tuple[int, str]]:
     """(line number, text) of the non-blank lines of `path`."""
     try:
@@ -110,6 +129,12 @@ def read_batch(path: Path) -> list[BatchItem]:
             ensure_params_allowed(params)
         except PolicyViolation as e:
             raise PolicyViolation(f"{path}:{number}: {e}") from None
+    return keyed_items(parsed)
+
+
+def keyed_items(parsed: list[tuple[int, GenerationParams]]) -> list[BatchItem]:
+    """(line, params) pairs as items with their content keys, in order (a repeat of random-seed
+    params keyed as the repeat it is)."""
     seen: dict[str, int] = {}
     items = []
     for number, params in parsed:

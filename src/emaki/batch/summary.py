@@ -4,8 +4,10 @@ run goes, so a killed run leaves a valid summary of what it had done."""
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 from emaki.files import atomic_write
 
@@ -36,10 +38,21 @@ def write_summary(folder: Path, rows: list[Row]) -> Path:
     """Replace `folder/summary.csv` with `rows` (in line order) in one step."""
     target = folder / SUMMARY_FILE
     with atomic_write(target) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(COLUMNS)
-        writer.writerows(row.cells() for row in sorted(rows, key=lambda r: r.line))
+        write_rows(f, rows)
     return target
+
+
+def summary_csv(rows: list[Row]) -> str:
+    """`rows` as the text of a summary.csv (what `GET /api/batch/{name}/summary.csv` answers)."""
+    text = io.StringIO(newline="")
+    write_rows(text, rows)
+    return text.getvalue()
+
+
+def write_rows(f: TextIO, rows: list[Row]) -> None:
+    writer = csv.writer(f)
+    writer.writerow(COLUMNS)
+    writer.writerows(row.cells() for row in sorted(rows, key=lambda r: r.line))
 
 
 def read_summary(folder: Path) -> list[dict[str, str]]:

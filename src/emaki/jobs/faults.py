@@ -21,6 +21,11 @@ class StorageFull(StorageError):
     """... because there is no space left on the disk (HTTP 507 Insufficient Storage)."""
 
 
+class WorkersUnavailable(EmakiError):
+    """The workers that run jobs elsewhere (a Ray cluster's actors) died or are gone: the job's
+    worker died twice, or none is left (HTTP 503)."""
+
+
 def disk_full(error: BaseException | None) -> bool:
     """Whether `error`, or an error it was raised from or while handling, says the disk is full
     (`ENOSPC`/`EDQUOT`, SQLite's SQLITE_FULL)."""

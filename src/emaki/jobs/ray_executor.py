@@ -213,15 +213,19 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+def worker_slot(threads: int | None, precision: str | None) -> EngineSlot:
+    """The `EngineSlot` of a Ray worker process, on that worker's own workspace: an actor is the
+    process's entry point, so like the CLI it reads its environment (EMAKI_HOME, EMAKI_A1111)."""
+    from emaki.workspace import workspace_from_environment
+
+    return EngineSlot.on_workspace(workspace_from_environment(os.environ), threads, precision)
+
+
 class EngineActor:
     """The body of a Ray actor: an `EngineSlot` on the worker's own workspace."""
 
     def __init__(self, threads: int | None, precision: str | None) -> None:
-        # A worker process's entry point: like the CLI, it reads its own environment
-        # (EMAKI_HOME, EMAKI_A1111) for its workspace.
-        from emaki.workspace import workspace_from_environment
-
-        self.slot = EngineSlot.on_workspace(workspace_from_environment(os.environ), threads, precision)
+        self.slot = worker_slot(threads, precision)
 
     def render(self, key: str, fields: dict[str, Any]) -> JobOutcome:
         return self.slot.render(key, fields)
@@ -234,12 +238,13 @@ class RayCluster:
     """`Cluster` on Ray: actors of `actor_class(*args)`, each taking `threads` CPUs (and `gpus` GPUs)."""
 
     def __init__(self, actor_class: type = EngineActor, args: tuple[Any, ...] = (None, None), *,
-                 threads: int = 1, gpus: float = 0) -> None:
+                 threads: int = 1, gpus: float = 0, concurrency: int = 1) -> None:
         import ray
 
         self.ray = ray
         self.remote_class: Any = ray.remote(actor_class).options(
-            num_cpus=threads, num_gpus=gpus, max_restarts=ACTOR_RESTARTS, max_task_retries=0)
+            num_cpus=threads, num_gpus=gpus, max_restarts=ACTOR_RESTARTS, max_task_retries=0,
+            max_concurrency=concurrency)
         self.args = args
 
     def start(self) -> Any:
@@ -271,6 +276,44 @@ class RayCluster:
         self.ray.kill(actor)
 
 
+@dataclass(frozen=True)
+class ClusterRoom:
+    """The actors to start on a joined cluster: how many, with a GPU each or not, and how to
+    let go of the cluster (None: it was running before, it stays)."""
+
+    workers: int
+    gpus: int
+    on_close: Callable[[], None] | None
+
+
+def join_cluster(address: str | None, workers: int | None, threads: int) -> ClusterRoom:
+    """Join the Ray cluster at `address` (`auto`: the one `ray start` runs here; None: start one
+    in this process) unless this process has joined one already, and check it has room for
+    `workers` actors of `threads` CPUs (default: one per GPU, else its CPUs / threads)."""
+    try:
+        import ray
+    except ImportError:
+        raise EmakiError("--executor ray: Ray is not installed (pip install 'emaki[ray]')") from None
+    started = not ray.is_initialized()
+    if started:
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise EmakiError(f"--ray-address {address}: cannot join the Ray cluster ({first_line(e)})") from None
+    resources = ray.cluster_resources()
+    gpus = 1 if resources.get("GPU", 0) >= 1 else 0
+    room = int(resources["GPU"]) if gpus else int(resources.get("CPU", 0)) // threads
+    if workers is None:
+        workers = max(1, room)
+    if workers > room:  # the actors past the cluster's room would never start, and their jobs never end
+        what = f"{int(resources['GPU'])} GPUs" if gpus else f"{int(resources.get('CPU', 0))} CPUs"
+        if started:
+            ray.shutdown()
+        raise EmakiError(f"--workers {workers}: the Ray cluster has {what}, room for {room} workers "
+                         f"of {threads} threads")
+    return ClusterRoom(workers, gpus, ray.shutdown if started else None)
+
+
 class RayExecutor:
     """`emaki batch --executor ray`: the batch's requests on a pool of Ray actors."""
 
@@ -285,29 +328,9 @@ class RayExecutor:
         """Join the cluster at `address` (`auto`: the one `ray start` runs on this machine), or,
         with none, start one on this machine (stopped again by `close`); `workers` actors of
         `threads` CPU threads each (default: one per GPU, else the cluster's CPUs / threads)."""
-        try:
-            import ray
-        except ImportError:
-            raise EmakiError("--executor ray: Ray is not installed (pip install 'emaki[ray]')") from None
-        started = not ray.is_initialized()
-        if started:
-            try:
-                ray.init(address=address, include_dashboard=False, log_to_driver=False)
-            except (ConnectionError, RuntimeError, ValueError) as e:
-                raise EmakiError(f"--ray-address {address}: cannot join the Ray cluster ({first_line(e)})") from None
-        resources = ray.cluster_resources()
-        gpus = 1 if resources.get("GPU", 0) >= 1 else 0
-        room = int(resources["GPU"]) if gpus else int(resources.get("CPU", 0)) // threads
-        if workers is None:
-            workers = max(1, room)
-        if workers > room:  # the actors past the cluster's room would never start, and their jobs never end
-            what = f"{int(resources['GPU'])} GPUs" if gpus else f"{int(resources.get('CPU', 0))} CPUs"
-            if started:
-                ray.shutdown()
-            raise EmakiError(f"--workers {workers}: the Ray cluster has {what}, room for {room} workers "
-                             f"of {threads} threads")
-        cluster = RayCluster(EngineActor, (threads, precision), threads=threads, gpus=gpus)
-        return cls(cluster, workers, on_close=ray.shutdown if started else None)
+        pool = join_cluster(address, workers, threads)
+        cluster = RayCluster(EngineActor, (threads, precision), threads=threads, gpus=pool.gpus)
+        return cls(cluster, pool.workers, on_close=pool.on_close)
 
     @property
     def actors(self) -> list[Any]:

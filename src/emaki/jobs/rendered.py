@@ -22,6 +22,7 @@ from emaki.params import GenerationParams
 
 if TYPE_CHECKING:
     from emaki.engine import Engine
+    from emaki.engine.run import Cancel, GenerationResult, ProgressCallback
     from emaki.workspace import Workspace
 
 PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the last chunk of every complete PNG
@@ -61,6 +62,7 @@ class JobOutcome:
     facts: dict[str, Any] = field(default_factory=dict)  # model, model_hash, vae, vae_hash, worker, seconds, cpu_seconds
     attempts: int = 1
     retried: str | None = None  # why an earlier attempt was dropped (its worker died)
+    ran: dict[str, Any] | None = None  # the params as run (seeds resolved, size filled in), a dump
 
     @property
     def ok(self) -> bool:
@@ -81,6 +83,19 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def rendered_images(result: GenerationResult) -> list[RenderedImage]:
+    return [RenderedImage(png_bytes(i.image, i.infotext), i.infotext, i.seed, i.subseed, i.image.width,
+                          i.image.height) for i in result.images]
+
+
+def model_facts(result: GenerationResult | None) -> dict[str, Any]:
+    """What the head records of the model that made `result` (nothing when there is none)."""
+    if result is None:
+        return {}
+    model = result.model
+    return {"model": model.name, "model_hash": model.hash, "vae": model.vae_name, "vae_hash": model.vae_hash}
+
+
 class EngineSlot:
     """One worker slot: an `Engine` that runs requests one at a time and returns bytes."""
 
@@ -97,26 +112,27 @@ class EngineSlot:
 
         return cls(Engine(workspace, DevicePolicy.choose(precision, threads=threads)))
 
-    def render(self, key: str, fields: dict[str, Any]) -> JobOutcome:
+    def render(self, key: str, fields: dict[str, Any], *, progress: ProgressCallback | None = None,
+               cancel: Cancel | None = None) -> JobOutcome:
         """Run the generation `fields` (a `GenerationParams` dump) without saving it. A user's
         error (a bad field, a refused prompt, a missing model) is the outcome's `error`; so is a
-        bug, named as one: the head decides what to record, the worker only reports."""
+        bug, named as one: the head decides what to record, the worker only reports. An error
+        after some batches were made (an interrupt through `cancel`) keeps their images."""
         started = time.perf_counter(), time.process_time()
         try:
             # Validated and judged here again: what reaches a worker is never taken on trust.
             params = GenerationParams.create(**fields)
-            result = self.engine.generate(params, save=False)
-            images = [RenderedImage(png_bytes(i.image, i.infotext), i.infotext, i.seed, i.subseed,
-                                    i.image.width, i.image.height) for i in result.images]
+            result = self.engine.generate(params, save=False, progress=progress, cancel=cancel)
         except EmakiError as e:
-            return JobOutcome(key, error=str(e), error_type=type(e).__name__, facts=self._facts(started))
+            made: GenerationResult | None = getattr(e, "result", None)
+            return JobOutcome(key, images=rendered_images(made) if made is not None else [], error=str(e),
+                              error_type=type(e).__name__, facts=self._facts(started) | model_facts(made),
+                              ran=made.params.model_dump() if made is not None else None)
         except Exception as e:  # noqa: BLE001  (a bug must not take the worker down: the head records it)
             return JobOutcome(key, error=f"internal error: {type(e).__name__}: {e}", error_type=type(e).__name__,
                               facts=self._facts(started))
-        model = result.model
-        facts = self._facts(started) | {"model": model.name, "model_hash": model.hash, "vae": model.vae_name,
-                                        "vae_hash": model.vae_hash}
-        return JobOutcome(key, images=images, facts=facts)
+        return JobOutcome(key, images=rendered_images(result), facts=self._facts(started) | model_facts(result),
+                          ran=result.params.model_dump())
 
     @staticmethod
     def _facts(started: tuple[float, float]) -> dict[str, Any]:
