@@ -14,17 +14,19 @@ from __future__ import annotations
 
 import math
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
+from emaki.engine.output import save_png
 from emaki.engine.pipeline import resolve_seeds
 from emaki.engine.run import Cancel, GeneratedImage, GenerationResult, ProgressCallback
-from emaki.errors import ParamsError
+from emaki.errors import EmakiError, ParamsError
 from emaki.infotext import quote
+from emaki.models.loader import LoadedModel
 from emaki.params import GenerationParams
 
 if TYPE_CHECKING:
@@ -143,12 +145,35 @@ def with_script_fields(infotext: str, overlap: int, upscaler: str) -> str:
     return f"{infotext}, {extra}"
 
 
+def _tile_progress(progress: ProgressCallback | None, tile: int, tiles: int) -> ProgressCallback | None:
+    """Progress of one tile's img2img as tile `tile` of `tiles` (A1111 counts the SD upscale
+    script's tiles as its jobs): `batch`/`batches` number the tiles of the whole run."""
+    if progress is None:
+        return None
+    return lambda event: progress(replace(event, batch=tile, batches=tiles))
+
+
+def _picture(params: GenerationParams, grid: TileGrid, redrawn: list[Image.Image], seed: int, infotext: str,
+             overlap: int, upscaler: str, folder: Path | None) -> GeneratedImage:
+    """One pass's picture: the redrawn tiles (in reading order; the tiles not redrawn yet keep
+    the upscaled picture's pixels) laid back, saved to `folder` unless it is None."""
+    tiles = grid.tiles()
+    combined = combine_grid(grid.replaced(redrawn + tiles[len(redrawn):]))
+    text = with_script_fields(infotext, overlap, upscaler)
+    path = save_png(combined, text, folder, seed) if folder is not None else None
+    return GeneratedImage(combined, seed, params.subseed, text, path, prompt=params.prompt,
+                          negative_prompt=params.negative_prompt)
+
+
 def sd_upscale(engine: Engine, params: GenerationParams, image: Image.Image, *, upscaler: str,
                scale: float, overlap: int = DEFAULT_OVERLAP, progress: ProgressCallback | None = None,
-               cancel: Cancel | None = None) -> GenerationResult:
+               cancel: Cancel | None = None, out_dir: Path | None = None) -> GenerationResult:
     """`image` enlarged by `scale` with `upscaler` ("None": not enlarged), then redrawn tile by
     tile by img2img with `params` (prompt, steps, denoising strength, ...; width×height is the
-    tile size); nothing is written."""
+    tile size); the pictures are written to `out_dir` unless it is None. `progress` counts the
+    tiles of all passes as batches. A skipped tile keeps the upscaled pixels; an interrupt
+    raises `Interrupted` whose `result` holds the pictures so far, the last one with the tiles
+    finished before it (A1111 returns its partial picture too; its missing tiles are black)."""
     if params.mask:
         raise ParamsError("mask: the SD upscale script redraws the whole picture; send no mask")
     params = resolve_seeds(params)
@@ -158,27 +183,33 @@ def sd_upscale(engine: Engine, params: GenerationParams, image: Image.Image, *, 
     if upscaler != "None":
         picture = engine.upscale(picture, upscaler, scale)
     grid = split_grid(picture, tile_width, tile_height, overlap)
+    tiles = grid.tiles()
     images: list[GeneratedImage] = []
-    model = None
-    first_infotext = ""
+    model: LoadedModel | None = None  # the tiles' model, once one is redrawn
+    infotext = ""  # the first redrawn tile's, as A1111 writes it
     with tempfile.TemporaryDirectory(prefix="emaki-sd-upscale-") as folder:
         for n in range(params.n_iter):
-            redrawn = []
-            for index, tile in enumerate(grid.tiles()):
-                path = Path(folder) / f"tile-{index}.png"
-                tile.save(path, format="PNG")
-                tile_params = params.updated(init_image=str(path), width=tile_width, height=tile_height,
-                                             seed=tile_seed(params.seed + n, index, params.batch_size),
-                                             batch_size=1, n_iter=1)
-                result = engine.generate(tile_params, progress=progress, cancel=cancel, save=False)
-                if not result.images:  # interrupted: what was drawn so far is all there is
-                    return GenerationResult(params, result.model, images)
-                model = result.model
-                first_infotext = first_infotext or result.images[0].infotext
-                redrawn.append(result.images[0].image)
-            combined = combine_grid(grid.replaced(redrawn))
-            images.append(GeneratedImage(combined, params.seed + n, params.subseed,
-                                         with_script_fields(first_infotext, overlap, upscaler),
-                                         prompt=params.prompt, negative_prompt=params.negative_prompt))
-    assert model is not None
+            redrawn: list[Image.Image] = []
+            seed = params.seed + n
+            try:
+                for index, tile in enumerate(tiles):
+                    path = Path(folder) / f"tile-{index}.png"
+                    tile.save(path, format="PNG")
+                    tile_params = params.updated(init_image=str(path), width=tile_width, height=tile_height,
+                                                 seed=tile_seed(seed, index, params.batch_size),
+                                                 batch_size=1, n_iter=1)
+                    on_tile = _tile_progress(progress, n * len(tiles) + index, params.n_iter * len(tiles))
+                    made = engine.generate(tile_params, progress=on_tile, cancel=cancel, save=False)
+                    model = made.model
+                    infotext = infotext or (made.images[0].infotext if made.images else "")
+                    redrawn.append(made.images[0].image if made.images else tile)  # skipped: kept as upscaled
+            except EmakiError as error:  # interrupted (or failing) midway: what was redrawn is kept
+                if any(new is not old for new, old in zip(redrawn, tiles)):
+                    images.append(_picture(params, grid, redrawn, seed, infotext, overlap, upscaler, out_dir))
+                if model is not None:
+                    error.result = GenerationResult(params, model, images)  # type: ignore[attr-defined]
+                raise
+            if any(new is not old for new, old in zip(redrawn, tiles)):  # every tile skipped: no picture
+                images.append(_picture(params, grid, redrawn, seed, infotext, overlap, upscaler, out_dir))
+    assert model is not None  # at least one tile was run
     return GenerationResult(params, model, images)

@@ -1,5 +1,6 @@
 """A1111's "Extras" (v1.10 `scripts/postprocessing_upscale.py`) on the server's engine, the
-upscaler listings in A1111's shapes, and the refusal of face restoration.
+upscaler listings in A1111's shapes, the SD upscale script's queueing, and the refusal of face
+restoration.
 
     upscaler 1 by a factor (or to width×height: the factor that covers it, then a centred crop)
     upscaler 2 the same way, blended in: Image.blend(first, second, visibility)
@@ -14,22 +15,28 @@ import base64
 import html
 import io
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from emaki.engine.engine import Engine
-from emaki.errors import ParamsError
+from emaki.engine.sd_upscale import DEFAULT_TILE_SIZE, check_overlap
+from emaki.errors import EmakiError, ParamsError
 from emaki.infotext import format_number, quote
 from emaki.networks import walk_files
 from emaki.params import MAX_INPUT_PIXELS, ImageTooLarge
 from emaki.server.a1111_schema import ExtrasRequest
+from emaki.server.service import Service, check_size_limits, remove_input
 from emaki.upscalers import KNOWN_MODELS, find_upscaler
 from emaki.workspace import Workspace
 
+if TYPE_CHECKING:
+    from emaki.jobs.store import Job
+
 EXTRAS_KEY = "extras"  # the PNG text chunk A1111's postprocessing writes
 FACE_RESTORER_FILES = {"GFPGAN": "GFPGANv1.4.pth", "CodeFormer": "codeformer-v0.1.0.pth"}
+FACE_DETECTOR_FILE = "detection_Resnet50_Final.pth"  # facexlib's RetinaFace, which A1111 downloads
 
 
 def face_restorers_folder(workspace: Workspace) -> Path:
@@ -37,21 +44,24 @@ def face_restorers_folder(workspace: Workspace) -> Path:
 
 
 def face_restorers(workspace: Workspace) -> list[dict[str, Any]]:
-    """`/sdapi/v1/face-restorers`: the restorers emaki can run — none yet."""
+    """`/sdapi/v1/face-restorers`: the restorers emaki can run — none (see
+    `face_restoration_refused`): a restorer listed here would be one a request could not use."""
     return []
 
 
 def face_restoration_refused(workspace: Workspace, field: str) -> ParamsError:
-    """Why `field` (restore_faces, gfpgan_visibility, ...) cannot be honoured: emaki has no face
-    restorer, so it names the files one would need and where they would go."""
+    """Why `field` (restore_faces, gfpgan_visibility, ...) cannot be honoured, naming what it
+    would take. spandrel loads GFPGAN (CodeFormer only with the non-commercial
+    spandrel_extra_arches), but a restorer works on aligned 512×512 face crops: A1111 finds and
+    aligns the faces first with facexlib's RetinaFace detector, which emaki does not have
+    (docs/design-notes.md, "Face restoration")."""
     folder = face_restorers_folder(workspace)
     found = sorted(path.name for path in walk_files([folder], (".pth", ".safetensors"))) if folder.is_dir() else []
-    if found:
-        return ParamsError(f"{field}: emaki cannot run face restorers yet ({', '.join(found)} in {folder} "
-                           "is not used); send it false / 0")
     wanted = " or ".join(f"{file} ({name})" for name, file in FACE_RESTORER_FILES.items())
-    return ParamsError(f"{field}: face restoration needs a model file, {wanted}, in {folder}; "
-                       "none is there (emaki downloads nothing)")
+    state = f"{', '.join(found)} {'is' if len(found) == 1 else 'are'} there" if found else "none is there"
+    return ParamsError(f"{field}: emaki cannot restore faces: that takes a restorer model ({wanted}, in {folder}; "
+                       f"{state}) and a face detector that finds and aligns the faces first (A1111 uses facexlib's "
+                       f"RetinaFace, {FACE_DETECTOR_FILE}), which emaki does not have; send {field} false or 0")
 
 
 def a1111_upscalers(engine: Engine) -> list[dict[str, Any]]:
@@ -73,6 +83,28 @@ def upscaler_by_index(engine: Engine, choice: int | str) -> str:
         raise ParamsError(f"script_args: upscaler index {choice} is not in /sdapi/v1/upscalers "
                           f"(0-{len(names) - 1}: {', '.join(names)})")
     return names[choice]
+
+
+def queue_sd_upscale(service: Service, fields: dict[str, Any], init: Image.Image, *, upscaler: str, scale: float,
+                     overlap: int, keep: bool, overrides: dict[str, Any] | None = None, field: str = "upscaler") -> Job:
+    """Check A1111's "SD upscale" script (its upscaler by `field`, the tile overlap, the enlarged
+    size) before anything is kept, then queue it as one `sd-upscale` job on `init` with the
+    img2img `fields` (width×height is the tile size)."""
+    if upscaler != "None" and find_upscaler(upscaler, service.engine.workspace, field=field).kind == "latent":
+        raise ParamsError(f"{field}: {upscaler!r} works on latents, in the hires fix only")
+    check_overlap(overlap, fields.get("width") or DEFAULT_TILE_SIZE, fields.get("height") or DEFAULT_TILE_SIZE)
+    enlarged = (int(init.width * scale), int(init.height * scale)) if upscaler != "None" else init.size
+    if enlarged[0] * enlarged[1] > MAX_INPUT_PIXELS:
+        raise ImageTooLarge(f"{field}: {init.width}x{init.height} times {format_number(scale)} is more than this "
+                            "server makes (4096x4096)")
+    params = service.prepare(fields, overrides=overrides, init=init)
+    try:
+        check_size_limits(params)  # the tile size, as any job's
+    except EmakiError:
+        remove_input(params.model_dump(), service.inputs)  # nothing is kept for a refused request
+        raise
+    script = {"upscaler": upscaler, "scale": scale, "overlap": overlap}
+    return service.store.submit(params.model_dump() | {"sd_upscale": script}, keep=keep, kind="sd-upscale")
 
 
 def realesrgan_models(workspace: Workspace) -> list[dict[str, Any]]:
