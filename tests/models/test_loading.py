@@ -121,20 +121,22 @@ def test_separate_vae_replaces_the_models_vae(tmp_path, tiny_safetensors, tiny_c
 
 
 class _Exploit:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker  # the test's own file: runs side by side do not see each other's
+
     def __reduce__(self):
-        return (os.system, ("touch /tmp/emaki-pwned",))
+        return (os.system, (f"touch {self.marker}",))
 
 
 def test_malicious_pickle_is_refused_and_nothing_runs(tmp_path):
-    marker = Path("/tmp/emaki-pwned")
-    marker.unlink(missing_ok=True)
+    marker = tmp_path / "emaki-pwned"
     bad = tmp_path / "evil.ckpt"
-    torch.save({"state_dict": {"x": torch.zeros(1)}, "payload": _Exploit()}, bad)
+    torch.save({"state_dict": {"x": torch.zeros(1)}, "payload": _Exploit(marker)}, bad)
     with pytest.raises(UnsafeFileError, match=r"evil\.ckpt.*(system|posix)"):
         load_model_uncached(bad)
     assert not marker.exists()
     legacy = tmp_path / "evil-legacy.pt"
-    legacy.write_bytes(b"\x80\x02" + pickle.dumps(_Exploit(), protocol=2)[2:])
+    legacy.write_bytes(b"\x80\x02" + pickle.dumps(_Exploit(marker), protocol=2)[2:])
     with pytest.raises(ModelLoadError):
         load_model_uncached(legacy)
     assert not marker.exists()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +44,12 @@ def normalize_state_dict(data: dict[str, Any]) -> dict[str, torch.Tensor]:
     return out
 
 
-def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelConfig]:
-    """The normalised LDM state dict of a single-file checkpoint and its architecture."""
+def read_checkpoint(path: str | Path, dtype_of: Callable[[str], torch.dtype | None] | None = None,
+                    ) -> tuple[dict[str, torch.Tensor], ModelConfig]:
+    """The normalised LDM state dict of a single-file checkpoint and its architecture; `dtype_of`
+    casts a safetensors file's tensors as they are read (`load_tensors`)."""
     path = Path(path)
-    data, metadata = load_tensors(path)
+    data, metadata = load_tensors(path, dtype_of)
     state = normalize_state_dict(data)
     if not any(k.startswith(UNET_PREFIX) for k in state):
         raise ModelLoadError(
