@@ -1,6 +1,6 @@
 """Opt-in speed features, each an `Extension` recorded in infotext (docs/performance.md):
 NGMS (`s_min_uncond`), DeepCache-style feature caching (`cache_interval`), T-GATE-style
-cross-attention gating (`gate_step`); and the precision note every run carries."""
+cross-attention gating (`gate_step`), token merging (`token_merging_ratio`); and the precision note every run carries."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from emaki.engine.run import Extension, Run
 from emaki.engine.speed.deepcache import DeepFeatureCache
 from emaki.engine.speed.guidance import NegativeGuidanceMinimumSigma, guidance_of
 from emaki.engine.speed.tgate import CrossAttentionGate
+from emaki.engine.speed.token_merging import TokenMerging
 from emaki.params import GenerationParams
 
 __all__ = ["CrossAttentionGate", "DeepFeatureCache", "NegativeGuidanceMinimumSigma", "PrecisionNote",
-           "guidance_of", "speed_extensions"]
+           "TokenMerging", "guidance_of", "speed_extensions"]
 
 
 class PrecisionNote(Extension):
@@ -32,4 +33,6 @@ def speed_extensions(params: GenerationParams) -> list[Extension]:
         extensions.append(CrossAttentionGate(params.gate_step))
     if params.cache_interval > 1:
         extensions.append(DeepFeatureCache(params.cache_interval))
+    if params.token_merging_ratio > 0:
+        extensions.append(TokenMerging(params.token_merging_ratio))
     return extensions
