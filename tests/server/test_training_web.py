@@ -44,6 +44,7 @@ def test_train_panel_trains_shows_the_curve_and_cancels(browser: Any, live_serve
     try:
         page.goto("/")
         expect(page.locator("#status")).to_have_text("Ready")
+        page.locator("#tab-train").click()
         panel = page.get_by_role("region", name="Train")
         expect(panel).to_be_visible()
         # The form follows the kind: its fields, and its default learning rate as the placeholder.

@@ -41,6 +41,7 @@ def test_page_paints_a_mask_and_inpaints_only_there(browser: Any, live_server: A
         page.locator("#prompt").fill("1girl, blue hair")
         for field, value in (("#steps", "3"), ("#width", "64"), ("#height", "64"), ("#seed", "9")):
             page.locator(field).fill(value)
+        page.locator("#tab-img2img").click()  # the init image and the mask painter are on the img2img tab
         page.locator("#init-file").set_input_files(str(init))
         expect(page.locator("#inpaint-box")).to_be_visible()
         page.locator("#inpaint").check()
@@ -60,13 +61,13 @@ def test_page_paints_a_mask_and_inpaints_only_there(browser: Any, live_server: A
             page.mouse.move(x, box["y"] + box["height"] * step / 10, steps=2)
         page.mouse.up()
         assert page.evaluate("window.emaki.maskStrokes") > 5
-        mask = np.asarray(data_url_image(page.evaluate("maskDataUrl()")).convert("L"))
+        mask = np.asarray(data_url_image(page.evaluate("window.emaki.maskDataUrl()")).convert("L"))
         assert mask.shape == (64, 64) and mask[:, :40].max() == 0 and mask[:, 52:57].min() == 255
         session.screenshot("painted")
 
         # Eraser, invert and clear act on the canvas.
         page.locator("#mask-invert").click()
-        inverted = np.asarray(data_url_image(page.evaluate("maskDataUrl()")).convert("L"))
+        inverted = np.asarray(data_url_image(page.evaluate("window.emaki.maskDataUrl()")).convert("L"))
         assert inverted[:, :40].min() == 255 and inverted[:, 52:57].max() == 0
         page.locator("#mask-invert").click()
 
@@ -82,7 +83,7 @@ def test_page_paints_a_mask_and_inpaints_only_there(browser: Any, live_server: A
         assert "Masked content: latent noise" in gallery[0]["infotext"]
 
         page.locator("#mask-clear").click()
-        assert np.asarray(data_url_image(page.evaluate("maskDataUrl()")).convert("L")).max() == 0
+        assert np.asarray(data_url_image(page.evaluate("window.emaki.maskDataUrl()")).convert("L")).max() == 0
         page.locator("#init-clear").click()
         expect(page.locator("#inpaint-box")).to_be_hidden()
         session.screenshot("done")
@@ -102,6 +103,7 @@ def test_page_extras_upscales_with_lanczos_and_a_model(browser: Any, live_server
     try:
         page.goto("/")
         expect(page.locator("#status")).to_have_text("Ready")
+        page.locator("#tab-extras").click()
         options = page.locator("#extras-upscaler option").evaluate_all("items => items.map(o => o.value)")
         assert options[:2] == ["Lanczos", "Nearest"] and "4x-Tiny" in options
         assert "4x-Tiny" in page.locator("#hr-upscaler option").evaluate_all("items => items.map(o => o.value)")

@@ -130,12 +130,14 @@ def test_page_generates_browses_and_reads_pngs(browser: Any, live_server: Any, t
         expect(items).to_have_count(3)
         expect(page.locator("#results .item")).to_have_count(3)
         first = items.first
-        assert first.locator("img").get_attribute("src") == gallery[0]["url"]
+        assert first.locator("img").get_attribute("src") == gallery[0]["url"] + "?thumb=256"  # a thumbnail
         page.wait_for_function("[...document.querySelectorAll('#gallery img')]"
                                ".every(i => i.complete && i.naturalWidth == 64)")
-        first.locator(".thumb").click()
-        expect(first.locator(".infotext")).to_be_visible()
-        expect(first.locator(".infotext")).to_contain_text("Steps: 50")
+        first.locator(".thumb").click()  # the lightbox: the image and its infotext
+        expect(page.locator("#lightbox-infotext")).to_be_visible()
+        expect(page.locator("#lightbox-infotext")).to_contain_text("Steps: 50")
+        page.keyboard.press("Escape")
+        expect(page.locator("#lightbox")).to_be_hidden()
 
         # "Reuse last" takes the seed of the finished job's first image.
         job = api.get(f"/api/jobs/{gallery[0]['job_id']}").json()
@@ -243,6 +245,7 @@ def test_page_uses_a_generated_image_as_init_image(browser: Any, live_server: An
         expect(clear).to_be_disabled()
         expect(page.locator("#denoise")).to_have_value("0.75")
         expect(page.locator("#resize-mode option")).to_have_count(3)
+        page.locator("#tab-img2img").click()
 
         # An image file chosen in the form is shown, and "Clear" takes it back.
         picked = tmp_path / "picked.png"
@@ -285,7 +288,8 @@ def test_page_uses_a_generated_image_as_init_image(browser: Any, live_server: An
         green = items.first
         expect(green.locator("figcaption")).to_have_text(GREEN_PROMPT)
         green.locator(".thumb").click()
-        expect(green.locator(".infotext")).to_contain_text("Denoising strength: 0.3")
+        expect(page.locator("#lightbox-infotext")).to_contain_text("Denoising strength: 0.3")
+        page.keyboard.press("Escape")
         newest = api.get("/api/gallery").json()[0]
         assert "Denoising strength: 0.3" in newest["infotext"]
         assert (newest["width"], newest["height"]) == (64, 64)  # the init image's size
@@ -299,8 +303,9 @@ def test_page_uses_a_generated_image_as_init_image(browser: Any, live_server: An
         assert not {"init_image", "denoising_strength", "resize_mode"} & body.keys(), body.keys()
         expect(items).to_have_count(3)
         items.first.locator(".thumb").click()
-        expect(items.first.locator(".infotext")).to_be_visible()
-        expect(items.first.locator(".infotext")).not_to_contain_text("Denoising strength")
+        expect(page.locator("#lightbox-infotext")).to_be_visible()
+        expect(page.locator("#lightbox-infotext")).not_to_contain_text("Denoising strength")
+        page.keyboard.press("Escape")
         assert "Denoising strength" not in api.get("/api/gallery").json()[0]["infotext"]
 
         # "Send to prompt" on the img2img image brings its strength back, not its init image.
@@ -333,6 +338,7 @@ def test_page_runs_hires_fix_and_sends_it_back(browser: Any, live_server: Any, t
         # Hires fix with an init image is refused on the page; nothing is queued.
         picked = tmp_path / "picked.png"
         picked.write_bytes(png_bytes(None))
+        page.locator("#tab-img2img").click()
         page.locator("#init-file").set_input_files(str(picked))
         expect(page.locator("#init-preview")).to_be_visible()
         page.locator("#hires").check()
@@ -340,6 +346,7 @@ def test_page_runs_hires_fix_and_sends_it_back(browser: Any, live_server: Any, t
         expect(page.locator("#error")).to_contain_text("hires fix is for text-to-image; clear the init image")
         assert not api.get("/api/jobs").json()
         page.locator("#init-clear").click()
+        page.locator("#tab-txt2img").click()
 
         # Text to image with the hires pass: 64x64 first, 96x96 after the 1.5x upscale.
         page.locator("#prompt").fill("1girl, pink hair")
@@ -356,7 +363,8 @@ def test_page_runs_hires_fix_and_sends_it_back(browser: Any, live_server: Any, t
         assert "Hires upscale: 1.5" in newest["infotext"] and "Denoising strength: 0.5" in newest["infotext"]
         item = page.locator("#gallery .item").first
         item.locator(".thumb").click()
-        expect(item.locator(".infotext")).to_contain_text("Hires upscale: 1.5")
+        expect(page.locator("#lightbox-infotext")).to_contain_text("Hires upscale: 1.5")
+        page.keyboard.press("Escape")
         page.wait_for_function("(() => { const i = document.querySelector('#gallery .item img');"
                                " return i && i.complete && i.naturalWidth == 96; })()")
         session.screenshot("hires")
@@ -381,19 +389,41 @@ def test_page_runs_hires_fix_and_sends_it_back(browser: Any, live_server: Any, t
         session.close()
 
 
-def test_page_signs_in_and_polls_when_the_api_wants_credentials(
+def test_page_signs_in_once_and_polls_when_it_holds_credentials(
         browser: Any, server_factory: Any, tmp_path: Path) -> None:
     from playwright.sync_api import expect
 
     server = server_factory(["--api-auth", "mika:secret"], auth=("mika", "secret"))
-    # The page itself needs the browser's sign-in (its dialog: Playwright answers it); the API
-    # calls the page makes carry no browser credentials, and the page asks for its own.
+    # The page itself needs the browser's sign-in (its dialog: Playwright answers it), and the
+    # browser then sends those credentials with the page's own requests: one sign-in, no form.
+    once = Session(browser, server.url, tmp_path / "screenshots", "auth-once",
+                   http_credentials={"username": "mika", "password": "secret"})
+    try:
+        once.page.goto("/")
+        expect(once.page.locator("#status")).to_have_text("Ready")
+        once.page.locator("#prompt").fill(PROMPT)
+        once.page.locator("#steps").fill("2")
+        once.page.locator("#generate").click()
+        expect(once.page.locator("#status")).to_have_text("Done")
+        once.page.wait_for_function("(() => { const i = document.querySelector('#gallery img');"
+                                    " return i && i.complete && i.naturalWidth > 0; })()")
+        expect(once.page.locator("#login")).to_be_hidden()
+        once.screenshot("signed-in-once")
+        once.check_clean()
+    finally:
+        once.close()
+
+    # Credentials the page holds itself (its form, kept for the tab's session) that the server no
+    # longer takes: the page asks with its form, and then polls (EventSource cannot send them).
     session = Session(browser, server.url, tmp_path / "screenshots", "auth",
                       http_credentials={"username": "mika", "password": "secret"})
     page = session.page
+    page.add_init_script("sessionStorage.getItem('emaki.auth') === null && "
+                         "sessionStorage.setItem('emaki.auth', 'Basic ' + btoa('mika:old'))")
     try:
         page.goto("/")
         expect(page.locator("#login")).to_be_visible()
+        expect(page.locator("#login-error")).to_contain_text("not accepted")
         page.locator("#login-user").fill("mika")
         page.locator("#login-password").fill("wrong")
         page.locator("#login-submit").click()
@@ -410,13 +440,13 @@ def test_page_signs_in_and_polls_when_the_api_wants_credentials(
         page.locator("#steps").fill("30")
         page.locator("#generate").click()
         expect(page.locator("#status")).to_have_text("Done")
-        expect(page.locator("#gallery .item")).to_have_count(1)
+        expect(page.locator("#gallery .item")).to_have_count(2)  # and the first part's
         # Images are behind auth too: they are fetched with the header and shown as blob: URLs.
         page.wait_for_function("(() => { const i = document.querySelector('#gallery img'); return i"
                                " && i.src.startsWith('blob:') && i.complete && i.naturalWidth == 64; })()")
         assert not any(url.endswith("/events") for url in session.requests)
         # ... and so is "Use as init image".
-        page.locator("#gallery .item .use-init").click()
+        page.locator("#gallery .item .use-init").first.click()
         page.wait_for_function("(() => { const i = document.getElementById('init-preview'); return !i.hidden"
                                " && i.src.startsWith('data:image/png;base64,') && i.naturalWidth == 64; })()")
         expect(page.locator("#error")).to_be_hidden()
@@ -425,7 +455,7 @@ def test_page_signs_in_and_polls_when_the_api_wants_credentials(
         page.reload()
         expect(page.locator("#status")).to_have_text("Ready")
         expect(page.locator("#login")).to_be_hidden()
-        expect(page.locator("#gallery .item")).to_have_count(1)
+        expect(page.locator("#gallery .item")).to_have_count(2)  # and the first part's
         session.screenshot("signed-in")
         session.check_clean()
     finally:

@@ -1,173 +1,75 @@
-// emaki's web page: a form (with a LoRA picker and an inpainting mask painter over the init image) that queues jobs on
-// /api/jobs, watches them (server-sent events, or polling when the server wants credentials), a gallery of what was made,
-// an Extras panel that upscales a picture (/api/upscale), and a Train panel that
-// queues training runs on /api/train and draws their loss curve. Plain JS, no build step. Text from the server or from images only ever goes into the DOM through textContent.
-"use strict";
+// emaki's web page, in tabs: txt2img and img2img/inpaint (one form, with a LoRA picker, styles,
+// prompt-tag autocomplete and an inpainting mask painter over the init image) that queues jobs on
+// /api/jobs and watches them (server-sent events, or polling when the server wants credentials),
+// the X/Y/Z plot (/api/grid), a gallery with a lightbox, Extras (/api/upscale), Train (/api/train,
+// with its loss curve), Styles, Models and Settings. Plain ES modules, no build step. Text from the
+// server or from images only ever goes into the DOM through textContent.
+import {
+  $, ApiError, api, authHeaders, clearError, debounce, DEBOUNCE_MS, fillSelect, FINISHED, intOrNull, POLL_MS,
+  fetchCredentials, readAsDataUrl, setStatus, showError, signIn, state, streamEvents,
+} from "./js/core.js";
+import { loadUpscalers, setUpExtras } from "./js/extras.js";
+import { loadGallery, renderItems, setUpGallery } from "./js/gallery.js";
+import { readInpaint, resetMask, setUpInpaint } from "./js/mask.js";
+import { loadMergeChoices, setUpMerge } from "./js/merge.js";
+import { loadModels, loadSettings, setUpPanels } from "./js/panels.js";
+import { loadStyles, pickedStyles, pickStyles, setUpStyles } from "./js/styles.js";
+import { setUpTagComplete } from "./js/tags.js";
+import { loadTrainingOptions, setUpTraining } from "./js/train.js";
+import { loadAxes, readGrid, setUpXyz } from "./js/xyz.js";
 
-const $ = (id) => document.getElementById(id);
-const AUTH_KEY = "emaki.auth";
-const FINISHED = new Set(["done", "failed", "cancelled", "interrupted"]);
-const DEBOUNCE_MS = 250;
-const POLL_MS = 300;
-const GALLERY_PAGE = 48;
+// ---------------------------------------------------------------- tabs
 
-const state = {
-  auth: sessionStorage.getItem(AUTH_KEY),  // an Authorization header value, once the server asked
-  loginWaiter: null,       // one pending sign-in shared by every request that got a 401
-  job: null,               // id of the job being watched
-  events: null,            // its EventSource, when not polling
-  lastSeed: null,          // seed of the first image of the last finished job ("Reuse last")
-  checkpoints: [],
-  loras: [],               // /api/loras: what the LoRA picker lists
-  samplers: [],
-  schedulers: [],
-  galleryOffset: 0,
-  galleryObjectUrls: [],   // blob: URLs made for authenticated image loads, freed on re-render
-  init: null,              // img2img: the init image as a data: URL, or null for text to image
-};
+const TABS = ["txt2img", "img2img", "extras", "xyz", "train", "styles", "merge", "models", "settings"];
+const TAB_KEY = "emaki.tab";
+// Tabs whose lists are read from the server when they are opened (they may have changed since).
+const ON_OPEN = { models: loadModels, settings: loadSettings, merge: loadMergeChoices };
 
-// Counters of what the page received. The demo model finishes in well under a second, so tests
-// (and curious users in the console) read these instead of racing the progress bar.
-window.emaki = {
-  progressEvents: 0, previews: 0, maxProgress: 0, finishedJobs: 0,
-  trainEvents: 0, trainPoints: 0, trainPreviews: 0, trainFinished: 0, maskStrokes: 0, upscales: 0,
-};
-
-// ---------------------------------------------------------------- HTTP
-
-class ApiError extends Error {
-  constructor(status, message) {
-    super(message);
-    this.status = status;
-  }
+function currentTab() {
+  return document.body.dataset.tab || "txt2img";
 }
 
-function authHeaders() {
-  return state.auth ? { Authorization: state.auth } : {};
-}
-
-// JSON request to the server; on a 401 asks the user to sign in and tries again.
-// credentials "omit": the server's 401 carries `WWW-Authenticate: Basic`, and with browser
-// credentials allowed Chromium would hold the request behind its own login dialog instead of
-// handing the 401 to the page.
-async function api(path, { method = "GET", body } = {}) {
-  for (;;) {
-    const headers = authHeaders();
-    if (body !== undefined) headers["Content-Type"] = "application/json";
-    const response = await fetch(path, {
-      method, headers, body: body === undefined ? undefined : JSON.stringify(body), credentials: "omit",
-    });
-    if (response.status === 401) {
-      await signIn(state.auth ? "Those credentials were not accepted." : "");
-      continue;
-    }
-    const text = await response.text();
-    let data = null;
-    try {
-      data = text ? JSON.parse(text) : null;
-    } catch {
-      data = text;
-    }
-    if (!response.ok) throw new ApiError(response.status, describeError(response.status, data));
-    return data;
+// Shows the elements whose data-tabs names `tab` and hides the other tabs' (one page, no reload:
+// the form keeps what was typed). The tab is remembered for the next visit.
+function showTab(tab) {
+  if (!TABS.includes(tab)) tab = "txt2img";
+  document.body.dataset.tab = tab;
+  for (const node of document.querySelectorAll("[data-tabs]")) node.hidden = !node.dataset.tabs.split(" ").includes(tab);
+  for (const button of document.querySelectorAll("#tabs [role=tab]")) {
+    const selected = button.dataset.tab === tab;
+    button.setAttribute("aria-selected", String(selected));
+    button.tabIndex = selected ? 0 : -1;
   }
-}
-
-// A readable message from an error body: `{error, detail: "..."}` (emaki) or FastAPI's
-// validation list `{detail: [{loc, msg}, ...]}`.
-function describeError(status, data) {
-  if (data && typeof data.detail === "string") return data.detail;
-  if (data && Array.isArray(data.detail)) {
-    return data.detail.map((item) => {
-      const field = (item.loc || []).filter((part) => part !== "body").join(".") || "request";
-      return `${field}: ${item.msg}`;
-    }).join("; ");
-  }
-  if (typeof data === "string" && data) return `HTTP ${status}: ${data.slice(0, 200)}`;
-  return `HTTP ${status}`;
-}
-
-// Image URLs are under /api too: with auth on, <img src> cannot send the header, so fetch the
-// bytes ourselves and show them through a blob: URL.
-async function setImageSource(img, url, objectUrls) {
-  if (!state.auth || url.startsWith("data:")) {
-    img.src = url;
-    return;
-  }
+  $("generate").textContent = tab === "xyz" ? "Generate grid" : "Generate";
   try {
-    const response = await fetch(url, { headers: authHeaders(), credentials: "omit" });
-    if (!response.ok) return;
-    const objectUrl = URL.createObjectURL(await response.blob());
-    if (objectUrls) objectUrls.push(objectUrl);
-    img.src = objectUrl;
+    sessionStorage.setItem(TAB_KEY, tab);
   } catch {
-    // a missing thumbnail is not worth an error message
+    // not remembered: no harm
   }
+  if (ON_OPEN[tab]) ON_OPEN[tab]();
 }
 
-// ---------------------------------------------------------------- sign-in
-
-function signIn(problem) {
-  if (!state.loginWaiter) {
-    state.loginWaiter = new Promise((resolve) => {
-      const form = $("login");
-      form.hidden = false;
-      $("login-error").textContent = problem;
-      (state.auth && state.auth.startsWith("Bearer") ? $("login-token") : $("login-user")).focus();
-      form.onsubmit = (event) => {
-        event.preventDefault();
-        const header = credentialsHeader();
-        if (!header) {
-          $("login-error").textContent = "Give a user and password, or a token.";
-          return;
-        }
-        state.auth = header;
-        sessionStorage.setItem(AUTH_KEY, header);
-        form.hidden = true;
-        form.onsubmit = null;
-        state.loginWaiter = null;
-        resolve();
-      };
+function setUpTabs() {
+  const buttons = [...document.querySelectorAll("#tabs [role=tab]")];
+  for (const button of buttons) {
+    button.addEventListener("click", () => showTab(button.dataset.tab));
+    button.addEventListener("keydown", (event) => {  // arrow keys move along the tab list
+      const step = { ArrowRight: 1, ArrowLeft: -1 }[event.key];
+      if (!step) return;
+      const next = buttons[(buttons.indexOf(button) + step + buttons.length) % buttons.length];
+      next.focus();
+      showTab(next.dataset.tab);
     });
   }
-  return state.loginWaiter;
+  let remembered = null;
+  try {
+    remembered = sessionStorage.getItem(TAB_KEY);
+  } catch {
+    // a fresh start on txt2img
+  }
+  showTab(remembered || "txt2img");
 }
 
-function credentialsHeader() {
-  const token = $("login-token").value.trim();
-  if (token) return `Bearer ${token}`;
-  const user = $("login-user").value;
-  const password = $("login-password").value;
-  if (!user || !password) return null;
-  // btoa only takes Latin-1: encode as UTF-8 bytes first, as the server decodes it.
-  const bytes = new TextEncoder().encode(`${user}:${password}`);
-  return `Basic ${btoa(String.fromCharCode(...bytes))}`;
-}
-
-// ---------------------------------------------------------------- messages
-
-function showError(message) {
-  const box = $("error");
-  box.textContent = message;
-  box.hidden = false;
-}
-
-function clearError() {
-  $("error").hidden = true;
-  $("error").textContent = "";
-}
-
-function setStatus(text) {
-  $("status").textContent = text;
-}
-
-function debounce(fn, ms) {
-  let timer = null;
-  return (...args) => {
-    clearTimeout(timer);
-    timer = setTimeout(() => fn(...args), ms);
-  };
-}
 
 // ---------------------------------------------------------------- token counters
 
@@ -210,8 +112,16 @@ function renderTokens(output, count) {
 
 // ---------------------------------------------------------------- form
 
-function fillSelect(select, items) {
-  select.replaceChildren(...items.map(([value, label]) => new Option(label, value)));
+// A new checkpoint (a merge): the model menu lists it, and keeps what was chosen.
+async function reloadCheckpoints() {
+  const chosen = $("model").value;
+  try {
+    await loadChoices();
+  } catch (error) {
+    showError(`Could not list the models: ${error.message}`);
+    return;
+  }
+  if ([...$("model").options].some((o) => o.value === chosen)) $("model").value = chosen;
 }
 
 async function loadChoices() {
@@ -230,14 +140,8 @@ async function loadChoices() {
   $("scheduler").value = "Automatic";
 }
 
-function intOrNull(id) {
-  const value = $(id).value.trim();
-  if (value === "") return null;
-  const number = Number(value);
-  return Number.isFinite(number) ? Math.trunc(number) : value;  // the server names a bad value
-}
-
-// The form as `GenerationParams` fields; empty size fields mean the model's native size.
+// The form as `GenerationParams` fields; empty size fields mean the model's native size. The tab
+// decides the mode, as in A1111: the init image (and mask) go only from the img2img tab.
 function readForm() {
   const params = {
     prompt: $("prompt").value,
@@ -256,7 +160,10 @@ function readForm() {
   }
   if ($("model").value) params.model = $("model").value;
   if ($("vae").value) params.vae = $("vae").value;
-  if (state.init) {
+  const styles = pickedStyles();
+  if (styles.length) params.styles = styles;
+  Object.assign(params, readSpeed());
+  if (state.init && currentTab() === "img2img") {
     // img2img: the image itself travels (the server takes no paths); without one, none of these
     // fields are sent and the job is plain text to image.
     const denoise = $("denoise").value.trim();
@@ -275,6 +182,34 @@ function readForm() {
     params.denoising_strength = denoise === "" ? 0.75 : Number(denoise);
   }
   return params;
+}
+
+function numberOrNull(id) {
+  const text = $(id).value.trim();
+  return text === "" ? null : Number(text);
+}
+
+// The speed options (and tiling): only those switched on are sent, the rest keep the server's defaults.
+function readSpeed() {
+  const fields = {};
+  if ($("tiling").checked) fields.tiling = true;
+  for (const [field, id] of [["cache_interval", "cache-interval"], ["gate_step", "gate-step"]]) {
+    const value = intOrNull(id);
+    if (value) fields[field] = value;
+  }
+  for (const [field, id] of [["s_min_uncond", "ngms"], ["token_merging_ratio", "token-merging"]]) {
+    const value = numberOrNull(id);
+    if (value) fields[field] = value;
+  }
+  return fields;
+}
+
+function fillSpeed(params) {
+  $("tiling").checked = Boolean(params.tiling);
+  $("cache-interval").value = params.cache_interval ?? 0;
+  $("gate-step").value = params.gate_step ?? 0;
+  $("ngms").value = params.s_min_uncond ?? 0;
+  $("token-merging").value = params.token_merging_ratio ?? 0;
 }
 
 const same = (a, b) => String(a).toLowerCase() === String(b).toLowerCase();
@@ -321,6 +256,8 @@ function fillForm(params, fields = {}) {
     if (checkpoint) $("model").value = checkpoint.title;
     else unknown.push(`model ${params.model}`);
   }
+  fillSpeed(params);
+  unknown.push(...pickStyles(params.styles || []).map((name) => `style ${name}`));
   recountTokens();
   return unknown;
 }
@@ -401,16 +338,21 @@ function setUpLoras() {
 
 // ---------------------------------------------------------------- jobs
 
+// Generate (the button, or Ctrl+Enter in any prompt box): a job on /api/jobs, or on the X/Y/Z
+// tab one grid job on /api/grid.
 async function generate() {
   clearError();
-  if (state.init && $("hires").checked) {
+  if ($("generate").disabled) return;
+  if (state.init && currentTab() === "img2img" && $("hires").checked) {
     showError("hires fix is for text-to-image; clear the init image");
     setStatus("Not queued");
     return;
   }
   let job;
   try {
-    job = await api("/api/jobs", { method: "POST", body: readForm() });
+    job = currentTab() === "xyz"
+      ? await api("/api/grid", { method: "POST", body: { params: readForm(), ...readGrid() } })
+      : await api("/api/jobs", { method: "POST", body: readForm() });
   } catch (error) {
     showError(error.message);
     setStatus("Not queued");
@@ -440,24 +382,16 @@ function stopWatching() {
 }
 
 function streamJob(id) {
-  const source = new EventSource(`/api/jobs/${encodeURIComponent(id)}/events`);
-  state.events = source;
-  source.addEventListener("queued", (event) => showQueued(JSON.parse(event.data).position));
-  source.addEventListener("progress", (event) => showProgress(JSON.parse(event.data)));
-  for (const name of FINISHED) {
-    // The server ends the stream after this event; close first so the browser does not reconnect.
-    source.addEventListener(name, (event) => {
-      source.close();
-      finishJob(JSON.parse(event.data));
-    });
-  }
-  source.onerror = () => {
-    // CLOSED means the browser gave up (e.g. a 401 or 404): poll, which can sign in and report.
-    if (source.readyState === EventSource.CLOSED && state.events === source) {
+  state.events = streamEvents(id, {
+    queued: (data) => showQueued(data.position),
+    progress: showProgress,
+    finished: finishJob,
+    isCurrent: (source) => state.events === source,
+    fallback: () => {
       state.events = null;
       pollJob(id);
-    }
-  };
+    },
+  });
 }
 
 async function pollJob(id) {
@@ -475,23 +409,17 @@ async function pollJob(id) {
       finishJob(job);
       return;
     }
-    if (job.status === "running") await pollProgress(id, job);
+    if (job.status === "running") await pollProgress(id);
     else setStatus("Queued");
     await new Promise((resolve) => setTimeout(resolve, POLL_MS));
   }
 }
 
-// /sdapi/v1/progress describes whichever job runs; use it only when it is ours.
-async function pollProgress(id, job) {
+// The job's own progress event (what the event stream sends), while it runs.
+async function pollProgress(id) {
   try {
-    const progress = await api("/sdapi/v1/progress");
-    if (progress.state.job !== id || state.job !== id) return;
-    showProgress({
-      step: progress.state.sampling_step, steps: progress.state.sampling_steps,
-      batch: progress.state.job_no, batches: job.params?.n_iter ?? 1,
-      progress: progress.progress, eta: progress.eta_relative,
-      preview: progress.current_image ? `data:image/png;base64,${progress.current_image}` : null,
-    });
+    const event = await api(`/api/jobs/${encodeURIComponent(id)}/progress`);
+    if (event && state.job === id) showProgress(event);
   } catch {
     // the next poll tries again
   }
@@ -508,9 +436,13 @@ function showProgress(event) {
   $("progress").value = fraction;
   $("progress").setAttribute("aria-valuenow", String(Math.round(fraction * 100)));
   if (event.steps) {
+    // A grid's cells run one after another: say which cell, and what its axes are set to.
+    const cell = event.cells ? `Cell ${event.cell}/${event.cells}${(event.cell_labels || []).length
+      ? ` (${event.cell_labels.join(", ")})` : ""}, ` : "";
     const batch = event.batches > 1 ? `, batch ${event.batch + 1}/${event.batches}` : "";
     const eta = event.eta ? `, about ${Math.ceil(event.eta)} s left` : "";
-    $("progress-text").textContent = `Step ${event.step}/${event.steps}${batch}${eta}`;
+    $("progress-text").textContent = `${cell}Step ${event.step}/${event.steps}${batch}${eta}`;
+    if (event.cells) window.emaki.gridCells = Math.max(window.emaki.gridCells, event.cell);
   }
   setStatus(`Generating ${Math.round(fraction * 100)}%`);
   if (event.preview) {
@@ -544,6 +476,7 @@ function finishJob(job) {
     state.lastSeed = images[0].seed;
     $("reuse-seed").disabled = false;
     renderItems($("results"), images, null);
+    if (job.kind === "grid") window.emaki.grids += 1;
     loadGallery();
   }
 }
@@ -559,90 +492,6 @@ async function interrupt() {
   }
 }
 
-// ---------------------------------------------------------------- gallery
-
-function renderItems(container, rows, objectUrls) {
-  container.replaceChildren(...rows.map((row) => imageItem(row, objectUrls)));
-}
-
-// One image: click the picture to see its parameters; "Send to prompt" loads them in the form.
-function imageItem(row, objectUrls) {
-  const figure = document.createElement("figure");
-  figure.className = "item";
-  figure.dataset.imageId = row.id;
-
-  const thumb = document.createElement("button");
-  thumb.type = "button";
-  thumb.className = "thumb";
-  thumb.setAttribute("aria-expanded", "false");
-  const img = document.createElement("img");
-  img.alt = row.prompt || "generated image";
-  img.loading = "lazy";
-  img.width = row.width || 64;
-  img.height = row.height || 64;
-  setImageSource(img, row.url, objectUrls);
-  thumb.append(img);
-
-  const caption = document.createElement("figcaption");
-  caption.textContent = row.prompt || "(no prompt)";
-  caption.title = row.prompt || "";
-
-  const details = document.createElement("pre");
-  details.className = "infotext";
-  details.textContent = row.infotext || `Seed: ${row.seed}`;
-  details.hidden = true;
-  thumb.addEventListener("click", () => {
-    details.hidden = !details.hidden;
-    thumb.setAttribute("aria-expanded", String(!details.hidden));
-  });
-
-  const send = document.createElement("button");
-  send.type = "button";
-  send.className = "send";
-  send.textContent = "Send to prompt";
-  send.addEventListener("click", () => sendToPrompt(row.id));
-
-  const useInit = document.createElement("button");
-  useInit.type = "button";
-  useInit.className = "use-init";
-  useInit.textContent = "Use as init image";
-  useInit.addEventListener("click", () => useAsInit(row, useInit));
-
-  const buttons = document.createElement("div");
-  buttons.className = "item-actions";
-  buttons.append(send, useInit);
-
-  figure.append(thumb, caption, buttons, details);
-  return figure;
-}
-
-async function loadGallery({ more = false } = {}) {
-  const query = $("gallery-search").value.trim();
-  const offset = more ? state.galleryOffset : 0;
-  const params = new URLSearchParams({ limit: String(GALLERY_PAGE), offset: String(offset) });
-  if (query) params.set("q", query);
-  let rows;
-  try {
-    rows = await api(`/api/gallery?${params}`);
-  } catch (error) {
-    showError(`Gallery: ${error.message}`);
-    return;
-  }
-  if (!more) {
-    state.galleryObjectUrls.forEach((url) => URL.revokeObjectURL(url));
-    state.galleryObjectUrls = [];
-    $("gallery").replaceChildren();
-  }
-  $("gallery").append(...rows.map((row) => imageItem(row, state.galleryObjectUrls)));
-  state.galleryOffset = offset + rows.length;
-  $("gallery-more").hidden = rows.length < GALLERY_PAGE;
-  if (!more && rows.length === 0) {
-    const empty = document.createElement("p");
-    empty.className = "hint";
-    empty.textContent = query ? "No image matches that search." : "No images yet.";
-    $("gallery").append(empty);
-  }
-}
 
 async function sendToPrompt(imageId) {
   clearError();
@@ -650,6 +499,7 @@ async function sendToPrompt(imageId) {
     const info = await api(`/api/images/${encodeURIComponent(imageId)}/params`);
     const unknown = fillForm(info.params, info.fields);
     setStatus(unknown.length ? `Loaded image ${imageId}; not available here: ${unknown.join(", ")}` : `Loaded image ${imageId}`);
+    if (!["txt2img", "img2img", "xyz"].includes(currentTab())) showTab("txt2img");
     $("prompt").focus();
   } catch (error) {
     showError(error.message);
@@ -703,155 +553,6 @@ function clearInitImage() {
   $("mask-image").removeAttribute("src");
 }
 
-// ---------------------------------------------------------------- inpainting: the mask painter
-
-// The mask canvas has the init image's pixel size and lies over it on screen: painted pixels
-// are opaque white, the rest transparent (shown half see-through by the style sheet).
-const painter = { last: null };
-
-function resetMask(width, height) {
-  const canvas = $("mask-canvas");
-  canvas.width = width;
-  canvas.height = height;
-  canvas.getContext("2d").clearRect(0, 0, width, height);
-}
-
-// Where a pointer event falls, in image pixels, and how many image pixels one screen pixel is.
-function maskPoint(event) {
-  const canvas = $("mask-canvas");
-  const box = canvas.getBoundingClientRect();
-  const scale = canvas.width / box.width;
-  return { x: (event.clientX - box.left) * scale, y: (event.clientY - box.top) * (canvas.height / box.height), scale };
-}
-
-// A brush (or eraser) stroke from one point to the next; the brush size is in screen pixels.
-function paintStroke(from, to) {
-  const context = $("mask-canvas").getContext("2d");
-  context.globalCompositeOperation = $("mask-eraser").checked ? "destination-out" : "source-over";
-  context.strokeStyle = "#fff";
-  context.lineWidth = Number($("mask-brush").value) * to.scale;
-  context.lineCap = "round";
-  context.lineJoin = "round";
-  context.beginPath();
-  context.moveTo(from.x, from.y);
-  context.lineTo(to.x, to.y);
-  context.stroke();
-  window.emaki.maskStrokes += 1;
-}
-
-function invertMask() {
-  const canvas = $("mask-canvas");
-  const context = canvas.getContext("2d");
-  const pixels = context.getImageData(0, 0, canvas.width, canvas.height);
-  for (let i = 0; i < pixels.data.length; i += 4) {
-    pixels.data[i] = pixels.data[i + 1] = pixels.data[i + 2] = 255;
-    pixels.data[i + 3] = 255 - pixels.data[i + 3];
-  }
-  context.putImageData(pixels, 0, 0);
-}
-
-// The mask as the server takes it: a PNG data URL, white = repaint, black = keep.
-function maskDataUrl() {
-  const canvas = $("mask-canvas");
-  const out = document.createElement("canvas");
-  out.width = canvas.width;
-  out.height = canvas.height;
-  const context = out.getContext("2d");
-  context.fillStyle = "#000";
-  context.fillRect(0, 0, out.width, out.height);
-  context.drawImage(canvas, 0, 0);
-  return out.toDataURL("image/png");
-}
-
-// The inpainting fields of a job (A1111's names and values).
-function readInpaint() {
-  return {
-    mask: maskDataUrl(),
-    mask_blur: intOrNull("mask-blur") ?? 4,
-    inpainting_mask_invert: Number($("mask-mode").value),
-    inpainting_fill: Number($("masked-content").value),
-    inpaint_full_res: $("inpaint-area").value === "masked",
-    inpaint_full_res_padding: intOrNull("inpaint-padding") ?? 32,
-  };
-}
-
-function setUpInpaint() {
-  const canvas = $("mask-canvas");
-  $("inpaint").addEventListener("change", () => { $("inpaint-tools").hidden = !$("inpaint").checked; });
-  $("mask-brush").addEventListener("input", () => { $("mask-brush-size").textContent = `${$("mask-brush").value} px`; });
-  $("mask-invert").addEventListener("click", invertMask);
-  $("mask-clear").addEventListener("click", () => resetMask(canvas.width, canvas.height));
-  canvas.addEventListener("pointerdown", (event) => {
-    canvas.setPointerCapture(event.pointerId);
-    painter.last = maskPoint(event);
-    paintStroke(painter.last, painter.last);
-  });
-  canvas.addEventListener("pointermove", (event) => {
-    if (!painter.last) return;
-    const point = maskPoint(event);
-    paintStroke(painter.last, point);
-    painter.last = point;
-  });
-  for (const name of ["pointerup", "pointercancel"]) {
-    canvas.addEventListener(name, () => { painter.last = null; });
-  }
-}
-
-// ---------------------------------------------------------------- extras: upscale a picture
-
-const extras = { picture: null, name: "" };
-
-// The upscalers the server has (/api/upscalers); model files also join the hires fix's menu.
-async function loadUpscalers() {
-  const usable = (await api("/api/upscalers")).filter((row) => !row.reason && row.name !== "None");
-  fillSelect($("extras-upscaler"), usable.map((row) => [row.name, row.kind === "model" ? `${row.name} (${row.architecture}, ${row.scale}x)` : row.name]));
-  const hires = $("hr-upscaler");
-  for (const row of usable) {
-    if (![...hires.options].some((option) => option.value === row.name)) hires.append(new Option(row.name, row.name));
-  }
-}
-
-async function runExtras() {
-  clearError();
-  $("extras-run").disabled = true;
-  $("extras-info").textContent = "Upscaling…";
-  try {
-    const scale = $("extras-scale").value.trim() === "" ? 2 : Number($("extras-scale").value);
-    const result = await api("/api/upscale", {
-      method: "POST", body: { image: extras.picture, upscaler: $("extras-upscaler").value, scale },
-    });
-    $("extras-result").src = result.image;
-    $("extras-result").hidden = false;
-    $("extras-download").href = result.image;
-    $("extras-download").download = `${extras.name.replace(/\.[^.]*$/, "") || "picture"}-upscaled.png`;
-    $("extras-download").hidden = false;
-    $("extras-info").textContent = `${result.width}×${result.height}: ${result.infotext}`;
-    window.emaki.upscales += 1;
-  } catch (error) {
-    showError(error.message);
-    $("extras-info").textContent = "Not upscaled.";
-  } finally {
-    $("extras-run").disabled = !extras.picture;
-  }
-}
-
-function setUpExtras() {
-  $("extras-file").addEventListener("change", async () => {
-    const file = $("extras-file").files[0];
-    if (!file) return;
-    clearError();
-    try {
-      extras.picture = await readAsDataUrl(file);
-      extras.name = file.name;
-      $("extras-info").textContent = file.name;
-      $("extras-run").disabled = false;
-    } catch (error) {
-      showError(`${file.name}: ${error.message}`);
-    }
-  });
-  $("extras-run").addEventListener("click", runExtras);
-}
-
 // A generated image as the next init image: its bytes (fetched with the credentials, if any)
 // become a data: URL, since the server takes the image itself rather than a reference.
 async function useAsInit(row, button) {
@@ -859,7 +560,7 @@ async function useAsInit(row, button) {
   button.disabled = true;
   try {
     for (;;) {
-      const response = await fetch(row.url, { headers: authHeaders(), credentials: "omit" });
+      const response = await fetch(row.url, { headers: authHeaders(), credentials: fetchCredentials() });
       if (response.status === 401) {
         await signIn(state.auth ? "Those credentials were not accepted." : "");
         continue;
@@ -867,6 +568,7 @@ async function useAsInit(row, button) {
       if (!response.ok) throw new ApiError(response.status, `HTTP ${response.status}`);
       if (await setInitImage(await readAsDataUrl(await response.blob()), `image ${row.id}`)) {
         $("init-file").value = "";  // the file input no longer names what is used
+        showTab("img2img");  // A1111's "Send to img2img"
         $("init").scrollIntoView({ block: "nearest" });
       }
       return;
@@ -901,16 +603,8 @@ function setUpInit() {
   });
 }
 
-// ---------------------------------------------------------------- PNG parameters
 
-function readAsDataUrl(file) {
-  return new Promise((resolve, reject) => {
-    const reader = new FileReader();
-    reader.onload = () => resolve(reader.result);
-    reader.onerror = () => reject(reader.error);
-    reader.readAsDataURL(file);
-  });
-}
+// ---------------------------------------------------------------- PNG parameters
 
 async function readPngParams(file) {
   clearError();
@@ -959,252 +653,6 @@ function setUpDrop() {
   });
 }
 
-// ---------------------------------------------------------------- training
-
-const training = {
-  job: null,       // id of the training job being watched
-  events: null,    // its EventSource, when not polling
-  learnRates: {},  // each kind's default learning rate (the field's placeholder)
-  losses: [],      // the curve drawn: [[step, loss], ...]
-};
-const CURVE = { left: 52, top: 8, width: 340, height: 132 };  // the plot area inside the SVG's viewBox
-
-async function loadTrainingOptions() {
-  const options = await api("/api/train/options");
-  training.learnRates = options.learn_rates;
-  fillSelect($("train-template"), [["", "Default"], ...options.templates.map((name) => [name, name])]);
-  fillSelect($("train-activation"), [["", "Default"], ...options.activations.map((name) => [name, name])]);
-  $("train-activation").value = "";
-  showTrainingKind();
-}
-
-function showTrainingKind() {
-  const kind = $("train-kind").value;
-  $("train-embedding-fields").hidden = kind !== "embedding";
-  $("train-hypernetwork-fields").hidden = kind !== "hypernetwork";
-  $("train-lora-fields").hidden = kind !== "lora";
-  $("train-lr").placeholder = training.learnRates[kind] || "";
-}
-
-// The form as TrainingParams fields; a mistake the page can see is thrown as an Error.
-function readTrainingForm() {
-  const kind = $("train-kind").value;
-  const name = $("train-name").value.trim();
-  const data = $("train-data").value.trim();
-  if (!name) throw new Error("Name: give the embedding, hypernetwork or LoRA a name.");
-  if (!data) throw new Error("Dataset folder: give the folder of training images on the server.");
-  const body = {
-    kind, name, data, model: $("model").value || null,
-    steps: intOrNull("train-steps"), batch_size: intOrNull("train-batch"),
-    preview_every: intOrNull("train-preview-every"),
-  };
-  for (const key of ["steps", "batch_size", "preview_every"]) if (body[key] === null) delete body[key];
-  const rate = $("train-lr").value.trim();
-  if (rate) body.learn_rate = rate;
-  if ($("train-template").value) body.template = $("train-template").value;
-  const existing = $("train-existing").value;
-  if (existing) body[existing] = true;
-  if (kind === "embedding") {
-    body.init_text = $("train-init-text").value;
-    const vectors = intOrNull("train-vectors");
-    if (vectors !== null) body.num_vectors_per_token = vectors;
-  } else if (kind === "lora") {
-    const rank = intOrNull("train-rank");
-    if (rank !== null) body.network_dim = rank;
-    const convRank = intOrNull("train-conv-rank");
-    if (convRank !== null) body.conv_dim = convRank;
-  } else {
-    const text = $("train-layers").value.trim();
-    if (text) {
-      const layers = text.split(",").map((part) => part.trim()).filter(Boolean).map(Number);
-      if (layers.some((x) => !Number.isFinite(x))) {
-        throw new Error(`Layer structure: expected numbers such as "1, 2, 1", got "${text}".`);
-      }
-      body.layer_structure = layers;
-    }
-    if ($("train-activation").value) body.activation_func = $("train-activation").value;
-  }
-  return body;
-}
-
-async function startTraining() {
-  clearError();
-  let body;
-  try {
-    body = readTrainingForm();
-  } catch (error) {
-    showError(error.message);
-    return;
-  }
-  let job;
-  try {
-    job = await api("/api/train", { method: "POST", body });
-  } catch (error) {
-    showError(`Training not started: ${error.message}`);
-    return;
-  }
-  watchTraining(job);
-}
-
-function watchTraining(job) {
-  stopWatchingTraining();
-  training.job = job.id;
-  $("train-start").disabled = true;
-  $("train-cancel").disabled = false;
-  $("train-progress").value = 0;
-  $("train-result").textContent = "";
-  $("train-preview").hidden = true;
-  drawLossCurve([]);
-  $("train-status").textContent = `Queued: ${job.params.kind} ${job.params.name}`;
-  if (state.auth) pollTraining(job.id);
-  else streamTraining(job.id);
-}
-
-function stopWatchingTraining() {
-  if (training.events) training.events.close();
-  training.events = null;
-  training.job = null;
-}
-
-function streamTraining(id) {
-  const source = new EventSource(`/api/jobs/${encodeURIComponent(id)}/events`);
-  training.events = source;
-  source.addEventListener("queued", (event) => {
-    const position = JSON.parse(event.data).position;
-    $("train-status").textContent = position > 0 ? `Queued (${position} ahead)` : "Queued";
-  });
-  source.addEventListener("progress", (event) => showTraining(JSON.parse(event.data)));
-  for (const name of FINISHED) {
-    source.addEventListener(name, (event) => {
-      source.close();
-      finishTraining(JSON.parse(event.data));
-    });
-  }
-  source.onerror = () => {
-    if (source.readyState === EventSource.CLOSED && training.events === source) {
-      training.events = null;
-      pollTraining(id);
-    }
-  };
-}
-
-// With credentials (EventSource cannot send them): the job, and while it runs its progress event.
-async function pollTraining(id) {
-  while (training.job === id) {
-    let job;
-    try {
-      job = await api(`/api/jobs/${encodeURIComponent(id)}`);
-      if (training.job !== id) return;
-      if (FINISHED.has(job.status)) {
-        finishTraining(job);
-        return;
-      }
-      const event = job.status === "running" ? await api(`/api/jobs/${encodeURIComponent(id)}/progress`) : null;
-      if (event && training.job === id) showTraining(event);
-    } catch (error) {
-      showError(`Lost track of the training job: ${error.message}`);
-      finishWatchingTraining();
-      return;
-    }
-    await new Promise((resolve) => setTimeout(resolve, POLL_MS));
-  }
-}
-
-function formatLoss(loss) {
-  return loss === null || loss === undefined ? "n/a" : Number(loss).toPrecision(4);
-}
-
-function showTraining(event) {
-  const t = event.training;
-  if (!t) return;
-  window.emaki.trainEvents += 1;
-  const fraction = t.total ? Math.max(0, Math.min(1, t.step / t.total)) : 0;
-  $("train-progress").value = fraction;
-  $("train-progress").setAttribute("aria-valuenow", String(Math.round(fraction * 100)));
-  const eta = event.eta ? `, about ${Math.ceil(event.eta)} s left` : "";
-  const rollbacks = t.rollbacks ? `, ${t.rollbacks} roll-back${t.rollbacks === 1 ? "" : "s"}` : "";
-  $("train-status").textContent = `Step ${t.step}/${t.total}, loss ${formatLoss(t.loss)}, `
-    + `learning rate ${Number(t.learn_rate).toPrecision(3)}, epoch ${t.epoch}${rollbacks}${eta}`
-    + (t.message ? `. ${t.message}` : "");
-  drawLossCurve(t.losses || []);
-  if (t.preview) {
-    window.emaki.trainPreviews += 1;
-    $("train-preview").src = `data:image/png;base64,${t.preview}`;
-    $("train-preview").hidden = false;
-  }
-}
-
-// The loss series as a polyline in the SVG's plot area, with its range written on the axes.
-function drawLossCurve(losses) {
-  training.losses = losses;
-  window.emaki.trainPoints = losses.length;
-  const line = $("train-loss-line");
-  const labels = ["train-loss-max", "train-loss-min", "train-step-first", "train-step-last"];
-  if (!losses.length) {
-    line.setAttribute("points", "");
-    for (const id of labels) $(id).textContent = "";
-    return;
-  }
-  const steps = losses.map((point) => point[0]);
-  const values = losses.map((point) => point[1]);
-  const [first, last] = [Math.min(...steps), Math.max(...steps)];
-  let [low, high] = [Math.min(...values), Math.max(...values)];
-  if (high === low) [low, high] = [low - 1e-6, high + 1e-6];
-  const x = (step) => CURVE.left + (last === first ? CURVE.width : ((step - first) / (last - first)) * CURVE.width);
-  const y = (loss) => CURVE.top + (1 - (loss - low) / (high - low)) * CURVE.height;
-  line.setAttribute("points", losses.map(([step, loss]) => `${x(step).toFixed(1)},${y(loss).toFixed(1)}`).join(" "));
-  $("train-loss-max").textContent = Number(high).toPrecision(3);
-  $("train-loss-min").textContent = Number(low).toPrecision(3);
-  $("train-step-first").textContent = String(first);
-  $("train-step-last").textContent = String(last);
-}
-
-function finishWatchingTraining() {
-  stopWatchingTraining();
-  $("train-start").disabled = false;
-  $("train-cancel").disabled = true;
-}
-
-function finishTraining(job) {
-  finishWatchingTraining();
-  window.emaki.trainFinished += 1;
-  const result = job.result || {};
-  if (job.status === "done" || job.status === "interrupted") {
-    const last = training.losses[training.losses.length - 1];
-    if (result.final_loss != null && (!last || last[0] < result.step)) {
-      drawLossCurve([...training.losses, [result.step, result.final_loss]]);  // the step after the last event
-    }
-    $("train-progress").value = result.total ? result.step / result.total : 1;
-    const how = job.status === "done" ? "Done" : "Cancelled";
-    $("train-status").textContent = `${how} at step ${result.step}/${result.total}`
-      + (result.final_loss != null ? `, last loss ${formatLoss(result.final_loss)}` : "");
-    $("train-result").textContent = `Saved: ${result.path}`;
-    $("train-result").title = result.log_directory ? `Loss log and previews: ${result.log_directory}` : "";
-  } else if (job.status === "failed") {
-    $("train-status").textContent = "Failed";
-    showError(`Training failed: ${job.error || "unknown error"}`);
-  } else {
-    $("train-status").textContent = "Cancelled before it started";
-  }
-}
-
-async function cancelTraining() {
-  const id = training.job;
-  if (!id) return;
-  $("train-status").textContent = "Cancelling…";
-  try {
-    await api(`/api/jobs/${encodeURIComponent(id)}/cancel`, { method: "POST" });
-  } catch (error) {
-    if (error.status !== 409) showError(error.message);
-  }
-}
-
-function setUpTraining() {
-  $("train-kind").addEventListener("change", showTrainingKind);
-  $("train-start").addEventListener("click", startTraining);
-  $("train-cancel").addEventListener("click", cancelTraining);
-}
-
 // ---------------------------------------------------------------- start
 
 async function start() {
@@ -1221,11 +669,13 @@ async function start() {
   $("reuse-seed").addEventListener("click", () => {
     if (state.lastSeed !== null) $("seed").value = state.lastSeed;
   });
-  for (const area of [$("prompt"), $("negative")]) {
-    area.addEventListener("keydown", (event) => {
-      if (event.key === "Enter" && (event.ctrlKey || event.metaKey) && !$("generate").disabled) generate();
-    });
-  }
+  // Ctrl+Enter (Cmd+Enter) generates from any box of the form, as in A1111.
+  $("form").addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
+      event.preventDefault();
+      generate();
+    }
+  });
   $("gallery-search").addEventListener("input", debounce(() => loadGallery(), DEBOUNCE_MS));
   $("gallery-refresh").addEventListener("click", () => loadGallery());
   $("gallery-more").addEventListener("click", () => loadGallery({ more: true }));
@@ -1235,9 +685,16 @@ async function start() {
   setUpExtras();
   setUpTraining();
   setUpLoras();
+  setUpGallery({ send: sendToPrompt, useInit: useAsInit });
+  setUpTagComplete();
+  setUpStyles();
+  setUpPanels();
+  setUpMerge(reloadCheckpoints);
+  setUpXyz();
+  setUpTabs();
 
   try {
-    await Promise.all([loadChoices(), loadTrainingOptions(), loadLoras(), loadUpscalers()]);
+    await Promise.all([loadChoices(), loadTrainingOptions(), loadLoras(), loadUpscalers(), loadStyles(), loadAxes()]);
     setStatus("Ready");
   } catch (error) {
     showError(`Could not load the model lists: ${error.message}`);

@@ -1,0 +1,224 @@
+// What every part of emaki's page shares: the page state, the HTTP helper (with the sign-in it
+// asks for on a 401), messages, and small form helpers. Text from the server or from images only
+// ever goes into the DOM through textContent.
+export const $ = (id) => document.getElementById(id);
+export const AUTH_KEY = "emaki.auth";
+export const FINISHED = new Set(["done", "failed", "cancelled", "interrupted"]);
+export const DEBOUNCE_MS = 250;
+export const POLL_MS = 300;
+
+export const state = {
+  auth: sessionStorage.getItem(AUTH_KEY),  // an Authorization header value, once the server asked
+  loginWaiter: null,       // one pending sign-in shared by every request that got a 401
+  job: null,               // id of the job being watched
+  events: null,            // its EventSource, when not polling
+  lastSeed: null,          // seed of the first image of the last finished job ("Reuse last")
+  checkpoints: [],
+  loras: [],               // /api/loras: what the LoRA picker lists
+  samplers: [],
+  schedulers: [],
+  galleryOffset: 0,
+  galleryObjectUrls: [],   // blob: URLs made for authenticated image loads, freed on re-render
+  init: null,              // img2img: the init image as a data: URL, or null for text to image
+};
+
+// Counters of what the page received. The demo model finishes in well under a second, so tests
+// (and curious users in the console) read these instead of racing the progress bar.
+window.emaki = {
+  progressEvents: 0, previews: 0, maxProgress: 0, finishedJobs: 0,
+  trainEvents: 0, trainPoints: 0, trainPreviews: 0, trainFinished: 0, maskStrokes: 0, upscales: 0,
+  deleted: 0, tagInserts: 0, grids: 0, gridCells: 0, mergeEvents: 0, mergesFinished: 0,
+};
+
+// ---------------------------------------------------------------- HTTP
+
+export class ApiError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+export function authHeaders() {
+  return state.auth ? { Authorization: state.auth } : {};
+}
+
+// The browser's own credentials, or none. The page needs the browser's sign-in when the server
+// wants credentials, and the browser then sends them with the page's requests too: one sign-in.
+// Once the page holds credentials of its own (its form, after a 401), "omit": the server's 401
+// carries `WWW-Authenticate: Basic`, and with browser credentials allowed Chromium would hold the
+// request behind its own dialog instead of handing the 401 to the page.
+export function fetchCredentials() {
+  return state.auth ? "omit" : "same-origin";
+}
+
+// JSON request to the server; on a 401 asks the user to sign in and tries again.
+export async function api(path, { method = "GET", body } = {}) {
+  for (;;) {
+    const headers = authHeaders();
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    const response = await fetch(path, {
+      method, headers, body: body === undefined ? undefined : JSON.stringify(body), credentials: fetchCredentials(),
+    });
+    if (response.status === 401) {
+      await signIn(state.auth ? "Those credentials were not accepted." : "");
+      continue;
+    }
+    const text = await response.text();
+    let data = null;
+    try {
+      data = text ? JSON.parse(text) : null;
+    } catch {
+      data = text;
+    }
+    if (!response.ok) throw new ApiError(response.status, describeError(response.status, data));
+    return data;
+  }
+}
+
+// A readable message from an error body: `{error, detail: "..."}` (emaki) or FastAPI's
+// validation list `{detail: [{loc, msg}, ...]}`.
+function describeError(status, data) {
+  if (data && typeof data.detail === "string") return data.detail;
+  if (data && Array.isArray(data.detail)) {
+    return data.detail.map((item) => {
+      const field = (item.loc || []).filter((part) => part !== "body").join(".") || "request";
+      return `${field}: ${item.msg}`;
+    }).join("; ");
+  }
+  if (typeof data === "string" && data) return `HTTP ${status}: ${data.slice(0, 200)}`;
+  return `HTTP ${status}`;
+}
+
+// Image URLs are under /api too: with auth on, <img src> cannot send the header, so fetch the
+// bytes ourselves and show them through a blob: URL.
+export async function setImageSource(img, url, objectUrls) {
+  if (!state.auth || url.startsWith("data:")) {
+    img.src = url;
+    return;
+  }
+  try {
+    const response = await fetch(url, { headers: authHeaders(), credentials: fetchCredentials() });
+    if (!response.ok) return;
+    const objectUrl = URL.createObjectURL(await response.blob());
+    if (objectUrls) objectUrls.push(objectUrl);
+    img.src = objectUrl;
+  } catch {
+    // a missing thumbnail is not worth an error message
+  }
+}
+
+// ---------------------------------------------------------------- sign-in
+
+export function signIn(problem) {
+  if (!state.loginWaiter) {
+    state.loginWaiter = new Promise((resolve) => {
+      const form = $("login");
+      form.hidden = false;
+      $("login-error").textContent = problem;
+      (state.auth && state.auth.startsWith("Bearer") ? $("login-token") : $("login-user")).focus();
+      form.onsubmit = (event) => {
+        event.preventDefault();
+        const header = credentialsHeader();
+        if (!header) {
+          $("login-error").textContent = "Give a user and password, or a token.";
+          return;
+        }
+        state.auth = header;
+        sessionStorage.setItem(AUTH_KEY, header);
+        form.hidden = true;
+        form.onsubmit = null;
+        state.loginWaiter = null;
+        resolve();
+      };
+    });
+  }
+  return state.loginWaiter;
+}
+
+function credentialsHeader() {
+  const token = $("login-token").value.trim();
+  if (token) return `Bearer ${token}`;
+  const user = $("login-user").value;
+  const password = $("login-password").value;
+  if (!user || !password) return null;
+  // btoa only takes Latin-1: encode as UTF-8 bytes first, as the server decodes it.
+  const bytes = new TextEncoder().encode(`${user}:${password}`);
+  return `Basic ${btoa(String.fromCharCode(...bytes))}`;
+}
+
+// ---------------------------------------------------------------- job events
+
+// Watch job `id` through its server-sent events (`queued`, `progress`, then one of FINISHED, after
+// which the server ends the stream: closed first so that the browser does not reconnect). When the
+// browser gives up on the stream (a 401 or a 404 closes it) and it is still `isCurrent`, `fallback`
+// polls instead, which can sign in and report.
+export function streamEvents(id, { queued, progress, finished, isCurrent, fallback }) {
+  const source = new EventSource(`/api/jobs/${encodeURIComponent(id)}/events`);
+  if (queued) source.addEventListener("queued", (event) => queued(JSON.parse(event.data)));
+  source.addEventListener("progress", (event) => progress(JSON.parse(event.data)));
+  for (const name of FINISHED) {
+    source.addEventListener(name, (event) => {
+      source.close();
+      finished(JSON.parse(event.data));
+    });
+  }
+  source.onerror = () => {
+    if (source.readyState === EventSource.CLOSED && isCurrent(source)) fallback();
+  };
+  return source;
+}
+
+// ---------------------------------------------------------------- messages
+
+export function showError(message) {
+  const box = $("error");
+  box.textContent = message;
+  box.hidden = false;
+}
+
+export function clearError() {
+  $("error").hidden = true;
+  $("error").textContent = "";
+}
+
+export function setStatus(text) {
+  $("status").textContent = text;
+}
+
+export function debounce(fn, ms) {
+  let timer = null;
+  return (...args) => {
+    clearTimeout(timer);
+    timer = setTimeout(() => fn(...args), ms);
+  };
+}
+
+
+export function fillSelect(select, items) {
+  select.replaceChildren(...items.map(([value, label]) => new Option(label, value)));
+}
+
+export function intOrNull(id) {
+  const value = $(id).value.trim();
+  if (value === "") return null;
+  const number = Number(value);
+  return Number.isFinite(number) ? Math.trunc(number) : value;  // the server names a bad value
+}
+
+export function readAsDataUrl(file) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(file);
+  });
+}
+
+// A new element with a class and text (never HTML).
+export function element(tag, className = "", text = "") {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text) node.textContent = text;
+  return node;
+}

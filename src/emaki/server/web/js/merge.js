@@ -1,0 +1,162 @@
+// The Merge tab: A1111's checkpoint merger on /api/merge (two or three checkpoints, α, LoRAs baked
+// in), queued as a job and watched like the others (server-sent events, or polling with credentials);
+// the new checkpoint joins the model lists when it is done.
+import {
+  $, FINISHED, POLL_MS, api, clearError, element, fillSelect, showError, state, streamEvents,
+} from "./core.js";
+
+const merge = { job: null, events: null, loras: [], onDone: () => {} };
+
+// The checkpoints (A and B required, C optional) and the LoRAs the rows can pick.
+export async function loadMergeChoices() {
+  try {
+    const [models, loras] = await Promise.all([api("/api/models"), api("/api/loras")]);
+    const names = models.checkpoints.map((c) => [c.name, c.title]);
+    for (const [id, optional] of [["merge-a", false], ["merge-b", true], ["merge-c", true]]) {
+      const select = $(id);
+      const kept = select.value;
+      fillSelect(select, optional ? [["", "None"], ...names] : names);
+      if ([...select.options].some((o) => o.value === kept)) select.value = kept;
+    }
+    merge.loras = loras.map((l) => l.name);
+    for (const select of document.querySelectorAll(".merge-lora select")) {
+      const kept = select.value;
+      fillSelect(select, merge.loras.map((n) => [n, n]));
+      select.value = kept;
+    }
+    $("merge-add-lora").disabled = merge.loras.length === 0;
+  } catch (error) {
+    showError(`Merge: ${error.message}`);
+  }
+}
+
+function addLoraRow() {
+  const row = element("div", "merge-lora");
+  const pick = document.createElement("select");
+  pick.className = "merge-lora-name";
+  fillSelect(pick, merge.loras.map((n) => [n, n]));
+  const number = (className, label) => {
+    const wrap = element("label", "", label);
+    const input = document.createElement("input");
+    Object.assign(input, { type: "number", className, min: "-10", max: "10", step: "0.05", value: "1" });
+    wrap.append(input);
+    return wrap;
+  };
+  const name = element("label", "", "LoRA");
+  name.append(pick);
+  const remove = element("button", "", "Remove");
+  remove.type = "button";
+  remove.addEventListener("click", () => row.remove());
+  row.append(name, number("merge-lora-te", "Text encoder"), number("merge-lora-unet", "UNet"), remove);
+  $("merge-loras").append(row);
+}
+
+// The form as /api/merge's body; a mistake the page can see is thrown as an Error.
+function readMergeForm() {
+  const models = ["merge-a", "merge-b", "merge-c"].map((id) => $(id).value).filter(Boolean);
+  const output = $("merge-output").value.trim();
+  if (!output) throw new Error("Output file: give the new checkpoint a file name, e.g. mix.safetensors.");
+  const loras = [...document.querySelectorAll(".merge-lora")].map((row) => ({
+    name: row.querySelector(".merge-lora-name").value,
+    te: Number(row.querySelector(".merge-lora-te").value),
+    unet: Number(row.querySelector(".merge-lora-unet").value),
+  }));
+  const alpha = $("merge-alpha").value.trim();
+  const body = { models, loras, output, overwrite: $("merge-overwrite").checked, alpha: alpha === "" ? 0.3 : Number(alpha) };
+  if ($("merge-mode").value) body.mode = $("merge-mode").value;
+  return body;
+}
+
+async function startMerge() {
+  clearError();
+  let job;
+  try {
+    job = await api("/api/merge", { method: "POST", body: readMergeForm() });
+  } catch (error) {
+    showError(`Merge not started: ${error.message}`);
+    return;
+  }
+  merge.job = job.id;
+  $("merge-start").disabled = true;
+  $("merge-cancel").disabled = false;
+  $("merge-progress").value = 0;
+  $("merge-status").textContent = "Queued";
+  if (state.auth) pollMerge(job.id);
+  else streamMerge(job.id);
+}
+
+function showMergeProgress(event) {
+  const fraction = Math.max(0, Math.min(1, event.progress || 0));
+  $("merge-progress").value = fraction;
+  $("merge-status").textContent = `Merging: ${Math.round(fraction * 100)}%`;
+  window.emaki.mergeEvents += 1;
+}
+
+function streamMerge(id) {
+  merge.events = streamEvents(id, {
+    progress: showMergeProgress,
+    finished: finishMerge,
+    isCurrent: (source) => merge.events === source,
+    fallback: () => {
+      merge.events = null;
+      pollMerge(id);
+    },
+  });
+}
+
+async function pollMerge(id) {
+  while (merge.job === id) {
+    try {
+      const job = await api(`/api/jobs/${encodeURIComponent(id)}`);
+      if (FINISHED.has(job.status)) {
+        finishMerge(job);
+        return;
+      }
+      const event = job.status === "running" ? await api(`/api/jobs/${encodeURIComponent(id)}/progress`) : null;
+      if (event && merge.job === id) showMergeProgress(event);
+    } catch (error) {
+      showError(`Lost track of the merge: ${error.message}`);
+      finishMerge(null);
+      return;
+    }
+    await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+  }
+}
+
+function finishMerge(job) {
+  if (merge.events) merge.events.close();
+  merge.events = null;
+  merge.job = null;
+  $("merge-start").disabled = false;
+  $("merge-cancel").disabled = true;
+  if (!job) return;
+  window.emaki.mergesFinished += 1;
+  if (job.status === "done") {
+    $("merge-progress").value = 1;
+    $("merge-status").textContent = `Done: ${job.result?.filename ?? job.result?.name ?? "saved"}`;
+    merge.onDone();
+    loadMergeChoices();
+  } else if (job.status === "failed") {
+    $("merge-status").textContent = "Failed";
+    showError(`Merge failed: ${job.error || "unknown error"}`);
+  } else {
+    $("merge-status").textContent = `Merge ${job.status}`;
+  }
+}
+
+async function cancelMerge() {
+  if (!merge.job) return;
+  try {
+    await api(`/api/jobs/${encodeURIComponent(merge.job)}/cancel`, { method: "POST" });
+  } catch (error) {
+    if (error.status !== 409) showError(error.message);
+  }
+}
+
+// `onDone`: what the page does once a new checkpoint exists (its model menus read the list again).
+export function setUpMerge(onDone) {
+  merge.onDone = onDone;
+  $("merge-add-lora").addEventListener("click", addLoraRow);
+  $("merge-start").addEventListener("click", startMerge);
+  $("merge-cancel").addEventListener("click", cancelMerge);
+}
