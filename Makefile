@@ -8,8 +8,13 @@ VENV := .venv
 demo: $(VENV)/.installed
 	$(VENV)/bin/emaki generate "1girl, pink hair, green eyes, smile"
 
+# Two workers for CI's 2 cores, one test file at a time each (a module's server, browser or Ray
+# cluster starts once), files in the order tests/conftest.py gives them (the longest first); each
+# worker keeps to its share of the cores (tests/worker_cores.py). docs/design-notes.md, "Test run".
+TEST_WORKERS ?= 2
+
 test: $(VENV)/.test-installed
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # spandrel (upscaler models) without its torchvision: see pyproject.toml and docs/design-notes.md.
 $(VENV)/.installed: pyproject.toml

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from worker_cores import pin_this_worker
 
 from emaki.devices import DevicePolicy
 from emaki.models.checkpoint import save_single_file
@@ -13,13 +16,34 @@ from emaki.models.components import SDComponents, build_random_components, sd_al
 from emaki.models.configs import tiny_config
 from emaki.models.convert import components_to_ldm
 
-# Threads for the tests' own torch work, decided where the engine decides them.
+# Under pytest-xdist, this worker and everything it starts stay on its share of the cores
+# (tests/worker_cores.py): 2 workers on 2 cores never run more than 2 busy threads.
+pin_this_worker(os.environ)
+# Threads for the tests' own torch work, decided where the engine decides them (`idle_cores`:
+# the worker's share of the cores, all of them in a serial run).
 DevicePolicy.choose("fp32", "cpu").apply()
+TEST_THREADS = torch.get_num_threads()
+# Files that take minutes (the README's: three trainings of 400 steps) run first. `make test`
+# keeps this order in its queue (`--no-loadscope-reorder`), so one worker starts on them at once
+# while the other takes the rest, instead of one finishing them alone at the end.
+LONG_FILES = ("tests/test_readme.py",)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: not item.nodeid.startswith(LONG_FILES))  # stable: the rest keep their order
 
 
 @pytest.fixture(autouse=True)
-def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("EMAKI_HOME", str(tmp_path_factory.mktemp("emaki-home")))
+def _threads_back_to_the_share() -> Iterator[None]:
+    """An engine run with `--threads N` in this process leaves torch at N threads (torch's
+    setting is process-wide): later tests on this worker get the share back."""
+    yield
+    if torch.get_num_threads() != TEST_THREADS:
+        torch.set_num_threads(TEST_THREADS)
+
+
+def _isolate(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
+    monkeypatch.setenv("EMAKI_HOME", str(home))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     # Empty means "no A1111 install"; set (not deleted) so that a CLI run that exports it
     # in-process (`--a1111`) is undone after each test.
@@ -29,6 +53,20 @@ def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     # results their goldens hold.
     monkeypatch.setattr("emaki.devices.cpu_flags", lambda *args: frozenset())
     monkeypatch.setenv("EMAKI_PRECISION", "fp32")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """For module- and session-scoped fixtures, which start before `_isolated_home`: without it
+    their engines and servers wrote to ~/.local/share/emaki, one home for every worker and run."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _isolate(monkeypatch, tmp_path_factory.mktemp("session-home"))
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    _isolate(monkeypatch, tmp_path_factory.mktemp("emaki-home"))
 
 
 @pytest.fixture(scope="session")

@@ -40,7 +40,9 @@ class LiveServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 60.0) -> LiveServer:
+    # A hang guard: under `make test` a server and its worker share one core (tests/worker_cores.py),
+    # and on a busy machine its imports alone took over 60 s.
+    def start(self, timeout: float = 180.0) -> LiveServer:
         env = os.environ | {"EMAKI_HOME": str(self.home), "PYTHONUNBUFFERED": "1"}
         log = open(self.home / "server.log", "ab")  # noqa: SIM115 - closed with the process
         self.process = subprocess.Popen(
@@ -85,6 +87,19 @@ def live_server(tmp_path: Path) -> Iterator[LiveServer]:
     server = LiveServer(tmp_path / "home")
     server.home.mkdir()
     yield server.start()
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def module_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """One server on the demo model for a whole module's tests (its own home). The per-test
+    environment (tests/conftest.py) is not set yet at module scope: the server gets it here."""
+    server = LiveServer(tmp_path_factory.mktemp("module-home"))
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in (("EMAKI_A1111", ""), ("EMAKI_PRECISION", "fp32"), ("HF_HUB_OFFLINE", "1")):
+            patch.setenv(name, value)
+        server.start()
+    yield server
     server.stop()
 
 
