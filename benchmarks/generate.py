@@ -32,6 +32,7 @@ FEATURES: dict[str, dict] = {
     "cache2": {"cache_interval": 2},
     "cache3": {"cache_interval": 3},
     "gate": {"gate_step": "50%"},  # a share of the steps, as the preset sets it
+    "tome": {"token_merging_ratio": 0.5},
     "fast": {},
 }
 

@@ -31,6 +31,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "cache3": {"cache_interval": 3},
     "gate30%": {"gate_step": "30%"},
     "gate50%": {"gate_step": "50%"},
+    "tome30": {"token_merging_ratio": 0.3},  # ToMe: share of the full-resolution tokens merged
+    "tome50": {"token_merging_ratio": 0.5},
     "fast": {},  # `--speed fast`
 }
 

@@ -17,6 +17,11 @@ PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")  # what --precision takes; 
 # CPU features that run bf16 natively (oneDNN's AVX-512 BF16 and AMX kernels). Without them
 # torch emulates bf16 with fp32 arithmetic plus conversions, slower than plain fp32.
 BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+VaeTiling = Literal["auto", "on", "off"]
+VAE_TILING_CHOICES = ("auto", "on", "off")  # what --vae-tiling takes; auto: `DevicePolicy.tiles_vae`
+# Peak memory of a whole VAE pass (SD 1.5's VAE) per output pixel and per byte of its dtype: a
+# 1024² bf16 decode took 2.6 GB above its weights (benchmarks/memory.py).
+VAE_BYTES_PER_PIXEL_BYTE = 1250
 
 
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
@@ -57,6 +62,23 @@ def idle_cores() -> int:
     return max(1, cores - busy)
 
 
+def available_memory(device: torch.device) -> int:
+    """Bytes free for new tensors on `device`: the GPU's free memory, or the system's
+    `MemAvailable` (Linux; elsewhere physical pages free, or unknown: 2**62)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 2**62
+
+
 @dataclass(frozen=True)
 class DevicePolicy:
     """Where and in which precision the UNet, VAE and text encoder run."""
@@ -64,10 +86,14 @@ class DevicePolicy:
     device: torch.device
     precision: Precision = "fp32"
     threads: int = 1  # torch's intra-op threads for CPU work
+    vae_tiling: VaeTiling = "auto"  # `tiles_vae`
+    # torch.compile on the UNet (`emaki.engine.speed.compile`): same math, a faster step after a
+    # first one that compiles (minutes on 2 cores; cached on disk for the next process).
+    compile: bool = False
 
     @classmethod
     def choose(cls, precision: str | None = None, device: str | None = None,
-               threads: int | None = None) -> DevicePolicy:
+               threads: int | None = None, vae_tiling: str | None = None, compile: bool = False) -> DevicePolicy:
         """The policy for this machine: CUDA when present; the precision `auto_precision` picks
         unless `precision` says (None is auto); as many threads as there are idle cores
         (`threads` overrides, `--threads` on the surfaces)."""
@@ -80,7 +106,23 @@ class DevicePolicy:
             raise ParamsError("precision: fp16 runs on a GPU only; use bf16 or fp32 on a CPU")
         if threads is not None and threads < 1:
             raise ParamsError(f"threads: expected 1 or more, got {threads}")
-        return cls(dev, precision, threads or idle_cores())  # type: ignore[arg-type]
+        if vae_tiling is not None and vae_tiling not in VAE_TILING_CHOICES:
+            raise ParamsError(f"vae_tiling: expected auto, on or off, got {vae_tiling!r}")
+        return cls(dev, precision, threads or idle_cores(), vae_tiling or "auto", compile)  # type: ignore[arg-type]
+
+    def tiles_vae(self, pixels: int, available: int | None = None) -> bool:
+        """Whether a VAE pass making (or reading) `pixels` pixels, all images of the batch, runs
+        in tiles (`emaki.engine.vae_tiling`): always with `on`, never with `off`; with `auto` only
+        when a whole pass would need more than half the memory `available` (default: free now),
+        that is when the alternative is running out of memory: tiles normalise with their own
+        statistics, so a tiled picture is not the whole pass's (docs/performance.md), and the
+        default path changes no pixel. A whole SD 1.5 pass needs ~1.3 kB per pixel per byte of
+        the VAE's dtype: 2.6 GB at 1024² in bf16, 10.5 GB at 2048²."""
+        if self.vae_tiling != "auto":
+            return self.vae_tiling == "on"
+        need = pixels * VAE_BYTES_PER_PIXEL_BYTE * self.dtype.itemsize
+        free = available_memory(self.device) if available is None else available
+        return need > free // 2
 
     def apply(self) -> None:
         """Set torch's thread count (process-wide: torch has no other kind); done once by the

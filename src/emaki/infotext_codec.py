@@ -150,7 +150,10 @@ FIELDS: tuple[InfotextField, ...] = _table(
     ("Clip skip", lambda p, f: p.clip_skip if p.clip_skip > 1 else None, _reads("clip_skip", int)),
     ("ENSD", lambda p, f: p.eta_noise_seed_delta if p.eta_noise_seed_delta and f.uses_ensd else None,
      _reads("eta_noise_seed_delta", int)),
+    # A1111 writes it from the ratio the run used (its `tomesd` patch); emaki's `TokenMerging`.
+    ("Token merging ratio", _extension("Token merging ratio"), _reads("token_merging_ratio", float)),
     ("RNG", lambda p, f: p.rng if p.rng != "GPU" else None, _reads("rng")),
+    ("Tiling", lambda p, f: "True" if p.tiling else None, _reads_flag("tiling")),
     ("Hires resize", lambda p, f: _hires(p, f"{p.hr_resize_x}x{p.hr_resize_y}" if _hires_resized(p) else None),
      _reads_size("hr_resize_x", "hr_resize_y")),
     ("Hires upscale", lambda p, f: _hires(p, None if _hires_resized(p) else float(p.hr_scale)),

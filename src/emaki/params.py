@@ -96,6 +96,7 @@ class GenerationParams(CheckedModel):
     batch_size: int = Field(1, ge=1, le=64)
     n_iter: int = Field(1, ge=1, le=1000)
     clip_skip: int = Field(1, ge=1, le=12)
+    tiling: bool = Field(False, description="seamless tiling: circular padding in the UNet's and VAE's convolutions")
     eta: float | None = None
     s_noise: float | None = None
     # Speed (docs/performance.md): approximations, each off by default and recorded in infotext.
@@ -106,6 +107,8 @@ class GenerationParams(CheckedModel):
                                 "features reused in between (0, 1: off)")
     gate_step: int = Field(0, ge=0, le=1000, description="T-GATE: from this step on, cross-attention is reused "
                            "and the negative prompt dropped (0: off)")
+    token_merging_ratio: float = Field(0.0, ge=0.0, le=0.9, description="ToMe, A1111's token merging ratio: the "
+                                       "share of tokens merged before self-attention at full resolution (0: off)")
     eta_noise_seed_delta: int = Field(0, ge=0, le=MAX_SEED, description="added to the seed of the noise after the first")
     rng: Literal["CPU", "GPU", "NV"] = "CPU"
     prompt_dialect: Literal["a1111", "novelai"] = "a1111"

@@ -15,7 +15,8 @@ from typing import Literal
 from emaki.errors import ParamsError
 from emaki.files import STALE_PARTIAL_S, remove_stale_partials
 
-FolderKind = Literal["checkpoints", "vaes", "embeddings", "hypernetworks", "loras", "upscalers", "wildcards"]
+FolderKind = Literal["checkpoints", "vaes", "embeddings", "hypernetworks", "loras", "upscalers", "wildcards",
+                     "tags"]
 
 # emaki's own folder of each kind, under `home`.
 HOME_FOLDERS: Mapping[FolderKind, str] = {
@@ -26,6 +27,7 @@ HOME_FOLDERS: Mapping[FolderKind, str] = {
     "loras": "loras",
     "upscalers": "upscalers",
     "wildcards": "wildcards",
+    "tags": "tags",  # prompt-tag lists for the page's autocomplete (tagcomplete CSVs)
 }
 # The same kinds in an A1111 install (its `--*-dir` defaults).
 A1111_FOLDERS: Mapping[FolderKind, tuple[str, ...]] = {
@@ -36,6 +38,7 @@ A1111_FOLDERS: Mapping[FolderKind, tuple[str, ...]] = {
     "loras": ("models/Lora", "models/LyCORIS"),
     "upscalers": ("models/ESRGAN", "models/RealESRGAN", "models/SwinIR", "models/DAT"),
     "wildcards": ("extensions/sd-dynamic-prompts/wildcards",),
+    "tags": ("extensions/a1111-sd-webui-tagcomplete/tags",),
 }
 
 

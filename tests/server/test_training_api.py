@@ -336,7 +336,7 @@ def test_an_old_database_gets_job_kinds(tmp_path: Path) -> None:
     new = store.submit({"kind": "embedding"}, kind="train")
     assert new.kind == "train" and new.public()["result"] is None
     with pytest.raises(ValueError, match="kind"):
-        store.submit({}, kind="merge")
+        store.submit({}, kind="bogus")  # not a job kind ("merge" became one)
     store.close()
     JobStore(path).close()  # opening it again changes nothing
     columns = [row[1] for row in sqlite3.connect(path).execute("PRAGMA table_info(jobs)")]

@@ -35,6 +35,15 @@ def cli_workspace(a1111: Path | None = None, *, embeddings: list[Path] | None = 
     return workspace
 
 
+
+def use_compile_cache(workspace: Workspace) -> None:
+    """`--compile`: inductor keeps what it compiled in the workspace (EMAKI_HOME/cache/compile),
+    for the next process, unless `TORCHINDUCTOR_CACHE_DIR` names a folder already; that
+    variable is inductor's one documented way to choose it."""
+    from emaki.engine.speed.compile import compile_cache_dir
+
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache_dir(workspace.home)))
+
 def _register_commands() -> None:
     # Each module adds its commands to `app` when imported.
     from emaki.cli import (

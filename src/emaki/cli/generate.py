@@ -12,15 +12,12 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from emaki.cli import app, cli_workspace
+from emaki.cli import app, cli_workspace, use_compile_cache
 from emaki.cli.inpaint import inpainting_overrides
-from emaki.devices import DevicePolicy
-from emaki.engine.policy import ensure_params_allowed
 from emaki.errors import EmakiError, ParamsError
 from emaki.infotext import parse_infotext, read_infotext
 from emaki.infotext_codec import decode_infotext
 from emaki.params import GenerationParams, speed_preset
-from emaki.prompts.styles import read_styles, styles_files
 from emaki.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -41,6 +38,8 @@ def parse_size(text: str) -> tuple[int, int]:
 def params_from_image(path: Path, workspace: Workspace | None = None) -> GenerationParams:
     """The params a PNG records; with a workspace, the styles of its styles files found in the
     prompts are taken back out into `styles` (as A1111 reads an infotext)."""
+    from emaki.prompts.styles import read_styles, styles_files  # emaki.prompts pulls in torch
+
     text = read_infotext(path)
     if not text:
         raise EmakiError(f"{path}: the image holds no generation parameters")
@@ -77,16 +76,16 @@ OPTION_FIELDS = {
     "prompt": "prompt", "negative": "negative_prompt", "style": "styles", "model": "model", "vae": "vae",
     "sampler": "sampler_name", "scheduler": "scheduler", "steps": "steps", "cfg": "cfg_scale", "seed": "seed",
     "ngms": "s_min_uncond", "ngms_all_steps": "s_min_uncond_all", "cache_interval": "cache_interval",
-    "gate_step": "gate_step", "batch_size": "batch_size", "batch_count": "n_iter", "clip_skip": "clip_skip",
-    "ensd": "eta_noise_seed_delta", "rng": "rng", "prompt_dialect": "prompt_dialect",
+    "gate_step": "gate_step", "token_merging": "token_merging_ratio", "batch_size": "batch_size", "batch_count": "n_iter", "clip_skip": "clip_skip",
+    "ensd": "eta_noise_seed_delta", "rng": "rng", "prompt_dialect": "prompt_dialect", "tiling": "tiling",
     "hypernetwork": "hypernetwork", "hypernetwork_strength": "hypernetwork_strength", "init_image": "init_image",
     "denoise": "denoising_strength", "resize_mode": "resize_mode", "hires": "enable_hr", "hr_scale": "hr_scale",
     "hr_upscaler": "hr_upscaler", "hr_steps": "hr_second_pass_steps", "hr_sampler": "hr_sampler_name",
 }
 INPAINTING_OPTIONS = ("mask", "mask_blur", "fill", "area", "padding", "invert", "noise_multiplier", "mask_weight")
 # Options that are not params fields: read by the commands, or by the engine's surroundings.
-OTHER_OPTIONS = ("size", "speed", "from_image", "out", "precision", "threads", "embeddings_dir", "a1111",
-                 "hypernetworks_dir")
+OTHER_OPTIONS = ("size", "speed", "from_image", "out", "precision", "threads", "vae_tiling", "compile", "embeddings_dir",
+                 "a1111", "hypernetworks_dir")
 
 
 def params_from_options(given: Mapping[str, Any], workspace: Workspace) -> GenerationParams:
@@ -129,6 +128,7 @@ def generate_command(
     ngms_all_steps: Annotated[bool | None, typer.Option("--ngms-all-steps", help="--ngms skips the negative prompt on every step, not every other.")] = None,
     cache_interval: Annotated[int | None, typer.Option("--cache-interval", help="DeepCache: the whole UNet every N steps, its deep features reused in between (0: off).")] = None,
     gate_step: Annotated[int | None, typer.Option("--gate-step", help="T-GATE: from this step on, reuse cross-attention and drop the negative prompt (0: off).")] = None,
+    token_merging: Annotated[float | None, typer.Option("--token-merging", help="ToMe (A1111's token merging ratio, 0-0.9): merge this share of tokens before self-attention at full resolution (0: off).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed; -1 for a random one.")] = None,
     size: Annotated[str | None, typer.Option(help="WIDTHxHEIGHT, multiples of 8 (default: the model's native size).")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Images per batch.")] = None,
@@ -137,10 +137,13 @@ def generate_command(
     ensd: Annotated[int | None, typer.Option("--ensd", help="Eta noise seed delta (NovelAI: 31337).")] = None,
     rng: Annotated[str | None, typer.Option(help="Noise source: CPU, GPU or NV.")] = None,
     prompt_dialect: Annotated[str | None, typer.Option("--prompt-dialect", help="a1111 or novelai.")] = None,
+    tiling: Annotated[bool | None, typer.Option("--tiling", help="Seamless tiling: a picture whose opposite edges continue into each other (A1111's Tiling).")] = None,
     from_image: Annotated[Path | None, typer.Option("--from", help="Regenerate from a PNG's parameters (other options override).")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Folder for the images (default: EMAKI_HOME/outputs/<date>).")] = None,
     precision: Annotated[str | None, typer.Option(help="auto (default: bf16 on a CPU with AVX-512 BF16 or AMX, fp16 on a GPU, else fp32), fp32, bf16, fp16.", envvar="EMAKI_PRECISION")] = None,
     threads: Annotated[int | None, typer.Option("--threads", help="CPU threads (default: the idle cores; 1 on a busy 2-core machine).")] = None,
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the UNet: the same image, faster steps after a first one that compiles (minutes on a small CPU; cached in EMAKI_HOME/cache/compile).")] = False,
+    vae_tiling: Annotated[str | None, typer.Option("--vae-tiling", help="auto (default: only when a whole VAE pass would need over half the free memory), on or off: decode and encode large pictures in overlapping tiles, to save memory (a tiled picture differs slightly; docs/performance.md).")] = None,
     hypernetwork: Annotated[str | None, typer.Option("--hypernetwork", help="Hypernetwork (file stem) applied to every prompt; or use <hypernet:NAME:STRENGTH> in the prompt.")] = None,
     hypernetwork_strength: Annotated[float | None, typer.Option("--hypernetwork-strength", help="Strength of --hypernetwork (default 1).")] = None,
     embeddings_dir: Annotated[list[Path] | None, typer.Option("--embeddings-dir", help="Folder of embeddings (repeatable; default: EMAKI_HOME/embeddings and EMAKI_A1111/embeddings).")] = None,
@@ -164,12 +167,19 @@ def generate_command(
     hr_sampler: Annotated[str | None, typer.Option("--hr-sampler", help="Hires fix: sampler of the second pass (default: --sampler).")] = None,
 ) -> None:
     """Generate images from a prompt (txt2img; img2img with --init-image)."""
+    # torch, diffusers and transformers take seconds to import: only the commands that run a
+    # model import them, so `emaki --help` and the light commands start at once.
+    from emaki.devices import DevicePolicy
+    from emaki.engine.policy import ensure_params_allowed
+
     workspace = cli_workspace(a1111, embeddings=embeddings_dir, hypernetworks=hypernetworks_dir)
     params = params_from_options(ctx.params, workspace)  # every option of the command, by name
     ensure_params_allowed(params)  # before anything loads or prints
     if from_image is not None:
         params = _models_named_by_the_image(params, from_image, workspace, model is None, vae is None)
-    policy = DevicePolicy.choose(precision, threads=threads)
+    policy = DevicePolicy.choose(precision, threads=threads, vae_tiling=vae_tiling, compile=compile)
+    if compile:
+        use_compile_cache(workspace)
     # The engine pulls in diffusers (seconds, ~200 MB): only the commands that run it import it.
     from emaki.engine import Engine
 

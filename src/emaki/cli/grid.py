@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from emaki.cli import app, cli_workspace
+from emaki.cli import app, cli_workspace, use_compile_cache
 from emaki.cli.generate import (
     INPAINTING_OPTIONS,
     OPTION_FIELDS,
@@ -21,8 +21,8 @@ from emaki.cli.generate import (
     _models_named_by_the_image,
     params_from_options,
 )
-from emaki.devices import DevicePolicy
 from emaki.errors import EmakiError, ParamsError
+from emaki.workspace import Workspace
 
 if TYPE_CHECKING:
     from emaki.engine import Cancel
@@ -70,6 +70,17 @@ def print_paths(result: GridResult, lone_images: bool) -> None:
                 print(made.path)
 
 
+def print_axes(workspace: Workspace) -> None:
+    """One line per axis: its name, its kind, and for a closed set the names it takes here."""
+    from emaki.xyz.listing import axis_rows
+
+    for row in axis_rows(workspace):
+        aliases = f" (also {', '.join(row['aliases'])})" if row["aliases"] else ""
+        mode = f" [{row['mode']} only]" if row["mode"] != "both" else ""
+        choices = f": {', '.join(row['choices']) or '(none here)'}" if "choices" in row else ""
+        print(f"{row['name']}{aliases} — {row['kind']}{mode}{choices}")
+
+
 @app.command("grid", context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
              options_metavar="PROMPT --x 'AXIS: VALUES' [--y ...] [--z ...] [OPTIONS] [GENERATE OPTIONS]")
 def grid_command(
@@ -84,6 +95,7 @@ def grid_command(
     no_fixed_seeds: Annotated[bool, typer.Option("--no-fixed-seeds", help="Keep seed -1: each cell draws its own seed (default: one seed for the whole grid).")] = False,
     vary_seeds: Annotated[list[str] | None, typer.Option("--vary-seeds", help="x, y or z (repeatable): the seed counts up along that axis.")] = None,
     max_size_mp: Annotated[int, typer.Option("--max-size-mp", help="Refuse grids larger than this many megapixels.")] = 200,
+    list_axes: Annotated[bool, typer.Option("--list-axes", help="List the axes (name, value kind, the choices of a closed set such as samplers, checkpoints, VAEs, styles) and exit.")] = False,
 ) -> None:
     """An X/Y/Z plot: one image per combination of the --x, --y and --z values, and the grid of
     them with legends. Every `emaki generate` option applies to every cell (--negative, --model,
@@ -93,6 +105,9 @@ def grid_command(
     from emaki.xyz.spec import AxisSpec, GridSpec
 
     given = generate_options(ctx.args, ctx)
+    if list_axes:
+        print_axes(cli_workspace(Path(given["a1111"]) if given.get("a1111") else None))
+        return
     axes = {name: AxisSpec.parse(text, option=f"--{name}") if text is not None else None
             for name, text in (("x", x), ("y", y), ("z", z))}
     varied = {axis.strip().lower() for axis in vary_seeds or []}
@@ -109,7 +124,12 @@ def grid_command(
     if from_image is not None:
         params = _models_named_by_the_image(params, Path(from_image), workspace, given.get("model") is None,
                                             given.get("vae") is None)
-    policy = DevicePolicy.choose(given.get("precision"), threads=given.get("threads"))
+    from emaki.devices import DevicePolicy  # torch: imported by the commands that run a model only
+
+    policy = DevicePolicy.choose(given.get("precision"), threads=given.get("threads"), vae_tiling=given.get("vae_tiling"),
+                                 compile=bool(given.get("compile")))
+    if policy.compile:
+        use_compile_cache(workspace)
     # The engine pulls in diffusers (seconds, ~200 MB): only the commands that run it import it.
     from emaki.engine import Cancel, Engine
     from emaki.xyz.run import run_grid

@@ -70,29 +70,9 @@ def extract_command(
         TimeRemainingColumn,
     )
 
-    from emaki.errors import EmakiError
-    from emaki.merge import open_source
     from emaki.merge.blocks import ALL_BLOCKS, block_of
-    from emaki.networks.lora.extract import DTYPES, extract_lora, save_extracted_lora
+    from emaki.merge.by_name import run_extraction
 
-    if dtype not in DTYPES:
-        raise EmakiError(f"--dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
-    if out.suffix.lower() != ".safetensors":
-        raise EmakiError(f"{out}: emaki writes LoRAs as .safetensors; choose a name ending in .safetensors")
-    if out.exists() and not overwrite:
-        raise EmakiError(f"{out}: already exists (pass --overwrite to replace it)")
-    for path in (tuned, base):
-        if not path.is_file():
-            raise EmakiError(f"{path}: no such file")
-    try:
-        import torch
-
-        torch.device(device)
-    except RuntimeError as e:
-        raise EmakiError(f"--device {device!r}: {e}") from None
-    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
-        raise EmakiError(f"--device {device}: no CUDA device here (use --device cpu)")
-    tuned_source, base_source = open_source(tuned), open_source(base)
     try:
         with Progress(
             TextColumn("{task.description}"),
@@ -108,27 +88,15 @@ def extract_command(
             def update(done: int, total: int, key: str) -> None:
                 bar.update(task, completed=done, total=total, layer=block_of(key) or "")
 
-            extracted = extract_lora(
-                tuned_source,
-                base_source,
-                rank=rank,
-                conv_rank=conv_rank,
-                device=device,
-                dtype=DTYPES[dtype],
-                clamp_quantile=clamp_quantile,
-                min_text_encoder_diff=min_diff,
-                name=name or out.stem,
-                threads=threads,
-                progress=update,
-            )
+            extraction = run_extraction(
+                tuned, base, out, rank=rank, conv_rank=conv_rank, device=device, threads=threads,
+                dtype=dtype, clamp_quantile=clamp_quantile, min_diff=min_diff, name=name,
+                overwrite=overwrite, progress=update)
     except KeyboardInterrupt:
         from emaki.errors import Interrupted
 
         raise Interrupted(f"{out}: extraction interrupted; nothing was written") from None
-    finally:
-        tuned_source.close()
-        base_source.close()
-    model_hash = save_extracted_lora(extracted, out, overwrite=overwrite)
+    extracted, model_hash = extraction.lora, extraction.model_hash
     errors = extracted.relative_errors(block_of)
     console.print("block   layers  relative error ‖ΔW − ΔW_r‖/‖ΔW‖", highlight=False)
     counts: dict[str, int] = {}

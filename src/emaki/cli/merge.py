@@ -16,7 +16,6 @@ from emaki.errors import EmakiError
 
 console = Console(emoji=False)
 err_console = Console(stderr=True, emoji=False)
-DEFAULT_ALPHA = 0.3  # A1111's default multiplier
 
 
 @contextmanager
@@ -48,65 +47,12 @@ def progress_bar(description: str) -> Iterator[Callable[[int, int], None]]:
         yield update
 
 
-def parse_blocks(text: str) -> tuple[float, ...]:
-    """`--blocks 0,0.1,...` (25 values: IN00-IN11, M00, OUT00-OUT11)."""
-    from emaki.merge.recipe import MergeError
-
-    parts = [p.strip() for p in text.replace(" ", ",").split(",") if p.strip()]
-    try:
-        values = tuple(float(p) for p in parts)
-    except ValueError:
-        raise MergeError(f"--blocks: expected 25 comma-separated numbers, got {text!r}") from None
-    if len(values) != 25:
-        raise MergeError(
-            f"--blocks: expected 25 values (IN00-IN11, M00, OUT00-OUT11), got {len(values)}"
-        )
-    return values
-
-
-def parse_lora(text: str) -> tuple[str, float, float]:
-    """`--lora NAME[:W]` or `NAME:TE:UNET` → (NAME, TE, UNET); W defaults to 1. NAME may hold
-    colons (a Windows path): only trailing numbers are multipliers.
-
-    >>> parse_lora("detail:0.8"), parse_lora("style:0.5:1"), parse_lora("C:/loras/x.safetensors")
-    (('detail', 0.8, 0.8), ('style', 0.5, 1.0), ('C:/loras/x.safetensors', 1.0, 1.0))
-    """
-    from emaki.merge.recipe import MergeError
-
-    parts = text.split(":")
-    numbers: list[float] = []
-    while len(parts) > 1 and len(numbers) < 2:
-        try:
-            numbers.insert(0, float(parts[-1]))
-        except ValueError:
-            break
-        parts.pop()
-    name = ":".join(parts)
-    if not name:
-        raise MergeError(f"--lora {text!r}: expected NAME:W or NAME:TE:UNET")
-    te = numbers[0] if numbers else 1.0
-    return name, te, numbers[1] if len(numbers) > 1 else te
-
-
 def lora_refs(specs: list[str]) -> tuple[Any, ...]:
     """`--lora` values as recipe LoRAs, each NAME found as a path, a file stem or an
     `ss_output_name` alias in the workspace's LoRA folders."""
-    from emaki.merge.recipe import LoraRef, MergeError
-    from emaki.networks.lora import LoraLibrary
+    from emaki.merge.by_name import find_loras, parse_lora
 
-    folders = cli_workspace().folders("loras")
-    library = LoraLibrary()
-    refs = []
-    for spec in specs:
-        name, te, unet = parse_lora(spec)
-        path = library.find(name, folders)
-        if path is None:
-            raise MergeError(
-                f"--lora {name}: no LoRA file by that name (a path, a file stem or an "
-                f"ss_output_name alias in {', '.join(str(f) for f in folders)})"
-            )
-        refs.append(LoraRef(str(path), te=te, unet=unet, name=name))
-    return tuple(refs)
+    return find_loras([parse_lora(spec) for spec in specs], cli_workspace().folders("loras"), "--lora")
 
 
 @app.command("merge")
@@ -125,7 +71,7 @@ def merge_command(
     ] = None,
     alpha: Annotated[
         float | None,
-        typer.Option("--alpha", "-a", help=f"α, the multiplier (default {DEFAULT_ALPHA})."),
+        typer.Option("--alpha", "-a", help="α, the multiplier (default 0.3, A1111's)."),
     ] = None,
     blocks: Annotated[
         str | None,
@@ -179,8 +125,9 @@ def merge_command(
 ) -> None:
     """Merge checkpoints (and bake LoRAs) in constant memory; the recipe goes into the output's
     metadata."""
-    from emaki.merge import InputRef, MergeRecipe, load_recipe, merge
+    from emaki.merge import load_recipe, merge
     from emaki.merge import save_recipe as write_recipe
+    from emaki.merge.by_name import build_recipe, parse_blocks
     from emaki.merge.recipe import MergeError
     from emaki.models.hashes import HashCache
 
@@ -213,27 +160,15 @@ def merge_command(
         paths = list(models or [])
         if not paths:
             raise MergeError("merge: give models A B [C], or --recipe FILE")
-        mode = mode or (
-            "no-interpolation"
-            if len(paths) == 1
-            else "add-difference"
-            if len(paths) == 3
-            else "weighted-sum"
-        )
-        if len(paths) > 3:
-            raise MergeError(f"merge: at most three models (A B C), got {len(paths)}")
-        refs = [InputRef(str(p)) for p in paths]
-        the_recipe = MergeRecipe(
+        the_recipe = build_recipe(
+            paths,
             mode=mode,
-            a=refs[0],
-            b=refs[1] if len(refs) > 1 else None,
-            c=refs[2] if len(refs) > 2 else None,
-            alpha=DEFAULT_ALPHA if alpha is None else alpha,
+            alpha=alpha,
             blocks=parse_blocks(blocks) if blocks else None,
-            text_encoder_alpha=te_alpha,
+            te_alpha=te_alpha,
             vae_alpha=vae_alpha,
             dtype=dtype,
-            vae=InputRef(str(vae)) if vae is not None else None,
+            vae=vae,
             discard=discard,
             name=name,
             loras=lora_refs(lora or []),

@@ -14,7 +14,6 @@ from rich.text import Text
 
 from emaki.cli import app, cli_workspace
 from emaki.errors import ParamsError
-from emaki.prompts.styles import Style, delete_style, read_styles, save_style, styles_files
 
 console = Console(emoji=False)
 
@@ -32,6 +31,9 @@ def list_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the styles as JSON.")] = False,
 ) -> None:
     """List the styles: name, prompt, negative prompt and the file each comes from."""
+    # emaki.prompts pulls in torch: imported by the command only, so `emaki --help` starts at once
+    from emaki.prompts.styles import read_styles, styles_files
+
     styles = read_styles(styles_files(cli_workspace(a1111))).values()
     if as_json:
         rows = [{"name": s.name, "prompt": s.prompt, "negative_prompt": s.negative_prompt, "path": str(s.path)}
@@ -56,6 +58,8 @@ def add_command(
     negative: Annotated[str, typer.Option("--negative", "-n", help="Its negative prompt text (same rule).")] = "",
 ) -> None:
     """Add a style to the workspace's styles.csv, or replace the one of that name there."""
+    from emaki.prompts.styles import Style, read_styles, save_style
+
     if not prompt and not negative:
         raise ParamsError("styles add: give --prompt and/or --negative")
     path = cli_workspace().styles_file
@@ -70,6 +74,8 @@ def remove_command(
     a1111: Annotated[Path | None, A1111_OPTION] = None,
 ) -> None:
     """Remove a style from the workspace's styles.csv."""
+    from emaki.prompts.styles import delete_style, read_styles, styles_files
+
     workspace = cli_workspace(a1111)
     path = workspace.styles_file
     if not any(style.name == name for style in read_styles([path]).values()):

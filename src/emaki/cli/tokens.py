@@ -9,8 +9,6 @@ from rich.console import Console
 from rich.markup import escape
 
 from emaki.cli import app
-from emaki.models.tokenizer import load_clip_tokenizer
-from emaki.prompts.token_counter import count_tokens
 
 console = Console(emoji=False)
 
@@ -31,6 +29,10 @@ def tokens_command(
     ] = "a1111",
 ) -> None:
     """Print how many CLIP tokens PROMPT uses and the text of each 75-token chunk."""
+    # heavy (torch): imported by the command only, so `emaki --help` starts at once
+    from emaki.models.tokenizer import load_clip_tokenizer
+    from emaki.prompts.token_counter import count_tokens
+
     count = count_tokens(
         prompt, load_clip_tokenizer(), steps=steps, negative=negative, dialect=prompt_dialect
     )

@@ -18,9 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from emaki.cli import app, cli_workspace
 from emaki.cli.generate import parse_size
-from emaki.devices import DevicePolicy
 from emaki.errors import Interrupted, ParamsError
-from emaki.training.params import TrainingParams, parse_number_list
 
 if TYPE_CHECKING:
     from emaki.training.report import TrainingOutcome, TrainingUpdate
@@ -101,6 +99,8 @@ def train_command(
     template: Annotated[str | None, typer.Option("--template", help="Prompt template: none, style, style_filewords, subject, subject_filewords, hypernetwork, tags, tags_filewords, filewords, or a file.")] = None,
     size: Annotated[str | None, typer.Option("--size", help="Resize images to WIDTHxHEIGHT (default: the model's native size).")] = None,
     keep_size: Annotated[bool | None, typer.Option("--keep-size", help="Keep each image's size; batches hold images of one size.")] = None,
+    buckets: Annotated[str | None, typer.Option("--buckets", help="Aspect-ratio buckets MIN,MAX,STEP in pixels (kohya's: 256,1024,64): each image fitted to the bucket nearest its aspect ratio, area up to --size; batches hold one bucket.")] = None,
+    repeats: Annotated[int | None, typer.Option("--repeats", help="Use each image in --data this many times per epoch (images in kohya-style N_name subfolders: N times; default 1).")] = None,
     alpha_weight: Annotated[bool | None, typer.Option("--alpha-weight", help="Use the images' alpha channel as the loss weight.")] = None,
     filename_regex: Annotated[str | None, typer.Option("--filename-regex", help="Keep what this regex finds in a file-name caption.")] = None,
     join: Annotated[str | None, typer.Option("--join", help="What joins the regex's finds (default: a space).")] = None,
@@ -149,11 +149,17 @@ def train_command(
     `emaki generate "1girl, NAME"`, `<hypernet:NAME:0.8>` or `<lora:NAME:0.8>`. Ctrl-C saves and
     stops; --resume goes on.
     """
+    # heavy (torch): imported by the command only, so `emaki --help` starts at once
+    from emaki.devices import DevicePolicy
+    from emaki.training.buckets import parse_buckets
+    from emaki.training.params import TrainingParams, parse_number_list
+
     width, height = parse_size(size) if size is not None else (None, None)
     given: dict[str, Any] = {
         "model": model, "learn_rate": learn_rate, "batch_size": batch_size, "gradient_step": grad_accum,
         "clip_grad_mode": clip_grad, "clip_grad_value": clip_value, "template": template, "width": width,
         "height": height, "varsize": keep_size, "use_weight": alpha_weight, "filename_regex": filename_regex,
+        "buckets": list(parse_buckets(buckets)) if buckets is not None else None, "repeats": repeats,
         "filename_join": join, "shuffle_tags": shuffle_tags, "tag_drop_out": tag_dropout,
         "latent_sampling_method": latent_sampling, "save_every": save_every, "preview_every": preview_every,
         "preview_prompt": preview_prompt, "preview_seed": preview_seed, "clip_skip": clip_skip, "seed": seed,

@@ -16,13 +16,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from emaki.cli import app, cli_workspace
-from emaki.devices import DevicePolicy
 from emaki.engine.output import dated_folder
 from emaki.errors import EmakiError, ParamsError
 from emaki.files import atomic_write
 from emaki.infotext import PARAMETERS_KEY, infotext_of
-from emaki.upscalers import DEFAULT_OVERLAP, DEFAULT_TILE, extras_infotext, find_upscaler
-from emaki.upscalers.upscale import check_upscale_options, open_picture
 
 if TYPE_CHECKING:
     from emaki.upscalers import UpscaleProgress
@@ -74,14 +71,21 @@ def upscale_command(
     source: Annotated[Path, typer.Argument(help="An image, or a folder of images (PNG, JPEG, WebP).")],
     model: Annotated[str, typer.Option("--model", "-m", help='Upscaler: a name from the upscaler folders ("R-ESRGAN 4x+", "4x-AnimeSharp"), a model file (.pth, .safetensors), or Lanczos, Nearest.')],
     scale: Annotated[float, typer.Option("--scale", help="Upscale factor (the model runs as often as needed, then Lanczos fits the size).")] = 2.0,
-    tile: Annotated[int, typer.Option("--tile", help="Tile size in pixels, 0 for no tiling (A1111's default 192).")] = DEFAULT_TILE,
-    overlap: Annotated[int, typer.Option("--overlap", help="Tile overlap in pixels, blended (A1111's default 8).")] = DEFAULT_OVERLAP,
+    tile: Annotated[int | None, typer.Option("--tile", help="Tile size in pixels, 0 for no tiling (A1111's default 192).")] = None,
+    overlap: Annotated[int | None, typer.Option("--overlap", help="Tile overlap in pixels, blended (A1111's default 8).")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Folder for the results (default: EMAKI_HOME/outputs/extras/<date>).")] = None,
     a1111: Annotated[Path | None, typer.Option("--a1111", help="An A1111 install whose models/ESRGAN, RealESRGAN, SwinIR and DAT folders are searched too.")] = None,
     precision: Annotated[str | None, typer.Option(help="auto (default: bf16 on a CPU with AVX-512 BF16 or AMX, fp16 on a GPU, else fp32), fp32, bf16, fp16.", envvar="EMAKI_PRECISION")] = None,
     threads: Annotated[int | None, typer.Option("--threads", help="CPU threads (default: the idle cores).")] = None,
 ) -> None:
     """Upscale an image, or every image in a folder, with an ESRGAN-family model or a resampler."""
+    # torch and the upscaler libraries: imported by the command only, so `emaki --help` starts at once
+    from emaki.devices import DevicePolicy
+    from emaki.upscalers import DEFAULT_OVERLAP, DEFAULT_TILE, extras_infotext, find_upscaler
+    from emaki.upscalers.upscale import check_upscale_options, open_picture
+
+    tile = DEFAULT_TILE if tile is None else tile
+    overlap = DEFAULT_OVERLAP if overlap is None else overlap
     check_upscale_options(scale, tile, overlap)  # before anything loads
     images = source_images(source)
     workspace = cli_workspace(a1111)

@@ -6,6 +6,7 @@ server's worker and `emaki.generate` each hold one. Nothing in it is process-wid
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -95,6 +96,8 @@ class Engine:
             self.policy.apply()
             model = self.load(params.model, params.vae)
             preview_map = self.previews.prepare(model.components) if progress is not None else None
+            if progress is not None:  # TAESD previews when the user has its decoder
+                progress = self.previews.decoded(progress, model.components, self.workspace)
             embeddings = self.networks.embeddings(text_encoder_width(model))
             folder = (out_dir if out_dir is not None else dated_folder(self.workspace.outputs)) if save else None
             with ModelHandle(model) as handle:  # every patch is undone here, however the run ends
@@ -166,6 +169,37 @@ class Engine:
                 layer_structure=layer_structure or (1.0, 2.0, 1.0), activation_func=activation_func,
                 weight_initialization=weight_initialization, add_layer_norm=add_layer_norm,
                 dropout_structure=dropout_structure, overwrite=overwrite)
+
+    # --- merging (issue 15: A1111's checkpoint merger, LoRA bake and extract; emaki.merge.by_name) ---
+
+    def merge(self, models: Sequence[str | Path], *, mode: str | None = None, alpha: float = 0.3,
+              blocks: Sequence[float] | str | None = None, loras: Sequence[tuple[str, float, float]] = (),
+              output: str | Path, overwrite: bool = False, progress: Callable[[int, int], None] | None = None,
+              cancel: threading.Event | None = None) -> Path:
+        """Merge `models` (A B [C], found as `generate` finds a model, or by hash) as `emaki merge`
+        does — `mode` weighted-sum (A·(1-α)+B·α) or add-difference (A+(B-C)·α), chosen by the
+        count when None; `blocks`: 25 UNet block weights — baking `loras` ((name, te, unet)) into
+        the result; written as `output` (a file name) in the checkpoint folder. `progress(done,
+        total)` in bytes; setting `cancel` stops it with `Interrupted`, writing nothing."""
+        from emaki.merge.by_name import plan_merge, run_merge
+
+        planned = plan_merge(self.workspace, self.hashes, models, output=output, mode=mode, alpha=alpha,
+                             blocks=blocks, loras=loras, overwrite=overwrite)
+        return run_merge(planned.recipe, planned.out, hashes=self.hashes, overwrite=overwrite, progress=progress,
+                         cancel=cancel).path
+
+    def extract_lora(self, tuned: str | Path, base: str | Path, *, rank: int = 32, output: str | Path,
+                     overwrite: bool = False, progress: Callable[[int, int, str], None] | None = None,
+                     cancel: threading.Event | None = None) -> Path:
+        """The kohya LoRA of rank `rank` closest to `tuned − base` (as `emaki lora extract`),
+        written as `output` (a file name) in the LoRA folder. `progress(done, total, key)` per
+        layer; setting `cancel` stops it with `Interrupted`, writing nothing."""
+        from emaki.merge.by_name import plan_extraction, run_extraction
+
+        planned = plan_extraction(self.workspace, self.hashes, tuned, base, output=output, rank=rank,
+                                  overwrite=overwrite)
+        return run_extraction(planned.tuned, planned.base, planned.out, rank=planned.rank, overwrite=overwrite,
+                              progress=progress, cancel=cancel).path
 
     # --- upscalers (issue 17: A1111's extras) ---
 

@@ -132,7 +132,7 @@ class HiresFix(Extension):
             upscaled = upscale_latents(latents.float(), self.size, factor, params.hr_upscaler)
         else:
             images = upscale_images(decode(run, latents), self.size, params.hr_upscaler, self.model)
-            upscaled = torch.cat([encode_image(parts.vae, image, run.policy.device) for image in images])
+            upscaled = torch.cat([encode_image(parts.vae, image, run.policy) for image in images])
         # A1111 draws the second pass's noise from new generators with the same seeds.
         return denoise(run, batch, upscaled, on_step, sampler=self.sampler, sigmas=self.sigmas,
                        start_sigma=self.start_sigma, conds=self.conditioning(run, batch.index))

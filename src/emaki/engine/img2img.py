@@ -12,7 +12,9 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from emaki.devices import DevicePolicy
 from emaki.engine.run import Batch, Extension, Run
+from emaki.engine.vae import encode_to_latents
 from emaki.errors import ParamsError
 from emaki.params import ImageTooLarge, check_input_size
 from emaki.sampling import img2img_sigmas
@@ -71,18 +73,17 @@ def image_pixels(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
 
 
-@torch.inference_mode()
-def encode_pixels(vae: Any, pixels: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Scaled latents (n×C×h×w) of VAE-input pixels: the mean of the posterior, so the same
-    image always gives the same latents (A1111 samples the posterior with the global RNG)."""
-    posterior = vae.encode(pixels.to(device=device, dtype=vae.dtype)).latent_dist
-    scale = float(vae.config.get("scaling_factor", 0.18215))
-    return posterior.mean.float() * scale
+def encode_pixels(vae: Any, pixels: torch.Tensor, policy: DevicePolicy | torch.device) -> torch.Tensor:
+    """Scaled latents (n×C×h×w) of VAE-input pixels (`encode_to_latents`): whole or in tiles as
+    the run's `policy` says; given a device instead, whole on that device."""
+    if isinstance(policy, torch.device):
+        policy = DevicePolicy(policy, vae_tiling="off")
+    return encode_to_latents(vae, pixels, policy)
 
 
-def encode_image(vae: Any, image: Image.Image, device: torch.device) -> torch.Tensor:
+def encode_image(vae: Any, image: Image.Image, policy: DevicePolicy | torch.device) -> torch.Tensor:
     """Scaled latents (1×C×h×w) of an RGB image (`encode_pixels`)."""
-    return encode_pixels(vae, image_pixels(image), device)
+    return encode_pixels(vae, image_pixels(image), policy)
 
 
 class Img2Img(Extension):
@@ -100,7 +101,7 @@ class Img2Img(Extension):
         assert params.width is not None and params.height is not None
         plan_img2img_sigmas(run)
         self.fitted = fit_image(self.image, params.width, params.height, params.resize_mode)
-        self.latent = encode_image(run.model.components.vae, self.fitted, run.policy.device)
+        self.latent = encode_image(run.model.components.vae, self.fitted, run.policy)
 
     def initial_latents(self, run: Run, batch: Batch) -> torch.Tensor | None:
         assert self.latent is not None

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
+from emaki.devices import DevicePolicy
 from emaki.engine.img2img import (
     Img2Img,
     encode_image,
@@ -79,7 +80,7 @@ def latent_mask(mask: Image.Image, size: tuple[int, int], rounded: bool) -> torc
 
 @torch.inference_mode()
 def masked_image_conditioning(vae: object, pixels: torch.Tensor, mask: Image.Image | None, weight: float,
-                              rounded: bool, device: torch.device) -> torch.Tensor:
+                              rounded: bool, policy: DevicePolicy) -> torch.Tensor:
     """What a 9-channel model takes besides the noisy latents (1×5×h×w): the mask at latent size,
     then the latents of the image (`pixels`, the VAE's input) with the masked part faded to grey
     by `weight` (A1111's "conditioning mask strength"; 1 blanks it). No mask: all is masked."""
@@ -88,7 +89,7 @@ def masked_image_conditioning(vae: object, pixels: torch.Tensor, mask: Image.Ima
     else:
         masked = torch.from_numpy(np.asarray(mask.convert("L"), dtype=np.float32) / 255.0)[None, None]
         masked = masked.round() if rounded else masked
-    latents = encode_pixels(vae, torch.lerp(pixels, pixels * (1.0 - masked), weight), device)
+    latents = encode_pixels(vae, torch.lerp(pixels, pixels * (1.0 - masked), weight), policy)
     return torch.cat([F.interpolate(masked, size=latents.shape[-2:]).to(latents), latents], dim=1)
 
 
@@ -124,19 +125,19 @@ class Inpaint(Img2Img):
         self.kept = torch.zeros(1)  # the init latents where they are kept
 
     def plan(self, run: Run) -> None:
-        params, parts, device = run.params, run.model.components, run.policy.device
+        params, parts, policy = run.params, run.model.components, run.policy
         plan_img2img_sigmas(run)
         image, mask = self._area(params)
         if params.inpainting_fill == FILL:
             image = blur_fill(image, mask)
         self.fitted = image
-        latent = encode_image(parts.vae, image, device)
+        latent = encode_image(parts.vae, image, policy)
         self.repaint = latent_mask(mask, (latent.shape[-2], latent.shape[-1]), params.mask_round).to(latent)
         self.kept = latent * (1.0 - self.repaint)
         self.latent = self.kept if params.inpainting_fill == LATENT_NOTHING else latent
         if parts.config.is_inpainting:
             conditioning = masked_image_conditioning(parts.vae, image_pixels(image), mask,
-                                                     params.inpainting_mask_weight, params.mask_round, device)
+                                                     params.inpainting_mask_weight, params.mask_round, policy)
             run.denoiser.image_conditioning = _expanded(conditioning)
 
     def _area(self, params: GenerationParams) -> tuple[Image.Image, Image.Image]:
@@ -207,7 +208,7 @@ class BlankImageConditioning(Extension):
         self.made: dict[tuple[int, int], torch.Tensor] = {}  # by pixel size
 
     def plan(self, run: Run) -> None:
-        parts, weight, device = run.model.components, run.params.inpainting_mask_weight, run.policy.device
+        parts, weight, policy = run.model.components, run.params.inpainting_mask_weight, run.policy
         factor = parts.config.vae_scale_factor
 
         def conditioning(x: torch.Tensor) -> torch.Tensor:
@@ -215,10 +216,10 @@ class BlankImageConditioning(Extension):
             if (height, width) not in self.made:
                 source = self.img2img.fitted if self.img2img is not None else None
                 if source is not None and source.size == (width, height):
-                    made = masked_image_conditioning(parts.vae, image_pixels(source), None, weight, True, device)
+                    made = masked_image_conditioning(parts.vae, image_pixels(source), None, weight, True, policy)
                 else:  # mid-grey, 0 in the VAE's [-1, 1]: what any image faded all the way gives
                     made = masked_image_conditioning(parts.vae, torch.zeros(1, 3, height, width), None, 1.0, True,
-                                                     device)
+                                                     policy)
                 self.made[height, width] = made
             return self.made[height, width].expand(x.shape[0], -1, -1, -1)
 

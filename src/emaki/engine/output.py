@@ -40,16 +40,31 @@ def save_png(image: Image.Image, infotext: str, folder: Path, seed: int) -> Path
                              lambda number: f"{number:05d}-{seed}.png")
 
 
+def save_png_bytes(png: bytes, folder: Path, seed: int) -> Path:
+    """A finished PNG's bytes (made elsewhere: a Ray worker's) saved as `save_png` names it."""
+    return claim_new_file(folder, lambda tmp: tmp.write_bytes(png), lambda: next_number(folder),
+                          lambda number: f"{number:05d}-{seed}.png")
+
+
 def save_numbered_png(image: Image.Image, infotext: str, folder: Path, first_number: Callable[[], int],
                       name: Callable[[int], str]) -> Path:
     """Save as `<folder>/<name(n)>` for the first free n from `first_number()` (counted once
     the image is written): the whole file is claimed with a hard link, never over another."""
+    return claim_new_file(folder, lambda tmp: image.save(tmp, format="PNG", pnginfo=png_info(infotext)),
+                          first_number, name)
+
+
+def claim_new_file(folder: Path, write: Callable[[Path], object], first_number: Callable[[], int],
+                   name: Callable[[int], str]) -> Path:
+    """`write` a hidden temp file in `folder`, then link it as `<folder>/<name(n)>` for the first
+    free n from `first_number()` (counted once the file is whole): never over another file, and
+    never a half-written one under a real name."""
     folder.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(folder, older_than_s=STALE_PARTIAL_S)  # left by a run killed mid-save
     fd, tmp = tempfile.mkstemp(prefix=".emaki-", suffix=".png.tmp", dir=folder)
     os.close(fd)
     try:
-        image.save(tmp, format="PNG", pnginfo=png_info(infotext))
+        write(Path(tmp))
         number = first_number()
         while True:
             target = folder / name(number)

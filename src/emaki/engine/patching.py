@@ -33,6 +33,13 @@ class ModelHandle:
         """Run `hook(module, args)` before each forward of `module` during this run."""
         self._undo.append(module.register_forward_pre_hook(hook).remove)
 
+    def set_attribute(self, module: torch.nn.Module, name: str, value: object) -> None:
+        """Set a plain attribute of `module` (a convolution's `padding_mode`) for this run; the
+        old value is put back on exit."""
+        original = getattr(module, name)
+        setattr(module, name, value)
+        self._undo.append(lambda: setattr(module, name, original))
+
     @torch.no_grad()
     def replace_weight(self, module: torch.nn.Module, name: str, value: torch.Tensor) -> None:
         """Swap a parameter's tensor for this run (LoRA-style weight patches); the original

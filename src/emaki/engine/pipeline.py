@@ -35,6 +35,7 @@ from emaki.engine.run import (
     StepCallback,
 )
 from emaki.engine.speed import speed_extensions
+from emaki.engine.speed.compile import set_compiled
 from emaki.engine.stages import (
     batch_seeds,
     condition,
@@ -44,6 +45,8 @@ from emaki.engine.stages import (
     initial_latents,
     write,
 )
+from emaki.engine.tiling import tiling_extensions
+from emaki.engine.unfinished import InterruptCheck, LatestLatents, unfinished_images
 from emaki.errors import EmakiError, Interrupted, ParamsError
 from emaki.models.components import SDComponents
 from emaki.models.loader import LoadedModel
@@ -109,7 +112,7 @@ def plan(params: GenerationParams, handle: ModelHandle, policy: DevicePolicy, ne
     sigmas = sigmas_for(sampler, schedule, params.steps, denoiser.model_sigmas)
     # img2img, inpainting (a mask, or the init image's transparency), a 9-channel model's conditioning
     extensions: list[Extension] = [NetworksExtension(networks, tags), *speed_extensions(params),
-                                   *image_extensions(params, init, model)]
+                                   *image_extensions(params, init, model), *tiling_extensions(params)]
     if params.enable_hr:
         extensions.append(HiresFix(networks.workspace))
     options = {k: v for k, v in (("eta", params.eta), ("s_noise", params.s_noise)) if v is not None}
@@ -131,6 +134,7 @@ def _place(model: LoadedModel, policy: DevicePolicy) -> None:
     if policy.channels_last:
         # torch's stubs omit `memory_format` from Module.to (it is a documented keyword).
         parts.unet.to(memory_format=torch.channels_last)  # type: ignore[call-arg]
+    set_compiled(parts.unet, policy.compile)  # --compile: same math, recorded nowhere
 
 
 def _eps_model(model: LoadedModel, policy: DevicePolicy) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -155,9 +159,11 @@ def run_generation(run: Run, embeddings: EmbeddingScan, *, folder: Path | None, 
                    progress: ProgressCallback | None, preview_map: np.ndarray | None) -> GenerationResult:
     """Conditioning, then every batch through the stages; `run.handle` is patched by the
     extensions and restored by the caller's `with`. An interrupt (or any `EmakiError`) carries
-    the images made so far as its `result`: they are already written."""
-    if cancel is not None:
-        interrupt_inside_models(run.handle, cancel.interrupt)
+    the images made so far as its `result`: they are already written; interrupted while
+    sampling, the batch as far as it got too (`result.unfinished`, not written)."""
+    check = InterruptCheck(cancel.interrupt) if cancel is not None else None
+    if check is not None:
+        interrupt_inside_models(run.handle, check)
     for extension in run.extensions:
         extension.patch_model(run, run.handle)
     condition(run, embeddings)
@@ -166,12 +172,17 @@ def run_generation(run: Run, embeddings: EmbeddingScan, *, folder: Path | None, 
     result = GenerationResult(run.params, run.model)
     for index in range(run.params.n_iter):
         batch = Batch(index, *batch_seeds(run.params, index))
+        latest = LatestLatents()
+        on_step = latest.recording(step_callback(run, batch, cancel, progress, preview_map))
         try:
-            result.images += make_batch(run, batch, folder, step_callback(run, batch, cancel, progress, preview_map))
+            result.images += make_batch(run, batch, folder, on_step)
         except _Skipped:
             assert cancel is not None
             cancel.skip.clear()
         except EmakiError as error:  # an interrupt, or a later batch failing: the images made are kept
+            partial = latest.unfinished
+            if isinstance(error, Interrupted) and check is not None and partial is not None:
+                result.unfinished = unfinished_images(run, batch, partial, check)
             error.result = result  # type: ignore[attr-defined]
             raise
     return result
@@ -190,7 +201,7 @@ def make_batch(run: Run, batch: Batch, folder: Path | None, on_step: StepCallbac
     return write(run, batch, images, folder)
 
 
-def interrupt_inside_models(handle: ModelHandle, interrupt: threading.Event) -> None:
+def interrupt_inside_models(handle: ModelHandle, interrupt: threading.Event | InterruptCheck) -> None:
     """Check `interrupt` before each block of the UNet and of the VAE's encoder and decoder, and
     each resnet, attention and resampler inside them, for the run (`handle` removes the hooks): a
     step at 2048² takes minutes on a CPU, so between steps (`step_callback`) is not soon enough.

@@ -3,7 +3,8 @@
 The map (4 latent channels + bias → 3 colours) is fitted once per model by least squares:
 decode a few random latents with the model's own VAE and match each latent pixel to the
 average colour of the image patch it becomes. A1111's "Approx cheap" uses fixed SD 1.x
-coefficients; fitting instead works for any VAE, including the demo model's.
+coefficients; fitting instead works for any VAE, including the demo model's. When the user
+supplies TAESD's decoder (A1111's "TAESD" preview), it draws the previews instead, every few steps.
 """
 
 from __future__ import annotations
@@ -11,13 +12,27 @@ from __future__ import annotations
 import base64
 import io
 import threading
+import time
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from emaki.engine.taesd import TinyDecoder, decode_preview, find_tiny_decoder, load_tiny_decoder
 from emaki.models.components import SDComponents
+from emaki.workspace import Workspace
+
+if TYPE_CHECKING:
+    from emaki.engine.run import GenerationProgress, ProgressCallback
+
+# TAESD previews may take this share of the generation's time at most (drawn every step on a fast
+# model, every few on a slow one).
+DECODE_SHARE = 0.1
 
 
 @torch.inference_mode()
@@ -56,12 +71,51 @@ def png_base64(image: Image.Image) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+class DecodedPreviews:
+    """A progress callback that gives each step a `draw_preview` decoding its latent with TAESD.
+    A drawing is due on the first and last step of a pass, and otherwise once the time since the
+    last decode reaches 1/DECODE_SHARE times what that decode took; a callback that never draws
+    (the CLI's) costs nothing. Drawn in the generation thread: torch in a request thread slows
+    the generation (see `preview_image`)."""
+
+    def __init__(self, progress: ProgressCallback, decoder: TinyDecoder) -> None:
+        self.progress, self.decoder = progress, decoder
+        self.due = 0.0  # perf_counter time from which the next decode may run
+
+    def __call__(self, event: GenerationProgress) -> None:
+        self.progress(replace(event, draw_preview=partial(self.draw, event)))
+
+    def draw(self, event: GenerationProgress) -> Image.Image | None:
+        now = time.perf_counter()
+        if event.step not in (1, event.steps) and now < self.due:
+            return None
+        image = decode_preview(self.decoder, event.latent[0])
+        self.due = now + (time.perf_counter() - now) / DECODE_SHARE
+        return image
+
+
 class Previewer:
-    """Fitted maps, one per loaded model (keyed by the components object)."""
+    """Fitted maps, one per loaded model (keyed by the components object), and the user's TAESD
+    decoder (`emaki.engine.taesd`), kept while its file is unchanged."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._maps: dict[int, tuple[SDComponents, np.ndarray]] = {}
+        self._decoder: tuple[Path, float, TinyDecoder] | None = None
+
+    def decoded(self, progress: ProgressCallback, components: SDComponents, workspace: Workspace) -> ProgressCallback:
+        """`progress` with TAESD previews when the workspace has a TAESD decoder for this model's
+        latents (SD 1.x: 4 channels, 8× smaller than the image); `progress` itself otherwise."""
+        path = find_tiny_decoder(workspace)
+        if path is None or components.config.vae_scale_factor != 8:
+            return progress
+        stamp = path.stat().st_mtime
+        if self._decoder is None or self._decoder[:2] != (path, stamp):
+            self._decoder = (path, stamp, load_tiny_decoder(path))
+        decoder = self._decoder[2]
+        if decoder.latent_channels != components.config.latent_channels:
+            return progress
+        return DecodedPreviews(progress, decoder)
 
     def prepare(self, components: SDComponents) -> np.ndarray:
         """The model's map as a numpy array; fitted (with torch) on first use, in the caller's

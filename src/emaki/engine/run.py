@@ -36,6 +36,9 @@ class GenerationProgress:
     steps: int
     latent: torch.Tensor
     preview_map: np.ndarray | None = None
+    # With a TAESD decoder (`preview.DecodedPreviews`): draws `latent` decoded, or None when no
+    # decode is due; call it in the progress callback (the generation thread) or not at all.
+    draw_preview: Callable[[], Image.Image | None] | None = None
 
 
 ProgressCallback = Callable[[GenerationProgress], None]
@@ -67,6 +70,8 @@ class GenerationResult:
     params: GenerationParams  # as run: the seed resolved, the size filled in
     model: LoadedModel
     images: list[GeneratedImage] = field(default_factory=list)
+    # Interrupted: the batch being sampled as far as it got (`emaki.engine.unfinished`), not written.
+    unfinished: list[GeneratedImage] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from emaki.engine.image_prompts import ImagePrompt
 from emaki.engine.output import save_png
 from emaki.engine.policy import ensure_embeddings_allowed_in
 from emaki.engine.run import Batch, GeneratedImage, Run, StepCallback
+from emaki.engine.vae import decode_latents
 from emaki.errors import EmakiError
 from emaki.infotext_codec import ImageFacts, encode_infotext
 from emaki.networks import EmbeddingScan, ti_hashes
@@ -155,11 +156,9 @@ def denoise(run: Run, batch: Batch, start: torch.Tensor | None, on_step: StepCal
 # --- decode → write ---
 
 def decode(run: Run, latents: torch.Tensor) -> list[Image.Image]:
-    vae = run.model.components.vae
-    scale = float(vae.config.get("scaling_factor", 0.18215))
-    with torch.inference_mode():
-        pixels = vae.decode((latents / scale).to(vae.dtype)).sample
-    pixels = ((pixels.float() + 1) / 2).clamp(0, 1)
+    """The batch's pictures (`decode_latents`: whole or in tiles, by the run's policy)."""
+    pixels = decode_latents(run.model.components.vae, latents, run.policy)
+    pixels = ((pixels + 1) / 2).clamp(0, 1)
     arrays = (pixels.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
     return [Image.fromarray(a) for a in arrays]
 

@@ -1,8 +1,10 @@
 """The job queue and the gallery, in one SQLite file (WAL mode) under `EMAKI_HOME`.
 
 A job is a generation (`kind` 'generate': `params` holds `GenerationParams`), a training run
-('train': `params` holds `TrainingParams`, `result` its `TrainingOutcome`) or an X/Y/Z plot
-('grid': `params` holds `{"params": GenerationParams, "spec": GridSpec}`). It moves queued →
+('train': `params` holds `TrainingParams`, `result` its `TrainingOutcome`), an X/Y/Z plot
+('grid': `params` holds `{"params": GenerationParams, "spec": GridSpec}`), A1111's SD upscale
+script ('sd-upscale': `GenerationParams` plus `sd_upscale`: upscaler, scale, overlap), or a merge
+or LoRA extraction ('merge', 'extract-lora': `emaki.jobs.file_jobs`). It moves queued →
 running → done | failed | cancelled | interrupted. The worker claims the
 oldest queued job in one transaction, so each job runs once however many clients submit at
 the same time. Images are written to disk (atomically) before the transaction that records
@@ -40,7 +42,7 @@ from typing import Any
 from emaki.errors import ParamsError
 from emaki.jobs.faults import storage_error
 
-JOB_KINDS = ("generate", "train", "grid")
+JOB_KINDS = ("generate", "train", "grid", "merge", "extract-lora", "sd-upscale")
 KIND_CHECK = "CHECK (kind IN (" + ", ".join(f"'{kind}'" for kind in JOB_KINDS) + "))"
 JOBS_TABLE = """
 CREATE TABLE IF NOT EXISTS {name} (
@@ -99,7 +101,7 @@ class Job:
     created: float
     started: float | None
     finished: float | None
-    kind: str = "generate"  # "generate" | "train" | "grid"
+    kind: str = "generate"  # "generate" | "train" | "grid" | "merge" | "extract-lora" | "sd-upscale"
 
     def public(self) -> dict[str, Any]:
         """What the native API returns for a job (it adds the job's gallery images); a training
@@ -110,7 +112,8 @@ class Job:
             "note": self.note, "attempts": self.attempts, "created": self.created, "started": self.started,
             "finished": self.finished,
         }
-        if self.kind in ("train", "grid"):  # a grid's: its infotexts (grid first), seeds, cells made
+        # a grid's result: its infotexts (grid first), seeds, cells made; a merge's: the file it made
+        if self.kind in ("train", "grid", "merge", "extract-lora"):
             view["result"] = self.result
         return view
 
@@ -318,8 +321,9 @@ class JobStore:
                         end.finished, job_id))
 
     def finish(self, job_id: str, status: str, *, result: dict[str, Any] | None = None,
-               error: str | None = None, images: Sequence[ImageRecord] = ()) -> None:
-        """Record how a job ended, with its gallery rows, in one transaction."""
+               error: str | None = None, images: Sequence[ImageRecord] = (), note: str | None = None) -> None:
+        """Record how a job ended, with its gallery rows, in one transaction; `note` (e.g. that a
+        worker died and the job was retried) replaces the job's note when given."""
         assert status in FINISHED
         now = time.time()
         with self._transaction("record the job's end") as db:
@@ -329,8 +333,8 @@ class JobStore:
                     "infotext, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (job_id, str(image.path), image.seed, image.prompt, image.negative_prompt, image.model,
                      image.width, image.height, image.infotext, now))
-            db.execute("UPDATE jobs SET status = ?, result = ?, error = ?, finished = ? WHERE id = ?",
-                       (status, _json(result) if result is not None else None, error, now, job_id))
+            db.execute("UPDATE jobs SET status = ?, result = ?, error = ?, finished = ?, note = COALESCE(?, note) "
+                       "WHERE id = ?", (status, _json(result) if result is not None else None, error, now, note, job_id))
         self._finished(job_id)
 
     def keep_failure(self, job_id: str, error: str, result: dict[str, Any] | None = None) -> None:
@@ -402,7 +406,8 @@ class JobStore:
 
     def gallery(self, *, text: str | None = None, model: str | None = None, since: float | None = None,
                 until: float | None = None, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
-        """Newest first; `text` matches the prompt or negative prompt (case-insensitive substring)."""
+        """Newest first; `text` matches the prompt, negative prompt, model or infotext
+        (case-insensitive substring)."""
         for name, number in (("limit", limit), ("offset", offset)):
             if number not in SQLITE_INTEGER:
                 raise ParamsError(f"{name}: expected a 64-bit integer, got {number}")
@@ -410,8 +415,9 @@ class JobStore:
         args: list[Any] = []
         if text:
             escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            where.append("(prompt LIKE ? ESCAPE '\\' OR negative_prompt LIKE ? ESCAPE '\\')")
-            args += [f"%{escaped}%"] * 2
+            columns = ("prompt", "negative_prompt", "model", "infotext")
+            where.append("(" + " OR ".join(f"{c} LIKE ? ESCAPE '\\'" for c in columns) + ")")
+            args += [f"%{escaped}%"] * len(columns)
         if model:
             where.append("model = ?")
             args.append(model)
@@ -432,6 +438,16 @@ class JobStore:
             return None
         with self._lock:
             row = self._db.execute("SELECT * FROM images WHERE id = ?", (image_id,)).fetchone()
+        return _image(row) if row is not None else None
+
+    def delete_image(self, image_id: int) -> dict[str, Any] | None:
+        """Remove one gallery row; returns it (the caller removes its file), None when unknown."""
+        if image_id not in SQLITE_INTEGER:
+            return None
+        with self._transaction("delete the image") as db:
+            row = db.execute("SELECT * FROM images WHERE id = ?", (image_id,)).fetchone()
+            if row is not None:
+                db.execute("DELETE FROM images WHERE id = ?", (image_id,))
         return _image(row) if row is not None else None
 
     def images_of(self, job_id: str) -> list[dict[str, Any]]:

@@ -1,4 +1,7 @@
-"""The one worker thread: takes jobs from the store in order and runs them on an `Executor`.
+"""The worker: takes jobs from the store in order and runs them on an `Executor`, as many at
+once as the executor has slots (one thread each: one for the local engine, one per actor of a
+Ray cluster). Each running job has its own cancel flags and progress; `progress()` reports the
+longest-running one (A1111's clients expect one job at a time).
 
 It keeps what `/progress` and the event stream report (step, batch, the latest latent; for a
 training job the loss series and the latest preview image) and, for clients that asked not to
@@ -9,6 +12,12 @@ A grid job (an X/Y/Z plot) runs its cells one after another; its progress says w
 how many, and the step of that cell. Its gallery images are the grid first, then (when written)
 the Z sub-grids, then every cell's images; interrupted, it keeps the finished cells and the
 partial grid.
+
+An SD upscale job (A1111's img2img script) redraws its tiles one after another; its progress
+counts the tiles as batches, and interrupted, it keeps the picture with the tiles finished.
+
+A merge or LoRA extraction job (`file_jobs.py`) runs on the workspace's files, here, whatever
+the executor; its progress is bytes (layers) done of the total, and cancelled it writes nothing.
 
 A training job runs to its end, or until it is cancelled (then it saves, and ends
 `interrupted`). Stopped by a server stop, it goes back in the queue instead, and when it runs
@@ -33,13 +42,15 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
+from PIL import Image
 
 from emaki.engine.preview import png_base64, preview_image
-from emaki.engine.run import Cancel, GeneratedImage, GenerationProgress, GenerationResult
+from emaki.engine.run import Cancel, GeneratedImage, GenerationProgress
 from emaki.errors import EmakiError, Interrupted
 from emaki.infotext import parse_infotext
-from emaki.jobs.executor import Executor
+from emaki.jobs.executor import Executor, Generated, RemoteFailure
 from emaki.jobs.faults import StorageError, disk_full
+from emaki.jobs.file_jobs import FILE_JOB_KINDS, FileJobs
 from emaki.jobs.store import ImageRecord, Job, JobStore, finite
 from emaki.params import GenerationParams
 from emaki.training.params import TrainingParams
@@ -87,6 +98,20 @@ class TrainingState:
         return f"Training {self.kind} {self.name}: step {self.step}/{self.total}{loss}"
 
 
+@dataclass
+class RunningJob:
+    """One running job's own controls and latest progress."""
+
+    cancel: Cancel
+    progress: Progress
+    losses: deque[list[float]] = field(default_factory=lambda: deque(maxlen=LOSS_POINTS))  # a training job's
+
+
+def _drawn(update: GenerationProgress) -> Image.Image | None:
+    """The step's decoded (TAESD) preview when one is due; drawn here, in the generation thread."""
+    return update.draw_preview() if update.draw_preview is not None else None
+
+
 @dataclass(frozen=True)
 class Progress:
     """A snapshot of the running job (all zero/None when idle)."""
@@ -99,16 +124,20 @@ class Progress:
     steps: int = 0
     latent: np.ndarray | None = None  # numpy: readers run in request threads (see preview.py)
     preview_map: np.ndarray | None = None
+    preview: Image.Image | None = None  # the latest decoded (TAESD) preview, drawn instead of the map's
     training: TrainingState | None = None  # a training job's latest step
     cell: int = 0  # a grid job: the cell being made (1-based, in the order they run), of `cells`
     cells: int = 0
     cell_labels: tuple[str, ...] = ()  # its X, Y and Z labels
+    file_job: str | None = None  # a merge or extraction job's kind: `step` of `steps` are bytes (layers)
 
     def preview_base64(self) -> str | None:
         """The latest latent (a training job: the latest preview image) as a base64 PNG (None
         before there is one)."""
         if self.training is not None:
             return self.training.preview
+        if self.preview is not None:
+            return png_base64(self.preview)
         if self.latent is None or self.preview_map is None:
             return None
         return png_base64(preview_image(self.latent, self.preview_map))
@@ -177,7 +206,7 @@ def _seed_of(picture: HeldImage, result: GridResult) -> int:
     return picture.seed if isinstance(picture, GeneratedImage) else result.plan.params.seed
 
 
-def result_summary(result: GenerationResult, job_timestamp: str) -> dict:
+def result_summary(result: Generated, job_timestamp: str) -> dict:
     """What the store keeps of a finished job (enough for A1111's `info`)."""
     return {
         "params": result.params.model_dump(),
@@ -193,33 +222,41 @@ def result_summary(result: GenerationResult, job_timestamp: str) -> dict:
 
 
 class Worker:
-    """Runs queued jobs one at a time in a background thread."""
+    """Runs queued jobs in background threads, `executor.slots` at once."""
 
-    def __init__(self, store: JobStore, executor: Executor) -> None:
+    def __init__(self, store: JobStore, executor: Executor, files: FileJobs | None = None) -> None:
         self.store = store
         self.executor = executor
-        self.cancel = Cancel()
+        self.files = files  # runs merge and LoRA extraction jobs here, where the model files are
         self._lock = threading.Lock()
-        self._progress = Progress()
+        self._running: dict[str, RunningJob] = {}  # by job id, in the order they started
+        self._idle = Progress()  # what `progress()` reports while nothing runs (replaced as a job ends)
+        self._last_cancel = Cancel()  # the latest job's, reported while nothing runs (A1111's state)
         self._held: dict[str, tuple[float, list[HeldImage]]] = {}
-        self._losses: deque[list[float]] = deque(maxlen=LOSS_POINTS)  # the running training job's
         self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
+        self._current = threading.local()  # the job id each thread runs: callbacks come in its thread
         self._fault: str | None = None  # why the latest job could not be written (None once one is)
 
     # --- life cycle ---
 
     def start(self) -> None:
         self._stopping.clear()
-        self._thread = threading.Thread(target=self._loop, name="emaki-worker", daemon=True)
-        self._thread.start()
+        lanes = max(1, self.executor.slots)
+        self._threads = [threading.Thread(target=self._loop, name="emaki-worker" + (f"-{i}" if i else ""),
+                                          daemon=True) for i in range(lanes)]
+        for thread in self._threads:
+            thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Finish (or interrupt) the current job, then stop taking new ones."""
+        """Finish (or interrupt) the running jobs, then stop taking new ones."""
         self._stopping.set()
-        self.cancel.interrupt.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        with self._lock:
+            for running in self._running.values():
+                running.cancel.interrupt.set()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def _loop(self) -> None:
         refused = None  # the store's latest refusal, logged once, not every retry
@@ -245,16 +282,31 @@ class Worker:
         with self._lock:
             if self._fault:
                 found.append(self._fault)
-        thread = self._thread
-        if thread is not None and not thread.is_alive() and not self._stopping.is_set():
+        stopped = [thread for thread in self._threads if not thread.is_alive()]
+        if stopped and not self._stopping.is_set():
             found.append("the worker thread has stopped: queued jobs will not run")
         return found
 
     # --- what the API reads ---
 
-    def progress(self) -> Progress:
+    def progress(self, job_id: str | None = None) -> Progress:
+        """The latest progress of the running job `job_id` (idle when it is not running); with
+        none, of the longest-running job. The same object until it changes."""
         with self._lock:
-            return self._progress
+            if job_id is not None:
+                running = self._running.get(job_id)
+                return running.progress if running is not None else self._idle
+            for running in self._running.values():
+                return running.progress
+            return self._idle
+
+    @property
+    def cancel(self) -> Cancel:
+        """The cancel flags of the job `progress()` reports (the latest job's while idle)."""
+        with self._lock:
+            for running in self._running.values():
+                return running.cancel
+            return self._last_cancel
 
     def take_held(self, job_id: str) -> list[HeldImage] | None:
         with self._lock:
@@ -262,42 +314,54 @@ class Worker:
         return held[1] if held is not None else None
 
     def interrupt_job(self, job_id: str | None = None) -> bool:
-        """Interrupt the running job (only if it is `job_id`, when given)."""
+        """Interrupt the running job `job_id`; with none, every running job (A1111's interrupt)."""
         with self._lock:
-            running = self._progress.job_id
-        if running is None or (job_id is not None and running != job_id):
-            return False
-        self.cancel.interrupt.set()
-        return True
+            chosen = [r for i, r in self._running.items() if job_id is None or i == job_id]
+        for running in chosen:
+            running.cancel.interrupt.set()
+        return bool(chosen)
 
     # --- running ---
 
+    def _mine(self) -> RunningJob | None:
+        """The job the calling thread runs (progress callbacks come in that thread)."""
+        with self._lock:
+            return self._running.get(getattr(self._current, "job_id", None) or "")
+
+    def _update(self, running: RunningJob, progress: Progress) -> None:
+        with self._lock:
+            running.progress = progress
+
     def _on_progress(self, update: GenerationProgress) -> None:
-        with self._lock:
-            current = self._progress
-        latest = replace(current, batch=update.batch, batches=update.batches, step=update.step, steps=update.steps,
-                         latent=update.latent[0].detach().float().cpu().numpy().copy(),
-                         preview_map=update.preview_map)
-        with self._lock:
-            self._progress = latest
+        running = self._mine()
+        if running is None:
+            return
+        latest = replace(running.progress, batch=update.batch, batches=update.batches, step=update.step,
+                         steps=update.steps, latent=update.latent[0].detach().float().cpu().numpy().copy(),
+                         preview_map=update.preview_map,
+                         preview=drawn if (drawn := _drawn(update)) is not None else running.progress.preview)
+        self._update(running, latest)
 
     def _on_grid(self, update: GridProgress) -> None:
         """Called by the grid as each cell starts (no `generation`) and after each of its steps."""
         if update.generation is not None:
             self._on_progress(update.generation)
             return
-        with self._lock:  # a new cell: its steps start from nothing
-            self._progress = replace(self._progress, cell=update.cell, cells=update.cells,
-                                     cell_labels=update.labels, batch=0, step=0)
+        running = self._mine()
+        if running is not None:  # a new cell: its steps start from nothing
+            self._update(running, replace(running.progress, cell=update.cell, cells=update.cells,
+                                          cell_labels=update.labels, batch=0, step=0))
 
     def _on_training(self, update: TrainingUpdate) -> None:
         """Called by the trainer after each step, in this thread."""
-        with self._lock:
-            current = self._progress
+        running = self._mine()
+        if running is None:
+            return
+        current = running.progress
         previous = current.training
         loss = update.loss if math.isfinite(update.loss) else None
         if loss is not None:
-            self._losses.append([update.step, loss])
+            running.losses.append([update.step, loss])
         preview = previous.preview if previous is not None else None
         if update.preview is not None:
             try:
@@ -310,38 +374,67 @@ class Worker:
             learn_rate=update.learn_rate, epoch=update.epoch, epoch_step=update.epoch_step,
             rollbacks=update.rollbacks,
             message=update.message or (previous.message if previous is not None else None),
-            losses=list(self._losses), preview=preview)
-        latest = replace(current, batch=0, batches=1, step=update.step, steps=update.total, training=state)
-        with self._lock:
-            self._progress = latest
+            losses=list(running.losses), preview=preview)
+        self._update(running, replace(current, batch=0, batches=1, step=update.step, steps=update.total,
+                                      training=state))
 
     def run_job(self, job: Job) -> None:
-        self.cancel.interrupt.clear()
-        self.cancel.skip.clear()
         started = time.time()
+        running = RunningJob(Cancel(), Progress(job_id=job.id, started=started))
         with self._lock:
-            self._progress = Progress(job_id=job.id, started=started)
+            self._running[job.id] = running
+            self._last_cancel = running.cancel
+        self._current.job_id = job.id
+        try:
+            self._run(job, running, started)
+        finally:  # ended (`_finish` let it go already) or put back in the queue
+            self._current.job_id = None
+            self._let_go(job.id)
+
+    def _run(self, job: Job, running: RunningJob, started: float) -> None:
+        if job.kind in FILE_JOB_KINDS:
+            self._file_job(job, running)
+            return
         if job.kind == "train":
-            self._train(job)
+            self._train(job, running)
             return
         timestamp = time.strftime("%Y%m%d%H%M%S", time.localtime(started))
         if job.kind == "grid":
-            self._grid(job, timestamp)
+            self._grid(job, running, timestamp)
             return
         try:
-            params = GenerationParams.create(**job.params)
-            result = self.executor.run(params, progress=self._on_progress, cancel=self.cancel, save=job.keep)
+            if job.kind == "sd-upscale":
+                result = self._sd_upscale(job, running)
+            else:
+                params = GenerationParams.create(**job.params)
+                result = self.executor.run(params, progress=self._on_progress, cancel=running.cancel,
+                                           save=job.keep)
             self._record(job, result, timestamp)
         except EmakiError as e:
             # The batches finished before an interrupt or a failure are kept (the engine has
             # written them): they go into the gallery, and back to an A1111 client, as in A1111.
-            partial: GenerationResult | None = getattr(e, "result", None)
+            partial: Generated | None = getattr(e, "result", None)
             self._end_on_error(job, e, None if partial is None or not partial.images else
                                lambda **end: self._record(job, partial, timestamp, **end))
         except Exception as e:  # noqa: BLE001 (a bug must not kill the worker; the job records it, logged)
             self._end_on_bug(job, e)
 
-    def _grid(self, job: Job, timestamp: str) -> None:
+    def _sd_upscale(self, job: Job, running: RunningJob) -> Generated:
+        """Run A1111's "SD upscale" script (`params`: the img2img params, with the script's
+        `upscaler`, `scale` and `overlap` under "sd_upscale"); its progress counts the tiles as
+        batches. Its end is recorded as a generation's: interrupted, it keeps the picture with the
+        tiles finished."""
+        run = getattr(self.executor, "sd_upscale", None)
+        if run is None:
+            raise EmakiError("sd-upscale job: this worker's executor runs no SD upscale jobs")
+        fields = dict(job.params)
+        script = fields.pop("sd_upscale")
+        result: Generated = run(GenerationParams.create(**fields), upscaler=str(script["upscaler"]),
+                                scale=float(script["scale"]), overlap=int(script["overlap"]),
+                                progress=self._on_progress, cancel=running.cancel, save=job.keep)
+        return result
+
+    def _grid(self, job: Job, running: RunningJob, timestamp: str) -> None:
         """Run an X/Y/Z plot job; an interrupt or a failing cell keeps the cells made and the
         partial grid (the gallery's, and an A1111 client's)."""
         from emaki.xyz.spec import GridSpec  # the grid code loads with the first grid job
@@ -349,7 +442,8 @@ class Worker:
         try:
             params = GenerationParams.create(**job.params["params"])
             spec = GridSpec.create(**job.params["spec"])
-            result = self.executor.grid(params, spec, progress=self._on_grid, cancel=self.cancel, save=job.keep)
+            result = self.executor.grid(params, spec, progress=self._on_grid, cancel=running.cancel,
+                                        save=job.keep)
             self._record_grid(job, result, timestamp)
         except EmakiError as e:
             partial: GridResult | None = getattr(e, "result", None)
@@ -357,6 +451,25 @@ class Worker:
                                lambda **end: self._record_grid(job, partial, timestamp, **end))
         except Exception as e:  # noqa: BLE001 (a bug must not kill the worker; the job records it, logged)
             self._end_on_bug(job, e)
+
+    def _file_job(self, job: Job, running: RunningJob) -> None:
+        """Run a merge or LoRA extraction job; its progress is bytes (layers) done of the total.
+        Cancelled, it ends `interrupted` and leaves no file."""
+        def on_progress(done: int, total: int) -> None:
+            self._update(running, replace(running.progress, batch=0, batches=1, step=done, steps=total,
+                                          file_job=job.kind))
+
+        try:
+            if self.files is None:
+                raise EmakiError(f"{job.kind} job: this worker runs no merge or extraction jobs")
+            result = self.files.run(job.kind, job.params, progress=on_progress, cancel=running.cancel.interrupt)
+        except EmakiError as e:
+            self._end_on_error(job, e, None)
+            return
+        except Exception as e:  # noqa: BLE001 (a bug must not kill the worker; the job records it, logged)
+            self._end_on_bug(job, e)
+            return
+        self._finish(job.id, "done", result=result)
 
     def _end_on_error(self, job: Job, error: EmakiError, record_made: Callable[..., None] | None) -> None:
         """End `job` on `error`: `interrupted`, or `failed` with the reason; what it made before
@@ -366,7 +479,8 @@ class Worker:
         if record_made is not None:
             record_made(status=status, error=reason, failure=failure)
         else:
-            self._finish(job.id, status, error=reason, result=failure)
+            self._finish(job.id, status, error=reason, result=failure,
+                         note=error.note if isinstance(error, RemoteFailure) else None)
 
     def _end_on_bug(self, job: Job, error: Exception) -> None:
         log.exception("%s job %s failed", job.kind, job.id)
@@ -405,20 +519,21 @@ class Worker:
         if disk_full(error):
             self._set_fault(f"job {job.id} could not be written: {error}")
             return {"error_type": "StorageFull"}
+        if isinstance(error, RemoteFailure):  # the error the worker elsewhere met
+            return {"error_type": error.error_type}
         return {"error_type": type(error).__name__}
 
     def _set_fault(self, fault: str | None) -> None:
         with self._lock:
             self._fault = fault
 
-    def _train(self, job: Job) -> None:
-        self._losses.clear()
+    def _train(self, job: Job, running: RunningJob) -> None:
         try:
             params = TrainingParams.create(**job.params)
             if job.attempts > 1 and self.executor.resumable(params):  # it ran before (a stop, a crash)
                 params = params.model_copy(update={"resume": True, "overwrite": False})
             outcome: TrainingOutcome = self.executor.train(params, progress=self._on_training,
-                                                           cancel=self.cancel.interrupt)
+                                                           cancel=running.cancel.interrupt)
         except EmakiError as e:
             status, error = ("interrupted", "interrupted") if isinstance(e, Interrupted) else ("failed", str(e))
             self._finish(job.id, status, result=self._failure(job, e), error=error)
@@ -429,20 +544,24 @@ class Worker:
                          error=f"internal error: {type(e).__name__}: {e}")
             return
         if outcome.cancelled and self._stopping.is_set():
-            with self._lock:
-                self._progress = Progress()
+            self._let_go(job.id)
             self.store.requeue(job.id, STOPPED_NOTE)
             return
         self._finish(job.id, "interrupted" if outcome.cancelled else "done", result=finite(outcome.as_json()),
                      error="interrupted" if outcome.cancelled else None)
 
-    def _finish(self, job_id: str, status: str, *, images: Sequence[ImageRecord] = (),
-                result: dict[str, Any] | None = None, error: str | None = None) -> None:
-        # Idle before the job ends: whoever its end wakes must not see it as still in progress.
+    def _let_go(self, job_id: str) -> None:
+        """The job no longer runs here: its progress is no longer reported."""
         with self._lock:
-            self._progress = Progress()
+            if self._running.pop(job_id, None) is not None and not self._running:
+                self._idle = Progress()  # a new snapshot: watchers see the change
+
+    def _finish(self, job_id: str, status: str, *, images: Sequence[ImageRecord] = (),
+                result: dict[str, Any] | None = None, error: str | None = None, note: str | None = None) -> None:
+        # Let go before the job ends: whoever its end wakes must not see it as still in progress.
+        self._let_go(job_id)
         try:
-            self.store.finish(job_id, status, images=images, result=result, error=error)
+            self.store.finish(job_id, status, images=images, result=result, error=error, note=note)
         except StorageError as e:
             self._unrecorded(job_id, e, error)
             return
@@ -463,16 +582,25 @@ class Worker:
         except StorageError:
             self.store.keep_failure(job_id, reason, result)
 
-    def _record(self, job: Job, result: GenerationResult, job_timestamp: str, status: str = "done",
+    def _record(self, job: Job, result: Generated, job_timestamp: str, status: str = "done",
                 error: str | None = None, failure: dict[str, Any] | None = None) -> None:
         records = []
+        # Interrupted while sampling: the batch as far as it got, for an A1111 client (as A1111
+        # answers), never in the gallery (it was not written).
+        unfinished: list[GeneratedImage] = list(getattr(result, "unfinished", []))
         if job.keep:
             for image in result.images:
                 assert image.path is not None  # the engine wrote it
                 records.append(ImageRecord(image.path, image.seed, result.params.prompt,
                                            result.params.negative_prompt, result.model.name,
                                            image.image.width, image.image.height, image.infotext))
+            if unfinished:
+                self._hold(job.id, [*unfinished])
         else:
-            self._hold(job.id, list(result.images))
-        self._finish(job.id, status, result=result_summary(result, job_timestamp) | (failure or {}), images=records,
-                     error=error)
+            self._hold(job.id, [*result.images, *unfinished])
+        note = getattr(result, "note", None)  # a job made elsewhere: e.g. retried after its worker died
+        summary = result_summary(result, job_timestamp) | (failure or {})
+        if unfinished:
+            summary["unfinished"] = [{"seed": image.seed, "subseed": image.subseed, "infotext": image.infotext}
+                                     for image in unfinished]
+        self._finish(job.id, status, result=summary, images=records, error=error, note=note)

@@ -15,7 +15,6 @@ import io
 import json
 import os
 import re
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -28,11 +27,10 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ValidationError
 
 from emaki.engine.output import png_info
-from emaki.engine.run import GenerationResult
 from emaki.errors import EmakiError, ParamsError
 from emaki.infotext import infotext_of, parse_infotext
 from emaki.jobs.store import Job
-from emaki.jobs.worker import HeldImage, result_summary
+from emaki.jobs.worker import HeldImage
 from emaki.params import ImageTooLarge, check_input_size, params_error
 from emaki.sampling import SAMPLERS, SCHEDULES
 from emaki.server import training
@@ -51,6 +49,7 @@ from emaki.server.a1111_schema import (
     Txt2ImgRequest,
 )
 from emaki.server.catalog import text_width
+from emaki.server.cmd_flags import a1111_cmd_flags
 from emaki.server.extras import (
     a1111_upscalers,
     check_extras,
@@ -58,13 +57,14 @@ from emaki.server.extras import (
     face_restoration_refused,
     face_restorers,
     html_info,
+    queue_sd_upscale,
     realesrgan_models,
     run_extras,
     upscaler_by_index,
 )
 from emaki.server.service import Service, error_status, failed_job_status, remove_input
 from emaki.server.xyz_script import XYZ_PLOT, grid_spec
-from emaki.upscalers import LATENT_UPSCALERS, find_upscaler
+from emaki.upscalers import LATENT_UPSCALERS
 from emaki.version import __version__
 
 router = APIRouter(prefix="/sdapi/v1", tags=["A1111-compatible"])
@@ -75,8 +75,14 @@ def _service(request: Request) -> Service:
 
 
 def processed_info(job: Job, request: Txt2ImgRequest) -> str:
-    """`Processed.js()`: the JSON *string* A1111 returns as `info`."""
-    return info_json(job.result or {}, request)
+    """`Processed.js()`: the JSON *string* A1111 returns as `info` (an interrupted job's
+    unfinished batch last, as its images are)."""
+    result = job.result or {}
+    unfinished = result.get("unfinished") or []
+    if unfinished:
+        result = result | {key: [*result.get(key, []), *(image[field] for image in unfinished)]
+                           for key, field in (("seeds", "seed"), ("subseeds", "subseed"), ("infotexts", "infotext"))}
+    return info_json(result, request)
 
 
 def info_json(result: dict[str, Any], request: Txt2ImgRequest) -> str:
@@ -129,13 +135,15 @@ def encode_png(image: HeldImage) -> str:
 
 def _reply_images(service: Service, job: Job, kept: bool, send: bool, count: int | None = None) -> list[str]:
     """The job's PNGs as base64 (the first `count`, when given): read back from the gallery, or
-    taken from the worker's hold."""
+    taken from the worker's hold (which, for a kept job, holds only an interrupted batch as far
+    as it got: never written, it comes last)."""
     held = service.worker.take_held(job.id)
     if not send:
         return []
     if kept:
         rows = service.store.images_of(job.id)[:count]
-        return [base64.b64encode(Path(row["path"]).read_bytes()).decode("ascii") for row in rows]
+        saved = [base64.b64encode(Path(row["path"]).read_bytes()).decode("ascii") for row in rows]
+        return saved + [encode_png(image) for image in held or []]
     return [encode_png(image) for image in (held or [])[:count]]
 
 
@@ -228,25 +236,27 @@ def flattened(image: Image.Image) -> Image.Image:
 
 
 async def _sd_upscale(body: Img2ImgRequest, request: Request, init: Image.Image) -> dict[str, Any]:
-    """The "SD upscale" script, run on the engine in this request's thread (the engine's lock
-    keeps it from running alongside a queued job); nothing goes to the gallery."""
+    """The "SD upscale" script, checked now (its upscaler, the tile overlap), run as one queued
+    `sd-upscale` job (progress: tile i of n; interrupt answers with the tiles finished so far),
+    answered as A1111 does."""
     service = _service(request)
     check_supported(body, service)
     if body.mask:
         raise HTTPException(422, "mask: the SD upscale script redraws the whole picture; send no mask")
     overlap, choice, scale = body.sd_upscale_args()
+    keep = body.save_images and not body.do_not_save_samples
 
-    def run() -> GenerationResult:
-        params = service.prepare(body.generation_fields(), overrides=body.override_settings)
+    def queue() -> Job:
         upscaler = upscaler_by_index(service.engine, choice)
-        if upscaler != "None":
-            find_upscaler(upscaler, service.engine.workspace, field="script_args")
-        return service.engine.sd_upscale(params, init, upscaler, scale, overlap=overlap)
+        return queue_sd_upscale(service, body.generation_fields(), init, upscaler=upscaler, scale=scale,
+                                overlap=overlap, keep=keep, overrides=body.override_settings, field="script_args")
 
-    result = await run_in_threadpool(run)
-    summary = result_summary(result, time.strftime("%Y%m%d%H%M%S"))
-    images = [encode_png(image) for image in result.images] if body.send_images else []
-    return {"images": images, "parameters": body.model_dump(), "info": info_json(summary, body)}
+    job = await request.app.state.waiters.wait((await run_in_threadpool(queue)).id)
+    if job.status == "failed":
+        service.worker.take_held(job.id)
+        raise HTTPException(failed_job_status(job), job.error or "SD upscale failed")
+    images = await run_in_threadpool(_reply_images, service, job, keep, body.send_images)
+    return {"images": images, "parameters": body.model_dump(), "info": processed_info(job, body)}
 
 
 def decode_image(data: str, field: str = "image") -> Image.Image:
@@ -335,7 +345,9 @@ def set_options(body: dict[str, Any], request: Request) -> None:
 
 @router.get("/cmd-flags")
 def cmd_flags(request: Request) -> dict[str, Any]:
-    return request.app.state.settings.flags()
+    """A1111's flags with their defaults, the workspace's folders, then how this server runs."""
+    settings = request.app.state.settings
+    return a1111_cmd_flags(_service(request).engine.workspace) | settings.flags()
 
 
 @router.get("/samplers")

@@ -60,6 +60,7 @@ class Txt2ImgRequest(CheckedModel):
     override_settings_restore_afterwards: bool = True
     refiner_checkpoint: str | None = None
     refiner_switch_at: float | None = None
+    token_merging_ratio: float = 0.0  # 0: the `token_merging_ratio` setting's (A1111's `ratio or opts.ratio`)
     disable_extra_networks: bool = False
     comments: dict[str, Any] | None = None
     enable_hr: bool = False
@@ -89,7 +90,7 @@ class Txt2ImgRequest(CheckedModel):
             "hr_checkpoint_name": self.hr_checkpoint_name not in (None, "", "Use same checkpoint"),
             "hr_scheduler": self.hr_scheduler not in (None, "", "Use same scheduler"),
             "firstphase_width/height": bool(self.firstphase_width or self.firstphase_height),
-            "restore_faces": bool(self.restore_faces), "tiling": bool(self.tiling),
+            "restore_faces": bool(self.restore_faces),
             "script_name": bool(self.script_name) and not self.xyz_plot(),
             "refiner_checkpoint": bool(self.refiner_checkpoint),
             "s_churn": bool(self.s_churn),
@@ -121,7 +122,8 @@ class Txt2ImgRequest(CheckedModel):
         mine = {name: getattr(self, name) for name in shared if not name.startswith(("hr_", "enable_hr"))}
         mine |= {"seed_resize_from_w": max(self.seed_resize_from_w, 0),
                  "seed_resize_from_h": max(self.seed_resize_from_h, 0),
-                 "sampler_name": self.sampler_name or self.sampler_index}
+                 "sampler_name": self.sampler_name or self.sampler_index,
+                 "tiling": bool(self.tiling)}  # clients send null for off
         if self.enable_hr:
             mine |= {name: getattr(self, name) for name in shared if name.startswith("hr_")}
             mine |= {"enable_hr": True, "hr_upscaler": self.hr_upscaler or "Latent",
@@ -136,6 +138,8 @@ class Txt2ImgRequest(CheckedModel):
                 fields[key] = value
         if self.disable_extra_networks:
             fields["prompt"] = extract_networks(fields.get("prompt", ""))[0]
+        if not fields.get("token_merging_ratio"):  # the settings' (or override_settings') ratio
+            fields.pop("token_merging_ratio", None)
         return fields
 
 

@@ -5,6 +5,7 @@ for training, the loss series; finished images land in a searchable gallery.
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from collections.abc import AsyncIterator
@@ -14,9 +15,11 @@ from typing import Any
 from fastapi import APIRouter, Body, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, StreamingResponse
+from PIL import Image
 from pydantic import Field
 
 from emaki.engine.networks import NETWORK_KINDS
+from emaki.errors import ParamsError
 from emaki.infotext import infotext_of, parse_infotext
 from emaki.infotext_codec import params_from_fields
 from emaki.jobs.store import FINISHED, Job
@@ -25,14 +28,16 @@ from emaki.networks.hypernetworks import ACTIVATIONS
 from emaki.params import MAX_PROMPT_LENGTH, CheckedModel, GenerationParams
 from emaki.prompts import count_tokens
 from emaki.prompts.styles import Style, delete_style, save_style
+from emaki.prompts.tag_list import load_tags, search_tags
 from emaki.server import training
 from emaki.server.a1111 import decode_image
 from emaki.server.a1111_schema import ExtrasRequest, PngInfoRequest
 from emaki.server.changes import ChangeBell, Versions
-from emaki.server.extras import check_extras, encode_extras_png, run_extras
+from emaki.server.extras import check_extras, encode_extras_png, queue_sd_upscale, run_extras
 from emaki.server.service import Service, remove_input
 from emaki.training.params import DEFAULT_LEARN_RATES, MAX_VECTORS, TrainingParams
 from emaki.training.templates import TEMPLATE_NAMES
+from emaki.xyz.listing import axis_rows
 from emaki.xyz.spec import GridSpec
 
 router = APIRouter(prefix="/api", tags=["native"])
@@ -224,9 +229,9 @@ def cancel_job(job_id: str, request: Request) -> dict[str, Any]:
 
 
 def _progress_event(service: Service, job_id: str | None) -> dict[str, Any] | None:
-    """The running job's progress (a training job's adds `training`: step, loss, the loss series
+    """The running job's progress (`job_id`'s, else the longest-running job's; a training job's adds `training`: step, loss, the loss series
     as [[step, loss], ...], the latest preview as base64 PNG)."""
-    snapshot = service.worker.progress()
+    snapshot = service.worker.progress(job_id)  # with several slots, each job has its own
     if snapshot.job_id is None or not snapshot.steps or (job_id is not None and snapshot.job_id != job_id):
         return None  # idle, another job, or no step taken yet
     encoded = snapshot.preview_base64()
@@ -236,6 +241,8 @@ def _progress_event(service: Service, job_id: str | None) -> dict[str, Any] | No
              "preview": preview}
     if snapshot.training is not None:
         event |= {"kind": "train", "training": snapshot.training.as_json()}
+    if snapshot.file_job is not None:  # a merge or LoRA extraction: bytes (layers) done of the total
+        event["kind"] = snapshot.file_job
     if snapshot.cells:  # a grid: which cell of how many (1-based), and its axis labels
         event |= {"kind": "grid", "cell": snapshot.cell, "cells": snapshot.cells,
                   "cell_labels": list(snapshot.cell_labels)}
@@ -336,10 +343,11 @@ async def all_events(request: Request) -> StreamingResponse:
 
 
 @router.get("/gallery")
-def gallery(request: Request, q: str | None = None, model: str | None = None, since: float | None = None,
+def gallery(request: Request, q: str | None = Query(None, max_length=1000), model: str | None = None, since: float | None = None,
             until: float | None = None, limit: int = Query(50, ge=1, le=500),
             offset: int = Query(0, ge=0)) -> list[dict[str, Any]]:
-    """Newest first. `q` searches prompt and negative prompt; `since`/`until` are Unix times."""
+    """Newest first. `q` searches prompt, negative prompt, model and infotext (any case);
+    `since`/`until` are Unix times."""
     rows = _service(request).store.gallery(text=q, model=model, since=since, until=until, limit=limit,
                                            offset=offset)
     return [image_view(row) for row in rows]
@@ -352,16 +360,59 @@ def _image_or_404(service: Service, image_id: int) -> dict[str, Any]:
     return row
 
 
-@router.get("/images/{image_id}")
-def get_image(image_id: int, request: Request) -> FileResponse:
+def _thumbnail(path: str, size: int) -> bytes:
+    """The image shrunk to fit `size`×`size` (never enlarged), as a JPEG."""
+    with Image.open(path) as image:
+        image.thumbnail((size, size))
+        buffer = io.BytesIO()
+        image.convert("RGB").save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()
+
+
+@router.get("/images/{image_id}", response_model=None)
+def get_image(image_id: int, request: Request,
+              thumb: int | None = Query(None, ge=16, le=1024, description="a thumbnail this many pixels at most")
+              ) -> FileResponse | Response:
+    """The PNG (with its infotext); with `thumb`, a small JPEG for the gallery (ids are never
+    reused, so a browser may keep it)."""
     row = _image_or_404(_service(request), image_id)
+    if thumb is not None:
+        return Response(_thumbnail(row["path"], thumb), media_type="image/jpeg",
+                        headers={"Cache-Control": "private, max-age=86400"})
     return FileResponse(row["path"], media_type="image/png", filename=Path(row["path"]).name)
+
+
+@router.delete("/images/{image_id}", status_code=204)
+def delete_image(image_id: int, request: Request) -> Response:
+    """Remove the image from the gallery and its file from the disk."""
+    row = _service(request).store.delete_image(image_id)
+    if row is None:
+        raise HTTPException(404, f"no image {image_id}")
+    Path(row["path"]).unlink(missing_ok=True)  # the row went first: no gallery row points at a missing file
+    return Response(status_code=204)
 
 
 @router.get("/images/{image_id}/params")
 def get_image_params(image_id: int, request: Request) -> dict[str, Any]:
     row = _image_or_404(_service(request), image_id)
     return params_view(row["infotext"])
+
+
+@router.get("/tags")
+def tags(request: Request, q: str = Query("", max_length=200),
+         limit: int = Query(20, ge=1, le=1000)) -> list[dict[str, Any]]:
+    """Prompt tags for autocomplete (the shipped danbooru list and the workspace's `tags/*.csv`):
+    those whose name or an alias starts with `q` (a space matches `_`), most used first."""
+    found = search_tags(load_tags(_service(request).engine.workspace), q, limit)
+    return [{"tag": t.tag, "category": t.category, "count": t.count, "aliases": list(t.aliases)} for t in found]
+
+
+@router.get("/grid/axes")
+def grid_axes(request: Request) -> list[dict[str, Any]]:
+    """The axes `/api/grid` takes: `name` (and `label`), `kind` ("number", "text" or "choice"),
+    `choices` for a choice (this workspace's samplers, checkpoints, VAEs, styles, ...), `type`,
+    `aliases`, `mode` (txt2img, img2img or both) — `emaki.xyz.listing.axis_rows`."""
+    return axis_rows(_service(request).engine.workspace)
 
 
 @router.post("/png-info")
@@ -438,6 +489,38 @@ async def upscale(body: UpscaleRequest, request: Request) -> dict[str, Any]:
     """The picture upscaled now (the page's Extras panel), as a PNG data URL carrying A1111's
     `extras` text; it waits for a running generation to leave the model."""
     return await run_in_threadpool(_upscale, _service(request), body)
+
+
+class SDUpscaleRequest(CheckedModel):
+    """A1111's "SD upscale" script: `params` are img2img fields (as `/api/jobs` takes them;
+    `init_image` the picture itself, width×height the tile size), enlarged by `scale` with
+    `upscaler` ("None": not enlarged), redrawn in tiles overlapping by `overlap`."""
+
+    params: dict[str, Any] = Field(default_factory=dict, description="GenerationParams fields")
+    upscaler: str = "None"
+    scale: float = Field(2.0, ge=1.0, le=8.0)
+    overlap: int = Field(64, ge=0, le=2048)
+    save: bool = True
+
+
+@router.post("/sd-upscale", status_code=202)
+def submit_sd_upscale(body: SDUpscaleRequest, request: Request) -> dict[str, Any]:
+    """Queue the SD upscale script as one `sd-upscale` job, checked first (the upscaler, the
+    overlap, the enlarged size: 422). Watch it like any job: its progress counts the tiles as
+    batches; interrupted, it keeps the picture with the tiles finished."""
+    service = _service(request)
+    fields = dict(body.params)
+    encoded = fields.pop("init_image", None)
+    if not encoded:
+        raise ParamsError("params.init_image: the SD upscale script needs the picture to enlarge")
+    if fields.get("mask"):
+        raise ParamsError("params.mask: the SD upscale script redraws the whole picture; send no mask")
+    init = decode_image(encoded, "params.init_image")
+    job = queue_sd_upscale(service, fields, init, upscaler=body.upscaler, scale=body.scale, overlap=body.overlap,
+                           keep=body.save)
+    if not body.save:  # no route returns its images: the worker need not hold them
+        request.app.state.uncollected.add(job.id)
+    return job_view(service, job)
 
 
 @router.get("/health")

@@ -24,10 +24,11 @@ from fastapi.staticfiles import StaticFiles
 from emaki.devices import DevicePolicy
 from emaki.engine.engine import Engine
 from emaki.errors import EmakiError, ParamsError
-from emaki.jobs.executor import LocalExecutor
+from emaki.jobs.executor import Executor, LocalExecutor
+from emaki.jobs.file_jobs import FILE_JOB_KINDS, FileJobs
 from emaki.jobs.store import FINISHED, JobStore
 from emaki.jobs.worker import Worker
-from emaki.server import a1111, api
+from emaki.server import a1111, api, batching, merging
 from emaki.server.access import LOOPBACK_BINDS, AccessGuard, SignInThrottle
 from emaki.server.catalog import Catalog
 from emaki.server.changes import ChangeBell, JobWaiters, watch_changes
@@ -51,9 +52,13 @@ class ServerSettings:
     max_body_bytes: int = 32 * 1024 * 1024
     precision: str | None = None
     threads: int | None = None  # --threads (default: the idle cores)
+    compile: bool = False  # --compile: torch.compile the UNet (emaki.engine.speed.compile)
     workspace: Workspace | None = None  # default: from EMAKI_HOME / EMAKI_A1111
     run_worker: bool = True
     allowed_hosts: tuple[str, ...] = ()  # --allowed-hosts: names besides localhost a loopback bind answers
+    executor: str = "local"  # --executor: local (this process) or ray (generations on a Ray cluster)
+    ray_address: str | None = None  # --ray-address: auto, host:port, or local (start one in this process)
+    workers: int | None = None  # --workers: Ray actors (default: the cluster's GPUs, else its CPUs)
 
     @property
     def needs_auth(self) -> bool:
@@ -154,13 +159,27 @@ def begin_shutdown(app: FastAPI) -> None:
     app.state.waiters.stop()
 
 
+def make_executor(settings: ServerSettings, engine: Engine) -> Executor:
+    """Where jobs run: on `engine`, or (`--executor ray`) generations on a Ray cluster's actors,
+    the rest on `engine`. Ray is imported only then."""
+    local = LocalExecutor(engine)
+    if settings.executor != "ray":
+        return local
+    from emaki.jobs.ray_serve import RayServeExecutor
+
+    return RayServeExecutor.connect(settings.ray_address, local, workers=settings.workers,
+                                    threads=settings.threads or 1, precision=settings.precision)
+
+
 def create_app(settings: ServerSettings | None = None) -> FastAPI:
     settings = settings or ServerSettings()
     workspace = settings.workspace or workspace_from_environment(os.environ)
     settings = replace(settings, workspace=workspace)  # what `cmd-flags` reports is what runs
-    engine = Engine(workspace, DevicePolicy.choose(settings.precision, threads=settings.threads))
+    engine = Engine(workspace, DevicePolicy.choose(settings.precision, threads=settings.threads,
+                                                   compile=settings.compile))
     store = JobStore(workspace.database)
-    worker = Worker(store, LocalExecutor(engine))
+    executor = make_executor(settings, engine)
+    worker = Worker(store, executor, FileJobs(workspace, engine.hashes))
     service = Service(store, worker, Catalog(workspace, engine.networks), Options(workspace.home / "server-options.json"),
                       workspace.home / "inputs", engine)
 
@@ -173,7 +192,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             if job is None:
                 return
             remove_input(job.params, service.inputs)  # a requeued job does not end: its upload stays
-            if job.kind == "train":  # it wrote a file the listings should show
+            if job.kind in ("train", *FILE_JOB_KINDS):  # it wrote a file the listings should show
                 service.catalog.invalidate()
         except Exception:
             log.exception("after job %s ended", job_id)
@@ -202,6 +221,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
             worker.stop()
+            executor.close()
             store.close()
 
     app = FastAPI(title="emaki", version=__version__, lifespan=lifespan,
@@ -215,6 +235,8 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     app.state.sign_ins = SignInThrottle()  # failed sign-ins per client address, for this app only
     app.include_router(a1111.router)
     app.include_router(api.router)
+    app.include_router(merging.router)
+    app.include_router(batching.router)
 
     @app.exception_handler(EmakiError)
     async def emaki_error(request: Request, error: EmakiError) -> JSONResponse:

@@ -24,7 +24,7 @@ from emaki.engine.networks import kind_for_tag
 from emaki.engine.policy import ensure_params_allowed
 from emaki.errors import EmakiError, ParamsError
 from emaki.files import atomic_write
-from emaki.jobs.faults import StorageError, StorageFull, storage_error
+from emaki.jobs.faults import StorageError, StorageFull, WorkersUnavailable, storage_error
 from emaki.jobs.store import Job, JobStore
 from emaki.jobs.worker import Worker
 from emaki.params import GenerationParams, ImageTooLarge
@@ -32,7 +32,7 @@ from emaki.prompts import extract_networks
 from emaki.prompts.styles import Style, read_styles, styles_files
 from emaki.sampling import parse_sampler_name
 from emaki.server.catalog import Catalog, CheckpointEntry, NameNotAllowed
-from emaki.server.options import OPTION_FIELDS, Options, check_option
+from emaki.server.options import OPTION_FIELDS, Options, check_options, output_folder_options
 from emaki.xyz.spec import GridSpec
 
 MAX_PIXELS = 2048 * 2048  # the most this server draws at once: an image, its noise, a hires pass
@@ -51,6 +51,8 @@ def error_status(error: EmakiError) -> int:
 def error_class_status(kind: type[EmakiError]) -> int:
     if issubclass(kind, StorageError):
         return 507 if issubclass(kind, StorageFull) else 503
+    if issubclass(kind, WorkersUnavailable):  # --executor ray: the cluster's workers are gone
+        return 503
     if issubclass(kind, ImageTooLarge):
         return 413
     if issubclass(kind, ParamsError):
@@ -171,26 +173,24 @@ class Service:
         return entries[0]
 
     def options_view(self) -> dict[str, Any]:
-        values = self.options.all()
+        """Every A1111 setting: the stored ones, the current checkpoint and this server's folders."""
+        values = self.options.all() | output_folder_options(self.engine.workspace)
         current = self.current_checkpoint()
         return values | {"sd_model_checkpoint": current.title, "sd_checkpoint_hash": current.sha256}
 
     def checked_options(self, values: dict[str, Any]) -> dict[str, Any]:
-        """Settings as they will be stored; names are looked up in the catalog."""
-        checked: dict[str, Any] = {}
-        for key, value in values.items():
-            if key == "sd_model_checkpoint":
-                entry = self.catalog.find_checkpoint(str(value))
-                checked |= {key: entry.title, "sd_checkpoint_hash": entry.sha256}
+        """Settings as they will be stored: all refused (422) when one key is unknown or one
+        value wrong; then names are looked up in the catalog."""
+        checked = check_options(values, output_folder_options(self.engine.workspace))
+        for key, value in checked.items():
+            if key == "sd_model_checkpoint" and value is not None:
+                checked[key] = self.catalog.find_checkpoint(str(value)).title
             elif key == "sd_vae":
                 self.catalog.find_vae(str(value))
-                checked[key] = value
             elif key == "sd_hypernetwork":
                 if value not in (None, "", "None"):
                     self.catalog.find_hypernetwork(str(value))
                 checked[key] = value or "None"
-            elif key in self.options.all():
-                checked[key] = check_option(key, value)
         return checked
 
     def set_options(self, values: dict[str, Any]) -> None:
@@ -212,7 +212,7 @@ class Service:
             values.setdefault(field, settings[option])
         if values.get("model"):
             checkpoint = self.catalog.find_checkpoint(str(values["model"]), "model")
-        elif overrides and "sd_model_checkpoint" in overrides:
+        elif overrides and overrides.get("sd_model_checkpoint") is not None:
             checkpoint = self.catalog.find_checkpoint(settings["sd_model_checkpoint"])
         else:
             checkpoint = self.current_checkpoint()
