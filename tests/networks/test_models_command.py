@@ -34,7 +34,7 @@ def test_models_lists_everything_with_hashes_and_skip_reasons(tmp_path, tiny_saf
     shutil.copy(tiny_safetensors, _home() / 'models' / "mine.safetensors")
 
     _register_commands()
-    result = CliRunner().invoke(app, ["models", "--a1111", str(a1111), "--json"])
+    result = CliRunner().invoke(app, ["models", "--a1111", str(a1111), "--json", "--text-width", "768"])
     assert result.exit_code == 0, result.output
     found = json.loads(result.output)
     assert sorted(r["name"] for r in found["checkpoints"]) == ["anything-v3", "mine"]
@@ -52,3 +52,18 @@ def test_models_lists_everything_with_hashes_and_skip_reasons(tmp_path, tiny_saf
     assert text.exit_code == 0, text.output
     assert "tiny-style" in text.output and "skipped: width 768" in text.output
     assert "Hypernetworks (2)" in text.output
+
+
+def test_models_lists_embeddings_of_every_width_unless_one_is_asked(tmp_path):
+    # An embedding trained on the demo model (width 128) and one for SD 1.x (768): both work with
+    # their models, so a plain `emaki models` lists both, each with its width.
+    save_embedding(Embedding("demo-style", torch.zeros(2, 128)), _home() / "embeddings" / "demo-style.safetensors")
+    save_embedding(Embedding("easynegative", torch.zeros(8, 768)), _home() / "embeddings" / "easynegative.safetensors")
+    _register_commands()
+    result = CliRunner().invoke(app, ["models", "--json", "--no-hashes"])
+    assert result.exit_code == 0, result.output
+    rows = {r["name"]: r for r in json.loads(result.output)["embeddings"]}
+    assert (rows["demo-style"]["status"], rows["demo-style"]["width"]) == ("loaded", 128)
+    assert (rows["easynegative"]["status"], rows["easynegative"]["width"]) == ("loaded", 768)
+    text = CliRunner().invoke(app, ["models", "--no-hashes"])
+    assert "2 vectors × 128" in text.output and "8 vectors × 768" in text.output

@@ -62,7 +62,9 @@ def _print(inventory: Inventory, upscalers: list[dict[str, Any]]) -> None:
 @app.command("models")
 def models_command(
     a1111: Annotated[Path | None, typer.Option("--a1111", help="An A1111 install to list too (default: EMAKI_A1111).")] = None,
-    text_width: Annotated[int, typer.Option("--text-width", help="Token-embedding width embeddings must have (768 for SD 1.x).")] = 768,
+    text_width: Annotated[int | None, typer.Option(
+        "--text-width", help="List embeddings of this token width only, others as skipped (768: SD 1.x; "
+                             "default: any width, each shown with its own).")] = None,
     no_hashes: Annotated[bool, typer.Option("--no-hashes", help="Skip hashing checkpoints and VAEs (slow the first time).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:

@@ -62,9 +62,10 @@ def _hash_or_reason(path: Path, cache: HashCache | None) -> tuple[str | None, st
         return None, str(e).removeprefix(f"{path}: ")
 
 
-def take_inventory(workspace: Workspace, *, text_width: int, hashes: bool,
+def take_inventory(workspace: Workspace, *, text_width: int | None, hashes: bool,
                    libraries: NetworkLibraries | None = None) -> Inventory:
-    """List checkpoints, VAEs and every registered network kind in the workspace's folders."""
+    """List checkpoints, VAEs and every registered network kind in the workspace's folders
+    (embeddings of another token width than `text_width` as skipped; None: any width)."""
     cache = HashCache(workspace.hash_cache) if hashes else None
     inventory = Inventory()
     model_folders = workspace.folders("checkpoints")

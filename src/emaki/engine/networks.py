@@ -63,7 +63,7 @@ class NetworkKind(Protocol):
     def new_library(self) -> Any:
         """The per-engine cache of loaded files (re-read only when a file changes)."""
 
-    def rows(self, library: Any, folders: Sequence[Path], *, text_width: int) -> list[dict[str, Any]]:
+    def rows(self, library: Any, folders: Sequence[Path], *, text_width: int | None) -> list[dict[str, Any]]:
         """One row per file found: `name`, `path`, `status` ("loaded" | "skipped"), `reason`, ..."""
 
     def summary(self, row: dict[str, Any]) -> str:
@@ -90,7 +90,7 @@ class EmbeddingKind:
     def new_library(self) -> EmbeddingLibrary:
         return EmbeddingLibrary()
 
-    def rows(self, library: EmbeddingLibrary, folders: Sequence[Path], *, text_width: int) -> list[dict[str, Any]]:
+    def rows(self, library: EmbeddingLibrary, folders: Sequence[Path], *, text_width: int | None) -> list[dict[str, Any]]:
         scan = library.scan(folders, expected_width=text_width)
         rows = [{"name": e.name, "path": str(e.path), "status": "loaded", "vectors": e.num_vectors,
                  "width": e.width, "step": e.step, "hash": e.shorthash, "reason": None,
@@ -133,7 +133,7 @@ class HypernetworkKind:
     def new_library(self) -> HypernetworkLibrary:
         return HypernetworkLibrary()
 
-    def rows(self, library: HypernetworkLibrary, folders: Sequence[Path], *, text_width: int) -> list[dict[str, Any]]:
+    def rows(self, library: HypernetworkLibrary, folders: Sequence[Path], *, text_width: int | None) -> list[dict[str, Any]]:
         rows = []
         for path in walk_files(folders, (".pt",)):
             row: dict[str, Any] = {"name": path.stem, "path": str(path)}
@@ -182,7 +182,7 @@ class LoraKind:
     def new_library(self) -> LoraLibrary:
         return LoraLibrary()
 
-    def rows(self, library: LoraLibrary, folders: Sequence[Path], *, text_width: int) -> list[dict[str, Any]]:
+    def rows(self, library: LoraLibrary, folders: Sequence[Path], *, text_width: int | None) -> list[dict[str, Any]]:
         return library.rows(folders)
 
     def summary(self, row: dict[str, Any]) -> str:
@@ -273,7 +273,8 @@ class NetworkLibraries:
         library: EmbeddingLibrary = self.library(EMBEDDINGS)
         return library.scan(self.folders(EMBEDDINGS), expected_width=text_width)
 
-    def rows(self, kind: NetworkKind, text_width: int) -> list[dict[str, Any]]:
+    def rows(self, kind: NetworkKind, text_width: int | None) -> list[dict[str, Any]]:
+        """`kind`'s rows; embeddings of another width than `text_width` (None: any) are skipped."""
         return kind.rows(self.library(kind), self.folders(kind), text_width=text_width)
 
 
