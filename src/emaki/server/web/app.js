@@ -2,12 +2,13 @@
 // prompt-tag autocomplete and an inpainting mask painter over the init image) that queues jobs on
 // /api/jobs and watches them (server-sent events, or polling when the server wants credentials),
 // the X/Y/Z plot (/api/grid), a gallery with a lightbox, Extras (/api/upscale), Train (/api/train,
-// with its loss curve), Styles, Models and Settings. Plain ES modules, no build step. Text from the
-// server or from images only ever goes into the DOM through textContent.
+// with its loss curve), Styles, Merge, Batch (/api/batch), Models and Settings. Plain ES modules,
+// no build step. Text from the server or from images only ever goes into the DOM through textContent.
 import {
   $, ApiError, api, authHeaders, clearError, debounce, DEBOUNCE_MS, fillSelect, FINISHED, intOrNull, POLL_MS,
   fetchCredentials, readAsDataUrl, setStatus, showError, signIn, state, streamEvents,
 } from "./js/core.js";
+import { setUpBatch } from "./js/batch.js";
 import { loadUpscalers, setUpExtras } from "./js/extras.js";
 import { loadGallery, renderItems, setUpGallery } from "./js/gallery.js";
 import { readInpaint, resetMask, setUpInpaint } from "./js/mask.js";
@@ -20,7 +21,7 @@ import { loadAxes, readGrid, setUpXyz } from "./js/xyz.js";
 
 // ---------------------------------------------------------------- tabs
 
-const TABS = ["txt2img", "img2img", "extras", "xyz", "train", "styles", "merge", "models", "settings"];
+const TABS = ["txt2img", "img2img", "extras", "xyz", "train", "styles", "merge", "batch", "models", "settings"];
 const TAB_KEY = "emaki.tab";
 // Tabs whose lists are read from the server when they are opened (they may have changed since).
 const ON_OPEN = { models: loadModels, settings: loadSettings, merge: loadMergeChoices };
@@ -690,6 +691,7 @@ async function start() {
   setUpStyles();
   setUpPanels();
   setUpMerge(reloadCheckpoints);
+  setUpBatch();
   setUpXyz();
   setUpTabs();
 
