@@ -79,5 +79,6 @@ def test_casting_holds_no_second_copy_of_the_file(peaks):
 
 
 def test_tensors_already_in_the_dtype_are_mapped_not_copied(peaks):
-    """Loading them takes no memory until they are used (measured: 0 of the file's 48 MB)."""
-    assert peaks["torch.float16"] <= 0.1 * FP32_BYTES / 2, peaks
+    """Loading them takes no memory for the weights until they are used: a copy would be the file's
+    48 MB; the process grows by a few MB at most (0 to 8.5 MB measured: the loader's own pages)."""
+    assert peaks["torch.float16"] <= 0.25 * FP32_BYTES / 2, peaks
