@@ -39,6 +39,7 @@ from emaki.batch.spec import BatchItem, keyed
 from emaki.jobs.ray_executor import Dispatcher, EngineActor, RayCluster, RayExecutor
 from emaki.jobs.rendered import EngineSlot, JobOutcome, JobRequest, RenderedImage
 from emaki.params import GenerationParams
+from emaki.workspace import workspace_from_environment
 
 
 def items(count: int, size: int, steps: int, tag: str) -> list[BatchItem]:
@@ -81,7 +82,8 @@ def throughput(jobs: int, size: int, steps: int, rounds: int, work: Path) -> Non
     import ray
 
     warm = items(1, size, steps, "warm")[0]
-    local = LocalBatchExecutor(EngineSlot.from_environment(threads=1, precision="fp32"))
+    local = LocalBatchExecutor(EngineSlot.on_workspace(workspace_from_environment(os.environ), threads=1,
+                                                       precision="fp32"))
     local.slot.render("warm", warm.params.model_dump())
     executor = RayExecutor(RayCluster(EngineActor, (1, "fp32"), threads=1), workers=2)
     ray.get([actor.render.remote("warm", warm.params.model_dump()) for actor in executor.actors])
