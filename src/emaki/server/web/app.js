@@ -5,8 +5,8 @@
 // with its loss curve), Styles, Merge, Batch (/api/batch), Models and Settings. Plain ES modules,
 // no build step. Text from the server or from images only ever goes into the DOM through textContent.
 import {
-  $, ApiError, api, authHeaders, clearError, debounce, DEBOUNCE_MS, fillSelect, FINISHED, intOrNull, POLL_MS,
-  fetchCredentials, readAsDataUrl, setStatus, showError, signIn, state, streamEvents,
+  $, api, clearError, debounce, DEBOUNCE_MS, fetchBlob, fillSelect, FINISHED, intOrNull, POLL_MS,
+  readAsDataUrl, setStatus, showError, state, streamEvents,
 } from "./js/core.js";
 import { setUpBatch } from "./js/batch.js";
 import { loadUpscalers, setUpExtras } from "./js/extras.js";
@@ -560,19 +560,10 @@ async function useAsInit(row, button) {
   clearError();
   button.disabled = true;
   try {
-    for (;;) {
-      const response = await fetch(row.url, { headers: authHeaders(), credentials: fetchCredentials() });
-      if (response.status === 401) {
-        await signIn(state.auth ? "Those credentials were not accepted." : "");
-        continue;
-      }
-      if (!response.ok) throw new ApiError(response.status, `HTTP ${response.status}`);
-      if (await setInitImage(await readAsDataUrl(await response.blob()), `image ${row.id}`)) {
-        $("init-file").value = "";  // the file input no longer names what is used
-        showTab("img2img");  // A1111's "Send to img2img"
-        $("init").scrollIntoView({ block: "nearest" });
-      }
-      return;
+    if (await setInitImage(await readAsDataUrl(await fetchBlob(row.url)), `image ${row.id}`)) {
+      $("init-file").value = "";  // the file input no longer names what is used
+      showTab("img2img");  // A1111's "Send to img2img"
+      $("init").scrollIntoView({ block: "nearest" });
     }
   } catch (error) {
     showError(`Could not load image ${row.id}: ${error.message}`);

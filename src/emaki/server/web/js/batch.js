@@ -3,7 +3,7 @@
 // nothing is queued or running, and offers the batch's summary.csv. Posting the same name again
 // queues only what is not done yet (the server keys items by their parameters).
 import {
-  $, POLL_MS, api, authHeaders, clearError, fetchCredentials, showError, signIn, state,
+  $, POLL_MS, api, clearError, fetchBlob, showError,
 } from "./core.js";
 import { loadGallery } from "./gallery.js";
 
@@ -80,21 +80,12 @@ async function downloadSummary(event) {
   event.preventDefault();
   const link = $("batch-summary");
   try {
-    for (;;) {
-      const response = await fetch(link.href, { headers: authHeaders(), credentials: fetchCredentials() });
-      if (response.status === 401) {
-        await signIn(state.auth ? "Those credentials were not accepted." : "");
-        continue;
-      }
-      if (!response.ok) throw new Error(`HTTP ${response.status}`);
-      const url = URL.createObjectURL(await response.blob());
-      const save = document.createElement("a");
-      save.href = url;
-      save.download = link.download;
-      save.click();
-      setTimeout(() => URL.revokeObjectURL(url), 1000);  // after the browser took the download
-      return;
-    }
+    const url = URL.createObjectURL(await fetchBlob(link.href));
+    const save = document.createElement("a");
+    save.href = url;
+    save.download = link.download;
+    save.click();
+    setTimeout(() => URL.revokeObjectURL(url), 1000);  // after the browser took the download
   } catch (error) {
     showError(`Could not download the summary of batch ${batch.name}: ${error.message}`);
   }

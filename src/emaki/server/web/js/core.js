@@ -52,28 +52,38 @@ export function fetchCredentials() {
   return state.auth ? "omit" : "same-origin";
 }
 
-// JSON request to the server; on a 401 asks the user to sign in and tries again.
-export async function api(path, { method = "GET", body } = {}) {
+// A request with the page's credentials; on a 401 asks the user to sign in and tries again.
+export async function signedFetch(url, { method = "GET", headers = {}, body } = {}) {
   for (;;) {
-    const headers = authHeaders();
-    if (body !== undefined) headers["Content-Type"] = "application/json";
-    const response = await fetch(path, {
-      method, headers, body: body === undefined ? undefined : JSON.stringify(body), credentials: fetchCredentials(),
+    const response = await fetch(url, {
+      method, headers: { ...authHeaders(), ...headers }, body, credentials: fetchCredentials(),
     });
-    if (response.status === 401) {
-      await signIn(state.auth ? "Those credentials were not accepted." : "");
-      continue;
-    }
-    const text = await response.text();
-    let data = null;
-    try {
-      data = text ? JSON.parse(text) : null;
-    } catch {
-      data = text;
-    }
-    if (!response.ok) throw new ApiError(response.status, describeError(response.status, data));
-    return data;
+    if (response.status !== 401) return response;
+    await signIn(state.auth ? "Those credentials were not accepted." : "");
   }
+}
+
+// A file from the server (an image, a summary) as a Blob.
+export async function fetchBlob(url) {
+  const response = await signedFetch(url);
+  if (!response.ok) throw new ApiError(response.status, `HTTP ${response.status}`);
+  return response.blob();
+}
+
+// JSON request to the server.
+export async function api(path, { method = "GET", body } = {}) {
+  const response = await signedFetch(path, body === undefined ? { method } : {
+    method, headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+  });
+  const text = await response.text();
+  let data = null;
+  try {
+    data = text ? JSON.parse(text) : null;
+  } catch {
+    data = text;
+  }
+  if (!response.ok) throw new ApiError(response.status, describeError(response.status, data));
+  return data;
 }
 
 // A readable message from an error body: `{error, detail: "..."}` (emaki) or FastAPI's
