@@ -12,20 +12,14 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image, ImageDraw
+from png_payload import png64
 
 from emaki.server import ServerSettings, create_app
 
-
-def b64_png(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
-INIT = b64_png(Image.new("RGB", (64, 64), (200, 120, 80)))
+INIT = png64(Image.new("RGB", (64, 64), (200, 120, 80)))
 _mask = Image.new("L", (64, 64), 0)
 ImageDraw.Draw(_mask).rectangle((16, 16, 48, 48), fill=255)
-MASK = b64_png(_mask)
+MASK = png64(_mask)
 
 # The fields A1111's test requests send, with the values they send (-1 seed resize included).
 COMMON: dict[str, Any] = {

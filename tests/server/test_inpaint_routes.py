@@ -16,6 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from job_waiting import wait_job
 from PIL import Image
+from png_payload import png64
 from upscalers.conftest import esrgan_state, write_model
 
 from emaki.server import ServerSettings, create_app
@@ -28,12 +29,6 @@ FAST = {"steps": 3, "width": 64, "height": 64, "sampler_name": "Euler a", "seed"
 def client() -> Iterator[TestClient]:
     with TestClient(create_app(ServerSettings())) as test_client:
         yield test_client
-
-
-def png64(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
 
 
 def picture(body: dict) -> np.ndarray:

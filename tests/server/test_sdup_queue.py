@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from png_payload import png64
 
 from emaki.server import ServerSettings, create_app
 
@@ -24,12 +25,6 @@ from emaki.server import ServerSettings, create_app
 def client() -> Iterator[TestClient]:
     with TestClient(create_app(ServerSettings())) as test_client:
         yield test_client
-
-
-def png64(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
 
 
 def face() -> Image.Image:
