@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from emaki.engine.taesd import TinyDecoder, decode_preview, find_tiny_decoder, load_tiny_decoder
+from emaki.engine.vae import latent_scale
 from emaki.models.components import SDComponents
 from emaki.workspace import Workspace
 
@@ -39,7 +40,7 @@ DECODE_SHARE = 0.1
 def fit_latent_to_rgb(components: SDComponents, samples: int = 2, size: int = 8) -> torch.Tensor:
     """A (channels + 1) × 3 matrix taking scaled latents (plus a constant 1) to RGB in [-1, 1]."""
     vae = components.vae
-    scale = float(vae.config.get("scaling_factor", 0.18215))
+    scale = latent_scale(vae)
     channels = components.config.latent_channels
     gen = torch.Generator().manual_seed(0)
     latents = torch.randn((samples, channels, size, size), generator=gen)

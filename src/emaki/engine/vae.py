@@ -21,6 +21,12 @@ from emaki.engine.vae_tiling import decode_tiled, encode_tiled
 log = logging.getLogger(__name__)
 
 
+def latent_scale(vae: Any) -> float:
+    """The factor between the VAE's latents and the scaled latents the UNet works on (0.18215
+    for SD 1.x, when a config does not say)."""
+    return float(vae.config.get("scaling_factor", 0.18215))
+
+
 def vae_scale_factor(vae: Any) -> int:
     """Pixels per latent pixel along a side (8 for SD 1.x)."""
     return 2 ** (len(vae.config.block_out_channels) - 1)
@@ -37,7 +43,7 @@ def pads_circularly(module: torch.nn.Module) -> bool:
 def decode_latents(vae: Any, latents: torch.Tensor, policy: DevicePolicy) -> torch.Tensor:
     """Pixels in [-1, 1] (float32, n×3×H×W, on the VAE's device) of scaled latents; in fp32
     again when a lower precision made NaN or infinities (module docstring)."""
-    z = latents / float(vae.config.get("scaling_factor", 0.18215))
+    z = latents / latent_scale(vae)
     pixels = _decode(vae, z, policy)
     if vae.dtype != torch.float32 and not bool(torch.isfinite(pixels).all()):
         log.warning("the VAE made NaN or infinite values in %s; decoding again in fp32 (as A1111's "
@@ -67,7 +73,7 @@ def encode_to_latents(vae: Any, pixels: torch.Tensor, policy: DevicePolicy) -> t
     else:
         moments = vae.encode(x).latent_dist.parameters
     mean = moments.chunk(2, dim=1)[0]
-    return mean.float() * float(vae.config.get("scaling_factor", 0.18215))
+    return mean.float() * latent_scale(vae)
 
 
 @contextmanager

@@ -25,6 +25,7 @@ from emaki.engine.output import png_info
 from emaki.engine.patching import ModelHandle
 from emaki.engine.pipeline import native_size, plan, run_generation, text_encoder_width
 from emaki.engine.policy import ensure_params_allowed
+from emaki.engine.vae import latent_scale
 from emaki.errors import ParamsError
 from emaki.files import atomic_write
 from emaki.models.hashes import sha256_file
@@ -314,7 +315,7 @@ def _train(engine: Engine, params: TrainingParams, model: LoadedModel, trainee: 
     clip = parse_lr_schedule(params.clip_grad_value).rate if params.clip_grad_mode != "disabled" else None
 
     vae = parts.vae
-    scale = float(vae.config.get("scaling_factor", 0.18215))
+    scale = latent_scale(vae)
 
     weight = next(vae.parameters())
 
