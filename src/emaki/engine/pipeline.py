@@ -134,6 +134,7 @@ def _place(model: LoadedModel, policy: DevicePolicy) -> None:
     if policy.channels_last:
         # torch's stubs omit `memory_format` from Module.to (it is a documented keyword).
         parts.unet.to(memory_format=torch.channels_last)  # type: ignore[call-arg]
+        parts.vae.to(memory_format=torch.channels_last)  # type: ignore[call-arg]
     set_compiled(parts.unet, policy.compile)  # --compile: same math, recorded nowhere
 
 

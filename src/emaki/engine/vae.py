@@ -39,6 +39,13 @@ def pads_circularly(module: torch.nn.Module) -> bool:
                if isinstance(conv, torch.nn.Conv2d))
 
 
+def in_layout(x: torch.Tensor, policy: DevicePolicy) -> torch.Tensor:
+    """`x` in the memory layout the policy runs convolutions in. A channels-last VAE fed a
+    contiguous tensor runs its convolutions in the slow layout: measured on the SD 1.5 VAE, bf16,
+    512², 2 threads: 7.1-8.0 s per decode against 2.7 s channels-last."""
+    return x.contiguous(memory_format=torch.channels_last) if policy.channels_last else x
+
+
 @torch.inference_mode()
 def decode_latents(vae: Any, latents: torch.Tensor, policy: DevicePolicy) -> torch.Tensor:
     """Pixels in [-1, 1] (float32, n×3×H×W, on the VAE's device) of scaled latents; in fp32
@@ -54,7 +61,7 @@ def decode_latents(vae: Any, latents: torch.Tensor, policy: DevicePolicy) -> tor
 
 
 def _decode(vae: Any, z: torch.Tensor, policy: DevicePolicy) -> torch.Tensor:
-    z = z.to(device=vae.device, dtype=vae.dtype)
+    z = in_layout(z.to(device=vae.device, dtype=vae.dtype), policy)
     pixels = z.shape[0] * z.shape[-2] * z.shape[-1] * vae_scale_factor(vae) ** 2
     if policy.tiles_vae(pixels) and not pads_circularly(vae.decoder):
         return torch.cat([decode_tiled(vae, z[i:i + 1]) for i in range(z.shape[0])])  # one image at a time
@@ -65,7 +72,7 @@ def _decode(vae: Any, z: torch.Tensor, policy: DevicePolicy) -> torch.Tensor:
 def encode_to_latents(vae: Any, pixels: torch.Tensor, policy: DevicePolicy) -> torch.Tensor:
     """Scaled latents (n×C×h×w, float32) of VAE-input pixels in [-1, 1]: the posterior's mean, so
     the same image always gives the same latents (A1111 samples it with the global RNG)."""
-    x = pixels.to(device=policy.device, dtype=vae.dtype)
+    x = in_layout(pixels.to(device=policy.device, dtype=vae.dtype), policy)
     factor = vae_scale_factor(vae)
     fits = x.shape[-2] % factor == 0 and x.shape[-1] % factor == 0
     if fits and policy.tiles_vae(x.shape[0] * x.shape[-2] * x.shape[-1]) and not pads_circularly(vae.encoder):

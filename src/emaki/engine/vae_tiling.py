@@ -147,6 +147,11 @@ def decode_tiled(vae: Any, z: torch.Tensor, tile: int = TILE, overlap: int = OVE
     return out.result()
 
 
+def layout_of(x: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
+        else torch.contiguous_format
+
+
 def encode_tiled(vae: Any, pixels: torch.Tensor, tile: int = TILE, overlap: int = OVERLAP,
                  margin: int = MARGIN) -> torch.Tensor:
     """The posterior's moments (`vae.encode(pixels)`'s, before the Gaussian) with the down blocks
@@ -161,6 +166,7 @@ def encode_tiled(vae: Any, pixels: torch.Tensor, tile: int = TILE, overlap: int 
         for block in encoder.down_blocks:
             x = block(x)
         features.add(x, part, 1, overlap)
-    h = encoder.mid_block(features.result().to(pixels.dtype))  # whole, as untiled
+    # whole, as untiled, and in the input's memory layout: the layout picks the convolution kernels
+    h = encoder.mid_block(features.result().to(pixels.dtype, memory_format=layout_of(pixels)))
     h = encoder.conv_out(encoder.conv_act(encoder.conv_norm_out(h)))
     return vae.quant_conv(h) if vae.quant_conv is not None else h
