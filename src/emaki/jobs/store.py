@@ -4,7 +4,7 @@ A job is a generation (`kind` 'generate': `params` holds `GenerationParams`), a 
 ('train': `params` holds `TrainingParams`, `result` its `TrainingOutcome`), an X/Y/Z plot
 ('grid': `params` holds `{"params": GenerationParams, "spec": GridSpec}`), A1111's SD upscale
 script ('sd-upscale': `GenerationParams` plus `sd_upscale`: upscaler, scale, overlap), or a merge
-or LoRA extraction ('merge', 'extract-lora': `emaki.jobs.file_jobs`). It moves queued →
+or LoRA extraction, or a lineage trace ('merge', 'extract-lora', 'lineage': `emaki.jobs.file_jobs`). It moves queued →
 running → done | failed | cancelled | interrupted. The worker claims the
 oldest queued job in one transaction, so each job runs once however many clients submit at
 the same time. Images are written to disk (atomically) before the transaction that records
@@ -42,7 +42,7 @@ from typing import Any
 from emaki.errors import ParamsError
 from emaki.jobs.faults import storage_error
 
-JOB_KINDS = ("generate", "train", "grid", "merge", "extract-lora", "sd-upscale")
+JOB_KINDS = ("generate", "train", "grid", "merge", "extract-lora", "sd-upscale", "lineage")
 KIND_CHECK = "CHECK (kind IN (" + ", ".join(f"'{kind}'" for kind in JOB_KINDS) + "))"
 JOBS_TABLE = """
 CREATE TABLE IF NOT EXISTS {name} (
@@ -101,7 +101,7 @@ class Job:
     created: float
     started: float | None
     finished: float | None
-    kind: str = "generate"  # "generate" | "train" | "grid" | "merge" | "extract-lora" | "sd-upscale"
+    kind: str = "generate"  # "generate" | "train" | "grid" | "merge" | "extract-lora" | "sd-upscale" | "lineage"
 
     def public(self) -> dict[str, Any]:
         """What the native API returns for a job (it adds the job's gallery images); a training
@@ -112,8 +112,9 @@ class Job:
             "note": self.note, "attempts": self.attempts, "created": self.created, "started": self.started,
             "finished": self.finished,
         }
-        # a grid's result: its infotexts (grid first), seeds, cells made; a merge's: the file it made
-        if self.kind in ("train", "grid", "merge", "extract-lora"):
+        # a grid's result: its infotexts (grid first), seeds, cells made; a merge's: the file it made;
+        # a lineage's: the estimate per block and its summary
+        if self.kind in ("train", "grid", "merge", "extract-lora", "lineage"):
             view["result"] = self.result
         return view
 
@@ -360,12 +361,14 @@ class JobStore:
             return job
         return replace(job, status=end.status, error=end.error, result=end.result, finished=end.finished)
 
-    def requeue(self, job_id: str, note: str) -> None:
-        """Put a running job back at its place in the queue (a training run stopped by a server
-        stop: it goes on from its last save at the next start)."""
+    def requeue(self, job_id: str, note: str | None, *, ran: bool = True) -> None:
+        """Put a running job back at its place in the queue, `note` (None: the note stays) saying
+        why: a job stopped by a server stop runs again (a training run goes on from its last
+        save) at the next start. `ran=False`: taken as the server stopped, never started, so the
+        claim is not counted in `attempts`."""
         with self._transaction("requeue the job") as db:
-            db.execute("UPDATE jobs SET status = 'queued', note = ? WHERE id = ? AND status = 'running'",
-                       (note, job_id))
+            db.execute("UPDATE jobs SET status = 'queued', note = COALESCE(?, note), attempts = attempts - ? "
+                       "WHERE id = ? AND status = 'running'", (note, 0 if ran else 1, job_id))
 
     def cancel(self, job_id: str) -> bool:
         """Cancel a queued job; False when it is not queued (running jobs are interrupted instead)."""

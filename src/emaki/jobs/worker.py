@@ -23,6 +23,15 @@ A training job runs to its end, or until it is cancelled (then it saves, and end
 `interrupted`). Stopped by a server stop, it goes back in the queue instead, and when it runs
 again (after a stop or a crash) it goes on from its last save (`resume`).
 
+A generation, grid or SD upscale job stopped by a server stop (not by its user's interrupt) goes
+back in the queue too, and runs again from its start at the next start, if it saved nothing
+yet. One that saved images (a finished batch, a cell, a partial picture) ends `interrupted` with
+them and a note instead: a rerun cannot leave out what was made (seeds, wildcards and cells
+follow from the whole job), so its images would be in the gallery twice. A client-only job
+(A1111 `save_images: false`) ends `interrupted` as before: its waiting request is answered now,
+and nobody would wait for it after a restart. A job a lane takes as the server stops is put
+back without running (its claim not counted).
+
 Nothing a job does can stop the thread. A job whose images cannot be written (a full disk) fails
 with the reason; a job whose end the store cannot record is recorded as failed with why (a
 smaller write), else held ended in memory by the store. Until a job is written again, `faults`
@@ -66,6 +75,9 @@ log = logging.getLogger("emaki.jobs")
 HELD_SECONDS = 15 * 60  # images nobody collected are dropped after this long
 LOSS_POINTS = 2000  # the loss series a training job reports: its last this many steps
 STOPPED_NOTE = "stopped by a server stop; goes on from its last save at the next start"
+RERUN_NOTE = "stopped by a server stop before it saved an image; run again at the next start"
+STOPPED_SAVED_NOTE = ("stopped by a server stop after it saved images; ended with them, not run again "
+                      "(its images would be made twice)")
 RETRY_SECONDS = 1.0  # the store could not give the next job: wait this long before asking again
 
 
@@ -105,6 +117,7 @@ class RunningJob:
     cancel: Cancel
     progress: Progress
     losses: deque[list[float]] = field(default_factory=lambda: deque(maxlen=LOSS_POINTS))  # a training job's
+    stopped: bool = False  # interrupted by the server's stop (not by a user): it may go back in the queue
 
 
 def _drawn(update: GenerationProgress) -> Image.Image | None:
@@ -253,6 +266,8 @@ class Worker:
         self._stopping.set()
         with self._lock:
             for running in self._running.values():
+                if not running.cancel.interrupt.is_set():  # a user's interrupt stays the user's
+                    running.stopped = True
                 running.cancel.interrupt.set()
         deadline = time.monotonic() + timeout
         for thread in self._threads:
@@ -382,8 +397,15 @@ class Worker:
         started = time.time()
         running = RunningJob(Cancel(), Progress(job_id=job.id, started=started))
         with self._lock:
-            self._running[job.id] = running
-            self._last_cancel = running.cancel
+            # `stop` sets the flag, then interrupts what is in `_running`: a job taken meanwhile
+            # (a requeued one, by another lane) would run on uninterrupted.
+            stopping = self._stopping.is_set()
+            if not stopping:
+                self._running[job.id] = running
+                self._last_cancel = running.cancel
+        if stopping:
+            self._put_back(job.id, None, ran=False)
+            return
         self._current.job_id = job.id
         try:
             self._run(job, running, started)
@@ -414,8 +436,8 @@ class Worker:
             # The batches finished before an interrupt or a failure are kept (the engine has
             # written them): they go into the gallery, and back to an A1111 client, as in A1111.
             partial: Generated | None = getattr(e, "result", None)
-            self._end_on_error(job, e, None if partial is None or not partial.images else
-                               lambda **end: self._record(job, partial, timestamp, **end))
+            self._generation_ended(job, running, e, None if partial is None or not partial.images else
+                                   lambda **end: self._record(job, partial, timestamp, **end))
         except Exception as e:  # noqa: BLE001 (a bug must not kill the worker; the job records it, logged)
             self._end_on_bug(job, e)
 
@@ -446,9 +468,9 @@ class Worker:
                                         save=job.keep)
             self._record_grid(job, result, timestamp)
         except EmakiError as e:
-            partial: GridResult | None = getattr(e, "result", None)
-            self._end_on_error(job, e, None if partial is None else
-                               lambda **end: self._record_grid(job, partial, timestamp, **end))
+            partial: GridResult | None = getattr(e, "result", None)  # only once a cell made an image
+            self._generation_ended(job, running, e, None if partial is None else
+                                   lambda **end: self._record_grid(job, partial, timestamp, **end))
         except Exception as e:  # noqa: BLE001 (a bug must not kill the worker; the job records it, logged)
             self._end_on_bug(job, e)
 
@@ -471,16 +493,28 @@ class Worker:
             return
         self._finish(job.id, "done", result=result)
 
-    def _end_on_error(self, job: Job, error: EmakiError, record_made: Callable[..., None] | None) -> None:
+    def _generation_ended(self, job: Job, running: RunningJob, error: EmakiError,
+                          record_made: Callable[..., None] | None) -> None:
+        """End a generation, grid or SD upscale job on `error`, as `_end_on_error` does; but one
+        kept job the server's stop interrupted goes back in the queue when it saved nothing
+        (`record_made` is None), and ends with a note saying why it is not run again otherwise."""
+        by_stop = isinstance(error, Interrupted) and running.stopped and job.keep
+        if by_stop and record_made is None:
+            self._put_back(job.id, RERUN_NOTE)
+            return
+        self._end_on_error(job, error, record_made, note=STOPPED_SAVED_NOTE if by_stop else None)
+
+    def _end_on_error(self, job: Job, error: EmakiError, record_made: Callable[..., None] | None,
+                      note: str | None = None) -> None:
         """End `job` on `error`: `interrupted`, or `failed` with the reason; what it made before
-        is recorded by `record_made` (given the end's `status`, `error` and `failure`), if any."""
+        is recorded by `record_made` (given the end's `status`, `error`, `failure` and `note`), if any."""
         status, reason = ("interrupted", "interrupted") if isinstance(error, Interrupted) else ("failed", str(error))
         failure = self._failure(job, error) if status == "failed" else None
         if record_made is not None:
-            record_made(status=status, error=reason, failure=failure)
+            record_made(status=status, error=reason, failure=failure, note=note)
         else:
             self._finish(job.id, status, error=reason, result=failure,
-                         note=error.note if isinstance(error, RemoteFailure) else None)
+                         note=error.note if isinstance(error, RemoteFailure) else note)
 
     def _end_on_bug(self, job: Job, error: Exception) -> None:
         log.exception("%s job %s failed", job.kind, job.id)
@@ -488,7 +522,8 @@ class Worker:
                      result=self._failure(job, error))
 
     def _record_grid(self, job: Job, result: GridResult, job_timestamp: str, status: str = "done",
-                     error: str | None = None, failure: dict[str, Any] | None = None) -> None:
+                     error: str | None = None, failure: dict[str, Any] | None = None,
+                     note: str | None = None) -> None:
         pictures, shown = grid_images(result)
         records = []
         if job.keep:
@@ -504,7 +539,7 @@ class Worker:
         else:
             self._hold(job.id, pictures[:shown])
         self._finish(job.id, status, result=grid_summary(result, job_timestamp) | (failure or {}), images=records,
-                     error=error)
+                     error=error, note=note)
 
     def _hold(self, job_id: str, images: list[HeldImage]) -> None:
         """Keep a job's images for the client waiting on it (dropping what nobody collected)."""
@@ -543,12 +578,20 @@ class Worker:
             self._finish(job.id, "failed", result=self._failure(job, e),
                          error=f"internal error: {type(e).__name__}: {e}")
             return
-        if outcome.cancelled and self._stopping.is_set():
-            self._let_go(job.id)
-            self.store.requeue(job.id, STOPPED_NOTE)
+        if outcome.cancelled and running.stopped:
+            self._put_back(job.id, STOPPED_NOTE)
             return
         self._finish(job.id, "interrupted" if outcome.cancelled else "done", result=finite(outcome.as_json()),
                      error="interrupted" if outcome.cancelled else None)
+
+    def _put_back(self, job_id: str, note: str | None, *, ran: bool = True) -> None:
+        """Put a job the server's stop stopped back in the queue (see `JobStore.requeue`). Should
+        the store refuse, the job stays `running`, and the next start's `recover` requeues it."""
+        self._let_go(job_id)
+        try:
+            self.store.requeue(job_id, note, ran=ran)
+        except StorageError as e:
+            log.error("job %s could not be put back in the queue (the next start retries it): %s", job_id, e)
 
     def _let_go(self, job_id: str) -> None:
         """The job no longer runs here: its progress is no longer reported."""
@@ -583,7 +626,7 @@ class Worker:
             self.store.keep_failure(job_id, reason, result)
 
     def _record(self, job: Job, result: Generated, job_timestamp: str, status: str = "done",
-                error: str | None = None, failure: dict[str, Any] | None = None) -> None:
+                error: str | None = None, failure: dict[str, Any] | None = None, note: str | None = None) -> None:
         records = []
         # Interrupted while sampling: the batch as far as it got, for an A1111 client (as A1111
         # answers), never in the gallery (it was not written).
@@ -598,7 +641,8 @@ class Worker:
                 self._hold(job.id, [*unfinished])
         else:
             self._hold(job.id, [*result.images, *unfinished])
-        note = getattr(result, "note", None)  # a job made elsewhere: e.g. retried after its worker died
+        # A job made elsewhere may say how it ran (retried after its worker died).
+        note = "; ".join(filter(None, [getattr(result, "note", None), note])) or None
         summary = result_summary(result, job_timestamp) | (failure or {})
         if unfinished:
             summary["unfinished"] = [{"seed": image.seed, "subseed": image.subseed, "infotext": image.infotext}
