@@ -210,7 +210,9 @@ def merge_command(
 
 @app.command("lineage")
 def lineage_command(
-    model: Annotated[Path, typer.Argument(help="The model to explain.")],
+    model: Annotated[
+        Path, typer.Argument(help="The model to explain: a path, or a name or hash in the model folders.")
+    ],
     more: Annotated[
         list[Path] | None,
         typer.Argument(metavar="[CANDIDATES]...", help="More candidates.", show_default=False),
@@ -220,7 +222,8 @@ def lineage_command(
         typer.Option(
             "--candidates",
             "-c",
-            help="Candidate parents: --candidates A B C ...",
+            help="Candidate parents: --candidates A B C ... (paths, or names or hashes in the "
+            "model folders)",
             show_default=False,
         ),
     ] = None,
@@ -235,15 +238,24 @@ def lineage_command(
     ] = False,
 ) -> None:
     """Estimate, block by block, which candidates a model was merged from and in what amounts."""
-    from emaki.merge import trace_lineage
+    from emaki.merge.lineage_by_name import plan_lineage, run_lineage
+    from emaki.models.hashes import HashCache
 
-    paths = [*(candidates or []), *(more or [])]
-    if not paths:
+    names = [*(candidates or []), *(more or [])]
+    if not names:
         raise EmakiError("lineage: give candidate models with --candidates A B ...")
+    workspace = cli_workspace()
+    planned = plan_lineage(
+        workspace,
+        HashCache(workspace.hash_cache),
+        model,
+        names,
+        nonnegative=nonnegative,
+        model_field="MODEL",
+        candidates_field="--candidates",
+    )
     with progress_bar("comparing") as update:
-        result = trace_lineage(
-            model, [str(p) for p in paths], nonnegative=nonnegative, progress=update
-        )
+        result = run_lineage(planned, progress=update)
     if as_json:
         print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
     else:

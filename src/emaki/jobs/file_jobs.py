@@ -1,12 +1,15 @@
-"""Queued jobs that make model files from model files: a merge (`kind` 'merge', LoRAs baked in
-included) and a LoRA extraction ('extract-lora'), run by the worker on the workspace's files
-(`emaki.merge.by_name`), where the server keeps its models.
+"""Queued jobs on model files: a merge (`kind` 'merge', LoRAs baked in included) and a LoRA
+extraction ('extract-lora'), which make a file, and a lineage trace ('lineage', which reads only),
+run by the worker on the workspace's files (`emaki.merge.by_name`, `lineage_by_name`), where the
+server keeps its models.
 
 A job's `params` are the request's fields with models as files (the server found them by name):
 merge `{"models": [path, ...], "mode", "alpha", "blocks", "loras": [{"name", "te", "unet"}],
-"output", "overwrite"}`, extraction `{"tuned": path, "base": path, "rank", "output", "overwrite"}`.
+"output", "overwrite"}`, extraction `{"tuned": path, "base": path, "rank", "output", "overwrite"}`,
+lineage `{"model": path, "candidates": [path, ...], "nonnegative"}`.
 `check` refuses bad params before they are queued; `run` writes the file and returns the job's
-`result`, naming the new model. Cancelled, a job stops between slices (layers) and leaves no file.
+`result`, naming the new model (a lineage's: `emaki lineage --json` and the summary lines).
+Cancelled, a job stops between slices (layers) and leaves no file.
 """
 
 from __future__ import annotations
@@ -24,11 +27,12 @@ from emaki.merge.by_name import (
     run_extraction,
     run_merge,
 )
+from emaki.merge.lineage_by_name import PlannedLineage, lineage_view, plan_lineage, run_lineage
 from emaki.models.hashes import HashCache
 from emaki.workspace import Workspace
 
-FILE_JOB_KINDS = ("merge", "extract-lora")
-#: `progress(done, total)`: bytes written (a merge) or layers fitted (an extraction)
+FILE_JOB_KINDS = ("merge", "extract-lora", "lineage")
+#: `progress(done, total)`: bytes written (a merge), layers fitted (an extraction) or bytes read (a lineage)
 FileJobProgress = Callable[[int, int], None]
 
 
@@ -43,7 +47,7 @@ class FileJobs:
         """Refuse (an `EmakiError` naming the field) what could not run; nothing is opened."""
         self._plan(kind, params)
 
-    def _plan(self, kind: str, params: dict[str, Any]) -> PlannedMerge | PlannedExtraction:
+    def _plan(self, kind: str, params: dict[str, Any]) -> PlannedMerge | PlannedExtraction | PlannedLineage:
         if kind == "merge":
             loras = [(lora["name"], lora.get("te", 1.0), lora.get("unet", lora.get("te", 1.0)))
                      for lora in params.get("loras") or []]
@@ -54,12 +58,15 @@ class FileJobs:
             return plan_extraction(self.workspace, self.hashes, params["tuned"], params["base"],
                                    output=params["output"], rank=params.get("rank", 32),
                                    overwrite=bool(params.get("overwrite")))
+        if kind == "lineage":
+            return plan_lineage(self.workspace, self.hashes, params["model"], params["candidates"],
+                                nonnegative=params.get("nonnegative", False))
         raise ParamsError(f"job kind {kind!r}: expected one of {', '.join(FILE_JOB_KINDS)}")
 
     def run(self, kind: str, params: dict[str, Any], *, progress: FileJobProgress | None = None,
             cancel: threading.Event | None = None) -> dict[str, Any]:
         """Make the file; the job's result: `name` (the new model's, as listings show it),
-        `filename`, `path`, and what the run found."""
+        `filename`, `path`, and what the run found (a lineage: `lineage_view`, no file)."""
         planned = self._plan(kind, params)
         if isinstance(planned, PlannedMerge):
             merged = run_merge(planned.recipe, planned.out, hashes=self.hashes, overwrite=planned.overwrite,
@@ -67,6 +74,8 @@ class FileJobs:
             return {"kind": kind, "name": merged.path.stem, "filename": merged.path.name, "path": str(merged.path),
                     "recipe": merged.recipe.to_dict(), "seconds": merged.seconds, "bytes": merged.nbytes,
                     "lora_unmatched": {label: len(keys) for label, keys in merged.lora_unmatched.items()}}
+        if isinstance(planned, PlannedLineage):
+            return {"kind": kind, **lineage_view(run_lineage(planned, progress=progress, cancel=cancel))}
         from emaki.merge.blocks import block_of
 
         def layers(done: int, total: int, key: str) -> None:

@@ -1,7 +1,9 @@
-"""`/api/merge` and `/api/lora/extract`: checkpoint merges (LoRAs baked in) and LoRA extraction as
-queued jobs (`emaki.jobs.file_jobs`), watched like any job (`/api/jobs/{id}/events`: progress is
-bytes, or layers, done of the total); a finished job's `result` names the new model, which the
-listings then show (`/api/models`, `/sdapi/v1/sd-models`, `/api/loras`).
+"""`/api/merge`, `/api/lora/extract` and `/api/lineage`: checkpoint merges (LoRAs baked in), LoRA
+extraction and lineage traces as queued jobs (`emaki.jobs.file_jobs`), watched like any job
+(`/api/jobs/{id}/events`: progress is bytes, or layers, done of the total); a finished merge's or
+extraction's `result` names the new model, which the listings then show (`/api/models`,
+`/sdapi/v1/sd-models`, `/api/loras`); a lineage's holds the estimate per block (`emaki lineage
+--json`) and its `summary` lines.
 
 Models and LoRAs are named as the listings name them (never a path); the output is a file name
 written to the server's checkpoint (LoRA) folder. Everything is checked before the job is
@@ -24,6 +26,7 @@ from emaki.server.service import Service
 
 router = APIRouter(prefix="/api", tags=["native"])
 MAX_NAME = 255  # a file name
+MAX_CANDIDATES = 16  # a lineage reads every candidate alongside the model, slice by slice
 
 
 class LoraWeight(CheckedModel):
@@ -63,6 +66,18 @@ class ExtractRequest(CheckedModel):
     rank: int = Field(32, ge=1, le=1024)
     output: str = Field(min_length=1, max_length=MAX_NAME)
     overwrite: bool = False
+
+
+class LineageRequest(CheckedModel):
+    """`emaki lineage`: `model`, block by block, as a combination of `candidates` (least squares;
+    `nonnegative`: coefficients ≥ 0, the candidates not taking part exactly 0)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, max_length=MAX_NAME + 20, description="as /api/models names it")
+    candidates: list[str] = Field(min_length=1, max_length=MAX_CANDIDATES,
+                                  description="the possible parents, as /api/models names them")
+    nonnegative: bool = Field(False, strict=True)
 
 
 def _service(request: Request) -> Service:
@@ -105,3 +120,15 @@ def submit_extraction(body: ExtractRequest, request: Request) -> dict[str, Any]:
     params = {"tuned": _checkpoint(service, body.tuned, "tuned"), "base": _checkpoint(service, body.base, "base"),
               "rank": body.rank, "output": body.output, "overwrite": body.overwrite}
     return _submit(service, "extract-lora", params)
+
+
+@router.post("/lineage", status_code=202)
+def submit_lineage(body: LineageRequest, request: Request) -> dict[str, Any]:
+    """Queue a lineage trace; the job's `result` has, per block, the `coefficients` of each
+    candidate (by file path, in `candidates` order) and the relative `residual`, the blocks
+    bit-identical to a candidate, the LoRA-like differences and the `summary` lines."""
+    service = _service(request)
+    params = {"model": _checkpoint(service, body.model, "model"),
+              "candidates": [_checkpoint(service, name, f"candidates[{i}]") for i, name in enumerate(body.candidates)],
+              "nonnegative": body.nonnegative}
+    return _submit(service, "lineage", params)
