@@ -6,6 +6,7 @@ the X/Y/Z plot, settings, the speed options and the models list."""
 from __future__ import annotations
 
 import base64
+import json
 import re
 import shutil
 from collections.abc import Iterator
@@ -320,10 +321,11 @@ def test_settings_read_and_write_the_options(page: Any, session: Session, module
     page.reload()
     expect(skip).to_have_value("2")
     session.screenshot("settings")
-    skip.fill("0")  # out of range: the server's message is shown
+    skip.fill("0")  # out of range: the server's message is shown, next to the field it names
     page.locator("#settings-save").click()
     expect(page.locator("#settings-info")).to_have_text("Not saved.")
     expect(page.locator("#error")).to_be_visible()
+    expect(page.locator("#opt-CLIP_stop_at_last_layers ~ .option-error")).to_contain_text("greater than or equal to 1")
     with module_server.client() as api:  # leave the shared server as it was
         api.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 1, "eta_noise_seed_delta": 0})
 
@@ -358,16 +360,63 @@ def test_merge_tab_merges_two_checkpoints(page: Any, session: Session, module_se
     page.locator("#merge-start").click()  # no output name: said on the page, nothing queued
     expect(page.locator("#error")).to_contain_text("Output file")
     page.locator("#merge-output").fill("mix.safetensors")
+    page.locator("#merge-blocks").fill(",".join(["0.5"] * 24))  # one short: the server's message, by the field
+    page.locator("#merge-start").click()
+    expect(page.locator("#merge-blocks-error")).to_contain_text("blocks")
+    assert not (folder / "mix.safetensors").exists()
+    page.locator("#merge-blocks-preset").select_option("input-b")  # B's input blocks, A's middle and output
+    blocks = [1.0] * 12 + [0.0] * 13
+    expect(page.locator("#merge-blocks")).to_have_value(",".join(["1"] * 12 + ["0"] * 13))
     with page.expect_request(lambda r: r.url.endswith("/api/merge") and r.method == "POST") as request:
         page.locator("#merge-start").click()
     assert request.value.post_data_json == {"models": ["a", "b"], "loras": [], "output": "mix.safetensors",
-                                            "overwrite": False, "alpha": 0.5}
+                                            "overwrite": False, "alpha": 0.5, "blocks": blocks}
     page.wait_for_function("window.emaki.mergesFinished > 0")
     expect(page.locator("#merge-status")).to_have_text("Done: mix.safetensors")
+    expect(page.locator("#merge-blocks-error")).to_be_empty()
+    expect(page.locator("#merge-recipe")).to_contain_text(f"blocks: [{','.join(['1'] * 12 + ['0'] * 13)}]")
     assert (folder / "mix.safetensors").is_file()
+    from safetensors import safe_open
+
+    with safe_open(folder / "mix.safetensors", "np") as merged:
+        assert json.loads(merged.metadata()["emaki_merge_recipe"])["blocks"] == blocks
     expect(page.locator("#model option[value*='mix']")).to_have_count(1)  # the generation form lists it
     session.screenshot("merge")
     # The server's refusal (the file exists now) is shown.
     page.locator("#merge-start").click()
     expect(page.locator("#error")).to_contain_text("output")
     expect(page.locator("#merge-start")).to_be_enabled()
+
+
+def test_settings_show_every_option_by_section_and_apply_only_changes(page: Any, module_server: Any) -> None:
+    from playwright.sync_api import expect
+
+    with module_server.client() as api:
+        schema = api.get("/api/options/schema").json()
+    assert len(schema) >= 325 and {"key", "type", "default", "section", "choices"} <= set(schema[0])
+    page.locator("#tab-settings").click()
+    expect(page.locator("#settings-form .option-row")).to_have_count(len(schema))
+    expect(page.locator("#opt-randn_source option")).to_have_count(3)  # a select from the choices
+    expect(page.locator("#opt-quicksettings_list")).to_have_value('["sd_model_checkpoint"]')  # a list: JSON
+    page.locator("#settings-search").fill("save_tx")
+    expect(page.locator("#opt-save_txt")).to_be_visible()
+    expect(page.locator("#opt-samples_save")).to_be_hidden()
+    expect(page.locator(".option-section:visible h3")).to_have_text(["Infotext"])  # A1111's section
+    page.locator("#opt-save_txt").check()
+    with page.expect_request(lambda r: r.url.endswith("/sdapi/v1/options") and r.method == "POST") as request:
+        page.locator("#settings-save").click()
+    assert request.value.post_data_json == {"save_txt": True}  # only what changed
+    expect(page.locator("#settings-info")).to_have_text("Saved.")
+    with module_server.client() as api:
+        assert api.get("/sdapi/v1/options").json()["save_txt"] is True
+    # A list of numbers where the server wants strings: its message, next to that field.
+    page.locator("#settings-search").fill("quicksettings")
+    page.locator("#opt-quicksettings_list").fill("[1]")
+    page.locator("#settings-save").click()
+    expect(page.locator("#opt-quicksettings_list ~ .option-error")).to_contain_text("expected a list of strings")
+    page.locator("#opt-quicksettings_list").fill("[1")  # not JSON: said on the page, nothing sent
+    page.locator("#settings-save").click()
+    expect(page.locator("#opt-quicksettings_list ~ .option-error")).to_contain_text("JSON")
+    with module_server.client() as api:  # leave the shared server as it was
+        api.post("/sdapi/v1/options", json={"save_txt": False})
+        assert api.get("/sdapi/v1/options").json()["quicksettings_list"] == ["sd_model_checkpoint"]

@@ -339,3 +339,44 @@ A1111_OPTIONS: dict[str, Any] = {
     "ldsr_steps": 100,
     "ldsr_cached": False,
 }
+
+# A1111's settings sections (`options_section`), as (first key, title): a section holds the keys
+# of `A1111_OPTIONS` from its first key up to the next section's. Sections an extension or script
+# adds to (Lora to Extra Networks, ScuNET/SwinIR/LDSR to Upscaling, prompt comments to Stable
+# Diffusion) appear again where their keys are listed. "Hidden options" are A1111's own
+# `options_section((None, ...))`.
+A1111_SECTIONS: tuple[tuple[str, str], ...] = (
+    ("samples_save", "Saving images/grids"),
+    ("outdir_samples", "Paths for saving"),
+    ("save_to_dirs", "Saving to a directory"),
+    ("ESRGAN_tile", "Upscaling"),
+    ("face_restoration", "Face restoration"),
+    ("auto_launch_browser", "System"),
+    ("profiling_enable", "Profiler"),
+    ("api_enable_requests", "API"),
+    ("unload_models_when_training", "Training"),
+    ("sd_model_checkpoint", "Stable Diffusion"),
+    ("sdxl_crop_top", "Stable Diffusion XL"),
+    ("sd3_enable_t5", "Stable Diffusion 3"),
+    ("sd_vae_checkpoint_cache", "VAE"),
+    ("inpainting_mask_weight", "img2img"),
+    ("cross_attention_optimization", "Optimizations"),
+    ("auto_backcompat", "Compatibility"),
+    ("interrogate_keep_models_in_memory", "Interrogate"),
+    ("extra_networks_show_hidden_directories", "Extra Networks"),
+    ("keyedit_precision_attention", "Prompt editing"),
+    ("return_grid", "Gallery"),
+    ("compact_prompt_box", "UI alternatives"),
+    ("localization", "User interface"),
+    ("enable_pnginfo", "Infotext"),
+    ("show_progressbar", "Live previews"),
+    ("hide_samplers", "Sampler parameters"),
+    ("postprocessing_enable_in_main_ui", "Postprocessing"),
+    ("disabled_extensions", "Hidden options"),
+    ("enable_prompt_comments", "Stable Diffusion"),
+    ("sd_lora", "Extra Networks"),
+    ("canvas_hotkey_zoom", "Canvas Hotkeys"),
+    ("extra_options_txt2img", "Settings in UI"),
+    ("hypertile_enable_unet", "Hypertile"),
+    ("SCUNET_tile", "Upscaling"),
+)

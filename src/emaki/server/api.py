@@ -34,6 +34,7 @@ from emaki.server.a1111 import decode_image
 from emaki.server.a1111_schema import ExtrasRequest, PngInfoRequest
 from emaki.server.changes import ChangeBell, Versions
 from emaki.server.extras import check_extras, encode_extras_png, queue_sd_upscale, run_extras
+from emaki.server.options import options_schema
 from emaki.server.service import Service, remove_input
 from emaki.training.params import DEFAULT_LEARN_RATES, MAX_VECTORS, TrainingParams
 from emaki.training.templates import TEMPLATE_NAMES
@@ -195,6 +196,13 @@ def training_options() -> dict[str, Any]:
     hypernetwork activations."""
     return {"templates": list(TEMPLATE_NAMES), "learn_rates": DEFAULT_LEARN_RATES, "max_vectors": MAX_VECTORS,
             "activations": list(ACTIVATIONS)}
+
+
+@router.get("/options/schema")
+def options_schema_view() -> list[dict[str, Any]]:
+    """Every `/sdapi/v1/options` setting with its type, default, A1111 section and choices (the
+    page's Settings editor); read-only."""
+    return options_schema()
 
 
 @router.get("/jobs")

@@ -16,7 +16,7 @@ import logging
 import math
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import ValidationError
 
@@ -24,7 +24,7 @@ from emaki.errors import ParamsError
 from emaki.files import atomic_write
 from emaki.jobs.faults import storage_error
 from emaki.params import GenerationParams, quotable
-from emaki.server.a1111_options import A1111_OPTIONS
+from emaki.server.a1111_options import A1111_OPTIONS, A1111_SECTIONS
 from emaki.workspace import Workspace
 
 log = logging.getLogger("emaki.server")
@@ -56,6 +56,9 @@ DERIVED_OPTIONS = frozenset({"sd_checkpoint_hash"})
 NULLABLE_OPTIONS = DERIVED_OPTIONS | {"sd_hypernetwork"}
 MAX_TEXT = 10_000  # characters of a text setting (A1111's longest default is a short pattern)
 MAX_LISTED = 10  # unknown keys an error names
+# Settings emaki acts on by name (the rest of `OPTION_FIELDS`' kind: they change a generation).
+NAMED_OPTIONS = frozenset({"sd_model_checkpoint", "sd_vae", "sd_hypernetwork"})
+EMAKI_SECTION = "emaki"  # settings A1111 does not have
 
 
 def output_folder_options(workspace: Workspace) -> dict[str, str]:
@@ -130,6 +133,45 @@ def _has_type(value: Any, expected: str) -> bool:
         return (isinstance(value, list) and len(value) <= 1000
                 and all(isinstance(item, str) and len(item) <= MAX_TEXT for item in value))
     return isinstance(value, str)
+
+
+def options_schema() -> list[dict[str, Any]]:
+    """Every setting as the web page's editor needs it, in A1111's order: `key`, `type` (bool,
+    int, float, text, text-or-null, list: what `check_option` accepts), `default`, `section`
+    (A1111's), `choices` (the values a generation field allows, else None: names of models are the
+    listings'), `applied` (emaki acts on it) and `readonly` (the server sets it)."""
+    sections = _sections()
+    return [{"key": key, "type": _schema_type(key), "default": default,
+             "section": sections.get(key, EMAKI_SECTION), "choices": _choices(key),
+             "applied": key in OPTION_FIELDS or key in NAMED_OPTIONS,
+             "readonly": key in OUTPUT_FOLDER_OPTIONS or key in DERIVED_OPTIONS}
+            for key, default in DEFAULTS.items()]
+
+
+def _sections() -> dict[str, str]:
+    """Each A1111 key's section: a section runs from its first key to the next one's."""
+    starts = dict(A1111_SECTIONS)
+    sections, title = {}, ""
+    for key in A1111_OPTIONS:
+        title = starts.get(key, title)
+        sections[key] = title
+    return sections
+
+
+def _schema_type(key: str) -> str:
+    expected = _expected_type(key)
+    if expected == "a number":
+        return "float" if isinstance(DEFAULTS[key], float) else "int"
+    return {"a string or null": "text-or-null", "true or false": "bool", "a list of strings": "list"}.get(
+        expected, "text")
+
+
+def _choices(key: str) -> list[Any] | None:
+    """The values of a `Literal` generation field the setting fills (`randn_source`, `emphasis`)."""
+    if key not in OPTION_FIELDS:
+        return None
+    choices = get_args(GenerationParams.model_fields[OPTION_FIELDS[key]].annotation)
+    return list(choices) or None
 
 
 def checked_saved(path: Path, saved: dict[str, Any]) -> dict[str, Any]:

@@ -3,19 +3,25 @@
 // /api/jobs and watches them (server-sent events, or polling when the server wants credentials),
 // the X/Y/Z plot (/api/grid), a gallery with a lightbox, Extras (/api/upscale), Train (/api/train,
 // with its loss curve), Styles, Merge, Batch (/api/batch), Models and Settings. Plain ES modules,
-// no build step. Text from the server or from images only ever goes into the DOM through textContent.
+// no build step: this file holds the tabs, the job watching and the start; each part's own module
+// is in js/ (the form in form.js, the LoRA picker in loras.js, Settings in settings.js, ...). Text from the server or from images only ever goes into the DOM through textContent.
 import {
-  $, api, clearError, debounce, DEBOUNCE_MS, fetchBlob, fillSelect, FINISHED, intOrNull, POLL_MS,
-  readAsDataUrl, setStatus, showError, state, streamEvents,
+  $, api, clearError, debounce, DEBOUNCE_MS, FINISHED, POLL_MS, readAsDataUrl, setStatus, showError, state,
+  streamEvents,
 } from "./js/core.js";
 import { setUpBatch } from "./js/batch.js";
 import { loadUpscalers, setUpExtras } from "./js/extras.js";
+import { fillForm, loadChoices, readForm, reloadCheckpoints } from "./js/form.js";
 import { loadGallery, renderItems, setUpGallery } from "./js/gallery.js";
-import { readInpaint, resetMask, setUpInpaint } from "./js/mask.js";
+import { setUpInit, useAsInit } from "./js/init_image.js";
+import { loadLoras, setUpLoras } from "./js/loras.js";
+import { setUpInpaint } from "./js/mask.js";
 import { loadMergeChoices, setUpMerge } from "./js/merge.js";
-import { loadModels, loadSettings, setUpPanels } from "./js/panels.js";
-import { loadStyles, pickedStyles, pickStyles, setUpStyles } from "./js/styles.js";
+import { loadModels, setUpPanels } from "./js/panels.js";
+import { loadSettings, setUpSettings } from "./js/settings.js";
+import { loadStyles, setUpStyles } from "./js/styles.js";
 import { setUpTagComplete } from "./js/tags.js";
+import { tokenCounter } from "./js/tokens.js";
 import { loadTrainingOptions, setUpTraining } from "./js/train.js";
 import { loadAxes, readGrid, setUpXyz } from "./js/xyz.js";
 
@@ -72,272 +78,10 @@ function setUpTabs() {
 }
 
 
-// ---------------------------------------------------------------- token counters
-
-// Returns a function that recounts now; typing recounts after a pause.
-function tokenCounter(textarea, output, negative) {
-  let latest = 0;  // only the newest answer is shown, whatever order they arrive in
-  async function update() {
-    const mine = ++latest;
-    try {
-      const count = await api("/api/tokens", { method: "POST", body: { prompt: textarea.value, negative } });
-      if (mine === latest) renderTokens(output, count);
-    } catch (error) {
-      if (mine === latest) output.textContent = `tokens: ${error.message}`;
-    }
-  }
-  textarea.addEventListener("input", debounce(update, DEBOUNCE_MS));
-  return update;
-}
-
-function renderTokens(output, count) {
-  output.replaceChildren();
-  const total = document.createElement("span");
-  total.className = "count";
-  total.textContent = `${count.tokens}/${count.limit}`;
-  total.title = count.summary;
-  output.append(total);
-  if (count.chunks.length > 1) {
-    // Each 75-token chunk is encoded separately: show where one ends and the next starts.
-    const list = document.createElement("ol");
-    list.className = "chunks";
-    for (const chunk of count.chunks) {
-      const item = document.createElement("li");
-      item.textContent = `chunk ${chunk.index + 1} (${chunk.tokens} tokens) starts at: ${chunk.text}`;
-      item.title = chunk.text;
-      list.append(item);
-    }
-    output.append(list);
-  }
-}
-
-// ---------------------------------------------------------------- form
-
-// A new checkpoint (a merge): the model menu lists it, and keeps what was chosen.
-async function reloadCheckpoints() {
-  const chosen = $("model").value;
-  try {
-    await loadChoices();
-  } catch (error) {
-    showError(`Could not list the models: ${error.message}`);
-    return;
-  }
-  if ([...$("model").options].some((o) => o.value === chosen)) $("model").value = chosen;
-}
-
-async function loadChoices() {
-  const [models, samplers, schedulers] = await Promise.all([
-    api("/api/models"), api("/sdapi/v1/samplers"), api("/sdapi/v1/schedulers"),
-  ]);
-  state.checkpoints = models.checkpoints;
-  state.samplers = samplers;
-  state.schedulers = schedulers;
-  fillSelect($("model"), models.checkpoints.map((c) => [c.title, c.title]));
-  $("model").value = models.current;
-  fillSelect($("vae"), [["", "Automatic"], ...models.vaes.map((name) => [name, name])]);
-  fillSelect($("sampler"), samplers.map((s) => [s.name, s.name]));
-  $("sampler").value = samplers.some((s) => s.name === "Euler a") ? "Euler a" : samplers[0]?.name;
-  fillSelect($("scheduler"), schedulers.map((s) => [s.label, s.label]));
-  $("scheduler").value = "Automatic";
-}
-
-// The form as `GenerationParams` fields; empty size fields mean the model's native size. The tab
-// decides the mode, as in A1111: the init image (and mask) go only from the img2img tab.
-function readForm() {
-  const params = {
-    prompt: $("prompt").value,
-    negative_prompt: $("negative").value,
-    seed: intOrNull("seed") ?? -1,
-    sampler_name: $("sampler").value,
-    scheduler: $("scheduler").value,
-    steps: intOrNull("steps") ?? 20,
-    cfg_scale: $("cfg").value.trim() === "" ? 7 : Number($("cfg").value),
-    batch_size: intOrNull("batch-size") ?? 1,
-    n_iter: intOrNull("batch-count") ?? 1,
-  };
-  for (const [field, id] of [["width", "width"], ["height", "height"]]) {
-    const value = intOrNull(id);
-    if (value !== null) params[field] = value;
-  }
-  if ($("model").value) params.model = $("model").value;
-  if ($("vae").value) params.vae = $("vae").value;
-  const styles = pickedStyles();
-  if (styles.length) params.styles = styles;
-  Object.assign(params, readSpeed());
-  if (state.init && currentTab() === "img2img") {
-    // img2img: the image itself travels (the server takes no paths); without one, none of these
-    // fields are sent and the job is plain text to image.
-    const denoise = $("denoise").value.trim();
-    params.init_image = state.init;
-    params.denoising_strength = denoise === "" ? 0.75 : Number(denoise);
-    params.resize_mode = $("resize-mode").value;
-    if ($("inpaint").checked) Object.assign(params, readInpaint());
-  }
-  if ($("hires").checked) {
-    // Hires fix: a second, larger pass at the denoising strength; unchecked, none of it is sent.
-    const denoise = $("denoise").value.trim();
-    params.enable_hr = true;
-    params.hr_scale = $("hr-scale").value.trim() === "" ? 2 : Number($("hr-scale").value);
-    params.hr_upscaler = $("hr-upscaler").value;
-    params.hr_second_pass_steps = intOrNull("hr-steps") ?? 0;
-    params.denoising_strength = denoise === "" ? 0.75 : Number(denoise);
-  }
-  return params;
-}
-
-function numberOrNull(id) {
-  const text = $(id).value.trim();
-  return text === "" ? null : Number(text);
-}
-
-// The speed options (and tiling): only those switched on are sent, the rest keep the server's defaults.
-function readSpeed() {
-  const fields = {};
-  if ($("tiling").checked) fields.tiling = true;
-  for (const [field, id] of [["cache_interval", "cache-interval"], ["gate_step", "gate-step"]]) {
-    const value = intOrNull(id);
-    if (value) fields[field] = value;
-  }
-  for (const [field, id] of [["s_min_uncond", "ngms"], ["token_merging_ratio", "token-merging"]]) {
-    const value = numberOrNull(id);
-    if (value) fields[field] = value;
-  }
-  return fields;
-}
-
-function fillSpeed(params) {
-  $("tiling").checked = Boolean(params.tiling);
-  $("cache-interval").value = params.cache_interval ?? 0;
-  $("gate-step").value = params.gate_step ?? 0;
-  $("ngms").value = params.s_min_uncond ?? 0;
-  $("token-merging").value = params.token_merging_ratio ?? 0;
-}
-
-const same = (a, b) => String(a).toLowerCase() === String(b).toLowerCase();
-
-// Puts parameters (from the gallery or a PNG) back into the form. Names the page does not
-// know (a sampler or model missing here) are reported instead of silently kept. `fields` are
-// the infotext's own fields: the denoising strength is taken only when the image had one
-// (the init image itself is never set from here).
-function fillForm(params, fields = {}) {
-  const unknown = [];
-  $("prompt").value = params.prompt ?? "";
-  $("negative").value = params.negative_prompt ?? "";
-  $("seed").value = params.seed ?? -1;
-  if (params.steps != null) $("steps").value = params.steps;
-  if (params.cfg_scale != null) $("cfg").value = params.cfg_scale;
-  $("width").value = params.width ?? "";
-  $("height").value = params.height ?? "";
-  if (fields["Denoising strength"] != null && params.denoising_strength != null) {
-    setDenoise(params.denoising_strength);
-  }
-  $("hires").checked = Boolean(params.enable_hr);
-  if (params.enable_hr) {
-    if (params.hr_scale != null) $("hr-scale").value = params.hr_scale;
-    if (params.hr_second_pass_steps != null) $("hr-steps").value = params.hr_second_pass_steps;
-    if ([...$("hr-upscaler").options].some((o) => o.value === params.hr_upscaler)) {
-      $("hr-upscaler").value = params.hr_upscaler;
-    } else if (params.hr_upscaler) {
-      unknown.push(`upscaler ${params.hr_upscaler}`);
-    }
-  }
-
-  const sampler = state.samplers.find((s) => same(s.name, params.sampler_name)
-    || (s.aliases || []).some((alias) => same(alias, params.sampler_name)));
-  if (sampler) $("sampler").value = sampler.name;
-  else if (params.sampler_name) unknown.push(`sampler ${params.sampler_name}`);
-
-  const schedule = state.schedulers.find((s) => same(s.label, params.scheduler) || same(s.name, params.scheduler)
-    || (s.aliases || []).some((alias) => same(alias, params.scheduler)));
-  if (schedule) $("scheduler").value = schedule.label;
-  else if (params.scheduler) unknown.push(`schedule ${params.scheduler}`);
-
-  if (params.model) {
-    const checkpoint = state.checkpoints.find((c) => [c.title, c.name, c.hash].some((n) => n && same(n, params.model)));
-    if (checkpoint) $("model").value = checkpoint.title;
-    else unknown.push(`model ${params.model}`);
-  }
-  fillSpeed(params);
-  unknown.push(...pickStyles(params.styles || []).map((name) => `style ${name}`));
-  recountTokens();
-  return unknown;
-}
-
-let recountTokens = () => {};
-
-// ---------------------------------------------------------------- LoRA picker
-
-// The name a tag selects the LoRA by: its alias (kohya's `ss_output_name`), as A1111 inserts it,
-// unless the alias could not stand in a tag.
-function loraTagName(lora) {
-  return lora.alias && !/[:<>]/.test(lora.alias) ? lora.alias : lora.name;
-}
-
-async function loadLoras() {
-  state.loras = await api("/api/loras");
-  renderLoras();
-}
-
-async function refreshLoras() {
-  try {
-    await api("/sdapi/v1/refresh-loras", { method: "POST" });
-    await loadLoras();
-  } catch (error) {
-    showError(`Could not list the LoRAs: ${error.message}`);
-  }
-}
-
-function renderLoras() {
-  const filter = $("lora-filter").value.trim().toLowerCase();
-  const shown = state.loras.filter((lora) => !filter
-    || [lora.name, lora.alias, ...lora.trigger_words].some((text) => text.toLowerCase().includes(filter)));
-  $("lora-list").replaceChildren(...shown.map(loraButton));
-  $("lora-count").textContent = state.loras.length ? `(${state.loras.length})` : "";
-  $("lora-empty").hidden = state.loras.length > 0;
-}
-
-// One LoRA: its file name (and alias); hovering shows the tag, trigger words and bundled embeddings.
-function loraButton(lora) {
-  const tag = `<lora:${loraTagName(lora)}:1>`;
-  const button = document.createElement("button");
-  button.type = "button";
-  button.className = "lora";
-  button.dataset.name = lora.name;
-  button.textContent = lora.name;
-  if (lora.alias !== lora.name) {
-    const alias = document.createElement("span");
-    alias.className = "alias";
-    alias.textContent = lora.alias;
-    button.append(alias);
-  }
-  const lines = [`Adds ${tag} to the prompt`];
-  if (lora.trigger_words.length) lines.push(`Trigger words: ${lora.trigger_words.join(", ")}`);
-  if (lora.embeddings.length) lines.push(`Embeddings: ${lora.embeddings.join(", ")}`);
-  if (lora.base_model) lines.push(`Base model: ${lora.base_model}`);
-  button.title = lines.join("\n");
-  button.addEventListener("click", () => insertIntoPrompt(tag));
-  return button;
-}
-
-// Puts `text` into the prompt at its cursor (over a selection; at the end when the prompt was
-// only ever filled in, which leaves the cursor there), a space apart from what is around it.
-function insertIntoPrompt(text) {
-  const area = $("prompt");
-  const before = area.value.slice(0, area.selectionStart);
-  const after = area.value.slice(area.selectionEnd);
-  const head = `${before}${before && !/\s$/.test(before) ? " " : ""}${text}`;
-  area.value = `${head}${after && !/^\s/.test(after) ? " " : ""}${after}`;
-  area.focus();
-  area.setSelectionRange(head.length, head.length);
-  area.dispatchEvent(new Event("input"));  // the token counter
-}
-
-function setUpLoras() {
-  $("lora-filter").addEventListener("input", renderLoras);
-  $("lora-refresh").addEventListener("click", refreshLoras);
-}
-
 // ---------------------------------------------------------------- jobs
+
+// Recounts both prompts' tokens (after the form was filled in); set when start() makes the counters.
+let recountTokens = () => {};
 
 // Generate (the button, or Ctrl+Enter in any prompt box): a job on /api/jobs, or on the X/Y/Z
 // tab one grid job on /api/grid.
@@ -352,8 +96,8 @@ async function generate() {
   let job;
   try {
     job = currentTab() === "xyz"
-      ? await api("/api/grid", { method: "POST", body: { params: readForm(), ...readGrid() } })
-      : await api("/api/jobs", { method: "POST", body: readForm() });
+      ? await api("/api/grid", { method: "POST", body: { params: readForm(currentTab()), ...readGrid() } })
+      : await api("/api/jobs", { method: "POST", body: readForm(currentTab()) });
   } catch (error) {
     showError(error.message);
     setStatus("Not queued");
@@ -499,6 +243,7 @@ async function sendToPrompt(imageId) {
   try {
     const info = await api(`/api/images/${encodeURIComponent(imageId)}/params`);
     const unknown = fillForm(info.params, info.fields);
+    recountTokens();
     setStatus(unknown.length ? `Loaded image ${imageId}; not available here: ${unknown.join(", ")}` : `Loaded image ${imageId}`);
     if (!["txt2img", "img2img", "xyz"].includes(currentTab())) showTab("txt2img");
     $("prompt").focus();
@@ -507,95 +252,6 @@ async function sendToPrompt(imageId) {
   }
 }
 
-// ---------------------------------------------------------------- init image (img2img)
-
-function setDenoise(value) {
-  $("denoise").value = value;
-  $("denoise-range").value = value;
-}
-
-// Shows `dataUrl` as the init image once the browser has decoded it; a file that is not an
-// image is reported and leaves the current init image as it was.
-function setInitImage(dataUrl, name) {
-  return new Promise((resolve) => {
-    const probe = new Image();
-    probe.onload = () => {
-      state.init = dataUrl;
-      $("init-preview").src = dataUrl;
-      $("init-preview").hidden = false;
-      $("init-info").textContent = `${name}, ${probe.naturalWidth}×${probe.naturalHeight}`;
-      $("init-info").title = name;
-      $("init-clear").disabled = false;
-      $("mask-image").src = dataUrl;
-      resetMask(probe.naturalWidth, probe.naturalHeight);
-      $("inpaint-box").hidden = false;
-      setStatus(`Init image: ${name}`);
-      resolve(true);
-    };
-    probe.onerror = () => {
-      showError(`${name}: the browser cannot read this as an image.`);
-      resolve(false);
-    };
-    probe.src = dataUrl;
-  });
-}
-
-function clearInitImage() {
-  state.init = null;
-  $("init-preview").hidden = true;
-  $("init-preview").removeAttribute("src");
-  $("init-info").textContent = "None: text to image.";
-  $("init-info").title = "";
-  $("init-clear").disabled = true;
-  $("init-file").value = "";
-  $("inpaint").checked = false;
-  $("inpaint-tools").hidden = true;
-  $("inpaint-box").hidden = true;
-  $("mask-image").removeAttribute("src");
-}
-
-// A generated image as the next init image: its bytes (fetched with the credentials, if any)
-// become a data: URL, since the server takes the image itself rather than a reference.
-async function useAsInit(row, button) {
-  clearError();
-  button.disabled = true;
-  try {
-    if (await setInitImage(await readAsDataUrl(await fetchBlob(row.url)), `image ${row.id}`)) {
-      $("init-file").value = "";  // the file input no longer names what is used
-      showTab("img2img");  // A1111's "Send to img2img"
-      $("init").scrollIntoView({ block: "nearest" });
-    }
-  } catch (error) {
-    showError(`Could not load image ${row.id}: ${error.message}`);
-  } finally {
-    button.disabled = false;
-  }
-}
-
-function setUpInit() {
-  $("init-file").addEventListener("change", async () => {
-    const file = $("init-file").files[0];
-    if (!file) return;
-    clearError();
-    let ok = false;
-    try {
-      ok = await setInitImage(await readAsDataUrl(file), file.name);
-    } catch (error) {
-      showError(`${file.name}: ${error.message}`);
-    }
-    if (!ok) $("init-file").value = "";
-  });
-  $("init-clear").addEventListener("click", () => {
-    clearInitImage();
-    setStatus("Init image cleared: text to image");
-  });
-  $("denoise-range").addEventListener("input", () => { $("denoise").value = $("denoise-range").value; });
-  $("denoise").addEventListener("input", () => {
-    if ($("denoise").value.trim() !== "") $("denoise-range").value = $("denoise").value;
-  });
-}
-
-
 // ---------------------------------------------------------------- PNG parameters
 
 async function readPngParams(file) {
@@ -603,6 +259,7 @@ async function readPngParams(file) {
   try {
     const info = await api("/api/png-info", { method: "POST", body: { image: await readAsDataUrl(file) } });
     const unknown = fillForm(info.params, info.fields);
+    recountTokens();
     setStatus(unknown.length ? `Read ${file.name}; not available here: ${unknown.join(", ")}` : `Read ${file.name}`);
   } catch (error) {
     showError(error.status === 404 ? `${file.name}: no generation parameters in this image.` : `${file.name}: ${error.message}`);
@@ -677,10 +334,11 @@ async function start() {
   setUpExtras();
   setUpTraining();
   setUpLoras();
-  setUpGallery({ send: sendToPrompt, useInit: useAsInit });
+  setUpGallery({ send: sendToPrompt, useInit: (row, button) => useAsInit(row, button, () => showTab("img2img")) });
   setUpTagComplete();
   setUpStyles();
   setUpPanels();
+  setUpSettings();
   setUpMerge(reloadCheckpoints);
   setUpBatch();
   setUpXyz();

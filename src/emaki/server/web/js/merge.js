@@ -1,11 +1,21 @@
-// The Merge tab: A1111's checkpoint merger on /api/merge (two or three checkpoints, α, LoRAs baked
-// in), queued as a job and watched like the others (server-sent events, or polling with credentials);
-// the new checkpoint joins the model lists when it is done.
+// The Merge tab: A1111's checkpoint merger on /api/merge (two or three checkpoints, α or 25 UNet
+// block weights, LoRAs baked in), queued as a job and watched like the others (server-sent events,
+// or polling with credentials); the new checkpoint joins the model lists when it is done, and its
+// recipe is shown.
 import {
   $, FINISHED, POLL_MS, api, clearError, element, fillSelect, showError, state, streamEvents,
 } from "./core.js";
 
 const merge = { job: null, events: null, loras: [], onDone: () => {} };
+const BLOCKS = 25;  // IN00-IN11, M00, OUT00-OUT11 (emaki.merge.blocks.UNET_BLOCKS)
+// The presets' weights, in that order; "none" empties the field (α everywhere).
+const BLOCK_PRESETS = {
+  none: [],
+  "all-a": Array(BLOCKS).fill(0),
+  "all-b": Array(BLOCKS).fill(1),
+  "input-b": [...Array(12).fill(1), ...Array(13).fill(0)],
+  "output-b": [...Array(13).fill(0), ...Array(12).fill(1)],
+};
 
 // The checkpoints (A and B required, C optional) and the LoRAs the rows can pick.
 export async function loadMergeChoices() {
@@ -51,6 +61,28 @@ function addLoraRow() {
   $("merge-loras").append(row);
 }
 
+// The block weights field as numbers (split as `--blocks` is: commas or spaces), or null when
+// empty; how many there are is the server's to check (its message names the field).
+function readBlocks() {
+  const parts = $("merge-blocks").value.split(/[\s,]+/).filter(Boolean);
+  if (!parts.length) return null;
+  const bad = parts.find((part) => !Number.isFinite(Number(part)));
+  if (bad !== undefined) throw new Error(`blocks: ${JSON.stringify(bad)} is not a number (expected ${BLOCKS} numbers)`);
+  return parts.map(Number);
+}
+
+function showBlockCount() {
+  const count = $("merge-blocks").value.split(/[\s,]+/).filter(Boolean).length;
+  $("merge-blocks-info").textContent = count ? `${count} of ${BLOCKS} weights` : "";
+}
+
+function fillBlocksPreset() {
+  const weights = BLOCK_PRESETS[$("merge-blocks-preset").value];
+  if (!weights) return;
+  $("merge-blocks").value = weights.join(",");
+  showBlockCount();
+}
+
 // The form as /api/merge's body; a mistake the page can see is thrown as an Error.
 function readMergeForm() {
   const models = ["merge-a", "merge-b", "merge-c"].map((id) => $(id).value).filter(Boolean);
@@ -64,18 +96,24 @@ function readMergeForm() {
   const alpha = $("merge-alpha").value.trim();
   const body = { models, loras, output, overwrite: $("merge-overwrite").checked, alpha: alpha === "" ? 0.3 : Number(alpha) };
   if ($("merge-mode").value) body.mode = $("merge-mode").value;
+  const blocks = readBlocks();
+  if (blocks) body.blocks = blocks;
   return body;
 }
 
 async function startMerge() {
   clearError();
+  $("merge-blocks-error").textContent = "";
   let job;
   try {
     job = await api("/api/merge", { method: "POST", body: readMergeForm() });
   } catch (error) {
+    // The page's and the server's messages name their field first: "blocks: ...".
+    if (/^blocks\b/.test(error.message)) $("merge-blocks-error").textContent = error.message;
     showError(`Merge not started: ${error.message}`);
     return;
   }
+  $("merge-recipe").hidden = true;
   merge.job = job.id;
   $("merge-start").disabled = true;
   $("merge-cancel").disabled = false;
@@ -134,6 +172,12 @@ function finishMerge(job) {
   if (job.status === "done") {
     $("merge-progress").value = 1;
     $("merge-status").textContent = `Done: ${job.result?.filename ?? job.result?.name ?? "saved"}`;
+    if (job.result?.recipe) {
+      // What was merged, as written into the file's metadata (with the inputs' hashes).
+      $("merge-recipe").textContent = Object.entries(job.result.recipe)
+        .map(([key, value]) => `${key}: ${JSON.stringify(value)}`).join("\n");
+      $("merge-recipe").hidden = false;
+    }
     merge.onDone();
     loadMergeChoices();
   } else if (job.status === "failed") {
@@ -159,4 +203,9 @@ export function setUpMerge(onDone) {
   $("merge-add-lora").addEventListener("click", addLoraRow);
   $("merge-start").addEventListener("click", startMerge);
   $("merge-cancel").addEventListener("click", cancelMerge);
+  $("merge-blocks-preset").addEventListener("change", fillBlocksPreset);
+  $("merge-blocks").addEventListener("input", () => {
+    $("merge-blocks-preset").value = "";  // typed: no longer a preset
+    showBlockCount();
+  });
 }

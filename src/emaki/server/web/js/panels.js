@@ -1,6 +1,6 @@
-// The Models tab (what the server's folders hold, from its listing routes) and the Settings tab
-// (a few of A1111's options emaki applies, read and written through /sdapi/v1/options).
-import { $, api, element, fillSelect, showError } from "./core.js";
+// The Models tab: what the server's folders hold, from its listing routes. (The Settings tab is
+// settings.js.)
+import { $, api, element, showError } from "./core.js";
 
 // ---------------------------------------------------------------- models
 
@@ -46,50 +46,6 @@ export async function loadModels() {
   }
 }
 
-// ---------------------------------------------------------------- settings
-
-function optionFields() {
-  return [...$("settings-form").querySelectorAll("[data-option]")];
-}
-
-export async function loadSettings() {
-  try {
-    const [options, models] = await Promise.all([api("/sdapi/v1/options"), api("/api/models")]);
-    fillSelect($("opt-sd_vae"), [["Automatic", "Automatic"], ["None", "None"], ...models.vaes.map((v) => [v, v])]);
-    for (const field of optionFields()) {
-      const value = options[field.dataset.option];
-      if (value === undefined || value === null) continue;
-      if (field.tagName === "SELECT" && ![...field.options].some((o) => o.value === String(value))) {
-        field.append(new Option(String(value), String(value)));  // a value this page does not list
-      }
-      field.value = String(value);
-    }
-    $("settings-info").textContent = "";
-  } catch (error) {
-    showError(`Settings: ${error.message}`);
-  }
-}
-
-async function saveSettings() {
-  const body = {};
-  for (const field of optionFields()) {
-    const text = field.value.trim();
-    if (text === "") continue;
-    body[field.dataset.option] = field.dataset.type === "int" && Number.isFinite(Number(text)) ? Number(text) : text;
-  }
-  try {
-    await api("/sdapi/v1/options", { method: "POST", body });
-    $("settings-info").textContent = "Saved.";
-    await loadSettings();
-    $("settings-info").textContent = "Saved.";
-  } catch (error) {
-    showError(`Settings: ${error.message}`);
-    $("settings-info").textContent = "Not saved.";
-  }
-}
-
 export function setUpPanels() {
   $("models-refresh").addEventListener("click", loadModels);
-  $("settings-save").addEventListener("click", saveSettings);
-  $("settings-reload").addEventListener("click", loadSettings);
 }
