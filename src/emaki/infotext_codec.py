@@ -133,6 +133,8 @@ FIELDS: tuple[InfotextField, ...] = _table(
     ("Schedule type", lambda p, f: p.scheduler, _reads("scheduler")),
     ("CFG scale", lambda p, f: float(p.cfg_scale), _reads("cfg_scale", float)),
     ("Seed", lambda p, f: f.seed, _reads("seed", int)),
+    ("Face restoration", lambda p, f: "GFPGAN" if p.restore_faces else None,
+     _reads_choice("restore_faces", {"GFPGAN": True})),  # emaki runs GFPGAN only (emaki.faces)
     ("Size", lambda p, f: f"{p.width}x{p.height}", _reads_size("width", "height")),
     ("Model hash", lambda p, f: f.model_hash, None),
     ("Model", lambda p, f: f.model_name, _reads("model")),

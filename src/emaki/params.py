@@ -97,6 +97,8 @@ class GenerationParams(CheckedModel):
     n_iter: int = Field(1, ge=1, le=1000)
     clip_skip: int = Field(1, ge=1, le=12)
     tiling: bool = Field(False, description="seamless tiling: circular padding in the UNet's and VAE's convolutions")
+    restore_faces: bool = Field(False, description="A1111's face restoration: GFPGAN on every face found after "
+                                "decoding (needs GFPGANv1.4.pth and detection_Resnet50_Final.pth; emaki.faces)")
     eta: float | None = None
     s_noise: float | None = None
     # Speed (docs/performance.md): approximations, each off by default and recorded in infotext.

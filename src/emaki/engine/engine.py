@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from emaki.devices import DevicePolicy
+from emaki.engine.faces import FaceRestoration
 from emaki.engine.image_prompts import workspace_run_prompts
 from emaki.engine.inventory import VAE_SUFFIXES
 from emaki.engine.networks import NetworkLibraries
@@ -48,6 +49,7 @@ from emaki.upscalers.upscale import UpscaleCallback, check_upscale_options, open
 from emaki.workspace import Workspace
 
 if TYPE_CHECKING:
+    from emaki.merge.lineage import LineageResult
     from emaki.training.params import TrainingParams
     from emaki.training.report import TrainingCallback, TrainingOutcome
     from emaki.xyz.run import GridProgressCallback, GridResult
@@ -101,7 +103,7 @@ class Engine:
             embeddings = self.networks.embeddings(text_encoder_width(model))
             folder = (out_dir if out_dir is not None else dated_folder(self.workspace.outputs)) if save else None
             with ModelHandle(model) as handle:  # every patch is undone here, however the run ends
-                run = plan(params, handle, self.policy, self.networks, prompts)
+                run = plan(params, handle, self.policy, self.networks, prompts, faces=self.face_restoration)
                 return run_generation(run, embeddings, folder=folder, cancel=cancel, progress=progress,
                                       preview_map=preview_map)
 
@@ -201,6 +203,27 @@ class Engine:
         return run_extraction(planned.tuned, planned.base, planned.out, rank=planned.rank, overwrite=overwrite,
                               progress=progress, cancel=cancel).path
 
+    def lineage(self, model: str | Path, candidates: Sequence[str | Path], *, nonnegative: bool = False,
+                progress: Callable[[int, int], None] | None = None,
+                cancel: threading.Event | None = None) -> LineageResult:
+        """What `model` is made of, block by block, as a combination of `candidates` (each found as
+        `merge` finds a model), as `emaki lineage` traces it: the result's `to_dict()` is what
+        `emaki lineage --json` prints, `summary()` its lines. `nonnegative`: coefficients ≥ 0.
+        `progress(done, total)` in bytes; setting `cancel` stops it with `Interrupted`."""
+        from emaki.merge.lineage_by_name import plan_lineage, run_lineage
+
+        planned = plan_lineage(self.workspace, self.hashes, model, candidates, nonnegative=nonnegative)
+        return run_lineage(planned, progress=progress, cancel=cancel)
+
+    def hashes_of(self, model: str | Path) -> dict[str, str | None]:
+        """The checkpoint's hashes as `emaki hash` shows them (legacy, AutoV2, sha256, tensor
+        data), the model found as `merge` finds one; cached in the workspace's hash cache."""
+        from emaki.merge.by_name import find_checkpoint
+
+        found = self.hashes.get(find_checkpoint(model, self.workspace, self.hashes, "model"), tensor_data=True)
+        return {"legacy": found.legacy, "autov2": found.autov2, "sha256": found.sha256,
+                "tensor_data": found.tensor_data}
+
     # --- upscalers (issue 17: A1111's extras) ---
 
     @cached_property
@@ -238,6 +261,22 @@ class Engine:
             model = (self.upscaler_models.get(found.path, self.policy.device, self.policy.dtype)
                      if found.path is not None else None)
             return upscale_image(picture, found, scale, model=model, tile=tile, overlap=overlap, progress=progress)
+
+    @cached_property
+    def face_restoration(self) -> FaceRestoration:
+        """The face detector and the last restorer loaded, kept for the next picture."""
+        return FaceRestoration()
+
+    def restore_faces(self, image: Image.Image | str | Path, restorer: str = "GFPGAN", visibility: float = 1.0, *,
+                      field: str = "restore_faces") -> Image.Image:
+        """`image` with its faces restored (A1111's face restoration; `emaki.faces`), blended in by
+        `visibility`; an error naming the missing file when the restorer or the detector is absent."""
+        self.face_restoration.check(self.workspace, restorer, field)
+        picture = image if isinstance(image, Image.Image) else open_picture(image)
+        with self._running:
+            self.policy.apply()
+            return self.face_restoration.restore(self.workspace, picture, restorer=restorer, visibility=visibility,
+                                                 device=self.policy.device, field=field)
 
 
     def sd_upscale(self, params: GenerationParams, image: Image.Image | str | Path, upscaler: str = "None",

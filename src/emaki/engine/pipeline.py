@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from emaki.devices import DevicePolicy
+from emaki.engine.faces import FaceRestoration, face_extensions
 from emaki.engine.hires import HiresFix
 from emaki.engine.image_prompts import RunPrompts, network_tags
 from emaki.engine.img2img import default_size, open_init_image
@@ -86,11 +87,11 @@ def text_encoder_width(model: LoadedModel) -> int:
 # --- plan ---
 
 def plan(params: GenerationParams, handle: ModelHandle, policy: DevicePolicy, networks: NetworkLibraries,
-         prompts: RunPrompts | None = None) -> Run:
+         prompts: RunPrompts | None = None, faces: FaceRestoration | None = None) -> Run:
     """Resolve what the params leave open (seeds, size, sampler and schedule names), choose the
     extensions, and set up the denoiser and the sigmas. `prompts` are each image's prompts
     (styles applied, wildcards expanded: `image_prompts`); without them every image has the
-    params' own."""
+    params' own. `faces`: the engine's loaded face models, for `restore_faces`."""
     model = handle.model
     sampler_name, schedule = parse_sampler_name(params.sampler_name, params.scheduler)
     sampler = get_sampler(sampler_name)
@@ -111,7 +112,9 @@ def plan(params: GenerationParams, handle: ModelHandle, policy: DevicePolicy, ne
     denoiser = DiscreteEpsDenoiser(_eps_model(model, policy), parts.alphas_cumprod, lcm=sampler.lcm)
     sigmas = sigmas_for(sampler, schedule, params.steps, denoiser.model_sigmas)
     # img2img, inpainting (a mask, or the init image's transparency), a 9-channel model's conditioning
+    # faces are restored before inpainting's composite puts the untouched pixels back, as in A1111
     extensions: list[Extension] = [NetworksExtension(networks, tags), *speed_extensions(params),
+                                   *face_extensions(params, faces, networks.workspace, policy.device),
                                    *image_extensions(params, init, model), *tiling_extensions(params)]
     if params.enable_hr:
         extensions.append(HiresFix(networks.workspace))

@@ -54,7 +54,6 @@ from emaki.server.extras import (
     a1111_upscalers,
     check_extras,
     encode_extras_png,
-    face_restoration_refused,
     face_restorers,
     html_info,
     queue_sd_upscale,
@@ -105,8 +104,8 @@ def info_json(result: dict[str, Any], request: Txt2ImgRequest) -> str:
         "cfg_scale": params.get("cfg_scale", request.cfg_scale),
         "steps": params.get("steps", request.steps),
         "batch_size": params.get("batch_size", request.batch_size),
-        "restore_faces": False,
-        "face_restoration_model": None,
+        "restore_faces": bool(params.get("restore_faces")),
+        "face_restoration_model": "GFPGAN" if params.get("restore_faces") else None,
         "sd_model_name": result.get("model_name"),
         "sd_model_hash": result.get("model_hash"),
         "sd_vae_name": result.get("vae_name"),
@@ -148,9 +147,11 @@ def _reply_images(service: Service, job: Job, kept: bool, send: bool, count: int
 
 
 def check_supported(body: Txt2ImgRequest, service: Service) -> None:
-    """Refuse what emaki cannot do rather than ignore it (face restoration: naming the file it needs)."""
+    """Refuse what emaki cannot do rather than ignore it (face restoration: naming the file it
+    needs; GFPGAN, unless the request's override_settings name another `face_restoration_model`)."""
     if body.restore_faces:
-        raise face_restoration_refused(service.engine.workspace, "restore_faces")
+        chosen = (body.override_settings or {}).get("face_restoration_model") or "GFPGAN"
+        service.engine.face_restoration.check(service.engine.workspace, str(chosen), "restore_faces")
     unsupported = body.unsupported()
     if unsupported:
         raise HTTPException(422, f"not supported by emaki yet: {', '.join(unsupported)}")

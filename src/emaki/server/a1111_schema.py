@@ -90,7 +90,6 @@ class Txt2ImgRequest(CheckedModel):
             "hr_checkpoint_name": self.hr_checkpoint_name not in (None, "", "Use same checkpoint"),
             "hr_scheduler": self.hr_scheduler not in (None, "", "Use same scheduler"),
             "firstphase_width/height": bool(self.firstphase_width or self.firstphase_height),
-            "restore_faces": bool(self.restore_faces),
             "script_name": bool(self.script_name) and not self.xyz_plot(),
             "refiner_checkpoint": bool(self.refiner_checkpoint),
             "s_churn": bool(self.s_churn),
@@ -123,7 +122,7 @@ class Txt2ImgRequest(CheckedModel):
         mine |= {"seed_resize_from_w": max(self.seed_resize_from_w, 0),
                  "seed_resize_from_h": max(self.seed_resize_from_h, 0),
                  "sampler_name": self.sampler_name or self.sampler_index,
-                 "tiling": bool(self.tiling)}  # clients send null for off
+                 "tiling": bool(self.tiling), "restore_faces": bool(self.restore_faces)}  # clients send null for off
         if self.enable_hr:
             mine |= {name: getattr(self, name) for name in shared if name.startswith("hr_")}
             mine |= {"enable_hr": True, "hr_upscaler": self.hr_upscaler or "Latent",
@@ -217,7 +216,7 @@ RESIZE_MODES = {0: "just resize", 1: "crop and resize", 2: "resize and fill"}
 class ExtrasRequest(CheckedModel):
     """A1111's `ExtrasBaseRequest`: upscaler 1, then upscaler 2 blended in at its visibility;
     `resize_mode` 0 scales by `upscaling_resize`, 1 to `upscaling_resize_w`×`_h` (cropped to it
-    with `upscaling_crop`). Face restoration fields are refused while emaki has no restorer."""
+    with `upscaling_crop`). `gfpgan_visibility` restores faces (emaki.faces); CodeFormer is refused."""
 
     model_config = ConfigDict(extra="ignore")
 

@@ -1,6 +1,6 @@
 """A1111's "Extras" (v1.10 `scripts/postprocessing_upscale.py`) on the server's engine, the
-upscaler listings in A1111's shapes, the SD upscale script's queueing, and the refusal of face
-restoration.
+upscaler listings in A1111's shapes, the SD upscale script's queueing, and face restoration
+(GFPGAN after the upscale, as A1111's postprocessing order has it; `emaki.faces`).
 
     upscaler 1 by a factor (or to width×height: the factor that covers it, then a centred crop)
     upscaler 2 the same way, blended in: Image.blend(first, second, visibility)
@@ -23,6 +23,7 @@ from PIL.PngImagePlugin import PngInfo
 from emaki.engine.engine import Engine
 from emaki.engine.sd_upscale import DEFAULT_TILE_SIZE, check_overlap
 from emaki.errors import EmakiError, ParamsError
+from emaki.faces import find_face_files, restorer_folders
 from emaki.infotext import format_number, quote
 from emaki.networks import walk_files
 from emaki.params import MAX_INPUT_PIXELS, ImageTooLarge
@@ -35,33 +36,20 @@ if TYPE_CHECKING:
     from emaki.jobs.store import Job
 
 EXTRAS_KEY = "extras"  # the PNG text chunk A1111's postprocessing writes
-FACE_RESTORER_FILES = {"GFPGAN": "GFPGANv1.4.pth", "CodeFormer": "codeformer-v0.1.0.pth"}
-FACE_DETECTOR_FILE = "detection_Resnet50_Final.pth"  # facexlib's RetinaFace, which A1111 downloads
 
 
 def face_restorers_folder(workspace: Workspace) -> Path:
-    return workspace.home / "face-restorers"
+    return restorer_folders(workspace)[0]
 
 
 def face_restorers(workspace: Workspace) -> list[dict[str, Any]]:
-    """`/sdapi/v1/face-restorers`: the restorers emaki can run — none (see
-    `face_restoration_refused`): a restorer listed here would be one a request could not use."""
-    return []
-
-
-def face_restoration_refused(workspace: Workspace, field: str) -> ParamsError:
-    """Why `field` (restore_faces, gfpgan_visibility, ...) cannot be honoured, naming what it
-    would take. spandrel loads GFPGAN (CodeFormer only with the non-commercial
-    spandrel_extra_arches), but a restorer works on aligned 512×512 face crops: A1111 finds and
-    aligns the faces first with facexlib's RetinaFace detector, which emaki does not have
-    (docs/design-notes.md, "Face restoration")."""
-    folder = face_restorers_folder(workspace)
-    found = sorted(path.name for path in walk_files([folder], (".pth", ".safetensors"))) if folder.is_dir() else []
-    wanted = " or ".join(f"{file} ({name})" for name, file in FACE_RESTORER_FILES.items())
-    state = f"{', '.join(found)} {'is' if len(found) == 1 else 'are'} there" if found else "none is there"
-    return ParamsError(f"{field}: emaki cannot restore faces: that takes a restorer model ({wanted}, in {folder}; "
-                       f"{state}) and a face detector that finds and aligns the faces first (A1111 uses facexlib's "
-                       f"RetinaFace, {FACE_DETECTOR_FILE}), which emaki does not have; send {field} false or 0")
+    """`/sdapi/v1/face-restorers` in A1111's shape (name, cmd_dir): the restorers a request can
+    use now — GFPGAN when its file and the face detector's are there (CodeFormer never: see
+    `emaki.faces.restorers`)."""
+    files = find_face_files(workspace)
+    if files.detector is None or "GFPGAN" not in files.restorers:
+        return []
+    return [{"name": "GFPGAN", "cmd_dir": str(files.restorers["GFPGAN"].parent)}]
 
 
 def a1111_upscalers(engine: Engine) -> list[dict[str, Any]]:
@@ -138,9 +126,9 @@ def _upscale_once(engine: Engine, image: Image.Image, upscaler: str, request: Ex
 
 def check_extras(engine: Engine, request: ExtrasRequest) -> None:
     """Refuse what cannot run before any image is touched."""
-    for field in ("gfpgan_visibility", "codeformer_visibility"):
+    for field, restorer in (("gfpgan_visibility", "GFPGAN"), ("codeformer_visibility", "CodeFormer")):
         if getattr(request, field) > 0:
-            raise face_restoration_refused(engine.workspace, field)
+            engine.face_restoration.check(engine.workspace, restorer, field)
     for field in ("upscaler_1", "upscaler_2"):
         name = getattr(request, field)
         if name != "None":
@@ -150,11 +138,19 @@ def check_extras(engine: Engine, request: ExtrasRequest) -> None:
 
 
 def run_extras(engine: Engine, image: Image.Image, request: ExtrasRequest) -> tuple[Image.Image, str]:
-    """The picture after A1111's upscale step, and its infotext ("" when upscaler 1 is None)."""
+    """The picture after A1111's upscale step, then GFPGAN (A1111's postprocessing order), and its
+    infotext ("" when neither ran)."""
     info: dict[str, str] = {}
     picture = image.convert("RGB")
-    if request.upscaler_1 == "None":  # A1111 skips the whole step then
-        return picture, ""
+    result = picture if request.upscaler_1 == "None" else _upscale_step(engine, picture, request, info)
+    if request.gfpgan_visibility > 0:  # A1111's `postprocessing_gfpgan.py`
+        result = engine.restore_faces(result, "GFPGAN", request.gfpgan_visibility, field="gfpgan_visibility")
+        info["GFPGAN visibility"] = format_number(round(request.gfpgan_visibility, 3))
+    return result, ", ".join(f"{key}: {quote(value)}" for key, value in info.items())
+
+
+def _upscale_step(engine: Engine, picture: Image.Image, request: ExtrasRequest, info: dict[str, str]) -> Image.Image:
+    """A1111's `postprocessing_upscale.py`: upscaler 1, then upscaler 2 blended in."""
     result = _upscale_once(engine, picture, request.upscaler_1, request, info)
     info["Postprocess upscaler"] = request.upscaler_1
     if request.upscaler_2 != "None" and request.extras_upscaler_2_visibility > 0:
@@ -163,7 +159,7 @@ def run_extras(engine: Engine, image: Image.Image, request: ExtrasRequest) -> tu
             second = second.resize(result.size, Image.Resampling.LANCZOS)
         result = Image.blend(result, second, request.extras_upscaler_2_visibility)
         info["Postprocess upscaler 2"] = request.upscaler_2
-    return result, ", ".join(f"{key}: {quote(value)}" for key, value in info.items())
+    return result
 
 
 def encode_extras_png(result: Image.Image, source: Image.Image, extras: str) -> str:
