@@ -13,10 +13,15 @@
 3. What else the head does per job at scale: writing a PNG atomically, and the server's SQLite
    store cycle (submit, claim, finish with one gallery row), as jobs/s of a single writer.
 4. `--faults N`: N repetitions of a batch of `--fault-jobs` (60) on 2 actors with one killed
-   mid-batch: images lost and made twice (target: 0 and 0).
+   mid-batch: images lost and made twice (target: 0 and 0). `--fault-kill process`: its process
+   SIGKILLed instead (Ray restarts it: it should be back in the pool by the end).
+5. `--server-faults N`: the same through the server (`emaki serve --executor ray`, in this
+   process): `POST /api/batch` of `--fault-jobs` items, one actor's process SIGKILLed mid-job (Ray
+   restarts it); counts jobs lost, images twice (rows or files), retried jobs, temp files left.
 
     python benchmarks/distributed.py [--jobs 24] [--rounds 4] [--size 96] [--steps 6] [--sim-workers 64]
-                                     [--sim-jobs 3000] [--sleep 0.05] [--faults 5]
+                                     [--sim-jobs 3000] [--sleep 0.05] [--faults 5 [--fault-kill process]]
+                                     [--server-faults 5 --fault-steps 6]
 """
 
 from __future__ import annotations
@@ -24,11 +29,13 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import signal
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -224,28 +231,40 @@ def head_writes(count: int) -> None:
 
 
 class KillingOne:
-    def __init__(self, executor: RayExecutor, after: int) -> None:
+    """Ends the busiest actor after `after` outcomes: `ray.kill` (gone for good), or with
+    `process` its process SIGKILLed (Ray restarts it; its pid asked before the batch starts)."""
+
+    def __init__(self, executor: RayExecutor, after: int, process: bool = False) -> None:
+        import ray
+
         self.executor, self.after = executor, after
+        self.pids = ({slot.index: ray.get(slot.actor.__ray_call__.remote(lambda actor: os.getpid()))
+                      for slot in executor.dispatcher.slots} if process else None)
 
     def outcomes(self, requests: Sequence[JobRequest]) -> Iterator[JobOutcome]:
         import ray
 
         for count, outcome in enumerate(self.executor.outcomes(requests), start=1):
             if count == self.after:
-                ray.kill(max(self.executor.dispatcher.slots, key=lambda slot: slot.in_flight).actor)
+                victim = max(self.executor.dispatcher.slots, key=lambda slot: slot.in_flight)
+                if self.pids is None:
+                    ray.kill(victim.actor)
+                else:
+                    os.kill(self.pids[victim.index], signal.SIGKILL)
             yield outcome
 
     def close(self) -> None:
         self.executor.close()
 
 
-def faults(repetitions: int, jobs: int, work: Path) -> None:
-    lost = duplicates = retried = 0
+def faults(repetitions: int, jobs: int, work: Path, process: bool) -> None:
+    lost = duplicates = retried = alive = 0
     for repetition in range(repetitions):
         batch = items(jobs, 64, 2, f"fault{repetition}")
         executor = RayExecutor(RayCluster(EngineActor, (1, "fp32"), threads=1), workers=2)
         folder = work / f"faults{repetition}"
-        report = run_batch(batch, folder, KillingOne(executor, jobs // 3))
+        report = run_batch(batch, folder, KillingOne(executor, jobs // 3, process))
+        alive += sum(slot.alive for slot in executor.dispatcher.slots)
         executor.close()
         names = Counter(p.name for p in folder.glob("*.png"))
         expected = {name for item in batch for name in (f"{item.key}.png",)}
@@ -253,8 +272,115 @@ def faults(repetitions: int, jobs: int, work: Path) -> None:
         duplicates += sum(n - 1 for n in names.values()) + len(set(names) - expected)
         retried += sum(row.attempts == 2 for row in report.rows)
         assert report.counts["done"] == jobs, report.counts
-    print(f"faults: {repetitions} x {jobs} jobs on 2 actors, one killed mid-batch each time: "
-          f"{lost} lost, {duplicates} duplicates, {retried} jobs retried")
+    how = "one actor's process SIGKILLed" if process else "one actor ended (ray.kill)"
+    print(f"faults: {repetitions} x {jobs} jobs on 2 actors, {how} mid-batch each time: "
+          f"{lost} lost, {duplicates} duplicates, {retried} jobs retried, {alive}/{2 * repetitions} actors "
+          f"in the pool at the ends")
+
+
+@dataclass
+class ServedRun:
+    """What one `--server-faults` repetition found."""
+
+    done: int = 0
+    lost: int = 0  # jobs not done, or done without an image
+    duplicates: int = 0  # gallery rows past one per job, and PNG files past one per row
+    retried: int = 0  # jobs whose note says a worker died under them
+    leftovers: int = 0  # hidden (temp) files or folders left in the outputs
+    killed_mid_job: bool = False  # the victim reported a render under way when it was killed
+    alive: int = 0  # actors in the pool at the end (the killed one back once Ray restarted it)
+
+
+def batch_counts(client: Any, name: str) -> dict[str, Any]:
+    response = client.get(f"/api/batch/{name}")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def wait_batch(client: Any, name: str, until: Callable[[dict[str, Any]], bool], timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        counts = batch_counts(client, name)
+        if until(counts):
+            return counts
+        if time.monotonic() > deadline:
+            raise AssertionError(f"batch {name}: still {counts} after {timeout:.0f} s")
+        time.sleep(0.05)
+
+
+def kill_a_rendering_actor(executor: Any) -> bool:
+    """SIGKILL the process of an actor that is rendering (as a crash or the OOM killer would: Ray
+    restarts it); whether it was mid-job (not at its last step) when killed."""
+    import ray
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for slot in executor.pool.slots:
+            running = ray.get(slot.actor.running.remote(), timeout=30)
+            if running and running.get("step", 0) < running.get("steps", 1) - 1:
+                pid = ray.get(slot.actor.__ray_call__.remote(lambda actor: os.getpid()), timeout=30)
+                os.kill(pid, signal.SIGKILL)
+                return True
+        time.sleep(0.01)
+    raise AssertionError("no actor was caught mid-job in 60 s")
+
+
+def served_run(client: Any, name: str, jobs: int, steps: int) -> ServedRun:
+    """Post a batch of `jobs`, kill one actor's process a third of the way in, wait for the end."""
+    items = [{"prompt": f"1girl, {name} item {i}", "seed": i, "width": 64, "height": 64, "steps": steps,
+              "sampler_name": "Euler"} for i in range(jobs)]
+    posted = client.post("/api/batch", json={"name": name, "items": items})
+    assert posted.status_code == 202 and posted.json()["queued"] == jobs, posted.text
+    wait_batch(client, name, lambda counts: counts["done"] >= jobs // 3, 600)
+    service = client.app.state.service
+    found = ServedRun(killed_mid_job=kill_a_rendering_actor(service.worker.executor))
+    wait_batch(client, name, lambda counts: counts["queued"] + counts["running"] == 0, 600)
+
+    outputs = service.engine.workspace.outputs
+    rows: Counter[str] = Counter()
+    for job_id in posted.json()["jobs"]:
+        job = client.get(f"/api/jobs/{job_id}").json()
+        found.done += job["status"] == "done"
+        found.lost += job["status"] != "done" or not job["images"]
+        found.retried += (job["note"] or "").startswith("retried:")
+        rows[job_id] = len(job["images"])
+    paths = [Path(row["path"]) for job_id in rows for row in service.store.images_of(job_id)]
+    files = [path for path in outputs.rglob("*.png") if not path.name.startswith(".")]
+    found.duplicates = sum(max(0, n - 1) for n in rows.values()) + len(paths) - len(set(paths))
+    found.duplicates += len(set(files) - set(paths))
+    found.lost += len(set(paths) - set(files))
+    found.leftovers = sum(1 for _ in outputs.rglob(".*"))
+    slots = service.worker.executor.pool.slots
+    deadline = time.monotonic() + 120
+    while any(slot.in_flight for slot in slots) and time.monotonic() < deadline:  # its restart, awaited
+        time.sleep(0.1)
+    found.alive = sum(slot.alive for slot in slots)
+    return found
+
+
+def server_faults(repetitions: int, jobs: int, steps: int, work: Path) -> None:
+    """`emaki serve --executor ray` (in this process, on the Ray instance `main` started, 2 actors):
+    a batch of `jobs` through `POST /api/batch`, one actor's process killed mid-job each time."""
+    from fastapi.testclient import TestClient
+
+    from emaki.server import ServerSettings, create_app
+
+    total = ServedRun()
+    for repetition in range(repetitions):
+        workspace = workspace_from_environment({"EMAKI_HOME": str(work / f"serve-faults{repetition}")})
+        settings = ServerSettings(workspace=workspace, precision="fp32", threads=1, executor="ray", workers=2)
+        started = time.perf_counter()
+        with TestClient(create_app(settings)) as client:
+            found = served_run(client, f"faults{repetition}", jobs, steps)
+        print(f"server faults {repetition + 1}/{repetitions}: {found.done}/{jobs} done, {found.lost} lost, "
+              f"{found.duplicates} duplicates, {found.retried} retried, {found.leftovers} temp files left, "
+              f"killed mid-job: {found.killed_mid_job}, actors alive after: {found.alive}/2, "
+              f"{time.perf_counter() - started:.0f} s", flush=True)
+        for name in ("done", "lost", "duplicates", "retried", "leftovers"):
+            setattr(total, name, getattr(total, name) + getattr(found, name))
+    print(f"server faults: {repetitions} x {jobs} jobs through POST /api/batch on 2 actors, one actor process "
+          f"killed mid-job each time: {total.lost} lost, {total.duplicates} duplicates, {total.retried} retried "
+          f"(target: 0 lost, 0 duplicates, 1 retried each time), {total.leftovers} temp files left")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -268,6 +394,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sleep", type=float, default=0.05)
     parser.add_argument("--faults", type=int, default=0)
     parser.add_argument("--fault-jobs", type=int, default=60)
+    parser.add_argument("--fault-kill", choices=["actor", "process"], default="actor",
+                        help="--faults: ray.kill the actor, or SIGKILL its process (Ray restarts it)")
+    parser.add_argument("--server-faults", type=int, default=0)
+    parser.add_argument("--fault-steps", type=int, default=6, help="steps of each --server-faults job")
     parser.add_argument("--skip", action="append", default=[], choices=["throughput", "simulated", "writes"])
     args = parser.parse_args(argv)
 
@@ -287,7 +417,9 @@ def main(argv: list[str] | None = None) -> None:
             if "simulated" not in args.skip:
                 simulated(args.sim_workers, args.sim_jobs, args.sleep)
             if args.faults:
-                faults(args.faults, args.fault_jobs, Path(work))
+                faults(args.faults, args.fault_jobs, Path(work), args.fault_kill == "process")
+            if args.server_faults:
+                server_faults(args.server_faults, args.fault_jobs, args.fault_steps, Path(work))
         finally:
             ray.shutdown()
     sys.stdout.flush()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -79,6 +80,41 @@ def test_a_batch_queues_its_items_and_a_repost_queues_only_what_is_new(client: T
     assert wait_job(client, grown["jobs"][0])["status"] == "done"
     assert [row["status"] for row in summary(client, "run1")] == ["skipped", "skipped", "done"]
     assert job_count(client) == before + 3
+
+
+def first_step(client: TestClient, job_id: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not client.get(f"/api/jobs/{job_id}/progress").json():
+        assert time.monotonic() < deadline, client.get(f"/api/jobs/{job_id}").json()
+        time.sleep(0.02)
+
+
+def test_cancelling_a_batch_stops_its_queued_and_running_jobs_and_a_repost_runs_them(client: TestClient) -> None:
+    long = FAST | {"prompt": "a long cube", "seed": 4, "steps": 100}  # caught mid-job (one worker: the rest wait)
+    items = [RED, long, BLUE, GREEN]
+    posted = client.post("/api/batch", json={"name": "stop1", "items": items}).json()
+    red, running, *queued = posted["jobs"]
+    assert wait_job(client, red)["status"] == "done"
+    first_step(client, running)
+
+    cancelled = client.post("/api/batch/stop1/cancel")
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["stopped"] == 3 and cancelled.json()["cancelled"] >= 2  # the running one ends soon
+    assert wait_job(client, running)["status"] == "interrupted"
+    assert [wait_job(client, job_id)["status"] for job_id in queued] == ["cancelled", "cancelled"]
+    progress = client.get("/api/batch/stop1").json()
+    assert {k: progress[k] for k in ("total", "done", "cancelled", "failed", "queued", "running")} == {
+        "total": 4, "done": 1, "cancelled": 3, "failed": 0, "queued": 0, "running": 0}
+    assert [row["status"] for row in summary(client, "stop1")] == ["done", "failed", "failed", "failed"]
+    again = client.post("/api/batch/stop1/cancel").json()
+    assert again["stopped"] == 0 and again["done"] == 1  # nothing left to stop; the done one kept
+
+    resumed = client.post("/api/batch", json={"name": "stop1", "items": items}).json()
+    assert (resumed["queued"], resumed["skipped"]) == (3, 1) and red not in resumed["jobs"]
+    assert [wait_job(client, job_id)["status"] for job_id in resumed["jobs"]] == ["done"] * 3
+    assert client.get("/api/batch/stop1").json()["done"] == 4
+    assert [row["status"] for row in summary(client, "stop1")] == ["skipped", "done", "done", "done"]
+    assert client.post("/api/batch/nosuch/cancel").status_code == 404
 
 
 def test_a_bad_item_is_422_naming_it_and_nothing_is_queued(client: TestClient) -> None:

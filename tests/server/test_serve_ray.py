@@ -7,9 +7,12 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -18,7 +21,10 @@ from fastapi.testclient import TestClient
 from job_waiting import wait_job
 from PIL import Image
 
-from emaki.jobs.ray_serve import RayServeExecutor
+from emaki.engine.run import Cancel
+from emaki.jobs import ray_serve
+from emaki.jobs.ray_executor import Slot
+from emaki.jobs.ray_serve import ActorPool, RayServeExecutor
 from emaki.server import ServerSettings, create_app
 from emaki.workspace import workspace_from_environment
 
@@ -136,6 +142,82 @@ def test_grid_jobs_stay_on_the_head(served: TestClient) -> None:
     job = wait_job(served, response.json()["id"], timeout=120)
     assert job["status"] == "done" and job["result"]["cells_done"] == 2, job
     assert served.app.state.service.engine.models._items  # type: ignore[attr-defined]  (the head's engine ran it)
+
+
+class Restarting(Exception):
+    pass
+
+
+class FakeCluster:
+    """What `ActorPool` asks of Ray, with pings answered from `answers` ("restarting", "up", "gone")."""
+
+    def __init__(self, answers: list[str]) -> None:
+        self.answers = answers
+        self.stopped: list[int] = []
+        self.started = 0
+        self.ray = SimpleNamespace(get=self.get, exceptions=SimpleNamespace(ActorUnavailableError=Restarting))
+
+    def start(self) -> int:
+        self.started += 1
+        return self.started
+
+    def ping(self, actor: int) -> int:
+        return actor
+
+    def get(self, ref: int, timeout: float | None = None) -> str:
+        answer = self.answers.pop(0)
+        if answer == "restarting":
+            raise Restarting("the actor is restarting")
+        if answer == "gone":
+            raise RuntimeError("the actor died")
+        return answer
+
+    def stop(self, actor: int) -> None:
+        self.stopped.append(actor)
+
+
+def lost_and_probed(pool: ActorPool) -> Slot:
+    slot = pool.take("demo", Cancel())
+    pool.lost(slot)
+    deadline = time.monotonic() + 10
+    while slot.in_flight and time.monotonic() < deadline:  # lent to nothing until the pings end
+        time.sleep(0.01)
+    assert slot.in_flight == 0
+    return slot
+
+
+def test_a_restarting_actor_is_asked_again_and_kept_and_a_dead_one_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No Ray: a killed process answers "restarting" at once until Ray has started it again."""
+    monkeypatch.setattr(ray_serve, "RESTART_POLL_S", 0.0)
+    cluster = FakeCluster(["restarting", "restarting", "up"])
+    pool = ActorPool(cluster, 2)  # type: ignore[arg-type]
+    pool.slots[0].model = "demo"
+    restarted = lost_and_probed(pool)
+    assert restarted.alive and restarted.model is None and cluster.stopped == [] and cluster.answers == []
+    cluster.answers = ["restarting", "gone"]
+    dropped = lost_and_probed(pool)
+    assert not dropped.alive and cluster.stopped == [dropped.actor]
+
+
+@pytest.mark.slow  # Ray's restart of the process takes 10-60 s on a busy 2-core machine
+def test_an_actor_whose_process_dies_is_retried_elsewhere_and_kept_once_ray_restarts_it(served: TestClient) -> None:
+    """A crash (the process SIGKILLed, as the OOM killer does; `ray.kill` below ends an actor for
+    good): Ray restarts the actor, which first answers "restarting"; the pool keeps it."""
+    job_id = submit(served, prompt="1boy, crashed", seed=97, **LONG)
+    first_progress(served, job_id)
+    pool = executor_of(served).pool
+    running = {slot.index: ray.get(slot.actor.running.remote(), timeout=30) for slot in pool.slots}
+    victim = next(slot for slot in pool.slots if (running[slot.index] or {}).get("key"))
+    os.kill(ray.get(victim.actor.__ray_call__.remote(lambda actor: os.getpid()), timeout=30), signal.SIGKILL)
+
+    job = wait_job(served, job_id, timeout=120)
+    assert job["status"] == "done" and job["note"].startswith(f"retried: worker {victim.index} died"), job
+    assert len(job["images"]) == 1
+    deadline = time.monotonic() + ray_serve.PING_S
+    while victim.in_flight and time.monotonic() < deadline:  # lent to nothing until it answers again
+        time.sleep(0.1)
+    assert victim.in_flight == 0 and all(slot.alive for slot in pool.slots)
+    assert victim.model is None  # a new process: its engine holds no model
 
 
 def test_an_actor_killed_mid_job_costs_one_retry_and_nothing_twice(served: TestClient, head_home: Path) -> None:

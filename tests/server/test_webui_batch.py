@@ -1,12 +1,13 @@
 """The Batch tab in Chromium against one `emaki serve` on the demo model (64x64, 2 steps): a JSONL
 batch runs to the end with its progress shown, its summary.csv downloads, a bad line is refused
-with the server's message, and running it again skips what is done."""
+with the server's message, and running it again skips what is done; Cancel stops a running batch."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -77,4 +78,40 @@ def test_a_batch_runs_reports_its_progress_and_summary_and_resumes(
     assert page.locator("#batch-status").text_content().startswith("2/2 done")
     with module_server.client() as api:
         assert len(api.get("/api/gallery", params={"q": "batch tab"}).json()) == 2
+    session.check_clean()
+
+
+def test_cancel_stops_a_running_batch(session: Session, module_server: Any) -> None:
+    from playwright.sync_api import expect
+
+    page = session.page
+    page.goto("/")
+    expect(page.locator("#status")).to_have_text("Ready")
+    page.locator("#tab-batch").click()
+    expect(page.locator("#batch-cancel")).to_be_disabled()  # no batch being watched
+    long = FAST | {"prompt": "a long cube, cancelled", "seed": 11, "steps": 400}  # one worker: the rest wait
+    lines = [long, FAST | {"prompt": "a cube, cancelled", "seed": 12}, FAST | {"prompt": "a cube, cancelled", "seed": 13}]
+    page.locator("#batch-name").fill("tab-cancel")
+    page.locator("#batch-jsonl").fill("\n".join(json.dumps(line) for line in lines))
+    finished = page.evaluate("window.emaki.batchesFinished")
+    page.locator("#batch-run").click()
+    expect(page.locator("#batch-queued")).to_have_text("Queued 3 of 3.")
+    with module_server.client() as api:
+        deadline = time.monotonic() + 60
+        while api.get("/api/batch/tab-cancel").json()["running"] == 0:  # its first line is under way
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+        page.locator("#batch-cancel").click()
+        expect(page.locator("#batch-queued")).to_have_text("Cancelled 3 of 3; done items kept.")
+        page.wait_for_function(f"window.emaki.batchesFinished === {finished + 1}")
+        expect(page.locator("#batch-status")).to_have_text("0/3 done, 0 failed, 3 cancelled")  # no rate: none ran
+        assert page.locator("#batch-progress").evaluate("bar => bar.value") == 1
+        expect(page.locator("#batch-cancel")).to_be_disabled()
+        expect(page.locator("#batch-run")).to_be_enabled()
+        expect(page.locator("#error")).to_be_hidden()
+        statuses = [job["status"] for job in api.get("/api/jobs", params={"limit": 1000}).json()
+                    if "cancelled" in job["params"]["prompt"]]
+        assert sorted(statuses) == ["cancelled", "cancelled", "interrupted"], statuses
+    session.screenshot("cancelled")
     session.check_clean()

@@ -27,7 +27,7 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # a folder name: no separ
 RECORD_FILE = "batch.json"
 LOCK_FILE = ".lock"
 KEPT = ("queued", "running", "done")  # an earlier post's job in these states is not queued again
-ENDED_BADLY = ("failed", "cancelled", "interrupted")
+STOPPED = ("cancelled", "interrupted")  # cancelled while queued, or interrupted while running
 
 
 @dataclass
@@ -116,24 +116,27 @@ def plan_items(previous: BatchRecord | None, items: Sequence[BatchItem],
 
 
 def item_status(entry: RecordedItem, job: Job | None) -> str:
-    """done, failed, queued, running or duplicate (an item nothing could queue counts as failed)."""
+    """done, failed, cancelled, queued, running or duplicate (an item nothing could queue counts
+    as failed)."""
     if entry.duplicate_of is not None:
         return "duplicate"
-    if job is None or job.status in ENDED_BADLY:
+    if job is None:
         return "failed"
-    return job.status
+    return "cancelled" if job.status in STOPPED else job.status
 
 
 def progress(record: BatchRecord, get_job: Callable[[str], Job | None], now: float | None = None) -> dict:
-    """Counts by status, and the rate over the jobs finished since the last post (None before one has)."""
+    """Counts by status, and the rate over the jobs finished (not cancelled) since the last post
+    (None before one has)."""
     now = time.time() if now is None else now
     jobs = {entry.job: get_job(entry.job) for entry in record.items if entry.job}
-    counts = dict.fromkeys(("done", "failed", "queued", "running", "duplicate"), 0)
+    counts = dict.fromkeys(("done", "failed", "cancelled", "queued", "running", "duplicate"), 0)
     for entry in record.items:
         counts[item_status(entry, jobs.get(entry.job) if entry.job else None)] += 1
     remaining = counts["queued"] + counts["running"]
-    recent = [job for job in jobs.values()
-              if job is not None and job.finished is not None and job.finished >= record.posted]
+    recent = [job for job in jobs.values()  # a cancelled job ends at once: it would inflate the rate
+              if job is not None and job.finished is not None and job.finished >= record.posted
+              and job.status not in STOPPED]
     rate = None
     if recent:
         start = min(job.started or job.created for job in recent)
@@ -147,7 +150,8 @@ def progress(record: BatchRecord, get_job: Callable[[str], Job | None], now: flo
 def summary_rows(record: BatchRecord, get_job: Callable[[str], Job | None],
                  files_of: Callable[[str], tuple[str, ...]]) -> list[Row]:
     """The batch as `emaki batch`'s summary.csv rows: `file` the job's gallery images, `skipped`
-    an item done by an earlier post, `pending` one still queued or running."""
+    an item done by an earlier post, `pending` one still queued or running; a cancelled item is
+    `failed`, its `error` saying so (the statuses of `emaki batch`'s file)."""
     rows = []
     for entry in record.items:
         row = Row(entry.line, entry.key)
@@ -160,11 +164,12 @@ def summary_rows(record: BatchRecord, get_job: Callable[[str], Job | None],
             row.error = (f"job {entry.job} is no longer in the queue" if entry.job
                          else "the server could not queue it; post the batch again")
         else:
-            row.status = {"done": "skipped" if entry.earlier else "done", "failed": "failed"}.get(status, "pending")
+            row.status = {"done": "skipped" if entry.earlier else "done", "failed": "failed",
+                          "cancelled": "failed"}.get(status, "pending")
             row.attempts = job.attempts
             if job.started is not None and job.finished is not None:
                 row.seconds = job.finished - job.started
-            if status == "failed":
+            if row.status == "failed":
                 row.error = job.error or job.status
             if status == "done":
                 row.files = files_of(job.id)

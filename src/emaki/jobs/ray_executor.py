@@ -7,7 +7,9 @@ and facts (`emaki.jobs.rendered`). A job goes to an idle actor that already hold
 when there is one (model affinity), else to the least busy. The prompt policy judges each job on
 the head before it is sent and again on the worker. An actor that dies mid-job (its process
 killed, its node lost) costs that job one retry on another actor, recorded in the outcome
-(`attempts`, `retried`); a job whose worker dies twice fails with the reason.
+(`attempts`, `retried`); a job whose worker dies twice fails with the reason. The dead actor
+gets work again once Ray has restarted its process (a ping answers), or is dropped when it is
+gone for good.
 
 Ray is imported only when a `RayCluster` is made (`emaki batch --executor ray`): importing this
 module loads nothing of it. The dispatching (`Dispatcher`) talks to Ray through the four calls of
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -30,10 +33,16 @@ from emaki.jobs.rendered import EngineSlot, JobOutcome, JobRequest
 log = logging.getLogger("emaki.jobs.ray")
 QUEUE_DEPTH = 2  # jobs sent to an actor at once: one runs, one waits, so no actor idles on the round trip
 ACTOR_RESTARTS = 3  # Ray restarts a crashed actor (a lost node: elsewhere) this often; ray.kill ends it for good
+RESTART_POLL_S = 0.2  # while Ray restarts an actor its pings fail at once: how often to ask again
+RESTART_PINGS = 600  # how many times (with RESTART_POLL_S between: 2 minutes) before dropping it
 
 
 class WorkerLost(Exception):
     """The actor running a job died (or became unreachable) before answering."""
+
+
+class WorkerRestarting(WorkerLost):
+    """The actor's process died and Ray is starting it again: a call fails at once until it is up."""
 
 
 class CallFailed(Exception):
@@ -77,6 +86,7 @@ class Slot:
     in_flight: int = 0
     suspect: bool = False  # a job of it failed: no new work until a ping says it is up
     alive: bool = True
+    pings: int = 0  # pings answered "restarting" since it became suspect
 
 
 @dataclass
@@ -116,7 +126,7 @@ class Dispatcher:
                 return
             for ref in self.cluster.wait([*running, *probes]):
                 if ref in probes:
-                    self._probed(probes.pop(ref), ref)
+                    self._probed(probes.pop(ref), ref, probes)
                     continue
                 slot, task = running.pop(ref)
                 slot.in_flight -= 1
@@ -144,11 +154,20 @@ class Dispatcher:
             return None
         return replace(outcome, attempts=task.attempt, retried=task.retried)
 
-    def _probed(self, slot: Slot, ref: Any) -> None:
+    def _probed(self, slot: Slot, ref: Any, probes: dict[Any, Slot]) -> None:
         try:
             self.cluster.get(ref)
             slot.suspect = False  # restarted by Ray: its engine is new, its model gone
             slot.model = None
+            slot.pings = 0
+        except WorkerRestarting:  # not up yet: ask again (paced, as this answer came at once)
+            slot.pings += 1
+            if slot.pings < RESTART_PINGS:
+                time.sleep(RESTART_POLL_S)
+                probes[self.cluster.ping(slot.actor)] = slot
+                return
+            slot.alive = False
+            self.cluster.stop(slot.actor)
         except WorkerLost:
             slot.alive = False
             self.cluster.stop(slot.actor)
@@ -269,6 +288,8 @@ class RayCluster:
             return self.ray.get(ref)
         except exceptions.RayTaskError as e:  # the method itself raised
             raise CallFailed(first_line(e)) from e
+        except exceptions.ActorUnavailableError as e:  # its process died; Ray is restarting it
+            raise WorkerRestarting(first_line(e)) from e
         except exceptions.RayError as e:  # the actor died, was lost with its node, or was out of memory
             raise WorkerLost(first_line(e)) from e
 

@@ -14,8 +14,10 @@ until the render ends, so one sent before the render started is not lost); the e
 within a step. The actor is a threaded Ray actor so that these calls run beside `render`.
 
 An actor that dies mid-job (its process killed, its node lost) costs the job one retry on
-another actor, noted on the job; a second death fails it with both reasons. Ray is imported
-only by `RayServeExecutor.connect` (and the actors).
+another actor, noted on the job; a second death fails it with both reasons. An actor whose
+process died is restarted by Ray and stays in the pool once it answers again; one ended for good
+(`ray.kill`, a lost node) is dropped. Ray is imported only by `RayServeExecutor.connect` (and
+the actors).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import io
 import logging
 import tempfile
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +71,8 @@ INPUT_FIELDS = ("init_image", "mask")  # images a job starts from: sent to the a
 LOST = WorkersUnavailable.__name__  # the error type of a job no worker could finish (HTTP 503)
 POLL_S = 0.2  # how often the head asks a rendering actor for its latest step
 ACTOR_CALLS = 3  # calls an actor runs at once: a render, and the head's polls and interrupts beside it
-PING_S = 30.0  # how long the head waits for a suspect actor to answer before dropping it
+PING_S = 120.0  # how long the head waits for a suspect actor to answer (Ray restarting it) before dropping it
+RESTART_POLL_S = 0.2  # how often it asks again while Ray restarts the actor
 
 
 @dataclass(frozen=True)
@@ -192,17 +196,41 @@ class ActorPool:
             self._changed.notify_all()
 
     def lost(self, slot: Slot) -> None:
-        """`slot`'s actor failed a call: keep it if a ping says Ray restarted it (its engine is
-        new, its model gone), else drop it."""
-        try:
-            ref = self.cluster.ping(slot.actor)
-            self.cluster.ray.get(ref, timeout=PING_S)
-            slot.model = None
-        except Exception as e:  # noqa: BLE001 (any failure to answer: the actor is gone)
-            log.warning("worker %s dropped: %s", slot.index, first_line(e))
-            slot.alive = False
-            self.cluster.stop(slot.actor)
+        """`slot`'s actor failed a call: keep it once a ping says Ray restarted it (its engine is
+        new, its model gone), else drop it. The pings run in a thread of their own, so the job
+        that met the death goes on to its retry at once; the slot stays lent until they end."""
+        threading.Thread(target=self._probe, args=(slot,), name=f"emaki-ray-probe-{slot.index}",
+                         daemon=True).start()
+
+    def _probe(self, slot: Slot) -> None:
+        # A killed process is restarted by Ray (`ACTOR_RESTARTS`); until it is up again, a call
+        # fails at once with ActorUnavailableError ("restarting"), so ask again until `PING_S`.
+        ray = self.cluster.ray
+        deadline = time.monotonic() + PING_S
+        while True:
+            try:
+                ray.get(self.cluster.ping(slot.actor), timeout=max(0.0, deadline - time.monotonic()))
+                slot.model = None
+                log.info("worker %s restarted by Ray: back in the pool", slot.index)
+                break
+            except ray.exceptions.ActorUnavailableError as e:
+                if time.monotonic() < deadline:
+                    time.sleep(RESTART_POLL_S)
+                    continue
+                self._drop(slot, e)
+                break
+            except Exception as e:  # noqa: BLE001 (any other failure to answer: the actor is gone)
+                self._drop(slot, e)
+                break
         self.give_back(slot)
+
+    def _drop(self, slot: Slot, error: Exception) -> None:
+        with self._changed:
+            if not slot.alive:  # the pool was closed meanwhile
+                return
+            slot.alive = False
+        log.warning("worker %s dropped: %s", slot.index, first_line(error))
+        self.cluster.stop(slot.actor)
 
     def close(self) -> None:
         with self._changed:

@@ -1,6 +1,8 @@
 """`/api/batch`: `emaki batch` over HTTP. A batch (the lines of a batch file, as a list or as
 JSON Lines text) is checked whole, then queued as one generation job per item; posting it again
 under its name queues only what is not done, queued or running (`emaki.batch.record`).
+Cancelling it stops its queued and running jobs and keeps the done ones, so a later post runs
+what was cancelled.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ BODY_SCHEMA = {"type": "object", "required": ["name"], "properties": {
     "jsonl": {"type": "string", "description": "one GenerationParams object a line (instead of items)"}}}
 
 RawItem = tuple[int, str, Any]  # (line, where an error says it is, the decoded JSON)
+CLAIM_WAIT_S = 10.0  # how long a cancel waits for a job just taken from the queue to become interruptible
 
 
 def _service(request: Request) -> Service:
@@ -83,6 +86,51 @@ def batch_summary(name: str, request: Request) -> Response:
     rows = summary_rows(_record(service, name), service.store.get, files_of)
     return Response(summary_csv(rows), media_type="text/csv; charset=utf-8",
                     headers={"Content-Disposition": f'attachment; filename="{name}-summary.csv"'})
+
+
+@router.post("/batch/{name}/cancel")
+def cancel_batch(name: str, request: Request) -> dict[str, Any]:
+    """Cancel the batch's queued jobs and interrupt its running ones (between steps); the done
+    ones stay, and posting the batch again queues what was cancelled. Answers the batch's
+    progress, with `stopped`: how many jobs this cancelled or interrupted."""
+    service = _service(request)
+    _record(service, name)  # 404 before the lock (which makes the batch's folder)
+    with record_lock(_home(service), name):  # not while a post of it queues jobs
+        record = _record(service, name)
+        stopped = stop_jobs(service, [entry.job for entry in record.items if entry.job])
+    return progress(record, service.store.get) | {"stopped": stopped}
+
+
+def stop_jobs(service: Service, job_ids: list[str]) -> int:
+    """Cancel the queued jobs of `job_ids`, then interrupt the running ones; how many it stopped.
+    The queued ones go first: each job interrupted first would free a worker to start the next."""
+    running = []
+    stopped = 0
+    for job_id in job_ids:
+        job = service.store.get(job_id)
+        if job is None or job.status not in ("queued", "running"):
+            continue
+        if job.status == "queued" and service.store.cancel(job_id):
+            stopped += 1
+        else:  # running, or taken by a worker since it was read
+            running.append(job_id)
+    deadline = time.monotonic() + CLAIM_WAIT_S
+    while running:
+        # A job the worker has just taken is `running` in the store a moment before it can be
+        # interrupted: ask again until it can be, or it ended.
+        waiting = []
+        for job_id in running:
+            if service.worker.interrupt_job(job_id):
+                stopped += 1
+            elif (job := service.store.get(job_id)) is not None and job.status == "running":
+                waiting.append(job_id)
+        if waiting and time.monotonic() > deadline:
+            raise HTTPException(503, f"jobs {', '.join(waiting)} are running but could not be interrupted "
+                                     f"within {CLAIM_WAIT_S:.0f} s; cancel the batch again")
+        running = waiting
+        if running:
+            time.sleep(0.02)
+    return stopped
 
 
 def _record(service: Service, name: str) -> BatchRecord:

@@ -1,7 +1,8 @@
 // The Batch tab: `emaki batch` on the page. JSON Lines of generation parameters (typed, or read
 // from a .jsonl file) go to /api/batch under a name; the page then polls /api/batch/{name} until
-// nothing is queued or running, and offers the batch's summary.csv. Posting the same name again
-// queues only what is not done yet (the server keys items by their parameters).
+// nothing is queued or running, and offers the batch's summary.csv. Cancel stops the batch's
+// queued and running jobs (/api/batch/{name}/cancel); posting the same name again queues only
+// what is not done yet (the server keys items by their parameters), the cancelled items too.
 import {
   $, POLL_MS, api, clearError, fetchBlob, showError,
 } from "./core.js";
@@ -10,9 +11,10 @@ import { loadGallery } from "./gallery.js";
 // `run` counts the batches posted from this page: a poll loop stops once a newer one started.
 const batch = { run: 0, name: null };
 
-// The batch as a sentence: "3/10 done, 1 failed, 0.52 items/s, ETA 14 s".
+// The batch as a sentence: "3/10 done, 1 failed, 2 cancelled, 0.52 items/s, ETA 14 s".
 function describeProgress(progress) {
   const parts = [`${progress.done}/${progress.total} done`, `${progress.failed} failed`];
+  if (progress.cancelled) parts.push(`${progress.cancelled} cancelled`);
   if (progress.duplicate) parts.push(`${progress.duplicate} duplicate`);
   if (progress.items_per_s) parts.push(`${progress.items_per_s.toFixed(2)} items/s`);
   if (progress.queued + progress.running > 0) {
@@ -22,8 +24,8 @@ function describeProgress(progress) {
 }
 
 function showProgress(progress) {
-  // Failed and duplicate items are finished too: the bar is full when nothing is left to run.
-  const finished = progress.done + progress.failed + progress.duplicate;
+  // Failed, cancelled and duplicate items are finished too: the bar is full when nothing is left to run.
+  const finished = progress.done + progress.failed + progress.cancelled + progress.duplicate;
   $("batch-progress").value = progress.total ? finished / progress.total : 0;
   $("batch-status").textContent = describeProgress(progress);
   window.emaki.batchPolls += 1;
@@ -50,7 +52,23 @@ async function runBatch() {
   link.href = `/api/batch/${encodeURIComponent(posted.name)}/summary.csv`;
   link.download = `${posted.name}-summary.csv`;
   link.hidden = false;
+  $("batch-cancel").disabled = false;
   await pollBatch(posted.name, run);
+}
+
+// Stops the batch being watched; its poll loop then sees the running job end and stops too.
+async function cancelBatch() {
+  clearError();
+  const name = batch.name;
+  $("batch-cancel").disabled = true;
+  try {
+    const progress = await api(`/api/batch/${encodeURIComponent(name)}/cancel`, { method: "POST" });
+    $("batch-queued").textContent = `Cancelled ${progress.stopped} of ${progress.total}; done items kept.`;
+    showProgress(progress);
+  } catch (error) {
+    $("batch-cancel").disabled = false;
+    showError(`Could not cancel batch ${name}: ${error.message}`);
+  }
 }
 
 // Polls until nothing of the batch is queued or running, then shows its images in the gallery.
@@ -70,7 +88,10 @@ async function pollBatch(name, run) {
   } catch (error) {
     showError(`Lost track of batch ${name}: ${error.message}`);
   } finally {
-    if (batch.run === run) $("batch-run").disabled = false;
+    if (batch.run === run) {
+      $("batch-run").disabled = false;
+      $("batch-cancel").disabled = true;
+    }
   }
 }
 
@@ -110,6 +131,7 @@ async function readBatchFile() {
 export function setUpBatch() {
   Object.assign(window.emaki, { batchPolls: 0, batchesFinished: 0 });
   $("batch-run").addEventListener("click", runBatch);
+  $("batch-cancel").addEventListener("click", cancelBatch);
   $("batch-file").addEventListener("change", readBatchFile);
   $("batch-summary").addEventListener("click", downloadSummary);
 }
