@@ -1,6 +1,7 @@
 """The requests of A1111's own API test files (test/test_txt2img.py, test_img2img.py, test_extras.py,
-test_utils.py): each answers 200 here, as it does from A1111 — except `restore_faces: true`, which
-emaki refuses by name (it has no face detector) instead of ignoring it."""
+test_utils.py): each answers 200 here, as it does from A1111 — except `restore_faces: true` on a
+server without GFPGAN's files (this one has none): refused naming the files and the folder instead
+of ignored (with the files it runs: tests/server/test_faces_refusal.py)."""
 
 from __future__ import annotations
 

@@ -481,10 +481,15 @@ class UpscaleRequest(CheckedModel):
     image: str = Field(..., description="the picture, base64 or a data URL")
     upscaler: str = "Lanczos"
     scale: float = Field(2.0, ge=1.0, le=8.0)
+    gfpgan_visibility: float = Field(0.0, ge=0.0, le=1.0, description="GFPGAN after the upscale (A1111's extras)")
 
 
 def _upscale(service: Service, body: UpscaleRequest) -> dict[str, Any]:
-    extras = ExtrasRequest(upscaler_1=body.upscaler, upscaling_resize=body.scale)
+    if body.upscaler == "None" and body.gfpgan_visibility == 0:
+        raise ParamsError("upscaler: None with gfpgan_visibility 0 leaves the picture as it is; "
+                          "pick an upscaler or a GFPGAN visibility above 0")
+    extras = ExtrasRequest(upscaler_1=body.upscaler, upscaling_resize=body.scale,
+                           gfpgan_visibility=body.gfpgan_visibility)
     check_extras(service.engine, extras)
     picture = decode_image(body.image, "image")
     result, text = run_extras(service.engine, picture, extras)
@@ -494,8 +499,9 @@ def _upscale(service: Service, body: UpscaleRequest) -> dict[str, Any]:
 
 @router.post("/upscale")
 async def upscale(body: UpscaleRequest, request: Request) -> dict[str, Any]:
-    """The picture upscaled now (the page's Extras panel), as a PNG data URL carrying A1111's
-    `extras` text; it waits for a running generation to leave the model."""
+    """The picture upscaled now (the page's Extras panel), then its faces restored when
+    `gfpgan_visibility` is above 0, as a PNG data URL carrying A1111's `extras` text; it waits
+    for a running generation to leave the model."""
     return await run_in_threadpool(_upscale, _service(request), body)
 
 

@@ -4,10 +4,14 @@ import { $, api, clearError, fillSelect, readAsDataUrl, showError } from "./core
 
 const extras = { picture: null, name: "" };
 
-// The upscalers the server has (/api/upscalers); model files also join the hires fix's menu.
+// The upscalers the server has (/api/upscalers), then None (the faces only, with a GFPGAN
+// visibility); model files also join the hires fix's menu.
 export async function loadUpscalers() {
   const usable = (await api("/api/upscalers")).filter((row) => !row.reason && row.name !== "None");
-  fillSelect($("extras-upscaler"), usable.map((row) => [row.name, row.kind === "model" ? `${row.name} (${row.architecture}, ${row.scale}x)` : row.name]));
+  fillSelect($("extras-upscaler"), [
+    ...usable.map((row) => [row.name, row.kind === "model" ? `${row.name} (${row.architecture}, ${row.scale}x)` : row.name]),
+    ["None", "None (restore the faces only)"],
+  ]);
   const hires = $("hr-upscaler");
   for (const row of usable) {
     if (![...hires.options].some((option) => option.value === row.name)) hires.append(new Option(row.name, row.name));
@@ -20,8 +24,11 @@ async function runExtras() {
   $("extras-info").textContent = "Upscaling…";
   try {
     const scale = $("extras-scale").value.trim() === "" ? 2 : Number($("extras-scale").value);
+    // GFPGAN after the upscale (A1111's order); 0, or a disabled slider: faces left as they are
+    const gfpgan = $("extras-gfpgan").disabled ? 0 : Number($("extras-gfpgan").value);
     const result = await api("/api/upscale", {
-      method: "POST", body: { image: extras.picture, upscaler: $("extras-upscaler").value, scale },
+      method: "POST",
+      body: { image: extras.picture, upscaler: $("extras-upscaler").value, scale, gfpgan_visibility: gfpgan },
     });
     $("extras-result").src = result.image;
     $("extras-result").hidden = false;
@@ -53,4 +60,7 @@ export function setUpExtras() {
     }
   });
   $("extras-run").addEventListener("click", runExtras);
+  $("extras-gfpgan").addEventListener("input", () => {
+    $("extras-gfpgan-value").textContent = $("extras-gfpgan").value;
+  });
 }

@@ -1,6 +1,7 @@
 // The generation form: its model, sampler and schedule menus, reading it as `GenerationParams`
 // fields, and filling it back from an image's parameters (the gallery, a dropped PNG).
 import { $, api, fillSelect, intOrNull, showError, state } from "./core.js";
+import { fillRestoreFaces, loadFaceRestorers, readRestoreFaces } from "./faces.js";
 import { readInpaint } from "./mask.js";
 import { pickedStyles, pickStyles } from "./styles.js";
 
@@ -18,6 +19,7 @@ export async function loadChoices() {
   $("sampler").value = samplers.some((s) => s.name === "Euler a") ? "Euler a" : samplers[0]?.name;
   fillSelect($("scheduler"), schedulers.map((s) => [s.label, s.label]));
   $("scheduler").value = "Automatic";
+  await loadFaceRestorers();  // the Restore faces checkbox: usable only when the server has the files
 }
 
 // A new checkpoint (a merge): the model menu lists it, and keeps what was chosen.
@@ -54,7 +56,7 @@ export function readForm(tab) {
   if ($("vae").value) params.vae = $("vae").value;
   const styles = pickedStyles();
   if (styles.length) params.styles = styles;
-  Object.assign(params, readSpeed());
+  Object.assign(params, readSpeed(), readRestoreFaces());
   if (state.init && tab === "img2img") {
     // img2img: the image itself travels (the server takes no paths); without one, none of these
     // fields are sent and the job is plain text to image.
@@ -154,6 +156,7 @@ export function fillForm(params, fields = {}) {
     else unknown.push(`model ${params.model}`);
   }
   fillSpeed(params);
+  unknown.push(...fillRestoreFaces(params));
   unknown.push(...pickStyles(params.styles || []).map((name) => `style ${name}`));
   return unknown;
 }
