@@ -138,3 +138,11 @@ def test_txt2img_restores_faces_and_refuses_codeformer(client: TestClient):
     refused = client.post("/sdapi/v1/txt2img", json=body | {
         "restore_faces": True, "override_settings": {"face_restoration_model": "CodeFormer"}})
     assert refused.status_code == 422 and "GFPGAN only" in refused.text
+
+
+def test_a_native_job_asking_for_faces_without_the_files_is_refused_before_queuing(client: TestClient):
+    _put_files("GFPGANv1.4.pth")
+    answer = client.post("/api/jobs", json={"prompt": "1girl", "steps": 2, "width": 64, "height": 64,
+                                            "restore_faces": True})
+    assert answer.status_code == 422 and "detection_Resnet50_Final.pth" in answer.text
+    assert client.get("/api/jobs").json() == []

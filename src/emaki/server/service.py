@@ -238,6 +238,8 @@ class Service:
             check_upscaler(params.hr_upscaler, self.engine.workspace)
             if params.hr_sampler_name:
                 parse_sampler_name(params.hr_sampler_name)
+        if params.restore_faces:  # missing face files fail now, naming them, not in the queue
+            self.engine.face_restoration.check(self.engine.workspace, "GFPGAN", "restore_faces")
         if init is not None:  # last: nothing is written for a request that is refused
             saved = {"init_image": save_input(init, self.inputs)}
             if mask is not None:
