@@ -10,6 +10,7 @@ import base64
 import io
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -390,7 +391,7 @@ def test_page_runs_hires_fix_and_sends_it_back(browser: Any, live_server: Any, t
 
 
 def test_page_signs_in_once_and_polls_when_it_holds_credentials(
-        browser: Any, server_factory: Any, tmp_path: Path) -> None:
+        browser: Any, server_factory: Any, tmp_path: Path, tiny_safetensors: Path) -> None:
     from playwright.sync_api import expect
 
     server = server_factory(["--api-auth", "mika:secret"], auth=("mika", "secret"))
@@ -457,6 +458,23 @@ def test_page_signs_in_once_and_polls_when_it_holds_credentials(
         expect(page.locator("#login")).to_be_hidden()
         expect(page.locator("#gallery .item")).to_have_count(2)  # and the first part's
         session.screenshot("signed-in")
+
+        # The other panels' jobs are polled to their end too (a merge here).
+        models = server.home / "models"
+        models.mkdir(exist_ok=True)
+        for name in ("a", "b"):
+            shutil.copy(tiny_safetensors, models / f"{name}.safetensors")
+        with server.client() as api:
+            api.post("/sdapi/v1/refresh-checkpoints")
+        page.locator("#tab-merge").click()
+        expect(page.locator("#merge-a option[value='a']")).to_have_count(1)
+        page.locator("#merge-a").select_option("a")
+        page.locator("#merge-b").select_option("b")
+        page.locator("#merge-output").fill("mix.safetensors")
+        page.locator("#merge-start").click()
+        expect(page.locator("#merge-status")).to_have_text("Done: mix.safetensors")
+        assert (models / "mix.safetensors").is_file()
+        assert not any(url.endswith("/events") for url in session.requests)
         session.check_clean()
     finally:
         session.close()

@@ -179,6 +179,47 @@ export function streamEvents(id, { queued, progress, finished, isCurrent, fallba
   return source;
 }
 
+// Watch job `id` until it ends, for a panel whose `holder` keeps the job it watches (`holder.job`;
+// another job there stops this watch) and its event source (`holder.events`): through the job's
+// events, or by polling the job and, while it runs, its progress when the page holds credentials
+// (EventSource cannot send them) or the stream was refused. A failed read stops watching:
+// `lost(error)`.
+export function watchJob(id, holder, { queued, progress, finished, lost }) {
+  const poll = () => pollJobUntilEnd(id, holder, { progress, finished, lost });
+  if (state.auth) {
+    poll();
+    return;
+  }
+  holder.events = streamEvents(id, {
+    queued, progress, finished,
+    isCurrent: (source) => holder.events === source,
+    fallback: () => {
+      holder.events = null;
+      poll();
+    },
+  });
+}
+
+async function pollJobUntilEnd(id, holder, { progress, finished, lost }) {
+  const path = `/api/jobs/${encodeURIComponent(id)}`;
+  while (holder.job === id) {
+    try {
+      const job = await api(path);
+      if (holder.job !== id) return;
+      if (FINISHED.has(job.status)) {
+        finished(job);
+        return;
+      }
+      const event = job.status === "running" ? await api(`${path}/progress`) : null;
+      if (event && holder.job === id) progress(event);
+    } catch (error) {
+      lost(error);
+      return;
+    }
+    await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+  }
+}
+
 // ---------------------------------------------------------------- messages
 
 export function showError(message) {

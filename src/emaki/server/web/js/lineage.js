@@ -4,7 +4,7 @@
 // the residual) and the summary lines the CLI prints. Loaded by index.html on its own: it only
 // reads the shared page state, and lists the checkpoints whenever the Merge tab opens.
 import {
-  $, FINISHED, POLL_MS, api, clearError, element, fillSelect, showError, state, streamEvents,
+  $, api, clearError, element, fillSelect, showError, watchJob,
 } from "./core.js";
 
 const trace = { job: null, events: null, names: [] };
@@ -63,8 +63,14 @@ async function startLineage() {
   $("lineage-status").textContent = "Queued";
   $("lineage-summary").replaceChildren();
   $("lineage-table").hidden = true;
-  if (state.auth) pollLineage(job.id);
-  else streamLineage(job.id);
+  watchJob(job.id, trace, {
+    progress: showLineageProgress,
+    finished: finishLineage,
+    lost: (error) => {
+      showError(`Lost track of the trace: ${error.message}`);
+      finishLineage(null);
+    },
+  });
 }
 
 function showLineageProgress(event) {
@@ -72,37 +78,6 @@ function showLineageProgress(event) {
   $("lineage-progress").value = fraction;
   $("lineage-status").textContent = `Comparing: ${Math.round(fraction * 100)}%`;
   window.emaki.lineageEvents += 1;
-}
-
-function streamLineage(id) {
-  trace.events = streamEvents(id, {
-    progress: showLineageProgress,
-    finished: finishLineage,
-    isCurrent: (source) => trace.events === source,
-    fallback: () => {
-      trace.events = null;
-      pollLineage(id);
-    },
-  });
-}
-
-async function pollLineage(id) {
-  while (trace.job === id) {
-    try {
-      const job = await api(`/api/jobs/${encodeURIComponent(id)}`);
-      if (FINISHED.has(job.status)) {
-        finishLineage(job);
-        return;
-      }
-      const event = job.status === "running" ? await api(`/api/jobs/${encodeURIComponent(id)}/progress`) : null;
-      if (event && trace.job === id) showLineageProgress(event);
-    } catch (error) {
-      showError(`Lost track of the trace: ${error.message}`);
-      finishLineage(null);
-      return;
-    }
-    await new Promise((resolve) => setTimeout(resolve, POLL_MS));
-  }
 }
 
 // A residual (a fraction of the model's norm) as the CLI writes it.

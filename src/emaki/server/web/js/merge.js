@@ -3,7 +3,7 @@
 // or polling with credentials); the new checkpoint joins the model lists when it is done, and its
 // recipe is shown.
 import {
-  $, FINISHED, POLL_MS, api, clearError, element, fillSelect, showError, state, streamEvents,
+  $, api, clearError, element, fillSelect, showError, watchJob,
 } from "./core.js";
 
 const merge = { job: null, events: null, loras: [], onDone: () => {} };
@@ -119,8 +119,14 @@ async function startMerge() {
   $("merge-cancel").disabled = false;
   $("merge-progress").value = 0;
   $("merge-status").textContent = "Queued";
-  if (state.auth) pollMerge(job.id);
-  else streamMerge(job.id);
+  watchJob(job.id, merge, {
+    progress: showMergeProgress,
+    finished: finishMerge,
+    lost: (error) => {
+      showError(`Lost track of the merge: ${error.message}`);
+      finishMerge(null);
+    },
+  });
 }
 
 function showMergeProgress(event) {
@@ -128,37 +134,6 @@ function showMergeProgress(event) {
   $("merge-progress").value = fraction;
   $("merge-status").textContent = `Merging: ${Math.round(fraction * 100)}%`;
   window.emaki.mergeEvents += 1;
-}
-
-function streamMerge(id) {
-  merge.events = streamEvents(id, {
-    progress: showMergeProgress,
-    finished: finishMerge,
-    isCurrent: (source) => merge.events === source,
-    fallback: () => {
-      merge.events = null;
-      pollMerge(id);
-    },
-  });
-}
-
-async function pollMerge(id) {
-  while (merge.job === id) {
-    try {
-      const job = await api(`/api/jobs/${encodeURIComponent(id)}`);
-      if (FINISHED.has(job.status)) {
-        finishMerge(job);
-        return;
-      }
-      const event = job.status === "running" ? await api(`/api/jobs/${encodeURIComponent(id)}/progress`) : null;
-      if (event && merge.job === id) showMergeProgress(event);
-    } catch (error) {
-      showError(`Lost track of the merge: ${error.message}`);
-      finishMerge(null);
-      return;
-    }
-    await new Promise((resolve) => setTimeout(resolve, POLL_MS));
-  }
 }
 
 function finishMerge(job) {

@@ -1,5 +1,5 @@
 import {
-  $, FINISHED, POLL_MS, api, clearError, fillSelect, intOrNull, showError, state, streamEvents,
+  $, api, clearError, fillSelect, intOrNull, showError, watchJob,
 } from "./core.js";
 
 // ---------------------------------------------------------------- training
@@ -99,51 +99,23 @@ function watchTraining(job) {
   $("train-preview").hidden = true;
   drawLossCurve([]);
   $("train-status").textContent = `Queued: ${job.params.kind} ${job.params.name}`;
-  if (state.auth) pollTraining(job.id);
-  else streamTraining(job.id);
+  watchJob(job.id, training, {
+    queued: ({ position }) => {
+      $("train-status").textContent = position > 0 ? `Queued (${position} ahead)` : "Queued";
+    },
+    progress: showTraining,
+    finished: finishTraining,
+    lost: (error) => {
+      showError(`Lost track of the training job: ${error.message}`);
+      finishWatchingTraining();
+    },
+  });
 }
 
 function stopWatchingTraining() {
   if (training.events) training.events.close();
   training.events = null;
   training.job = null;
-}
-
-function streamTraining(id) {
-  training.events = streamEvents(id, {
-    queued: ({ position }) => {
-      $("train-status").textContent = position > 0 ? `Queued (${position} ahead)` : "Queued";
-    },
-    progress: showTraining,
-    finished: finishTraining,
-    isCurrent: (source) => training.events === source,
-    fallback: () => {
-      training.events = null;
-      pollTraining(id);
-    },
-  });
-}
-
-// With credentials (EventSource cannot send them): the job, and while it runs its progress event.
-async function pollTraining(id) {
-  while (training.job === id) {
-    let job;
-    try {
-      job = await api(`/api/jobs/${encodeURIComponent(id)}`);
-      if (training.job !== id) return;
-      if (FINISHED.has(job.status)) {
-        finishTraining(job);
-        return;
-      }
-      const event = job.status === "running" ? await api(`/api/jobs/${encodeURIComponent(id)}/progress`) : null;
-      if (event && training.job === id) showTraining(event);
-    } catch (error) {
-      showError(`Lost track of the training job: ${error.message}`);
-      finishWatchingTraining();
-      return;
-    }
-    await new Promise((resolve) => setTimeout(resolve, POLL_MS));
-  }
 }
 
 function formatLoss(loss) {
