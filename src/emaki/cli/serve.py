@@ -24,7 +24,7 @@ def serve_command(
         "--token", help="Bearer token clients must send (a browser: any user name, the token as password).")] = None,
     precision: Annotated[str | None, typer.Option("--precision", help="auto (default: bf16 on a CPU with AVX-512 BF16 or AMX, fp16 on a GPU, else fp32), fp32, bf16, fp16.", envvar="EMAKI_PRECISION")] = None,
     threads: Annotated[int | None, typer.Option("--threads", help="CPU threads (default: the idle cores).")] = None,
-    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the UNet: the same images, faster steps after a first one that compiles (cached in EMAKI_HOME/cache/compile); local executor only.")] = False,
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the UNet: the same images, faster steps after a first one that compiles (cached in EMAKI_HOME/cache/compile; with --executor ray each actor compiles its own, cached in its workspace).")] = False,
     a1111: Annotated[Path | None, typer.Option("--a1111", help="An A1111 install to take models from (default: EMAKI_A1111).")] = None,
     max_body_mb: Annotated[int, typer.Option("--max-body-mb", help="Largest request body accepted (MiB).")] = 32,
     allowed_hosts: Annotated[str | None, typer.Option(

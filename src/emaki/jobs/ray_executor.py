@@ -232,12 +232,18 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def worker_slot(threads: int | None, precision: str | None) -> EngineSlot:
+def worker_slot(threads: int | None, precision: str | None, compile: bool = False) -> EngineSlot:
     """The `EngineSlot` of a Ray worker process, on that worker's own workspace: an actor is the
-    process's entry point, so like the CLI it reads its environment (EMAKI_HOME, EMAKI_A1111)."""
+    process's entry point, so like the CLI it reads its environment (EMAKI_HOME, EMAKI_A1111),
+    and with `compile` keeps inductor's cache in that workspace as `emaki serve --compile` does."""
     from emaki.workspace import workspace_from_environment
 
-    return EngineSlot.on_workspace(workspace_from_environment(os.environ), threads, precision)
+    workspace = workspace_from_environment(os.environ)
+    if compile:
+        from emaki.engine.speed.compile import compile_cache_dir
+
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache_dir(workspace.home)))
+    return EngineSlot.on_workspace(workspace, threads, precision, compile)
 
 
 class EngineActor:

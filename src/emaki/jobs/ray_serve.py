@@ -92,8 +92,8 @@ class ServeActor:
     """The body of a server's Ray actor: an `EngineSlot` on the worker's own workspace that
     reports its latest step and takes interrupts while it renders."""
 
-    def __init__(self, threads: int | None, precision: str | None) -> None:
-        self.slot = worker_slot(threads, precision)
+    def __init__(self, threads: int | None, precision: str | None, compile: bool = False) -> None:
+        self.slot = worker_slot(threads, precision, compile)
         self._rendering = threading.Lock()  # one render at a time (the head sends one)
         self._lock = threading.Lock()  # the fields below: read by `poll`, set by `render`
         self._key: str | None = None
@@ -268,11 +268,12 @@ class RayServeExecutor:
 
     @classmethod
     def connect(cls, address: str | None, local: LocalExecutor, *, workers: int | None = None,
-                threads: int = 1, precision: str | None = None) -> RayServeExecutor:
+                threads: int = 1, precision: str | None = None, compile: bool = False) -> RayServeExecutor:
         """Join the cluster at `address` (`auto`, host:port; `local` or None: start one in this
-        process, stopped again by `close`) and start `workers` actors of `threads` threads."""
+        process, stopped again by `close`) and start `workers` actors of `threads` threads
+        (`compile`: each compiles its UNet, `--compile`)."""
         room = join_ray_cluster(None if address in (None, "local") else address, workers, threads)
-        cluster = RayCluster(ServeActor, (threads, precision), threads=threads, gpus=room.gpus,
+        cluster = RayCluster(ServeActor, (threads, precision, compile), threads=threads, gpus=room.gpus,
                              concurrency=ACTOR_CALLS)
         return cls(ActorPool(cluster, room.workers), local, local.engine.workspace, room.on_close)
 

@@ -104,13 +104,13 @@ class EngineSlot:
 
     @classmethod
     def on_workspace(cls, workspace: Workspace, threads: int | None = None,
-                     precision: str | None = None) -> EngineSlot:
+                     precision: str | None = None, compile: bool = False) -> EngineSlot:
         """A slot on `workspace` (a Ray worker's own: models are found there by name; the demo
-        model is bundled)."""
+        model is bundled); `compile`: torch.compile its UNet (`--compile`)."""
         from emaki.devices import DevicePolicy
         from emaki.engine import Engine
 
-        return cls(Engine(workspace, DevicePolicy.choose(precision, threads=threads)))
+        return cls(Engine(workspace, DevicePolicy.choose(precision, threads=threads, compile=compile)))
 
     def render(self, key: str, fields: dict[str, Any], *, progress: ProgressCallback | None = None,
                cancel: Cancel | None = None) -> JobOutcome:

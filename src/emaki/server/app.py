@@ -168,7 +168,8 @@ def make_executor(settings: ServerSettings, engine: Engine) -> Executor:
     from emaki.jobs.ray_serve import RayServeExecutor
 
     return RayServeExecutor.connect(settings.ray_address, local, workers=settings.workers,
-                                    threads=settings.threads or 1, precision=settings.precision)
+                                    threads=settings.threads or 1, precision=settings.precision,
+                                    compile=settings.compile)
 
 
 def create_app(settings: ServerSettings | None = None) -> FastAPI:
