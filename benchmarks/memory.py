@@ -5,9 +5,12 @@ Each measurement runs in its own subprocess, so its peak RSS (VmHWM) is its own:
     python benchmarks/memory.py vae --size 1024 --precision bf16
         one VAE decode of a size×size picture, whole and in tiles (--vae-tiling): peak RSS above
         the process with the VAE built, seconds, and how far the tiled picture is from the whole one
-    python benchmarks/memory.py load
+    python benchmarks/memory.py load [--repeats 3] [--before OLD_SRC] [--threads 1]
         reading an SD 1.5 fp16 .safetensors (2.1 GB) into memory, warm (read twice, the second
-        timed), against loading it as a model at bf16 and fp32: seconds and peak RSS
+        timed), against loading it as a model at bf16 and fp32: seconds (wall and CPU, medians
+        of the repeats) and peak RSS; with --before, the same loads with another source tree of
+        emaki (e.g. `git worktree add /tmp/old HEAD~1` → /tmp/old/src) run alternately with
+        this one, so both are measured under the same load of a shared machine
     python benchmarks/memory.py generate --size 1024 --steps 1
         a whole generation (bf16) with --vae-tiling off and on: peak RSS
 
@@ -19,6 +22,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import mmap
+import os
+import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,6 +40,12 @@ def status_mb(field: str) -> float:
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     raise KeyError(field)
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds this process has used (a busy machine stretches wall time, not these)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def worker_vae(size: int, precision: str, tiled: bool, out: Path) -> dict:
@@ -57,36 +70,43 @@ def worker_vae(size: int, precision: str, tiled: bool, out: Path) -> dict:
 
 
 def worker_read(checkpoint: Path) -> dict:
-    """The file read into memory (one buffer of its size), twice; the second read timed."""
+    """The file read into memory (one buffer of its size), twice; the second read is the one
+    compared with (`seconds`), the first, into memory not yet touched, is given too (`fresh_*`:
+    the kernel faulting in and zeroing those pages costs about as much again as the copy)."""
     size = checkpoint.stat().st_size
-    buffer = bytearray(size)
+    buffer = mmap.mmap(-1, size)  # untouched pages, as a loader's new tensors are
+    times = []
     for _ in range(2):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), cpu_seconds()
         with open(checkpoint, "rb", buffering=0) as f:
             view, done = memoryview(buffer), 0
             while done < size:
                 done += f.readinto(view[done:done + (64 << 20)])
-        seconds = time.perf_counter() - start
-    return {"seconds": seconds, "peak_mb": status_mb("VmHWM"), "file_mb": size / 2**20}
+            view.release()
+        times.append((time.perf_counter() - start, cpu_seconds() - cpu))
+    (fresh_seconds, fresh_cpu), (seconds, cpu) = times
+    return {"seconds": seconds, "cpu_seconds": cpu, "fresh_seconds": fresh_seconds, "fresh_cpu_seconds": fresh_cpu,
+            "peak_mb": status_mb("VmHWM"), "file_mb": size / 2**20}
 
 
-def worker_load(checkpoint: Path, precision: str) -> dict:
+def worker_load(checkpoint: Path, precision: str, threads: int) -> dict:
     import torch
 
     from emaki.models.hashes import HashCache
     from emaki.models.loader import load_model_uncached
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[precision]
     hashes = HashCache(None)
     hashes.get(checkpoint)  # the file's hash, computed once per file (the engine's cache keeps it)
     base = status_mb("VmRSS")
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds()
     model = load_model_uncached(checkpoint, dtype=dtype, hashes=hashes)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
     parts = model.components
     fp32_mb = sum(p.numel() * 4 for m in (parts.unet, parts.vae, parts.text_encoder) for p in m.parameters()) / 2**20
-    return {"seconds": seconds, "base_mb": base, "peak_mb": status_mb("VmHWM"), "model_fp32_mb": fp32_mb}
+    return {"seconds": seconds, "cpu_seconds": cpu, "base_mb": base, "peak_mb": status_mb("VmHWM"),
+            "model_fp32_mb": fp32_mb}
 
 
 def worker_generate(checkpoint: Path, size: int, steps: int, vae_tiling: str) -> dict:
@@ -104,8 +124,11 @@ def worker_generate(checkpoint: Path, size: int, steps: int, vae_tiling: str) ->
     return {"seconds": time.perf_counter() - start, "peak_mb": status_mb("VmHWM")}
 
 
-def run_worker(*args: str) -> dict:
-    out = subprocess.run([sys.executable, __file__, "worker", *args], check=False, capture_output=True, text=True)
+def run_worker(*args: str, src: str | None = None) -> dict:
+    """One measurement in a fresh process; `src`: import emaki from that source tree instead."""
+    env = dict(os.environ, PYTHONPATH=src) if src else None
+    out = subprocess.run([sys.executable, __file__, "worker", *args], check=False, capture_output=True, text=True,
+                         env=env)
     if out.returncode:
         raise SystemExit(f"worker {args} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -146,13 +169,30 @@ def with_checkpoint(given: str | None, use: Callable[[Path], None]) -> None:
         use(path)
 
 
-def compare_load(checkpoint: Path) -> None:
-    read = run_worker("read", str(checkpoint))
-    print(f"{checkpoint.name}: {read['file_mb']:.0f} MB")
-    print(f"  read (warm): {read['seconds']:6.2f} s, peak RSS {read['peak_mb']:7.0f} MB")
-    for precision in ("bf16", "fp32"):
-        r = run_worker("load", str(checkpoint), precision)
-        print(f"  load {precision}: {r['seconds']:6.2f} s ({r['seconds'] / read['seconds']:.2f}x the read), peak RSS "
+def _medians(runs: list[dict]) -> dict:
+    return {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+
+
+def compare_load(checkpoint: Path, repeats: int, before: str | None, threads: int) -> None:
+    """Every round runs the read, then each load (this tree, then `before`'s), so each kind of
+    run sees the same mix of a shared machine's load; medians over the rounds."""
+    trees = {"": None} if before is None else {"": None, " (before)": before}
+    kinds = [("read", "", None)] + [(precision, label, src) for precision in ("bf16", "fp32")
+                                    for label, src in trees.items()]
+    runs: dict[tuple[str, str], list[dict]] = {(kind, label): [] for kind, label, _ in kinds}
+    for _ in range(repeats):
+        for kind, label, src in kinds:
+            args = ("read", str(checkpoint)) if kind == "read" else ("load", str(checkpoint), kind, str(threads))
+            runs[kind, label].append(run_worker(*args, src=src))
+    read = _medians(runs["read", ""])
+    print(f"{checkpoint.name}: {read['file_mb']:.0f} MB; medians of {repeats} run(s); loads on {threads} thread(s)")
+    print(f"  read (warm): {read['seconds']:6.2f} s, cpu {read['cpu_seconds']:5.2f} s, peak RSS {read['peak_mb']:7.0f} MB; "
+          f"into untouched memory: {read['fresh_seconds']:6.2f} s, cpu {read['fresh_cpu_seconds']:5.2f} s")
+    for kind, label, _ in kinds[1:]:
+        r = _medians(runs[kind, label])
+        print(f"  load {kind}{label}: {r['seconds']:6.2f} s ({r['seconds'] / read['seconds']:.2f}x the read), cpu "
+              f"{r['cpu_seconds']:5.2f} s ({r['cpu_seconds'] / read['cpu_seconds']:.2f}x the read's, "
+              f"{r['cpu_seconds'] / read['fresh_cpu_seconds']:.2f}x into untouched memory), peak RSS "
               f"{r['peak_mb']:7.0f} MB ({r['peak_mb'] / r['model_fp32_mb']:.2f}x the model's fp32 size, "
               f"{r['model_fp32_mb']:.0f} MB; {r['base_mb']:.0f} MB before loading)")
 
@@ -172,7 +212,7 @@ def main() -> None:
         elif kind == "read":
             result = worker_read(Path(rest[0]))
         elif kind == "load":
-            result = worker_load(Path(rest[0]), rest[1])
+            result = worker_load(Path(rest[0]), rest[1], int(rest[2]))
         else:
             result = worker_generate(Path(rest[0]), int(rest[1]), int(rest[2]), rest[3])
         print(json.dumps(result))
@@ -183,11 +223,14 @@ def main() -> None:
     parser.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
     parser.add_argument("--steps", type=int, default=1)
     parser.add_argument("--checkpoint", help="an SD 1.5 .safetensors to use (default: one built and deleted)")
+    parser.add_argument("--repeats", type=int, default=1, help="load: rounds of runs (medians are printed)")
+    parser.add_argument("--before", metavar="SRC", help="load: also load with the emaki source tree SRC, alternately")
+    parser.add_argument("--threads", type=int, default=1, help="load: torch threads (default 1)")
     args = parser.parse_args()
     if args.what == "vae":
         compare_vae(args.size, args.precision)
     elif args.what == "load":
-        with_checkpoint(args.checkpoint, compare_load)
+        with_checkpoint(args.checkpoint, lambda path: compare_load(path, args.repeats, args.before, args.threads))
     else:
         with_checkpoint(args.checkpoint, lambda path: compare_generate(path, args.size, args.steps))
 
