@@ -4,7 +4,11 @@ quality — on the demo model, with every option at its default but --steps: an 
 12 faces with cat ears (captions without them), a hypernetwork and a LoRA trained on 12 sepia faces;
 each then draws --images images per prompt and `emaki.demo.describe` counts cat ears / sepia:
 
-    python benchmarks/train.py quality --steps 400 --images 40
+    python benchmarks/train.py quality --steps 400 --images 40 --seeds 0,1,2,3,4 --kinds hypernetwork,lora
+
+`--seeds` are training seeds (`TrainingParams.seed`: the network's initial weights, the data order,
+the noise and timesteps); the 12 faces and the images judged (seeds 1000...) stay the same. The
+prompt without the network draws the same images for every run, so it is judged once.
 
 speed — the SD 1.5 architecture with random weights at 512², batch 1: seconds per embedding
 training step of emaki against a plain diffusers textual-inversion loop (the diffusers example's
@@ -29,41 +33,55 @@ from pathlib import Path
 from typing import Any
 
 CAPTION = "1girl, solo, long hair, smile"
+# (kind, name, concept of the 12 faces, prompt with the network, what `describe` should find)
+CASES = [("embedding", "nekomimi", "cat_ears", "1girl, nekomimi", "cat_ears"),
+         ("hypernetwork", "sepiastyle", "sepia", "1girl <hypernet:sepiastyle:1>", "sepia"),
+         ("lora", "sepialora", "sepia", "1girl <lora:sepialora:1>", "sepia")]
 
 
 def quality(args: argparse.Namespace) -> None:
-    from emaki.demo import describe
     from emaki.demo.datasets import write_concept_dataset
     from emaki.devices import DevicePolicy
     from emaki.engine import Engine
-    from emaki.params import GenerationParams
     from emaki.workspace import Workspace
 
     root = Path(tempfile.mkdtemp(prefix="emaki-train-bench-"))
     engine = Engine(Workspace(root / "home"), DevicePolicy.choose(threads=args.threads))
-    cases = [("embedding", "nekomimi", "cat_ears", "1girl, nekomimi", "cat_ears"),
-             ("hypernetwork", "sepiastyle", "sepia", "1girl <hypernet:sepiastyle:1>", "sepia"),
-             ("lora", "sepialora", "sepia", "1girl <lora:sepialora:1>", "sepia")]
-    print(f"{'kind':>12} {'train s':>8} {'prompt':>32} {'rate':>6}  file")
+    cases = [case for case in CASES if case[0] in args.kinds.split(",")]
+    judged: dict[tuple[str, str], float] = {}  # (prompt, feature) → rate; without a network, judged once
+    print(f"{'kind':>12} {'seed':>4} {'train s':>8} {'prompt':>32} {'rate':>6}  file")
     for kind, name, concept, prompt, feature in cases:
         data = root / concept
         write_concept_dataset(data, concept, count=12)
-        start = time.perf_counter()
-        outcome = engine.train(_params(kind, name, data, args.steps, args.options))
-        seconds = time.perf_counter() - start
-        size = f"{outcome.path.stat().st_size / 1e6:.2f} MB"
-        for text in (prompt, "1girl"):
-            result = engine.generate(GenerationParams.create(prompt=text, seed=1000, batch_size=args.images // 4,
-                                                             n_iter=4), save=False)
-            found = [describe(image.image) for image in result.images]
-            hits = sum(bool(d["cat_ears"]) if feature == "cat_ears" else d["style"] == "sepia" for d in found)
-            print(f"{kind:>12} {seconds:8.1f} {text:>32} {hits / len(found):6.2f}  {size}", flush=True)
+        for seed in (int(s) for s in args.seeds.split(",")):
+            options = {**json.loads(args.options or "{}"), "seed": seed, "overwrite": True}
+            start = time.perf_counter()
+            outcome = engine.train(_params(kind, name, data, args.steps, options))
+            seconds = time.perf_counter() - start
+            size = f"{outcome.path.stat().st_size / 1e6:.2f} MB"
+            for text in (prompt, "1girl"):
+                if (text, feature) not in judged or text == prompt:
+                    judged[text, feature] = _rate(engine, text, feature, args.images)
+                rate = judged[text, feature]
+                print(f"{kind:>12} {seed:>4} {seconds:8.1f} {text:>32} {rate:6.2f}  {size}", flush=True)
 
 
-def _params(kind: str, name: str, data: Path, steps: int, options: str) -> Any:
+def _rate(engine: Any, prompt: str, feature: str, images: int) -> float:
+    """The share of `images` images drawn for `prompt` (seeds 1000...) in which `describe` finds `feature`."""
+    from emaki.demo import describe
+    from emaki.params import GenerationParams
+
+    result = engine.generate(GenerationParams.create(prompt=prompt, seed=1000, batch_size=images // 4, n_iter=4),
+                             save=False)
+    found = [describe(image.image) for image in result.images]
+    hits = sum(bool(d["cat_ears"]) if feature == "cat_ears" else d["style"] == "sepia" for d in found)
+    return hits / len(found)
+
+
+def _params(kind: str, name: str, data: Path, steps: int, options: dict[str, Any]) -> Any:
     from emaki.training.params import TrainingParams
 
-    return TrainingParams.create(kind=kind, name=name, data=str(data), steps=steps, **json.loads(options or "{}"))
+    return TrainingParams.create(kind=kind, name=name, data=str(data), steps=steps, **options)
 
 
 def build_checkpoint(path: Path) -> None:
@@ -174,6 +192,8 @@ def main() -> None:
     q.add_argument("--steps", type=int, default=400)
     q.add_argument("--images", type=int, default=40)
     q.add_argument("--threads", type=int, default=None)
+    q.add_argument("--seeds", default="0", help="training seeds, comma-separated (default: 0)")
+    q.add_argument("--kinds", default="embedding,hypernetwork,lora", help="which runs, comma-separated")
     q.add_argument("--options", default="", help="extra TrainingParams fields as JSON (default: none)")
     for name in ("speed", "worker"):
         p = sub.add_parser(name)
