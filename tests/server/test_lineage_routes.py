@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from interrupting_file_jobs import Interrupting, NoEngine
 from job_waiting import wait_job
 from safetensors.torch import load_file, save_file
 
-from emaki.jobs.file_jobs import FileJobs
 from emaki.jobs.store import JobStore
 from emaki.jobs.worker import Worker
 from emaki.merge.blocks import UNET_BLOCKS
@@ -111,27 +111,6 @@ def test_bad_requests_are_refused_naming_the_field_before_queuing(client: TestCl
     assert "same file as candidates[0]" in client.post(
         "/api/lineage", json={"model": "a", "candidates": ["b", "b.safetensors"]}).text
     assert client.get("/api/jobs").json() == []
-
-
-class NoEngine:
-    slots = 1
-
-
-class Interrupting(FileJobs):
-    """Interrupts its job (as `/api/jobs/{id}/cancel` does) once the first slice is read."""
-
-    worker: Worker
-    seen: list[tuple[str | None, int, int]]
-
-    def run(self, kind: str, params: dict[str, Any], *, progress=None, cancel=None) -> dict[str, Any]:
-        def first(done: int, total: int) -> None:
-            self.worker.interrupt_job()
-            if progress is not None:
-                progress(done, total)
-            snapshot = self.worker.progress()  # what `/api/jobs/{id}/events` reports
-            self.seen.append((snapshot.file_job, snapshot.step, snapshot.steps))
-
-        return super().run(kind, params, progress=first, cancel=cancel)
 
 
 def test_a_cancelled_running_lineage_is_interrupted(models: Path) -> None:

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from interrupting_file_jobs import Interrupting, NoEngine
 from job_waiting import wait_job
 from safetensors.torch import load_file, save_file
 
-from emaki.jobs.file_jobs import FileJobs
 from emaki.jobs.store import JobStore
 from emaki.jobs.worker import Worker
 from emaki.models.hashes import HashCache
@@ -132,27 +132,6 @@ def test_an_existing_output_needs_overwrite(client: TestClient, models: Path) ->
     job = submitted(client, "/api/merge", {"models": ["a", "b"], "output": "old.safetensors", "overwrite": True})
     assert wait_job(client, job["id"])["status"] == "done"
     assert set(load_file(models / "old.safetensors")) == set(load_file(models / "a.safetensors"))
-
-
-class NoEngine:
-    slots = 1
-
-
-class Interrupting(FileJobs):
-    """Interrupts its job (as `/api/jobs/{id}/cancel` does) once the first slice is written."""
-
-    worker: Worker
-    seen: list[tuple[str | None, int, int]]
-
-    def run(self, kind: str, params: dict[str, Any], *, progress=None, cancel=None) -> dict[str, Any]:
-        def first(done: int, total: int) -> None:
-            self.worker.interrupt_job()
-            if progress is not None:
-                progress(done, total)
-            snapshot = self.worker.progress()  # what `/api/jobs/{id}/events` reports
-            self.seen.append((snapshot.file_job, snapshot.step, snapshot.steps))
-
-        return super().run(kind, params, progress=first, cancel=cancel)
 
 
 def test_a_cancelled_running_merge_leaves_no_file(models: Path) -> None:
