@@ -9,18 +9,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from cli_runner import run_cli
+from face_stand_ins import FACE_FILES, face_at, put_face_files, use_stand_ins
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from emaki.faces import DetectedFace
-from emaki.faces.alignment import FFHQ_TEMPLATE
 from emaki.workspace import default_home
 
 PARAMETERS = "1girl, smile\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 5, Size: 128x96"
 # A face in the middle of the 128×96 picture, its eyes 19 pixels apart.
-FACE = DetectedFace((32, 16, 96, 80), 0.99, (FFHQ_TEMPLATE - 256) * 0.15 + np.array([64.0, 48.0]))
+FACE = face_at((32, 16, 96, 80), 0.15, (64.0, 48.0))
 
 
 def _picture(path: Path) -> Image.Image:
@@ -33,21 +31,14 @@ def _picture(path: Path) -> Image.Image:
 
 
 def _put_files(*names: str) -> None:
-    folder = default_home(os.environ) / "face-restorers"
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in names:
-        (folder / name).write_bytes(b"weights")
+    put_face_files(default_home(os.environ) / "face-restorers", *names)
 
 
 @pytest.fixture
 def stand_ins(monkeypatch: pytest.MonkeyPatch) -> None:
     """Both files in EMAKI_HOME/face-restorers; the detector finds FACE, "GFPGAN" inverts the colours."""
-    import emaki.engine.faces as engine_faces
-
-    _put_files("GFPGANv1.4.pth", "detection_Resnet50_Final.pth")
-    monkeypatch.setattr(engine_faces, "load_detector", lambda path: torch.nn.Identity())
-    monkeypatch.setattr(engine_faces, "find_faces", lambda detector, picture: [FACE])
-    monkeypatch.setattr(engine_faces, "load_restorer", lambda path, device: lambda crop: -crop)
+    _put_files(*FACE_FILES)
+    use_stand_ins(monkeypatch, lambda picture: [FACE])
 
 
 def _upscale(capsys, source: Path, *args: str) -> tuple[int, str, str]:

@@ -8,18 +8,16 @@ import os
 
 import numpy as np
 import pytest
-import torch
 from cli_runner import run_cli
 from engine_runner import generate
+from face_stand_ins import FACE_FILES, face_at, put_face_files, use_stand_ins
 
 from emaki.errors import ParamsError
-from emaki.faces import DetectedFace
-from emaki.faces.alignment import FFHQ_TEMPLATE
 from emaki.infotext_codec import decode_infotext
 from emaki.params import GenerationParams
 from emaki.workspace import default_home
 
-FACE = DetectedFace((12, 12, 52, 52), 0.99, (FFHQ_TEMPLATE - 256) * 0.1 + np.array([32.0, 32.0]))
+FACE = face_at((12, 12, 52, 52), 0.1, (32.0, 32.0))
 
 
 def _params(model, **changes) -> GenerationParams:
@@ -33,15 +31,8 @@ def test_restore_faces_without_the_files_is_refused_naming_them(tiny_safetensors
 
 
 def test_restore_faces_restores_every_picture_and_says_so(tiny_safetensors, monkeypatch):
-    import emaki.engine.faces as engine_faces
-
-    folder = default_home(os.environ) / "face-restorers"
-    folder.mkdir(parents=True)
-    for name in ("GFPGANv1.4.pth", "detection_Resnet50_Final.pth"):
-        (folder / name).write_bytes(b"weights")
-    monkeypatch.setattr(engine_faces, "load_detector", lambda path: torch.nn.Identity())
-    monkeypatch.setattr(engine_faces, "find_faces", lambda detector, picture: [FACE])
-    monkeypatch.setattr(engine_faces, "load_restorer", lambda path, device: lambda crop: -crop)
+    put_face_files(default_home(os.environ) / "face-restorers", *FACE_FILES)
+    use_stand_ins(monkeypatch, lambda picture: [FACE])
     plain = generate(_params(tiny_safetensors), save=False).images[0]
     restored = generate(_params(tiny_safetensors, restore_faces=True), save=False).images[0]
     before, after = np.asarray(plain.image).astype(int), np.asarray(restored.image).astype(int)

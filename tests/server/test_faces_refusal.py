@@ -14,14 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from face_stand_ins import face_at, put_face_files, use_stand_ins
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from emaki.engine.faces import FaceRestoration
 from emaki.errors import ParamsError
-from emaki.faces import DetectedFace
-from emaki.faces.alignment import FFHQ_TEMPLATE
 from emaki.server import ServerSettings, create_app
 from emaki.server.extras import face_restorers, face_restorers_folder
 from emaki.workspace import Workspace, default_home
@@ -75,27 +73,19 @@ def _picture() -> Image.Image:
 
 
 # A face in the middle of the 128×96 picture, its eyes 19 pixels apart.
-FACE = DetectedFace((32, 16, 96, 80), 0.99, (FFHQ_TEMPLATE - 256) * 0.15 + np.array([64.0, 48.0]))
+FACE = face_at((32, 16, 96, 80), 0.15, (64.0, 48.0))
 
 
 @pytest.fixture
 def client(monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
     """A server whose face detector finds FACE and whose "GFPGAN" inverts the colours."""
-    import emaki.engine.faces as engine_faces
-
-    monkeypatch.setattr(engine_faces, "load_detector", lambda path: torch.nn.Identity())
-    monkeypatch.setattr(engine_faces, "find_faces", lambda detector, picture: [FACE])
-    monkeypatch.setattr(engine_faces, "load_restorer", lambda path, device: lambda crop: -crop)
+    use_stand_ins(monkeypatch, lambda picture: [FACE])
     with TestClient(create_app(ServerSettings())) as test_client:
         yield test_client
 
 
 def _put_files(*names: str) -> Path:
-    folder = default_home(os.environ) / "face-restorers"
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in names:
-        (folder / name).write_bytes(b"weights")
-    return folder
+    return put_face_files(default_home(os.environ) / "face-restorers", *names)
 
 
 def test_extras_refuse_face_restoration_naming_the_missing_detector(client: TestClient):

@@ -19,16 +19,13 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import torch
+from face_stand_ins import FACE_FILES, face_at, put_face_files, use_stand_ins
 from PIL import Image
 from test_web_page import Session
 
 from emaki.faces import DetectedFace
-from emaki.faces.alignment import FFHQ_TEMPLATE
 from emaki.server import ServerSettings, create_app
 from emaki.workspace import Workspace
-
-FILES = ("GFPGANv1.4.pth", "detection_Resnet50_Final.pth")
 
 
 def free_port() -> int:
@@ -41,10 +38,9 @@ def face_in_the_middle(picture: Image.Image) -> list[DetectedFace]:
     """One face centred in the picture, its eyes a fifth of the shorter side apart."""
     width, height = picture.size
     size = min(width, height) / 640
-    landmarks = (FFHQ_TEMPLATE - 256) * size + np.array([width / 2, height / 2])
     half = 320 * size
     box = (width / 2 - half, height / 2 - half, width / 2 + half, height / 2 + half)
-    return [DetectedFace(box, 0.99, landmarks)]
+    return [face_at(box, size, (width / 2, height / 2))]
 
 
 @dataclass
@@ -53,14 +49,10 @@ class InProcessServer:
     home: Path
 
     def put_face_files(self) -> Path:
-        folder = self.home / "face-restorers"
-        folder.mkdir(parents=True, exist_ok=True)
-        for name in FILES:
-            (folder / name).write_bytes(b"weights")
-        return folder
+        return put_face_files(self.home / "face-restorers", *FACE_FILES)
 
     def remove_face_files(self) -> None:
-        for name in FILES:
+        for name in FACE_FILES:
             (self.home / "face-restorers" / name).unlink(missing_ok=True)
 
 
@@ -70,13 +62,9 @@ def faces_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcess
     picture and its "GFPGAN" inverts the colours."""
     import uvicorn
 
-    import emaki.engine.faces as engine_faces
-
     home = tmp_path_factory.mktemp("faces-home")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(engine_faces, "load_detector", lambda path: torch.nn.Identity())
-        patch.setattr(engine_faces, "find_faces", lambda detector, picture: face_in_the_middle(picture))
-        patch.setattr(engine_faces, "load_restorer", lambda path, device: lambda crop: -crop)
+        use_stand_ins(patch, face_in_the_middle)
         app = create_app(ServerSettings(workspace=Workspace(home), precision="fp32", threads=1))
         port = free_port()
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
@@ -123,7 +111,7 @@ def test_without_the_files_both_controls_are_disabled_naming_them(session: Sessi
     expect(page.locator("#restore-faces")).to_be_disabled()
     expect(page.locator("#restore-faces")).not_to_be_checked()
     hint = page.locator("#restore-faces-hint")
-    for part in (*FILES, str(faces_server.home / "face-restorers")):
+    for part in (*FACE_FILES, str(faces_server.home / "face-restorers")):
         expect(hint).to_contain_text(part)
     with page.expect_request(lambda r: r.url.endswith("/api/jobs") and r.method == "POST") as request:
         page.locator("#prompt").fill("1girl")
