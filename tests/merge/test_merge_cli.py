@@ -123,9 +123,8 @@ def test_cli_merge_replay_and_lineage(make_model, tmp_path):
 def test_cli_errors_are_emaki_errors(make_model, tmp_path):
     a = make_model("a.safetensors", 1)
     result = run("merge", a, tmp_path / "nope.ckpt", "--out", tmp_path / "o.safetensors")
-    assert isinstance(result.exception, MergeError) and "nope.ckpt: no such file" in str(
-        result.exception
-    )
+    assert isinstance(result.exception, MergeError) and "models[1]: no model" in str(result.exception)
+    assert "nope.ckpt" in str(result.exception)
     result = run("merge", a, a, "--blocks", "1,2,3", "--out", tmp_path / "o.safetensors")
     assert "--blocks: expected 25 values" in str(result.exception)
     result = run(
@@ -156,4 +155,24 @@ def test_main_prints_errors_on_one_line(make_model, tmp_path, capsys, monkeypatc
         )
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert "error:" in err and "nope.ckpt: no such file" in err
+    assert "error:" in err and "models[1]: no model" in err and "nope.ckpt" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_cli_merge_takes_model_names_from_the_workspace(make_model, tmp_path):
+    import shutil
+
+    from emaki.workspace import default_home
+
+    folder = default_home(os.environ) / "models"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, seed in (("a", 1), ("b", 2)):
+        shutil.copy(make_model(f"{name}.safetensors", seed), folder / f"{name}.safetensors")
+    out = tmp_path / "named.safetensors"
+    result = run("merge", "a", "b.safetensors", "--alpha", "0.5", "--out", out)
+    assert result.exit_code == 0, result.output
+    by_path = run("merge", folder / "a.safetensors", folder / "b.safetensors", "--alpha", "0.5",
+                  "--out", tmp_path / "by-path.safetensors")
+    assert by_path.exit_code == 0, by_path.output
+    with safe_open(str(out), "pt") as named, safe_open(str(tmp_path / "by-path.safetensors"), "pt") as pathed:
+        assert all(named.get_tensor(k).equal(pathed.get_tensor(k)) for k in named.keys())  # noqa: SIM118 (a safe_open handle is no dict)

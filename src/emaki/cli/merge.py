@@ -59,7 +59,7 @@ def lora_refs(specs: list[str]) -> tuple[Any, ...]:
 def merge_command(
     models: Annotated[
         list[Path] | None,
-        typer.Argument(help="Models A B [C] (.safetensors or .ckpt).", show_default=False),
+        typer.Argument(help="Models A B [C]: paths (.safetensors or .ckpt), or names or hashes of models in the model folders.", show_default=False),
     ] = None,
     mode: Annotated[
         str | None,
@@ -127,7 +127,7 @@ def merge_command(
     metadata."""
     from emaki.merge import load_recipe, merge
     from emaki.merge import save_recipe as write_recipe
-    from emaki.merge.by_name import build_recipe, parse_blocks
+    from emaki.merge.by_name import build_recipe, find_checkpoint, parse_blocks
     from emaki.merge.recipe import MergeError
     from emaki.models.hashes import HashCache
 
@@ -157,9 +157,12 @@ def merge_command(
         if out is None and isinstance(the_recipe.extra.get("output"), str):
             out = Path(the_recipe.extra["output"])
     else:
-        paths = list(models or [])
-        if not paths:
+        if not models:
             raise MergeError("merge: give models A B [C], or --recipe FILE")
+        workspace = cli_workspace()
+        hashes = HashCache(workspace.hash_cache)
+        # paths, or names or hashes of models in the workspace's folders (as lineage takes them)
+        paths = [find_checkpoint(m, workspace, hashes, f"models[{i}]") for i, m in enumerate(models)]
         the_recipe = build_recipe(
             paths,
             mode=mode,

@@ -32,6 +32,7 @@ from emaki.models.hashes import HashCache
 from emaki.workspace import Workspace
 
 FILE_JOB_KINDS = ("merge", "extract-lora", "lineage")
+WRITING_KINDS = ("merge", "extract-lora")  # the file jobs that make a model file (a lineage only reads)
 #: `progress(done, total)`: bytes written (a merge), layers fitted (an extraction) or bytes read (a lineage)
 FileJobProgress = Callable[[int, int], None]
 

@@ -25,7 +25,7 @@ from emaki.devices import DevicePolicy
 from emaki.engine.engine import Engine
 from emaki.errors import EmakiError, ParamsError
 from emaki.jobs.executor import Executor, LocalExecutor
-from emaki.jobs.file_jobs import FILE_JOB_KINDS, FileJobs
+from emaki.jobs.file_jobs import WRITING_KINDS, FileJobs
 from emaki.jobs.store import FINISHED, JobStore
 from emaki.jobs.worker import Worker
 from emaki.server import a1111, api, batching, merging
@@ -193,7 +193,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             if job is None:
                 return
             remove_input(job.params, service.inputs)  # a requeued job does not end: its upload stays
-            if job.kind in ("train", *FILE_JOB_KINDS):  # it wrote a file the listings should show
+            if job.kind in ("train", *WRITING_KINDS):  # it wrote a file the listings should show
                 service.catalog.invalidate()
         except Exception:
             log.exception("after job %s ended", job_id)
