@@ -17,3 +17,10 @@ def wait_job(client: TestClient, job_id: str, timeout: float = 60) -> dict[str, 
             return job
         time.sleep(0.05)
     raise AssertionError(f"job {job_id} did not finish: {job}")
+
+
+def submitted(client: TestClient, route: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The job a POST to `route` queued (answered 202)."""
+    answer = client.post(route, json=body)
+    assert answer.status_code == 202, answer.text
+    return answer.json()

@@ -6,17 +6,14 @@ interrupted by a cancel, a queued one cancelled."""
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import torch
 from fastapi.testclient import TestClient
 from interrupting_file_jobs import Interrupting, NoEngine
-from job_waiting import wait_job
-from safetensors.torch import load_file, save_file
+from job_waiting import submitted, wait_job
+from parent_checkpoints import write_parents
 
 from emaki.jobs.store import JobStore
 from emaki.jobs.worker import Worker
@@ -26,7 +23,6 @@ from emaki.server import ServerSettings, create_app
 from emaki.workspace import Workspace
 
 ALPHA = 0.3
-PARTS = ("model.", "cond_stage_model.", "first_stage_model.")
 
 
 def home() -> Path:
@@ -36,27 +32,13 @@ def home() -> Path:
 @pytest.fixture
 def models(tiny_safetensors: Path) -> Path:
     """Checkpoints `a` (the tiny model) and `b` (every weight of it moved) in the model folder."""
-    folder = home() / "models"
-    folder.mkdir(parents=True)
-    shutil.copy(tiny_safetensors, folder / "a.safetensors")
-    g = torch.Generator().manual_seed(5)
-    moved = {k: (v + 0.05 * torch.randn(v.shape, generator=g) if v.is_floating_point() and k.startswith(PARTS)
-                 else v).contiguous()
-             for k, v in load_file(tiny_safetensors).items()}
-    save_file(moved, str(folder / "b.safetensors"), metadata={"format": "pt"})
-    return folder
+    return write_parents(tiny_safetensors, home() / "models", seed=5)
 
 
 @pytest.fixture
 def client(models: Path) -> Iterator[TestClient]:
     with TestClient(create_app(ServerSettings())) as test_client:
         yield test_client
-
-
-def submitted(client: TestClient, route: str, body: dict[str, Any]) -> dict[str, Any]:
-    answer = client.post(route, json=body)
-    assert answer.status_code == 202, answer.text
-    return answer.json()
 
 
 def test_a_merge_is_traced_back_to_its_parents(client: TestClient, models: Path) -> None:

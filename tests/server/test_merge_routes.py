@@ -6,18 +6,17 @@ job leaves no file; a database from before these job kinds takes them."""
 from __future__ import annotations
 
 import os
-import shutil
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 from fastapi.testclient import TestClient
 from interrupting_file_jobs import Interrupting, NoEngine
-from job_waiting import wait_job
-from safetensors.torch import load_file, save_file
+from job_waiting import submitted, wait_job
+from parent_checkpoints import write_parents
+from safetensors.torch import load_file
 
 from emaki.jobs.store import JobStore
 from emaki.jobs.worker import Worker
@@ -35,27 +34,13 @@ def home() -> Path:
 @pytest.fixture
 def models(tiny_safetensors: Path) -> Path:
     """Checkpoints `a` (the tiny model) and `b` (its weights moved) in the server's model folder."""
-    folder = home() / "models"
-    folder.mkdir(parents=True)
-    shutil.copy(tiny_safetensors, folder / "a.safetensors")
-    state = load_file(tiny_safetensors)
-    g = torch.Generator().manual_seed(3)
-    moved = {k: (v + 0.05 * torch.randn(v.shape, generator=g) if v.is_floating_point() and "model" in k else v)
-             for k, v in state.items()}
-    save_file({k: v.contiguous() for k, v in moved.items()}, str(folder / "b.safetensors"), metadata={"format": "pt"})
-    return folder
+    return write_parents(tiny_safetensors, home() / "models", seed=3)
 
 
 @pytest.fixture
 def client(models: Path) -> Iterator[TestClient]:
     with TestClient(create_app(ServerSettings())) as test_client:
         yield test_client
-
-
-def submitted(client: TestClient, route: str, body: dict[str, Any]) -> dict[str, Any]:
-    answer = client.post(route, json=body)
-    assert answer.status_code == 202, answer.text
-    return answer.json()
 
 
 def test_merge_job_makes_a_model_the_listings_show(client: TestClient, models: Path) -> None:

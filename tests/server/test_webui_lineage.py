@@ -5,29 +5,20 @@ amounts) and the summary line."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors.torch import load_file, save_file
+from parent_checkpoints import write_parents
 from test_web_page import Session
 
 from emaki.merge import InputRef, MergeRecipe, merge
 
 ALPHA = 0.3
-PARTS = ("model.", "cond_stage_model.", "first_stage_model.")
 
 
 def make_models(folder: Path, tiny: Path) -> None:
     """`a` (the tiny model), `b` (every weight moved) and `mix` = 0.7·a + 0.3·b."""
-    folder.mkdir(parents=True, exist_ok=True)
-    shutil.copy(tiny, folder / "a.safetensors")
-    g = torch.Generator().manual_seed(11)
-    moved = {k: (v + 0.05 * torch.randn(v.shape, generator=g) if v.is_floating_point() and k.startswith(PARTS)
-                 else v).contiguous()
-             for k, v in load_file(tiny).items()}
-    save_file(moved, str(folder / "b.safetensors"), metadata={"format": "pt"})
+    write_parents(tiny, folder, seed=11)
     recipe = MergeRecipe("weighted-sum", InputRef(str(folder / "a.safetensors")), InputRef(str(folder / "b.safetensors")),
                          alpha=ALPHA)
     merge(recipe, folder / "mix.safetensors")
