@@ -8,8 +8,10 @@ per file from its own seed, so each file is a distinct "model".
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 from emaki.models.configs import ModelConfig, sd15_config, tiny_config
 
@@ -83,3 +85,12 @@ def random_state(
         state["model_ema.decay"] = torch.tensor(0.9999)
         state["model_ema.num_updates"] = torch.tensor(1000, dtype=torch.int64)
     return state
+
+
+def write_random_models(folder: Path, names: str = "abc") -> Path:
+    """`<name>.safetensors` for each letter of `names`, `random_state(1)`, `(2)`, ... in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for seed, name in enumerate(names, start=1):
+        save_file({k: v.contiguous() for k, v in random_state(seed).items()}, str(folder / f"{name}.safetensors"),
+                  metadata={"format": "pt"})
+    return folder

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 from cli_runner import run_cli
-from merge_fixtures import random_state
-from safetensors.torch import save_file
+from merge_fixtures import write_random_models
 from typer.testing import CliRunner
 
 import emaki.cli.merge  # noqa: F401  (registers `emaki lineage`)
@@ -32,11 +31,7 @@ ALPHA = 0.3
 def workspace() -> Workspace:
     """Checkpoints a, b, c (mini SD 1.5 layout, fp16) in the model folder."""
     home = Path(os.environ["EMAKI_HOME"])
-    models = home / "models"
-    models.mkdir(parents=True)
-    for seed, name in enumerate("abc", start=1):
-        save_file({k: v.contiguous() for k, v in random_state(seed).items()}, str(models / f"{name}.safetensors"),
-                  metadata={"format": "pt"})
+    write_random_models(home / "models")
     return Workspace(home)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from merge_fixtures import random_state
+from merge_fixtures import write_random_models
 from safetensors.torch import load_file, save_file
 from test_merge_lora import random_lora, shapes_of
 from typer.testing import CliRunner
@@ -30,12 +30,7 @@ runner = CliRunner()
 def workspace() -> Workspace:
     """A workspace with checkpoints a, b, c (mini SD 1.5 layout) and a LoRA `secret` for them."""
     home = Path(os.environ["EMAKI_HOME"])
-    models = home / "models"
-    models.mkdir(parents=True)
-    for seed, name in enumerate("abc", start=1):
-        state = random_state(seed)
-        save_file({k: v.contiguous() for k, v in state.items()}, str(models / f"{name}.safetensors"),
-                  metadata={"format": "pt"})
+    models = write_random_models(home / "models")
     (home / "loras").mkdir()
     lora = random_lora(shapes_of(load_file(models / "a.safetensors")), 4, seed=7)
     save_file(lora, str(home / "loras" / "secret.safetensors"))
