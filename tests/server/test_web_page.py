@@ -10,13 +10,12 @@ import base64
 import io
 import os
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
-from web_browser import WAIT_MS
+from web_browser import WAIT_MS, open_merge_tab_on_two_checkpoints
 
 REPO = Path(__file__).resolve().parents[2]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -460,16 +459,7 @@ def test_page_signs_in_once_and_polls_when_it_holds_credentials(
         session.screenshot("signed-in")
 
         # The other panels' jobs are polled to their end too (a merge here).
-        models = server.home / "models"
-        models.mkdir(exist_ok=True)
-        for name in ("a", "b"):
-            shutil.copy(tiny_safetensors, models / f"{name}.safetensors")
-        with server.client() as api:
-            api.post("/sdapi/v1/refresh-checkpoints")
-        page.locator("#tab-merge").click()
-        expect(page.locator("#merge-a option[value='a']")).to_have_count(1)
-        page.locator("#merge-a").select_option("a")
-        page.locator("#merge-b").select_option("b")
+        models = open_merge_tab_on_two_checkpoints(page, server, tiny_safetensors)
         page.locator("#merge-output").fill("mix.safetensors")
         page.locator("#merge-start").click()
         expect(page.locator("#merge-status")).to_have_text("Done: mix.safetensors")

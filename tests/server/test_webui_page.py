@@ -8,12 +8,12 @@ from __future__ import annotations
 import base64
 import json
 import re
-import shutil
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from test_web_page import DROP_JS, Session, png_bytes
+from web_browser import open_merge_tab_on_two_checkpoints
 
 FAST = {"steps": 1, "width": 64, "height": 64, "sampler_name": "Euler a"}
 TABS = {"txt2img": "#form", "img2img": "#init", "extras": "#extras-panel", "xyz": "#xyz-box",
@@ -346,16 +346,7 @@ def test_merge_tab_merges_two_checkpoints(page: Any, session: Session, module_se
                                          tiny_safetensors: Any) -> None:
     from playwright.sync_api import expect
 
-    folder = module_server.home / "models"
-    folder.mkdir(exist_ok=True)
-    for name in ("a", "b"):
-        shutil.copy(tiny_safetensors, folder / f"{name}.safetensors")
-    with module_server.client() as api:
-        api.post("/sdapi/v1/refresh-checkpoints")
-    page.locator("#tab-merge").click()
-    expect(page.locator("#merge-a option[value='a']")).to_have_count(1)
-    page.locator("#merge-a").select_option("a")
-    page.locator("#merge-b").select_option("b")
+    folder = open_merge_tab_on_two_checkpoints(page, module_server, tiny_safetensors)
     page.locator("#merge-alpha").fill("0.5")
     page.locator("#merge-start").click()  # no output name: said on the page, nothing queued
     expect(page.locator("#error")).to_contain_text("Output file")
