@@ -103,10 +103,12 @@ async function generate() {
     setStatus("Not queued");
     return;
   }
-  watchJob(job);
+  watchGeneration(job);
 }
 
-function watchJob(job) {
+// Not core.js's watchJob: a generation keeps watching when one progress read fails (the next poll
+// tries again), and shows "Queued" while polling; the panels' jobs stop on a failed read.
+function watchGeneration(job) {
   stopWatching();
   state.job = job.id;
   $("generate").disabled = true;
