@@ -28,6 +28,8 @@ from pydantic import BaseModel, ValidationError
 
 from emaki.engine.output import png_info
 from emaki.errors import EmakiError, ParamsError
+from emaki.faces import check_restorer_name
+from emaki.faces.restorers import refuse_unrunnable
 from emaki.infotext import infotext_of, parse_infotext
 from emaki.jobs.store import Job
 from emaki.jobs.worker import HeldImage
@@ -146,12 +148,13 @@ def _reply_images(service: Service, job: Job, kept: bool, send: bool, count: int
     return [encode_png(image) for image in (held or [])[:count]]
 
 
-def check_supported(body: Txt2ImgRequest, service: Service) -> None:
-    """Refuse what emaki cannot do rather than ignore it (face restoration: naming the file it
-    needs; GFPGAN, unless the request's override_settings name another `face_restoration_model`)."""
+def check_supported(body: Txt2ImgRequest) -> None:
+    """Refuse what emaki cannot do rather than ignore it (face restoration: a restorer other than
+    GFPGAN named by the request's override_settings `face_restoration_model`; the files GFPGAN
+    needs are checked with every other field by `Service.prepare`)."""
     if body.restore_faces:
         chosen = (body.override_settings or {}).get("face_restoration_model") or "GFPGAN"
-        service.engine.face_restoration.check(service.engine.workspace, str(chosen), "restore_faces")
+        refuse_unrunnable(check_restorer_name(str(chosen), "restore_faces"), "restore_faces")
     unsupported = body.unsupported()
     if unsupported:
         raise HTTPException(422, f"not supported by emaki yet: {', '.join(unsupported)}")
@@ -161,7 +164,7 @@ async def _generate(body: Txt2ImgRequest, request: Request, init: Image.Image | 
                     mask: Image.Image | None = None) -> dict[str, Any]:
     """Queue the request as a job, wait for it, answer as A1111 does."""
     service = _service(request)
-    check_supported(body, service)
+    check_supported(body)
     keep = body.save_images and not body.do_not_save_samples
     if body.xyz_plot():
         return await _xyz_plot(body, request, keep, init, mask)
@@ -241,7 +244,7 @@ async def _sd_upscale(body: Img2ImgRequest, request: Request, init: Image.Image)
     `sd-upscale` job (progress: tile i of n; interrupt answers with the tiles finished so far),
     answered as A1111 does."""
     service = _service(request)
-    check_supported(body, service)
+    check_supported(body)
     if body.mask:
         raise HTTPException(422, "mask: the SD upscale script redraws the whole picture; send no mask")
     overlap, choice, scale = body.sd_upscale_args()
