@@ -20,7 +20,7 @@ from emaki.faces import (
     missing_files_message,
     restore_faces,
 )
-from emaki.faces.restorers import Restorer, refuse_unrunnable
+from emaki.faces.restorers import FaceFiles, Restorer, refuse_unrunnable
 from emaki.params import GenerationParams
 from emaki.workspace import Workspace
 
@@ -43,18 +43,21 @@ class FaceRestoration:
 
     def check(self, workspace: Workspace, restorer: str, field: str) -> str:
         """The restorer's name, or an error naming the file that is missing and where it goes."""
+        return self._checked(workspace, restorer, field)[0]
+
+    def _checked(self, workspace: Workspace, restorer: str, field: str) -> tuple[str, FaceFiles]:
         name = check_restorer_name(restorer, field)
         refuse_unrunnable(name, field)
-        message = missing_files_message(workspace, field, name)
+        files = find_face_files(workspace)
+        message = missing_files_message(workspace, field, name, files)
         if message is not None:
             raise ParamsError(message)
-        return name
+        return name, files
 
     def restore(self, workspace: Workspace, image: Image.Image, *, restorer: str, visibility: float,
                 device: torch.device, field: str = "restore_faces") -> Image.Image:
         """`image` with its faces restored by `restorer` ("GFPGAN"), blended in by `visibility`."""
-        name = self.check(workspace, restorer, field)
-        files = find_face_files(workspace)
+        name, files = self._checked(workspace, restorer, field)
         assert files.detector is not None  # checked above
         detector = self._load_detector(files.detector, device)
         model = self._load_restorer(files.restorers[name], device)

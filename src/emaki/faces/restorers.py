@@ -67,9 +67,11 @@ def find_face_files(workspace: Workspace) -> FaceFiles:
     return FaceFiles(detector, restorers)
 
 
-def missing_files_message(workspace: Workspace, field: str, restorer: str | None = None) -> str | None:
-    """One line naming what `field` would need and is not there (None when all is there)."""
-    files = find_face_files(workspace)
+def missing_files_message(workspace: Workspace, field: str, restorer: str | None = None,
+                          files: FaceFiles | None = None) -> str | None:
+    """One line naming what `field` would need and is not there (None when all is there);
+    `files`: what `find_face_files` found already."""
+    files = files or find_face_files(workspace)
     folder = restorer_folders(workspace)[0]
     wanted = [restorer] if restorer else list(RESTORER_FILES)
     present = [name for name in wanted if name in files.restorers]
