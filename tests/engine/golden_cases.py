@@ -1,5 +1,7 @@
-"""Runs whose images were recorded before the engine redesign (tests/engine/golden/): the same
-parameters must give the same pixels and the same infotext through today's engine."""
+"""Runs whose images are recorded in tests/engine/golden/: the same parameters must give the same
+pixels and the same infotext through today's engine. They were first recorded before the engine
+redesign; a change of the shipped demo model records them again (`python tests/engine/golden_cases.py`).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +10,12 @@ from typing import Any
 
 import torch
 
+from emaki.devices import DevicePolicy
+from emaki.engine import Engine
+from emaki.engine.output import save_numbered_png
 from emaki.networks import Embedding, Hypernetwork, save_embedding, save_hypernetwork
+from emaki.params import GenerationParams
+from emaki.workspace import Workspace
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
 
@@ -57,3 +64,28 @@ def case_fields(name: str, golden_dir: Path = GOLDEN_DIR) -> dict[str, Any]:
     if str(fields.get("init_image", "")).startswith("@"):
         fields["init_image"] = str(golden_dir / f"{fields['init_image'][1:]}-0.png")
     return fields
+
+
+def golden_engine(home: Path) -> Engine:
+    """The engine the cases run on: fp32, one thread, the networks of `make_networks` in `home`."""
+    embeddings, hypernetworks = make_networks(home)
+    workspace = Workspace(home).with_folders("embeddings", [embeddings]).with_folders("hypernetworks", [hypernetworks])
+    return Engine(workspace, DevicePolicy.choose("fp32", "cpu", threads=1))
+
+
+def record(home: Path, golden_dir: Path = GOLDEN_DIR) -> None:
+    """Run every case and write its images as `<case>-<n>.png` (txt2img first: img2img starts from it)."""
+    engine = golden_engine(home)
+    for old in golden_dir.glob("*.png"):
+        old.unlink()
+    for name in CASES:
+        result = engine.generate(GenerationParams.create(**case_fields(name, golden_dir)), save=False)
+        for n, made in enumerate(result.images):
+            save_numbered_png(made.image, made.infotext, golden_dir, lambda n=n: n, lambda i, name=name: f"{name}-{i}.png")
+
+
+if __name__ == "__main__":
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as home:
+        record(Path(home))

@@ -1,5 +1,5 @@
-"""The engine redesign changed no pixel and no infotext: every run recorded before it
-(tests/engine/golden/, made by `golden_cases.py`'s parameters) is made again and compared."""
+"""No change of the engine changes a pixel or an infotext: every recorded run (tests/engine/golden/,
+made by `golden_cases.py`'s parameters) is made again and compared."""
 
 from __future__ import annotations
 
@@ -7,20 +7,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from emaki.devices import DevicePolicy
 from emaki.engine import Engine
 from emaki.infotext import read_infotext
 from emaki.params import GenerationParams
-from emaki.workspace import Workspace
-from golden_cases import CASES, GOLDEN_DIR, case_fields, make_networks
+from golden_cases import CASES, GOLDEN_DIR, case_fields, golden_engine
 
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
-    home = tmp_path_factory.mktemp("golden-home")
-    embeddings, hypernetworks = make_networks(home)
-    workspace = Workspace(home).with_folders("embeddings", [embeddings]).with_folders("hypernetworks", [hypernetworks])
-    return Engine(workspace, DevicePolicy.choose("fp32", "cpu", threads=1))
+    return golden_engine(tmp_path_factory.mktemp("golden-home"))
 
 
 @pytest.mark.parametrize("name", list(CASES))
