@@ -240,6 +240,9 @@ def test_open_options_take_a1111_defaults_and_the_demo_model_its_own() -> None:
     assert chosen.activation_func == "tanh"
     embedding = TrainingParams.create(kind="embedding", name="e", data="d", steps=1).with_defaults(demo_model=True)
     assert embedding.learn_rate == "0.005"
+    lora = TrainingParams.create(kind="lora", name="l", data="d", steps=1)
+    assert (lora.with_defaults(demo_model=False).lr_scheduler, lora.with_defaults(demo_model=True).lr_scheduler) == (
+        "constant", "cosine")
 
 
 def test_a_hypernetwork_at_an_embeddings_rate_is_refused(engine: Engine, data: Path) -> None:

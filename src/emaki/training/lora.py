@@ -256,7 +256,7 @@ def lora_trainee(params: TrainingParams, model: LoadedModel, encoder: PromptEnco
         "ss_num_train_images": str(sum(image.repeats for image in images)),
         "ss_max_train_steps": str(params.steps),
         "ss_learning_rate": f"{base:g}", "ss_unet_lr": f"{unet_lr:g}", "ss_text_encoder_lr": f"{te_lr:g}",
-        "ss_optimizer": f"torch.optim.{params.optimizer}", "ss_lr_scheduler": params.lr_scheduler,
+        "ss_optimizer": f"torch.optim.{params.optimizer}", "ss_lr_scheduler": params.resolved_lr_scheduler,
         "ss_lr_warmup_steps": str(params.lr_warmup_steps), "ss_min_snr_gamma": str(params.min_snr_gamma),
         "ss_noise_offset": f"{params.noise_offset:g}", "ss_caption_dropout_rate": f"{params.caption_dropout_rate:g}",
         "ss_keep_tokens": str(params.keep_tokens), "ss_shuffle_caption": str(params.shuffle_tags),

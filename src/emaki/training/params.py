@@ -24,14 +24,15 @@ A1111_DEFAULTS: dict[str, dict[str, Any]] = {
     "embedding": {"learn_rate": DEFAULT_LEARN_RATES["embedding"]},
     "hypernetwork": {"learn_rate": DEFAULT_LEARN_RATES["hypernetwork"], "activation_func": "linear",
                      "weight_initialization": "Normal"},
-    "lora": {"learn_rate": DEFAULT_LEARN_RATES["lora"]},  # kohya's usual; unet/te rates follow it
+    "lora": {"learn_rate": DEFAULT_LEARN_RATES["lora"], "lr_scheduler": "constant"},  # kohya's; unet/te rates follow it
 }
 # ... and on the bundled demo model (a 3M-parameter UNet, a 128-wide text encoder), whose
 # hypernetworks learn within a few hundred steps only at a larger rate and with a non-linear MLP
 # (measured with benchmarks/train.py; the note of the training issue has the numbers).
 DEMO_DEFAULTS: dict[str, dict[str, Any]] = {
     "hypernetwork": {"learn_rate": "0.0005", "activation_func": "swish", "weight_initialization": "KaimingNormal"},
-    "lora": {"learn_rate": "0.001", "conv_dim": 4, "text_encoder_lr": 0.0},  # LoCon: sepia is a colour change
+    # LoCon (sepia is a colour change); the cosine decay settles the last steps' swings
+    "lora": {"learn_rate": "0.001", "conv_dim": 4, "text_encoder_lr": 0.0, "lr_scheduler": "cosine"},
 }
 # A1111 users destroy hypernetworks by reusing an embedding's rate; refuse rates from here up.
 HYPERNETWORK_MAX_RATE = 1e-3
@@ -114,7 +115,8 @@ class TrainingParams(BaseModel):
     unet_lr: float | None = Field(None, ge=0, description="None: the learn rate")
     text_encoder_lr: float | None = Field(None, ge=0, description="0: the text encoder is not trained")
     optimizer: str = Field("AdamW", description="a torch.optim class: AdamW, Adam, SGD, Adafactor, ...")
-    lr_scheduler: Literal["constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear"] = "constant"
+    lr_scheduler: Literal["constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear"] | None = Field(
+        None, description="None: constant (the demo model: cosine)")
     lr_warmup_steps: int = Field(0, ge=0)
     min_snr_gamma: float | None = Field(None, gt=0)
     noise_offset: float = Field(0.0, ge=0, le=1)
@@ -176,6 +178,10 @@ class TrainingParams(BaseModel):
     @property
     def resolved_learn_rate(self) -> str:
         return self.learn_rate or DEFAULT_LEARN_RATES[self.kind]
+
+    @property
+    def resolved_lr_scheduler(self) -> str:
+        return self.lr_scheduler or A1111_DEFAULTS["lora"]["lr_scheduler"]
 
     def with_defaults(self, *, demo_model: bool) -> TrainingParams:
         """The options left open filled in for the model trained on (see `DEMO_DEFAULTS`)."""

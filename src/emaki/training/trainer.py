@@ -311,7 +311,7 @@ def _train(engine: Engine, params: TrainingParams, model: LoadedModel, trainee: 
     schedule: LRSchedule = rates
     total = rates.steps(params.steps)
     if params.kind == "lora":  # kohya's named schedulers, over the whole run
-        schedule, total = named_schedule(params.lr_scheduler, params.lr_warmup_steps, params.steps), params.steps
+        schedule, total = named_schedule(params.resolved_lr_scheduler, params.lr_warmup_steps, params.steps), params.steps
     clip = parse_lr_schedule(params.clip_grad_value).rate if params.clip_grad_mode != "disabled" else None
 
     vae = parts.vae
