@@ -26,9 +26,9 @@ from emaki.networks import (
     EmbeddingLibrary,
     EmbeddingScan,
     HypernetworkLibrary,
+    KeptPatches,
     LoraLibrary,
     apply_hypernetworks,
-    apply_loras,
     lora_hashes,
     lora_strengths,
     model_targets,
@@ -220,7 +220,12 @@ class LoraKind:
             setattr(module, name, torch.nn.Parameter(value, requires_grad=False))  # a bias the layer lacked
             handle.on_exit(lambda: setattr(module, name, None))
 
-        apply_loras(chosen, model_targets(handle.components), replace)
+        kept = library.kept
+        if kept is None or not kept.serves(handle.components, chosen):
+            library.kept = None  # the last set's weights go before the new ones are made
+            kept = library.kept = KeptPatches.make(chosen, handle.components, model_targets(handle.components))
+        for module, name, value in kept.weights:
+            replace(module, name, value)
         hashes = lora_hashes(chosen, lambda network: library.shorthash(network.file.path))
         return {"Lora hashes": hashes} if hashes else {}
 

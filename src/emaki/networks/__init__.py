@@ -40,6 +40,7 @@ from emaki.networks.library import (
 )
 from emaki.networks.lora import (  # after `library`: the LoRA package builds on it
     ChosenLora,
+    KeptPatches,
     LoraLibrary,
     LoraNetwork,
     apply_loras,
@@ -61,6 +62,7 @@ __all__ = [
     "HypernetworkAttnProcessor",
     "HypernetworkLibrary",
     "HypernetworkModule",
+    "KeptPatches",
     "LoraLibrary",
     "LoraNetwork",
     "NotAnEmbedding",

@@ -14,6 +14,7 @@ for one run with A1111 v1.10's arithmetic, list the files.
 from emaki.networks.lora.apply import (
     AppliedLoras,
     ChosenLora,
+    KeptPatches,
     apply_loras,
     lora_hashes,
     lora_strengths,
@@ -69,6 +70,7 @@ __all__ = [
     "ExtractedLora",
     "FullDiff",
     "Hadamard",
+    "KeptPatches",
     "Kronecker",
     "LayerFit",
     "LayerTargets",

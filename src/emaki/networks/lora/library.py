@@ -13,7 +13,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from emaki.errors import EmakiError
 from emaki.models.hashes import sha256_file, tensor_data_hash
@@ -33,6 +33,9 @@ from emaki.networks.lora.formats import (
     trigger_words,
 )
 from emaki.networks.lora.modules import NetworkModule, module_type, network_module
+
+if TYPE_CHECKING:
+    from emaki.networks.lora.apply import KeptPatches
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +117,7 @@ class LoraLibrary:
         self._headers: dict[Path, tuple[tuple[int, int], LoraFile | SkippedFile]] = {}
         self._hashes: dict[Path, tuple[tuple[int, int], str]] = {}
         self._loaded: OrderedDict[Path, tuple[tuple[int, int], LoraNetwork]] = OrderedDict()
+        self.kept: KeptPatches | None = None  # the last run's patched weights (`KeptPatches`)
 
     def header(self, path: Path) -> LoraFile | SkippedFile:
         """The file's shapes and metadata, or why it cannot be read."""
