@@ -82,7 +82,10 @@ def apply_loras(chosen: Sequence[ChosenLora], targets: LayerTargets, replace: Re
 
     def add(module: torch.nn.Module, name: str, delta: torch.Tensor) -> None:
         key = (id(module), name)
-        sums[key] = (module, name, sums[key][2] + delta if key in sums else delta)
+        if key in sums:
+            sums[key][2].add_(delta)  # every delta is a new tensor (`NetworkModule.delta`): summed in place
+        else:
+            sums[key] = (module, name, delta)
 
     unmatched: dict[str, list[str]] = {}
     with torch.no_grad():
@@ -121,6 +124,8 @@ def apply_loras(chosen: Sequence[ChosenLora], targets: LayerTargets, replace: Re
                 weight = module.weight
                 assert isinstance(weight, torch.Tensor)
                 replace(module, name, delta.to(dtype=weight.dtype))
+            elif delta.dtype == base.dtype and delta.device == base.device:
+                replace(module, name, delta.add_(base))  # W + ΔW into ΔW's own memory
             else:
                 replace(module, name, base + delta.to(device=base.device, dtype=base.dtype))
     return AppliedLoras(len(sums), unmatched)

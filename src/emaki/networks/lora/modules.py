@@ -104,11 +104,12 @@ class NetworkModule:
         if self._has("bias"):
             u = (u.reshape(self.parts["bias"].shape) + self._get("bias", w)).reshape(u.shape)
         u = fit_to(u, w)
-        u = u * self.scale
         if self._has("dora_scale"):
-            u = weight_decompose(w, u, self._get("dora_scale", w))
+            u = weight_decompose(w, u * self.scale, self._get("dora_scale", w)) * multiplier
+        else:
+            u = u * (self.scale * multiplier)  # one pass over the weight-sized update, and a new tensor
         extra = self.bias_update(w)
-        return u * multiplier, (extra * multiplier if extra is not None else None)
+        return u, (extra * multiplier if extra is not None else None)
 
 
 def fit_to(update: Tensor, weight: Tensor) -> Tensor:
