@@ -182,7 +182,7 @@ class InstantCluster:
     def ping(self, actor: int) -> int:
         return self.submit(actor, None)
 
-    def wait(self, refs: list[Any]) -> list[Any]:
+    def wait(self, refs: list[Any], timeout: float | None = None) -> list[Any]:
         ready, self.ready = self.ready, []
         return ready
 

@@ -52,7 +52,7 @@ class FakeCluster:
         self.queue.append(ref)
         return ref
 
-    def wait(self, refs: list[Any]) -> list[Any]:
+    def wait(self, refs: list[Any], timeout: float | None = None) -> list[Any]:
         oldest = next(ref for ref in self.queue if ref in refs)
         self.queue.remove(oldest)
         return [oldest]

@@ -50,7 +50,7 @@ class RestartingCluster:
         self.calls.append(call)
         return call
 
-    def wait(self, refs: list[Any]) -> list[Any]:
+    def wait(self, refs: list[Any], timeout: float | None = None) -> list[Any]:
         oldest = next(call for call in self.calls if call in refs)
         self.calls.remove(oldest)
         return [oldest]
@@ -107,3 +107,20 @@ def test_one_restarting_for_too_long_is_dropped(monkeypatch: pytest.MonkeyPatch)
     dispatcher = Dispatcher(cluster, 2, depth=1)
     assert all(o.ok for o in dispatcher.outcomes(requests(["crash", *(f"j{i}" for i in range(20))])))
     assert cluster.stopped == [0] and cluster.restarting == 95 and not dispatcher.slots[0].alive
+
+
+def test_the_other_actors_results_are_not_held_back_while_one_restarts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dispatcher asks a restarting actor again when its re-ping is due, and meanwhile takes
+    the other actor's results as they come: it never sleeps while something else can end."""
+    monkeypatch.setattr(ray_executor, "RESTART_POLL_S", 0.2)
+    slept: list[float] = []
+    monkeypatch.setattr(ray_executor.time, "sleep", slept.append)
+    waits: list[float | None] = []
+    cluster = RestartingCluster(restarting=10**6)  # still restarting when the batch is done
+    real_wait = cluster.wait
+    monkeypatch.setattr(cluster, "wait", lambda refs, timeout=None: waits.append(timeout) or real_wait(refs))
+    keys = ["crash", *(f"j{i}" for i in range(30))]
+    outcomes = list(Dispatcher(cluster, 2, depth=1).outcomes(requests(keys)))
+    assert sorted(o.key for o in outcomes) == sorted(keys) and all(o.ok for o in outcomes)
+    assert slept == []
+    assert any(t is not None and 0 < t <= 0.2 for t in waits)  # bounded by the re-ping due next

@@ -64,8 +64,9 @@ class Cluster(Protocol):
         """A reference that resolves once `actor` is up, or fails once it is gone for good."""
         ...
 
-    def wait(self, refs: list[Any]) -> list[Any]:
-        """Block until at least one of `refs` is ready; the ready ones."""
+    def wait(self, refs: list[Any], timeout: float | None = None) -> list[Any]:
+        """Block until at least one of `refs` (not empty) is ready, or `timeout` seconds have
+        passed (then maybe none is); the ready ones."""
         ...
 
     def get(self, ref: Any) -> Any:
@@ -116,17 +117,28 @@ class Dispatcher:
         pending = deque(Task(request) for request in requests)
         running: dict[Any, tuple[Slot, Task]] = {}
         probes: dict[Any, Slot] = {}
+        repings: list[tuple[float, Slot]] = []  # (when, slot): actors Ray is restarting, asked again then
         while pending or running:
             yield from self._dispatch(pending, running)
             if not pending and not running:  # the last ones were refused
                 return
-            if not running and not probes:  # every actor is gone: what is left cannot run
+            if not running and not probes and not repings:  # every actor is gone: what is left cannot run
                 for task in pending:
                     yield self._failed(task, "no worker left: every actor of the pool died")
                 return
-            for ref in self.cluster.wait([*running, *probes]):
+            now = time.monotonic()
+            for due in [r for r in repings if r[0] <= now]:
+                repings.remove(due)
+                probes[self.cluster.ping(due[1].actor)] = due[1]
+            # Wait for results, but no longer than the next re-ping is due: the other actors'
+            # results are taken as they come while one restarts.
+            delay = max(0.0, min(when for when, _ in repings) - now) if repings else None
+            if not running and not probes:
+                time.sleep(delay or 0.0)
+                continue
+            for ref in self.cluster.wait([*running, *probes], delay):
                 if ref in probes:
-                    self._probed(probes.pop(ref), ref, probes)
+                    self._probed(probes.pop(ref), ref, repings)
                     continue
                 slot, task = running.pop(ref)
                 slot.in_flight -= 1
@@ -154,17 +166,16 @@ class Dispatcher:
             return None
         return replace(outcome, attempts=task.attempt, retried=task.retried)
 
-    def _probed(self, slot: Slot, ref: Any, probes: dict[Any, Slot]) -> None:
+    def _probed(self, slot: Slot, ref: Any, repings: list[tuple[float, Slot]]) -> None:
         try:
             self.cluster.get(ref)
             slot.suspect = False  # restarted by Ray: its engine is new, its model gone
             slot.model = None
             slot.pings = 0
-        except WorkerRestarting:  # not up yet: ask again (paced, as this answer came at once)
+        except WorkerRestarting:  # not up yet: ask again later (this answer came at once)
             slot.pings += 1
             if slot.pings < RESTART_PINGS:
-                time.sleep(RESTART_POLL_S)
-                probes[self.cluster.ping(slot.actor)] = slot
+                repings.append((time.monotonic() + RESTART_POLL_S, slot))
                 return
             slot.alive = False
             self.cluster.stop(slot.actor)
@@ -281,8 +292,8 @@ class RayCluster:
     def ping(self, actor: Any) -> Any:
         return actor.ping.remote()
 
-    def wait(self, refs: list[Any]) -> list[Any]:
-        ready, rest = self.ray.wait(refs, num_returns=1)
+    def wait(self, refs: list[Any], timeout: float | None = None) -> list[Any]:
+        ready, rest = self.ray.wait(refs, num_returns=1, timeout=timeout)
         if rest:  # take every other one already done too: one pass of the loop handles them all
             more, _ = self.ray.wait(rest, num_returns=len(rest), timeout=0)
             ready += more
