@@ -9,6 +9,8 @@ each then draws --images images per prompt and `emaki.demo.describe` counts cat 
 `--seeds` are training seeds (`TrainingParams.seed`: the network's initial weights, the data order,
 the noise and timesteps); the 12 faces and the images judged (seeds 1000...) stay the same. The
 prompt without the network draws the same images for every run, so it is judged once.
+`--model PATH` trains on and draws with that checkpoint instead of the demo model (e.g. a retrained
+demo model).
 
 speed — the SD 1.5 architecture with random weights at 512², batch 1: seconds per embedding
 training step of emaki against a plain diffusers textual-inversion loop (the diffusers example's
@@ -55,24 +57,26 @@ def quality(args: argparse.Namespace) -> None:
         write_concept_dataset(data, concept, count=12)
         for seed in (int(s) for s in args.seeds.split(",")):
             options = {**json.loads(args.options or "{}"), "seed": seed, "overwrite": True}
+            if args.model:
+                options["model"] = args.model
             start = time.perf_counter()
             outcome = engine.train(_params(kind, name, data, args.steps, options))
             seconds = time.perf_counter() - start
             size = f"{outcome.path.stat().st_size / 1e6:.2f} MB"
             for text in (prompt, "1girl"):
                 if (text, feature) not in judged or text == prompt:
-                    judged[text, feature] = _rate(engine, text, feature, args.images)
+                    judged[text, feature] = _rate(engine, text, feature, args.images, args.model)
                 rate = judged[text, feature]
                 print(f"{kind:>12} {seed:>4} {seconds:8.1f} {text:>32} {rate:6.2f}  {size}", flush=True)
 
 
-def _rate(engine: Any, prompt: str, feature: str, images: int) -> float:
+def _rate(engine: Any, prompt: str, feature: str, images: int, model: str | None = None) -> float:
     """The share of `images` images drawn for `prompt` (seeds 1000...) in which `describe` finds `feature`."""
     from emaki.demo import describe
     from emaki.params import GenerationParams
 
-    result = engine.generate(GenerationParams.create(prompt=prompt, seed=1000, batch_size=images // 4, n_iter=4),
-                             save=False)
+    result = engine.generate(GenerationParams.create(prompt=prompt, seed=1000, batch_size=images // 4, n_iter=4,
+                                                     model=model), save=False)
     found = [describe(image.image) for image in result.images]
     hits = sum(bool(d["cat_ears"]) if feature == "cat_ears" else d["style"] == "sepia" for d in found)
     return hits / len(found)
@@ -195,6 +199,7 @@ def main() -> None:
     q.add_argument("--seeds", default="0", help="training seeds, comma-separated (default: 0)")
     q.add_argument("--kinds", default="embedding,hypernetwork,lora", help="which runs, comma-separated")
     q.add_argument("--options", default="", help="extra TrainingParams fields as JSON (default: none)")
+    q.add_argument("--model", default=None, help="checkpoint to train on and draw with (default: the demo model)")
     for name in ("speed", "worker"):
         p = sub.add_parser(name)
         p.add_argument("--size", type=int, default=512)
