@@ -73,7 +73,7 @@ def main() -> None:
     for attempt in ("first (reads the files)", "a new set (files cached, every ΔW computed)",
                     "the same set again (the kept weights swapped in)"):
         if attempt.startswith("a new set"):
-            library.kept = None  # as if another set had run in between
+            library.kept.clear()  # as if another set had run in between
         with ModelHandle(model) as handle:
             start = time.perf_counter()
             kind.activate(library, engine.networks.folders(kind),

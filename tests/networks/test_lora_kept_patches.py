@@ -5,6 +5,7 @@ cached model is its own again after every run."""
 
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from tiny_lora import write_tiny_lora
 
 import emaki.networks.lora.apply as apply_module
 from emaki.engine import Engine
+from emaki.engine.networks import NETWORK_KINDS
 from emaki.params import GenerationParams
 from emaki.workspace import Workspace
 
@@ -74,3 +76,12 @@ def test_other_strengths_order_or_file_compute_again(engine: Engine, computed: l
     assert computed == [2, 2, 2, 1]
     alone = Engine(Workspace(tmp_path), ONE_THREAD)  # a new engine, with the new file only
     assert pixels(alone, "1girl <lora:style:1>") == fresh
+
+
+def test_the_kept_weights_go_with_their_model(engine: Engine, tiny_safetensors: Path) -> None:
+    pixels(engine, "1girl <lora:style:1>")
+    library = engine.networks.library(next(k for k in NETWORK_KINDS if k.name == "lora"))
+    assert len(library.kept) == 1
+    engine.load(str(tiny_safetensors))  # the demo model leaves the one-model cache
+    gc.collect()
+    assert len(library.kept) == 0

@@ -220,10 +220,11 @@ class LoraKind:
             setattr(module, name, torch.nn.Parameter(value, requires_grad=False))  # a bias the layer lacked
             handle.on_exit(lambda: setattr(module, name, None))
 
-        kept = library.kept
-        if kept is None or not kept.serves(handle.components, chosen):
-            library.kept = None  # the last set's weights go before the new ones are made
-            kept = library.kept = KeptPatches.make(chosen, handle.components, model_targets(handle.components))
+        model = handle.components.unet  # what `library.kept` knows a model by
+        kept = library.kept.get(model)
+        if kept is None or not kept.serves(chosen):
+            library.kept.pop(model, None)  # the last set's weights go before the new ones are made
+            kept = library.kept[model] = KeptPatches.make(chosen, model_targets(handle.components))
         for module, name, value in kept.weights:
             replace(module, name, value)
         hashes = lora_hashes(chosen, lambda network: library.shorthash(network.file.path))

@@ -10,10 +10,8 @@ ends). Text-encoder weights take a tag's TE multiplier, UNet weights its UNet mu
 from __future__ import annotations
 
 import logging
-import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -135,22 +133,21 @@ def apply_loras(chosen: Sequence[ChosenLora], targets: LayerTargets, replace: Re
 class KeptPatches:
     """The weights one list of chosen LoRAs made for one model, kept between runs: a run asking
     for the same LoRA files (as loaded: a changed file loads as a new network) at the same
-    strengths, in the same order, on the same model swaps them in without computing any ΔW
-    again. A1111 keeps its patched weights for the same reason. The model itself is restored
-    after every run as before; what is kept costs the size of the patched weights."""
+    strengths, in the same order, swaps them in without computing any ΔW again. A1111 keeps its
+    patched weights for the same reason. The model itself is restored after every run as before;
+    what is kept costs the size of the patched weights (`LoraLibrary.kept` drops it with the model)."""
 
-    model: weakref.ref[Any]
     chosen: tuple[ChosenLora, ...]
     weights: list[tuple[torch.nn.Module, str, torch.Tensor]]
 
     @classmethod
-    def make(cls, chosen: Sequence[ChosenLora], components: Any, targets: LayerTargets) -> KeptPatches:
+    def make(cls, chosen: Sequence[ChosenLora], targets: LayerTargets) -> KeptPatches:
         weights: list[tuple[torch.nn.Module, str, torch.Tensor]] = []
         apply_loras(chosen, targets, lambda module, name, value: weights.append((module, name, value)))
-        return cls(weakref.ref(components), tuple(chosen), weights)
+        return cls(tuple(chosen), weights)
 
-    def serves(self, components: Any, chosen: Sequence[ChosenLora]) -> bool:
-        return self.model() is components and len(chosen) == len(self.chosen) and all(
+    def serves(self, chosen: Sequence[ChosenLora]) -> bool:
+        return len(chosen) == len(self.chosen) and all(
             a.network is b.network and (a.te, a.unet, a.dyn) == (b.te, b.unet, b.dyn)
             for a, b in zip(chosen, self.chosen, strict=True))
 

@@ -9,6 +9,7 @@ loaded tensors are remembered per file until its size or mtime changes.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -117,7 +118,9 @@ class LoraLibrary:
         self._headers: dict[Path, tuple[tuple[int, int], LoraFile | SkippedFile]] = {}
         self._hashes: dict[Path, tuple[tuple[int, int], str]] = {}
         self._loaded: OrderedDict[Path, tuple[tuple[int, int], LoraNetwork]] = OrderedDict()
-        self.kept: KeptPatches | None = None  # the last run's patched weights (`KeptPatches`)
+        # Per model (its UNet), the patched weights of the last LoRAs run on it; an entry goes
+        # with its model (the weights hold only the UNet's layers, never the UNet itself).
+        self.kept: weakref.WeakKeyDictionary[Any, KeptPatches] = weakref.WeakKeyDictionary()
 
     def header(self, path: Path) -> LoraFile | SkippedFile:
         """The file's shapes and metadata, or why it cannot be read."""
