@@ -48,6 +48,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--rank", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 while another job runs)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     args = parser.parse_args()
     if not CHECKPOINT.exists():
         raise SystemExit(f"{CHECKPOINT}: run benchmarks/generate.py once to build it")
@@ -62,7 +63,7 @@ def main() -> None:
     home = Path(tempfile.mkdtemp())
     (home / "loras").mkdir()
     names = write_loras(home / "loras", args.rank)
-    engine = Engine(Workspace(home), DevicePolicy.choose("fp32", threads=args.threads))
+    engine = Engine(Workspace(home), DevicePolicy.choose(args.precision, threads=args.threads))
     model = engine.load(str(CHECKPOINT))
     tags = "".join(f" <lora:{name}:0.7>" for name in names)
     kind = next(k for k in NETWORK_KINDS if k.name == "lora")

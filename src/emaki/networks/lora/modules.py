@@ -51,6 +51,7 @@ class NetworkModule:
 
     kind: ClassVar[str] = ""
     required: ClassVar[tuple[str, ...]] = ()
+    reads_weight: ClassVar[bool] = False  # its update uses the weight's values, not only its shape
 
     def __init__(self, parts: Mapping[str, Tensor]) -> None:
         self.parts = dict(parts)
@@ -79,7 +80,9 @@ class NetworkModule:
         return 1.0
 
     def update(self, weight: Tensor, dyn: int | None = None) -> Tensor:
-        """The raw update u (float32); `weight` is the model's, float32."""
+        """The raw update u (float32); `weight` is the model's: float32 when the type
+        `reads_weight` (or has DoRA's `dora_scale`), else in the model's dtype, for its shape
+        and device only."""
         raise NotImplementedError
 
     def implied_numel(self) -> int | None:
@@ -99,7 +102,9 @@ class NetworkModule:
             # a real update never has more elements than the weight it changes.
             raise ValueError(f"its factors multiply out to {implied} values, more than the {weight.numel()} "
                              f"of the weight of shape {tuple(weight.shape)}")
-        w = weight.detach().to(torch.float32)
+        # A float32 copy of the weight only where its values are used (a bf16 model's weights
+        # would be cast once per LoRA per layer): the other types read its shape and device.
+        w = weight.detach().to(torch.float32) if self.reads_weight or self._has("dora_scale") else weight.detach()
         u = self.update(w, dyn)
         if self._has("bias"):
             u = (u.reshape(self.parts["bias"].shape) + self._get("bias", w)).reshape(u.shape)
@@ -241,6 +246,7 @@ class IA3(NetworkModule):
 
     kind = "ia3"
     required = ("weight",)
+    reads_weight = True
 
     def update(self, weight: Tensor, dyn: int | None = None) -> Tensor:
         w = self._get("weight", weight)
@@ -283,6 +289,7 @@ class Orthogonal(NetworkModule):
     Scale is always 1 (A1111 sets it; alpha is the constraint here)."""
 
     kind = "oft"
+    reads_weight = True
 
     @classmethod
     def accepts(cls, names: Collection[str]) -> bool:
