@@ -383,3 +383,21 @@ def test_listing_rows_through_the_engine(demo_engine):
     assert rows["mix"]["kind"] == "lora+loha+lokr+ia3+full+oft+norm+dora"
     assert rows["style"]["alias"] == "style-v1" and rows["style"]["kind"] == "locon" and rows["style"]["rank"] == 2
     assert kind.summary(rows["style"]).startswith("locon, rank 2; sd_v1; alias style-v1")
+
+
+@pytest.mark.parametrize("module", [
+    FullDiff({"diff": rand(8, 6), "diff_b": rand(8, seed=1)}),
+    NormDiff({"w_norm": rand(8, 6, seed=4), "b_norm": rand(8, seed=2)}),
+    LoraUpDown({"lora_up.weight": rand(8, 2), "lora_down.weight": rand(2, 6), "alpha": torch.tensor(1.0)}),
+], ids=["full", "norm", "lora"])
+def test_a_delta_is_a_new_tensor_and_leaves_the_file_s_tensors_alone(module):
+    """The patch sums deltas and adds W in place (`apply_loras`): a delta must never be a stored
+    tensor, nor scale one in place, or a second run would see the file changed."""
+    stored = {name: t.clone() for name, t in module.parts.items()}
+    first, _ = module.delta(W, 0.5)
+    before = first.clone()
+    first.add_(1.0)  # as `apply_loras` does with it
+    second, _ = module.delta(W, 0.5)
+    assert all(torch.equal(module.parts[name], t) for name, t in stored.items())
+    assert torch.equal(before, second)
+    assert all(first.data_ptr() != t.data_ptr() for t in module.parts.values())

@@ -52,6 +52,7 @@ class NetworkModule:
     kind: ClassVar[str] = ""
     required: ClassVar[tuple[str, ...]] = ()
     reads_weight: ClassVar[bool] = False  # its update uses the weight's values, not only its shape
+    stores_update: ClassVar[bool] = False  # its update may be a stored tensor: never changed in place
 
     def __init__(self, parts: Mapping[str, Tensor]) -> None:
         self.parts = dict(parts)
@@ -112,7 +113,9 @@ class NetworkModule:
         if self._has("dora_scale"):
             u = weight_decompose(w, u * self.scale, self._get("dora_scale", w)) * multiplier
         else:
-            u = u * (self.scale * multiplier)  # one pass over the weight-sized update, and a new tensor
+            # One pass over the weight-sized update; the result is always the caller's own tensor.
+            factor = self.scale * multiplier
+            u = u * factor if self.stores_update else u.mul_(factor)
         extra = self.bias_update(w)
         return u, (extra * multiplier if extra is not None else None)
 
@@ -260,6 +263,7 @@ class FullDiff(NetworkModule):
     """Full fine-tune difference: u = diff, Δb = diff_b."""
 
     kind = "full"
+    stores_update = True
     required = ("diff",)
 
     def update(self, weight: Tensor, dyn: int | None = None) -> Tensor:
@@ -273,6 +277,7 @@ class NormDiff(NetworkModule):
     """Norm layers (GroupNorm/LayerNorm): u = w_norm, Δb = b_norm."""
 
     kind = "norm"
+    stores_update = True
     required = ("w_norm", "b_norm")
 
     def update(self, weight: Tensor, dyn: int | None = None) -> Tensor:
