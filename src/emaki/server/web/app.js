@@ -6,7 +6,7 @@
 // no build step: this file holds the tabs, the job watching and the start; each part's own module
 // is in js/ (the form in form.js, the LoRA picker in loras.js, Settings in settings.js, ...). Text from the server or from images only ever goes into the DOM through textContent.
 import {
-  $, api, clearError, debounce, DEBOUNCE_MS, FINISHED, POLL_MS, readAsDataUrl, setStatus, showError, state,
+  $, api, cancelJob, clearError, debounce, DEBOUNCE_MS, FINISHED, POLL_MS, readAsDataUrl, setStatus, showError, state,
   streamEvents,
 } from "./js/core.js";
 import { setUpBatch } from "./js/batch.js";
@@ -232,11 +232,7 @@ async function interrupt() {
   const id = state.job;
   if (!id) return;
   setStatus("Interrupting…");
-  try {
-    await api(`/api/jobs/${encodeURIComponent(id)}/cancel`, { method: "POST" });
-  } catch (error) {
-    if (error.status !== 409) showError(error.message);  // 409: it had just ended anyway
-  }
+  await cancelJob(id);
 }
 
 

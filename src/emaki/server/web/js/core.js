@@ -200,6 +200,23 @@ export function watchJob(id, holder, { queued, progress, finished, lost }) {
   });
 }
 
+// Stop the watch `holder` keeps (`watchJob`): its event stream closed, no job to watch.
+export function stopWatching(holder) {
+  if (holder.events) holder.events.close();
+  holder.events = null;
+  holder.job = null;
+}
+
+// Ask the server to cancel job `id` (a running one is interrupted); a 409 means it had just
+// ended anyway, so only other errors are shown.
+export async function cancelJob(id) {
+  try {
+    await api(`/api/jobs/${encodeURIComponent(id)}/cancel`, { method: "POST" });
+  } catch (error) {
+    if (error.status !== 409) showError(error.message);
+  }
+}
+
 async function pollJobUntilEnd(id, holder, { progress, finished, lost }) {
   const path = `/api/jobs/${encodeURIComponent(id)}`;
   while (holder.job === id) {

@@ -4,7 +4,7 @@
 // the residual) and the summary lines the CLI prints. Loaded by index.html on its own: it only
 // reads the shared page state, and lists the checkpoints whenever the Merge tab opens.
 import {
-  $, api, clearError, element, fillSelect, showError, watchJob,
+  $, api, cancelJob, clearError, element, fillSelect, showError, stopWatching, watchJob,
 } from "./core.js";
 
 const trace = { job: null, events: null, names: [] };
@@ -113,9 +113,7 @@ function showLineageResult(result) {
 }
 
 function finishLineage(job) {
-  if (trace.events) trace.events.close();
-  trace.events = null;
-  trace.job = null;
+  stopWatching(trace);
   $("lineage-start").disabled = false;
   $("lineage-cancel").disabled = true;
   if (!job) return;
@@ -133,12 +131,7 @@ function finishLineage(job) {
 }
 
 async function cancelLineage() {
-  if (!trace.job) return;
-  try {
-    await api(`/api/jobs/${encodeURIComponent(trace.job)}/cancel`, { method: "POST" });
-  } catch (error) {
-    if (error.status !== 409) showError(error.message);
-  }
+  if (trace.job) await cancelJob(trace.job);
 }
 
 function setUpLineage() {

@@ -3,7 +3,7 @@
 // or polling with credentials); the new checkpoint joins the model lists when it is done, and its
 // recipe is shown.
 import {
-  $, api, clearError, element, fillSelect, showError, watchJob,
+  $, api, cancelJob, clearError, element, fillSelect, showError, stopWatching, watchJob,
 } from "./core.js";
 
 const merge = { job: null, events: null, loras: [], onDone: () => {} };
@@ -137,9 +137,7 @@ function showMergeProgress(event) {
 }
 
 function finishMerge(job) {
-  if (merge.events) merge.events.close();
-  merge.events = null;
-  merge.job = null;
+  stopWatching(merge);
   $("merge-start").disabled = false;
   $("merge-cancel").disabled = true;
   if (!job) return;
@@ -164,12 +162,7 @@ function finishMerge(job) {
 }
 
 async function cancelMerge() {
-  if (!merge.job) return;
-  try {
-    await api(`/api/jobs/${encodeURIComponent(merge.job)}/cancel`, { method: "POST" });
-  } catch (error) {
-    if (error.status !== 409) showError(error.message);
-  }
+  if (merge.job) await cancelJob(merge.job);
 }
 
 // `onDone`: what the page does once a new checkpoint exists (its model menus read the list again).

@@ -1,5 +1,5 @@
 import {
-  $, api, clearError, fillSelect, intOrNull, showError, watchJob,
+  $, api, cancelJob, clearError, fillSelect, intOrNull, showError, stopWatching, watchJob,
 } from "./core.js";
 
 // ---------------------------------------------------------------- training
@@ -90,7 +90,7 @@ async function startTraining() {
 }
 
 function watchTraining(job) {
-  stopWatchingTraining();
+  stopWatching(training);
   training.job = job.id;
   $("train-start").disabled = true;
   $("train-cancel").disabled = false;
@@ -110,12 +110,6 @@ function watchTraining(job) {
       finishWatchingTraining();
     },
   });
-}
-
-function stopWatchingTraining() {
-  if (training.events) training.events.close();
-  training.events = null;
-  training.job = null;
 }
 
 function formatLoss(loss) {
@@ -168,7 +162,7 @@ function drawLossCurve(losses) {
 }
 
 function finishWatchingTraining() {
-  stopWatchingTraining();
+  stopWatching(training);
   $("train-start").disabled = false;
   $("train-cancel").disabled = true;
 }
@@ -200,11 +194,7 @@ async function cancelTraining() {
   const id = training.job;
   if (!id) return;
   $("train-status").textContent = "Cancelling…";
-  try {
-    await api(`/api/jobs/${encodeURIComponent(id)}/cancel`, { method: "POST" });
-  } catch (error) {
-    if (error.status !== 409) showError(error.message);
-  }
+  await cancelJob(id);
 }
 
 export function setUpTraining() {
