@@ -132,7 +132,7 @@ def train_command(
     unet_lr: Annotated[float | None, typer.Option("--unet-lr", help="LoRA: UNet learning rate (default: --learn-rate).")] = None,
     te_lr: Annotated[float | None, typer.Option("--te-lr", help="LoRA: text-encoder learning rate, 0 = UNet only (default: --learn-rate; 0 on the demo model).")] = None,
     optimizer: Annotated[str | None, typer.Option("--optimizer", help="LoRA: a torch.optim class (AdamW, Adam, SGD, Adafactor, ...).")] = None,
-    scheduler: Annotated[str | None, typer.Option("--scheduler", help="LoRA: constant, constant_with_warmup, cosine, cosine_with_restarts, linear.")] = None,
+    scheduler: Annotated[str | None, typer.Option("--scheduler", help="LoRA: constant, constant_with_warmup, cosine, cosine_with_restarts, linear (default: constant; on the demo model cosine).")] = None,
     warmup: Annotated[int | None, typer.Option("--warmup", help="LoRA: warm-up steps.")] = None,
     min_snr_gamma: Annotated[float | None, typer.Option("--min-snr-gamma", help="LoRA: min-SNR loss weighting gamma (e.g. 5).")] = None,
     noise_offset: Annotated[float | None, typer.Option("--noise-offset", help="LoRA: noise offset (e.g. 0.05).")] = None,
