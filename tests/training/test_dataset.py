@@ -244,6 +244,19 @@ def test_caption_maker_fills_the_template() -> None:
     assert made == {"a photo of emaki, 1girl, smile", "emaki art"}
 
 
+def test_a_tag_template_puts_the_name_at_every_place_among_the_tags() -> None:
+    maker = CaptionMaker(["[name], [filewords]"], "neko", shuffle_tags=False, tag_drop_out=0.0,
+                         rng=random.Random(0))
+    made = {maker.make("1girl, solo, smile") for _ in range(100)}
+    assert made == {"neko, 1girl, solo, smile", "1girl, neko, solo, smile", "1girl, solo, neko, smile",
+                    "1girl, solo, smile, neko"}
+    pinned = CaptionMaker(["[filewords], [name]"], "neko", shuffle_tags=True, tag_drop_out=0.0,
+                          rng=random.Random(0), keep_tokens=1)
+    made = [pinned.make("1girl, solo, smile").split(", ") for _ in range(100)]
+    assert all(tags[0] == "1girl" and sorted(tags) == ["1girl", "neko", "smile", "solo"] for tags in made)
+    assert {tags.index("neko") for tags in made} == {1, 2, 3}
+
+
 def test_caption_maker_is_reproducible_and_drops_and_shuffles() -> None:
     tags = ",".join(f"t{i}" for i in range(20))
 

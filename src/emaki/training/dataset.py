@@ -203,7 +203,8 @@ def _filename_pattern(regex: str) -> re.Pattern[str]:
 class CaptionMaker:
     """Each step's prompt (A1111's create_text): a random template line, `[filewords]` → the
     caption's comma-separated tags, each kept with probability 1 - `tag_drop_out`, shuffled
-    with `shuffle_tags`, `[name]` → `placeholder`. kohya's LoRA options add `keep_tokens` (the
+    with `shuffle_tags`, `[name]` → `placeholder` (in a line of tags alone, such as
+    `[name], [filewords]`, at a random place among the tags). kohya's LoRA options add `keep_tokens` (the
     first N tags are never dropped nor moved) and `caption_dropout` (the whole prompt becomes ""
     with that probability, so the network also learns the unconditioned image). Every draw comes
     from `rng`.
@@ -240,7 +241,18 @@ class CaptionMaker:
             tags = [tag for tag in tags if self.rng.random() > self.tag_drop_out]
         if self.shuffle_tags:
             self.rng.shuffle(tags)
+        if _is_tag_list(text):
+            # The name is one more tag, at a random place after the kept ones: an embedding
+            # trained only at the start of its prompts barely works elsewhere in a prompt.
+            tags.insert(self.rng.randint(0, len(tags)), self.placeholder)
+            return ", ".join(tag.strip() for tag in kept + tags if tag.strip())
         return text.replace("[filewords]", ",".join(kept + tags)).replace("[name]", self.placeholder)
+
+
+def _is_tag_list(line: str) -> bool:
+    """Whether a template line is `[name]` and `[filewords]` alone, as comma-separated tags
+    (emaki's `tags_filewords`), rather than a sentence such as A1111's "a photo of a [name]"."""
+    return sorted(item.strip() for item in line.split(",")) == ["[filewords]", "[name]"]
 
 
 class LatentCache:

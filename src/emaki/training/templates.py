@@ -8,6 +8,9 @@ The A1111 set ships as is: `none`, `style`, `style_filewords`, `subject`,
 own in the prompt) for anime models fine-tuned on booru tags (NAI and its descendants):
 they never saw captions such as "a photo of a ..." or "art by ...", so those words only add
 noise to what the embedding learns; a bare tag list is the language the model was trained in.
+In a line that is only `[name]` and `[filewords]` as tags, the name takes a random place among
+the caption's tags (after kohya's `keep_tokens`), as a user's prompt may put it anywhere
+(`CaptionMaker`).
 
 >>> read_template("tags_filewords")
 ['[name], [filewords]']

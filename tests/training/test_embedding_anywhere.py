@@ -1,0 +1,45 @@
+"""An embedding trained with the default template works wherever the prompt puts its name.
+
+The default template (`tags_filewords`) once put the name first in every training prompt. On the
+demo model, whose text encoder is small and sensitive to position, a one-vector embedding of green
+hair then drew green hair for "<name>, 1girl" (40 of 40) and hardly ever for "1girl, <name>" (5 of
+40, as without it). Now the name takes a random place among the tags. The run is in bf16, where
+this was measured on three training seeds; in fp32 a one-vector embedding of this colour works
+only first in the prompt either way (two vectors work anywhere, either way).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from pathlib import Path
+
+from emaki.demo import describe
+from emaki.demo.faces import caption, draw_face, random_attributes
+from emaki.engine import Engine
+from emaki.params import GenerationParams
+from emaki.training.params import TrainingParams
+from emaki.workspace import Workspace
+from emaki.devices import DevicePolicy
+
+
+def test_an_embedding_of_green_hair_works_after_other_tags(tmp_path: Path) -> None:
+    data = tmp_path / "green"
+    data.mkdir()
+    rng = random.Random(0)
+    for index in range(12):
+        face = replace(random_attributes(rng), hair_color="green")
+        draw_face(face).save(data / f"{index:02d}.png")
+        words = [tag for tag in caption(face).split(", ") if tag != "green hair"]
+        (data / f"{index:02d}.txt").write_text(", ".join(words), encoding="utf-8")
+    engine = Engine(Workspace(tmp_path / "home"), DevicePolicy.choose("bf16", "cpu", threads=1))
+    engine.train(TrainingParams.create(kind="embedding", name="mystery", data=str(data), steps=400,
+                                       preview_every=0, save_every=0))
+
+    def green(prompt: str) -> int:
+        result = engine.generate(GenerationParams.create(prompt=prompt, seed=1000, batch_size=8), save=False)
+        return sum(describe(image.image)["hair_color"] == "green" for image in result.images)
+
+    assert green("1girl") <= 2
+    assert green("1girl, solo, mystery") >= 6
+    assert green("mystery, 1girl") >= 6
