@@ -122,11 +122,17 @@ class Catalog:
     def find_checkpoint(self, name: str, field: str = "sd_model_checkpoint") -> CheckpointEntry:
         check_plain_name(field, name)
         entries = self.checkpoints()
-        for entry in entries:
-            if name in entry.names():
-                return entry
-        known = ", ".join(e.title for e in entries) or "none"
-        raise NameNotAllowed(f"{field}: no checkpoint {name!r} in the model folders (known: {known})")
+        found = _named(entries, name)
+        if found is None:
+            # The file may be newer than the listing: a job that wrote it is seen as done a moment
+            # before its end invalidates the listing, and a user may have copied it in since.
+            self.refresh()
+            entries = self.checkpoints()
+            found = _named(entries, name)
+        if found is None:
+            known = ", ".join(e.title for e in entries) or "none"
+            raise NameNotAllowed(f"{field}: no checkpoint {name!r} in the model folders (known: {known})")
+        return found
 
     def find_vae(self, name: str, field: str = "sd_vae") -> str | None:
         """A VAE file path, or None for "Automatic"/"None" (the checkpoint's own VAE)."""
@@ -173,3 +179,7 @@ def _lora_named(rows: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
             if matches(row):
                 return row
     return None
+
+
+def _named(entries: list[CheckpointEntry], name: str) -> CheckpointEntry | None:
+    return next((entry for entry in entries if name in entry.names()), None)
