@@ -6,6 +6,10 @@ each then draws --images images per prompt and `emaki.demo.describe` counts cat 
 
     python benchmarks/train.py quality --steps 400 --images 40 --seeds 0,1,2,3,4 --kinds hypernetwork,lora
 
+`--kinds known` trains an embedding on 12 faces with green hair, captioned without it: a concept
+the demo model can draw, judged with the name after `1girl`, first, and after `1girl, solo`
+(`--precision`: the engine's precision, auto, fp32 or bf16).
+
 `--seeds` are training seeds (`TrainingParams.seed`: the network's initial weights, the data order,
 the noise and timesteps); the 12 faces and the images judged (seeds 1000...) stay the same. The
 prompt without the network draws the same images for every run, so it is judged once.
@@ -38,7 +42,10 @@ CAPTION = "1girl, solo, long hair, smile"
 # (kind, name, concept of the 12 faces, prompt with the network, what `describe` should find)
 CASES = [("embedding", "nekomimi", "cat_ears", "1girl, nekomimi", "cat_ears"),
          ("hypernetwork", "sepiastyle", "sepia", "1girl <hypernet:sepiastyle:1>", "sepia"),
-         ("lora", "sepialora", "sepia", "1girl <lora:sepialora:1>", "sepia")]
+         ("lora", "sepialora", "sepia", "1girl <lora:sepialora:1>", "sepia"),
+         ("known", "mystery", "green_hair", "1girl, mystery", "green_hair")]
+# where else the `known` case's name is judged in the prompt
+OTHER_PLACES = {"known": ("mystery, 1girl", "1girl, solo, mystery")}
 
 
 def quality(args: argparse.Namespace) -> None:
@@ -48,26 +55,44 @@ def quality(args: argparse.Namespace) -> None:
     from emaki.workspace import Workspace
 
     root = Path(tempfile.mkdtemp(prefix="emaki-train-bench-"))
-    engine = Engine(Workspace(root / "home"), DevicePolicy.choose(threads=args.threads))
+    engine = Engine(Workspace(root / "home"), DevicePolicy.choose(args.precision, threads=args.threads))
     cases = [case for case in CASES if case[0] in args.kinds.split(",")]
     judged: dict[tuple[str, str], float] = {}  # (prompt, feature) → rate; without a network, judged once
     print(f"{'kind':>12} {'seed':>4} {'train s':>8} {'prompt':>32} {'rate':>6}  file")
     for kind, name, concept, prompt, feature in cases:
         data = root / concept
-        write_concept_dataset(data, concept, count=12)
+        if concept == "green_hair":
+            _green_hair_faces(data)
+        else:
+            write_concept_dataset(data, concept, count=12)
         for seed in (int(s) for s in args.seeds.split(",")):
             options = {**json.loads(args.options or "{}"), "seed": seed, "overwrite": True}
             if args.model:
                 options["model"] = args.model
             start = time.perf_counter()
-            outcome = engine.train(_params(kind, name, data, args.steps, options))
+            outcome = engine.train(_params("embedding" if kind == "known" else kind, name, data, args.steps, options))
             seconds = time.perf_counter() - start
             size = f"{outcome.path.stat().st_size / 1e6:.2f} MB"
-            for text in (prompt, "1girl"):
-                if (text, feature) not in judged or text == prompt:
+            for text in (prompt, *OTHER_PLACES.get(kind, ()), "1girl"):
+                if (text, feature) not in judged or text != "1girl":
                     judged[text, feature] = _rate(engine, text, feature, args.images, args.model)
                 rate = judged[text, feature]
                 print(f"{kind:>12} {seed:>4} {seconds:8.1f} {text:>32} {rate:6.2f}  {size}", flush=True)
+
+
+def _green_hair_faces(folder: Path) -> None:
+    """12 demo faces with green hair; their captions say everything else."""
+    from dataclasses import replace
+
+    from emaki.demo.faces import caption, draw_face, random_attributes
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(0)
+    for index in range(12):
+        face = replace(random_attributes(rng), hair_color="green")
+        draw_face(face).save(folder / f"{index:02d}.png")
+        words = [tag for tag in caption(face).split(", ") if tag != "green hair"]
+        (folder / f"{index:02d}.txt").write_text(", ".join(words), encoding="utf-8")
 
 
 def _rate(engine: Any, prompt: str, feature: str, images: int, model: str | None = None) -> float:
@@ -78,7 +103,8 @@ def _rate(engine: Any, prompt: str, feature: str, images: int, model: str | None
     result = engine.generate(GenerationParams.create(prompt=prompt, seed=1000, batch_size=images // 4, n_iter=4,
                                                      model=model), save=False)
     found = [describe(image.image) for image in result.images]
-    hits = sum(bool(d["cat_ears"]) if feature == "cat_ears" else d["style"] == "sepia" for d in found)
+    hits = sum(bool(d["cat_ears"]) if feature == "cat_ears" else d["hair_color"] == "green"
+               if feature == "green_hair" else d["style"] == "sepia" for d in found)
     return hits / len(found)
 
 
@@ -200,6 +226,7 @@ def main() -> None:
     q.add_argument("--kinds", default="embedding,hypernetwork,lora", help="which runs, comma-separated")
     q.add_argument("--options", default="", help="extra TrainingParams fields as JSON (default: none)")
     q.add_argument("--model", default=None, help="checkpoint to train on and draw with (default: the demo model)")
+    q.add_argument("--precision", default="auto", help="auto, fp32 or bf16 (default: auto)")
     for name in ("speed", "worker"):
         p = sub.add_parser(name)
         p.add_argument("--size", type=int, default=512)
