@@ -2,10 +2,10 @@
 
 The default template (`tags_filewords`) once put the name first in every training prompt. On the
 demo model, whose text encoder is small and sensitive to position, a one-vector embedding of green
-hair then drew green hair for "<name>, 1girl" (40 of 40) and hardly ever for "1girl, <name>" (5 of
-40, as without it). Now the name takes a random place among the tags. The run is in bf16, where
-this was measured on three training seeds; in fp32 a one-vector embedding of this colour works
-only first in the prompt either way (two vectors work anywhere, either way).
+hair (training seed 0) then drew green hair for "<name>, 1girl" (40 of 40) and for "1girl, <name>"
+no more often than without it (5 of 40). Now the name takes a random place among the tags. The run
+is in bf16, as measured (`benchmarks/train.py quality --kinds known`); in fp32 a one-vector
+embedding of this colour works only first in the prompt either way.
 """
 
 from __future__ import annotations
