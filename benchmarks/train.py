@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,12 @@ CASES = [("embedding", "nekomimi", "cat_ears", "1girl, nekomimi", "cat_ears"),
          ("hypernetwork", "sepiastyle", "sepia", "1girl <hypernet:sepiastyle:1>", "sepia"),
          ("lora", "sepialora", "sepia", "1girl <lora:sepialora:1>", "sepia"),
          ("known", "mystery", "green_hair", "1girl, mystery", "green_hair")]
+# what `describe` says when it finds each feature
+FOUND: dict[str, Callable[[dict[str, Any]], bool]] = {
+    "cat_ears": lambda found: bool(found["cat_ears"]),
+    "sepia": lambda found: found["style"] == "sepia",
+    "green_hair": lambda found: found["hair_color"] == "green",
+}
 # where else the `known` case's name is judged in the prompt
 OTHER_PLACES = {"known": ("mystery, 1girl", "1girl, solo, mystery")}
 
@@ -103,9 +110,7 @@ def _rate(engine: Any, prompt: str, feature: str, images: int, model: str | None
     result = engine.generate(GenerationParams.create(prompt=prompt, seed=1000, batch_size=images // 4, n_iter=4,
                                                      model=model), save=False)
     found = [describe(image.image) for image in result.images]
-    hits = sum(bool(d["cat_ears"]) if feature == "cat_ears" else d["hair_color"] == "green"
-               if feature == "green_hair" else d["style"] == "sepia" for d in found)
-    return hits / len(found)
+    return sum(FOUND[feature](d) for d in found) / len(found)
 
 
 def _params(kind: str, name: str, data: Path, steps: int, options: dict[str, Any]) -> Any:
