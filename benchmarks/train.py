@@ -56,7 +56,7 @@ OTHER_PLACES = {"known": ("mystery, 1girl", "1girl, solo, mystery")}
 
 
 def quality(args: argparse.Namespace) -> None:
-    from emaki.demo.datasets import write_concept_dataset
+    from emaki.demo.datasets import write_concept_dataset, write_hair_color_dataset
     from emaki.devices import DevicePolicy
     from emaki.engine import Engine
     from emaki.workspace import Workspace
@@ -69,7 +69,7 @@ def quality(args: argparse.Namespace) -> None:
     for kind, name, concept, prompt, feature in cases:
         data = root / concept
         if concept == "green_hair":
-            _green_hair_faces(data)
+            write_hair_color_dataset(data, "green")
         else:
             write_concept_dataset(data, concept, count=12)
         for seed in (int(s) for s in args.seeds.split(",")):
@@ -85,21 +85,6 @@ def quality(args: argparse.Namespace) -> None:
                     judged[text, feature] = _rate(engine, text, feature, args.images, args.model)
                 rate = judged[text, feature]
                 print(f"{kind:>12} {seed:>4} {seconds:8.1f} {text:>32} {rate:6.2f}  {size}", flush=True)
-
-
-def _green_hair_faces(folder: Path) -> None:
-    """12 demo faces with green hair; their captions say everything else."""
-    from dataclasses import replace
-
-    from emaki.demo.faces import caption, draw_face, random_attributes
-
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = random.Random(0)
-    for index in range(12):
-        face = replace(random_attributes(rng), hair_color="green")
-        draw_face(face).save(folder / f"{index:02d}.png")
-        words = [tag for tag in caption(face).split(", ") if tag != "green hair"]
-        (folder / f"{index:02d}.txt").write_text(", ".join(words), encoding="utf-8")
 
 
 def _rate(engine: Any, prompt: str, feature: str, images: int, model: str | None = None) -> float:

@@ -10,28 +10,23 @@ embedding of this colour works only first in the prompt either way.
 
 from __future__ import annotations
 
-import random
-from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from emaki.demo import describe
-from emaki.demo.faces import caption, draw_face, random_attributes
+from emaki.demo.datasets import write_hair_color_dataset
+from emaki.devices import DevicePolicy
 from emaki.engine import Engine
+from emaki.errors import ParamsError
 from emaki.params import GenerationParams
 from emaki.training.params import TrainingParams
 from emaki.workspace import Workspace
-from emaki.devices import DevicePolicy
 
 
 def test_an_embedding_of_green_hair_works_after_other_tags(tmp_path: Path) -> None:
     data = tmp_path / "green"
-    data.mkdir()
-    rng = random.Random(0)
-    for index in range(12):
-        face = replace(random_attributes(rng), hair_color="green")
-        draw_face(face).save(data / f"{index:02d}.png")
-        words = [tag for tag in caption(face).split(", ") if tag != "green hair"]
-        (data / f"{index:02d}.txt").write_text(", ".join(words), encoding="utf-8")
+    write_hair_color_dataset(data, "green")
     engine = Engine(Workspace(tmp_path / "home"), DevicePolicy.choose("bf16", "cpu", threads=1))
     engine.train(TrainingParams.create(kind="embedding", name="mystery", data=str(data), steps=400,
                                        preview_every=0, save_every=0))
@@ -43,3 +38,9 @@ def test_an_embedding_of_green_hair_works_after_other_tags(tmp_path: Path) -> No
     assert green("1girl") <= 2
     assert green("1girl, solo, mystery") >= 6
     assert green("mystery, 1girl") >= 6
+
+
+def test_the_hair_color_dataset_names_a_wrong_colour(tmp_path: Path) -> None:
+    with pytest.raises(ParamsError, match="hair_color: expected one of black, .*got 'teal'"):
+        write_hair_color_dataset(tmp_path, "teal")
+    assert not any(tmp_path.iterdir())

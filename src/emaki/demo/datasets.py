@@ -15,7 +15,7 @@ import random
 from dataclasses import replace
 from pathlib import Path
 
-from emaki.demo.faces import caption, draw_face, random_attributes
+from emaki.demo.faces import HAIR_COLORS, caption, draw_face, random_attributes
 from emaki.errors import ParamsError
 from emaki.files import atomic_write
 
@@ -41,6 +41,26 @@ def write_concept_dataset(folder: Path, concept: str, *, count: int = 12, seed: 
             draw_face(shown).save(tmp, format="PNG")
         with atomic_write(folder / f"{index:02d}.txt") as tmp:
             tmp.write_text(caption(plain), encoding="utf-8")
+        written.append(image_path)
+    return written
+
+
+def write_hair_color_dataset(folder: Path, hair_color: str, *, count: int = 12, seed: int = 0) -> list[Path]:
+    """`count` faces with `hair_color` hair, captioned without it: a concept the demo model can draw,
+    to check that an embedding finds one (`benchmarks/train.py quality --kinds known`)."""
+    if hair_color not in HAIR_COLORS:
+        raise ParamsError(f"hair_color: expected one of {', '.join(HAIR_COLORS)}, got {hair_color!r}")
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for index in range(count):
+        face = replace(random_attributes(rng), hair_color=hair_color)
+        image_path = folder / f"{index:02d}.png"
+        with atomic_write(image_path) as tmp:
+            draw_face(face).save(tmp, format="PNG")
+        words = [tag for tag in caption(face).split(", ") if tag != f"{hair_color} hair"]
+        with atomic_write(folder / f"{index:02d}.txt") as tmp:
+            tmp.write_text(", ".join(words), encoding="utf-8")
         written.append(image_path)
     return written
 
