@@ -15,7 +15,7 @@ import random
 from dataclasses import replace
 from pathlib import Path
 
-from emaki.demo.faces import HAIR_COLORS, caption, draw_face, random_attributes
+from emaki.demo.faces import HAIR_COLORS, FaceAttributes, caption, draw_face, random_attributes
 from emaki.errors import ParamsError
 from emaki.files import atomic_write
 
@@ -36,12 +36,7 @@ def write_concept_dataset(folder: Path, concept: str, *, count: int = 12, seed: 
             plain = replace(plain, accessory=shown.accessory)
         else:
             shown = replace(plain, style="sepia")
-        image_path = folder / f"{index:02d}.png"
-        with atomic_write(image_path) as tmp:
-            draw_face(shown).save(tmp, format="PNG")
-        with atomic_write(folder / f"{index:02d}.txt") as tmp:
-            tmp.write_text(caption(plain), encoding="utf-8")
-        written.append(image_path)
+        written.append(_write_face(folder, index, shown, caption(plain)))
     return written
 
 
@@ -55,14 +50,19 @@ def write_hair_color_dataset(folder: Path, hair_color: str, *, count: int = 12, 
     written = []
     for index in range(count):
         face = replace(random_attributes(rng), hair_color=hair_color)
-        image_path = folder / f"{index:02d}.png"
-        with atomic_write(image_path) as tmp:
-            draw_face(face).save(tmp, format="PNG")
         words = [tag for tag in caption(face).split(", ") if tag != f"{hair_color} hair"]
-        with atomic_write(folder / f"{index:02d}.txt") as tmp:
-            tmp.write_text(", ".join(words), encoding="utf-8")
-        written.append(image_path)
+        written.append(_write_face(folder, index, face, ", ".join(words)))
     return written
+
+
+def _write_face(folder: Path, index: int, face: FaceAttributes, text: str) -> Path:
+    """`<folder>/<nn>.png` showing `face` and `<nn>.txt` holding `text`, each written atomically."""
+    image_path = folder / f"{index:02d}.png"
+    with atomic_write(image_path) as tmp:
+        draw_face(face).save(tmp, format="PNG")
+    with atomic_write(folder / f"{index:02d}.txt") as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return image_path
 
 
 def main(argv: list[str] | None = None) -> None:
