@@ -33,7 +33,7 @@ from emaki.sampling.denoiser import CFGDenoiser
 
 PROMPT = "1girl, solo, pink hair, twintails, green eyes, smile, blue background"
 STEPS = 8
-OFF = {"s_min_uncond": 0.0, "s_min_uncond_all": False, "cache_interval": 0, "gate_step": 0}
+OFF = {"s_min_uncond": 0.0, "s_min_uncond_all": False, "cache_interval": 0, "gate_step": 0, "token_merging_ratio": 0.0}
 
 
 def params(**fields: object) -> GenerationParams:
@@ -292,10 +292,12 @@ def test_cli_options_the_preset_under_them_and_from_a_png(tmp_path, capsys):
     fields = parse_infotext(open_infotext(printed))
     assert (fields["NGMS"], fields["NGMS all steps"], fields["Cache interval"]) == ("2.5", "True", "2")
     assert fields["Gate step"] == str(speed_preset("fast", 6)["gate_step"])  # from the preset
+    assert fields["Token merging ratio"] == "0.5"
     code, printed, err = run_cli(capsys, "generate", "--from", printed.strip(), "--speed", "exact", "--out",
                                  str(out), "--precision", "fp32")
     assert code == 0, err
-    assert not {"NGMS", "Cache interval", "Gate step"} & parse_infotext(open_infotext(printed)).keys()
+    assert not {"NGMS", "Cache interval", "Gate step", "Token merging ratio"} & parse_infotext(
+        open_infotext(printed)).keys()
 
 
 def open_infotext(path: str) -> str:
