@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import random
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,18 +27,14 @@ def write_concept_dataset(folder: Path, concept: str, *, count: int = 12, seed: 
     """`count` 64×64 faces showing `concept` as `<folder>/<nn>.png` + `<nn>.txt`; returns the images."""
     if concept not in CONCEPTS:
         raise ParamsError(f"concept: expected one of {', '.join(CONCEPTS)}, got {concept!r}")
-    rng = random.Random(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
-    for index in range(count):
-        plain = random_attributes(rng)
+
+    def showing_the_concept(plain: FaceAttributes) -> tuple[FaceAttributes, str]:
         if concept == "cat_ears":
             shown = replace(plain, cat_ears=True, accessory=None if plain.accessory == "hat" else plain.accessory)
-            plain = replace(plain, accessory=shown.accessory)
-        else:
-            shown = replace(plain, style="sepia")
-        written.append(_write_face(folder, index, shown, caption(plain)))
-    return written
+            return shown, caption(replace(plain, accessory=shown.accessory))
+        return replace(plain, style="sepia"), caption(plain)
+
+    return _write_faces(folder, count, seed, showing_the_concept)
 
 
 def write_hair_color_dataset(folder: Path, hair_color: str, *, count: int = 12, seed: int = 0) -> list[Path]:
@@ -45,24 +42,30 @@ def write_hair_color_dataset(folder: Path, hair_color: str, *, count: int = 12, 
     to check that an embedding finds one (`benchmarks/train.py quality --kinds known`)."""
     if hair_color not in HAIR_COLORS:
         raise ParamsError(f"hair_color: expected one of {', '.join(HAIR_COLORS)}, got {hair_color!r}")
+
+    def with_the_hair(plain: FaceAttributes) -> tuple[FaceAttributes, str]:
+        face = replace(plain, hair_color=hair_color)
+        return face, ", ".join(tag for tag in caption(face).split(", ") if tag != f"{hair_color} hair")
+
+    return _write_faces(folder, count, seed, with_the_hair)
+
+
+def _write_faces(folder: Path, count: int, seed: int,
+                 shown: Callable[[FaceAttributes], tuple[FaceAttributes, str]]) -> list[Path]:
+    """`count` random faces (seeded by `seed`), each as `shown` turns it into a face and its
+    caption: `<folder>/<nn>.png` and `<nn>.txt`, each written atomically; returns the images."""
     rng = random.Random(seed)
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for index in range(count):
-        face = replace(random_attributes(rng), hair_color=hair_color)
-        words = [tag for tag in caption(face).split(", ") if tag != f"{hair_color} hair"]
-        written.append(_write_face(folder, index, face, ", ".join(words)))
+        face, text = shown(random_attributes(rng))
+        image_path = folder / f"{index:02d}.png"
+        with atomic_write(image_path) as tmp:
+            draw_face(face).save(tmp, format="PNG")
+        with atomic_write(folder / f"{index:02d}.txt") as tmp:
+            tmp.write_text(text, encoding="utf-8")
+        written.append(image_path)
     return written
-
-
-def _write_face(folder: Path, index: int, face: FaceAttributes, text: str) -> Path:
-    """`<folder>/<nn>.png` showing `face` and `<nn>.txt` holding `text`, each written atomically."""
-    image_path = folder / f"{index:02d}.png"
-    with atomic_write(image_path) as tmp:
-        draw_face(face).save(tmp, format="PNG")
-    with atomic_write(folder / f"{index:02d}.txt") as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    return image_path
 
 
 def main(argv: list[str] | None = None) -> None:
