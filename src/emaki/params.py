@@ -8,6 +8,7 @@ can ask for unbounded work or memory, or store a NaN that JSON cannot carry.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal, Self, TypeVar
 
 from pydantic import (
@@ -242,3 +243,15 @@ def speed_preset(name: str, steps: int) -> dict[str, Any]:
                 "token_merging_ratio": 0.0}
     return {"s_min_uncond": 4.0, "s_min_uncond_all": True, "cache_interval": 0, "gate_step": max(1, round(steps / 2)),
             "token_merging_ratio": 0.5}
+
+
+def speed_preset_under(name: str | None, steps: Any, given: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of the preset `name` (none when `name` is None) that `given` does not set
+    (None counts as not set): the options a user names win over the preset, as `--speed fast
+    --token-merging 0` keeps the rest of the preset without token merging. `steps` that are not
+    a positive whole number (checked later, with the other fields) count as the default's."""
+    if name is None:
+        return {}
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        steps = GenerationParams.model_fields["steps"].default
+    return {field: value for field, value in speed_preset(name, steps).items() if given.get(field) is None}

@@ -1,7 +1,7 @@
 """The tabbed web page in Chromium (Playwright) against one `emaki serve` on the demo model shared by
 the module (64x64, few steps): every tab and its screenshot, the gallery's thumbnails, lightbox and
 delete, Ctrl+Enter, a dropped PNG, tag autocomplete, the dark theme, the style editor and picker,
-the X/Y/Z plot, settings, the speed options and the models list."""
+the X/Y/Z plot, settings, the speed options (and the Speed preset menu) and the models list."""
 
 from __future__ import annotations
 
@@ -144,11 +144,47 @@ def test_ctrl_enter_generates_with_the_speed_options(page: Any, session: Session
     assert "Tiling: True" in newest["infotext"] and newest["prompt"] == "1girl, ctrl enter"
 
 
+def test_the_speed_menu_fills_the_preset_and_follows_the_steps(page: Any, session: Session, module_server: Any) -> None:
+    from playwright.sync_api import expect
+
+    page.locator("#prompt").fill("1girl, speed preset")
+    page.locator("#steps").fill("8")
+    for box in ("width", "height"):
+        page.locator(f"#{box}").fill("64")
+    page.locator("#speed-box summary").click()
+    page.locator("#speed").select_option("fast")
+    expect(page.locator("#gate-step")).to_have_value("4")  # half of the steps, as `emaki generate --speed fast`
+    expect(page.locator("#ngms")).to_have_value("4")
+    expect(page.locator("#ngms-all")).to_be_checked()
+    expect(page.locator("#token-merging")).to_have_value("0.5")
+    session.screenshot("speed-fast")
+    page.locator("#steps").fill("2")
+    page.locator("#steps").press("Tab")
+    expect(page.locator("#gate-step")).to_have_value("1")
+    finished = page.evaluate("window.emaki.finishedJobs")
+    with page.expect_request(lambda r: r.url.endswith("/api/jobs") and r.method == "POST") as request:
+        page.locator("#generate").click()
+    body = request.value.post_data_json
+    assert body["speed"] == "fast" and body["s_min_uncond_all"] is True and body["gate_step"] == 1, body
+    page.wait_for_function(f"window.emaki.finishedJobs > {finished}")
+    with module_server.client() as api:
+        newest = api.get("/api/gallery?limit=1").json()[0]
+    assert newest["prompt"] == "1girl, speed preset"
+    assert "NGMS all steps: True" in newest["infotext"] and "Token merging ratio: 0.5" in newest["infotext"]
+    # A box edited by hand makes the choice custom: the boxes are sent as they are.
+    page.locator("#token-merging").fill("0")
+    expect(page.locator("#speed")).to_have_value("")
+    page.locator("#speed").select_option("exact")
+    expect(page.locator("#ngms-all")).not_to_be_checked()
+    expect(page.locator("#gate-step")).to_have_value("0")
+
+
 def test_dropped_png_restores_the_settings(page: Any, session: Session) -> None:
     from playwright.sync_api import expect
 
     infotext = ("dropped on the tabs\nNegative prompt: bad hands\nSteps: 17, Sampler: DPM++ 2M, Schedule type: Karras, "
-                "CFG scale: 4.5, Seed: 31337, Size: 64x48, Model: emaki-demo, Tiling: True, NGMS: 2")
+                "CFG scale: 4.5, Seed: 31337, Size: 64x48, Model: emaki-demo, Tiling: True, NGMS: 2, "
+                "NGMS all steps: True")
     page.evaluate(DROP_JS, [base64.b64encode(png_bytes(infotext)).decode(), "dropped.png"])
     expect(page.locator("#prompt")).to_have_value("dropped on the tabs")
     expect(page.locator("#negative")).to_have_value("bad hands")
@@ -160,6 +196,7 @@ def test_dropped_png_restores_the_settings(page: Any, session: Session) -> None:
     expect(page.locator("#height")).to_have_value("48")
     expect(page.locator("#tiling")).to_be_checked()
     expect(page.locator("#ngms")).to_have_value("2")
+    expect(page.locator("#ngms-all")).to_be_checked()
     expect(page.locator("#error")).to_be_hidden()
 
 

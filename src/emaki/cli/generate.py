@@ -17,7 +17,7 @@ from emaki.cli.inpaint import inpainting_overrides
 from emaki.errors import EmakiError, ParamsError
 from emaki.infotext import parse_infotext, read_infotext
 from emaki.infotext_codec import decode_infotext
-from emaki.params import GenerationParams, speed_preset
+from emaki.params import GenerationParams, speed_preset_under
 from emaki.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -106,10 +106,8 @@ def params_from_options(given: Mapping[str, Any], workspace: Workspace) -> Gener
     if from_image is None and given.get("prompt") is None:
         raise ParamsError("prompt: give a prompt, or --from IMAGE to regenerate one")
     params = base.updated(**{k: v for k, v in fields.items() if v is not None})
-    if given.get("speed") is not None:  # the preset over the image's values, the options given over the preset
-        preset = speed_preset(given["speed"], params.steps)
-        params = params.updated(**{k: v for k, v in preset.items() if fields.get(k) is None})
-    return params
+    # The preset over the image's values, the options given over the preset.
+    return params.updated(**speed_preset_under(given.get("speed"), params.steps, fields))
 
 
 @app.command("generate")

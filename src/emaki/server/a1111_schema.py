@@ -139,6 +139,8 @@ class Txt2ImgRequest(CheckedModel):
             fields["prompt"] = extract_networks(fields.get("prompt", ""))[0]
         if not fields.get("token_merging_ratio"):  # the settings' (or override_settings') ratio
             fields.pop("token_merging_ratio", None)
+        if fields.get("s_min_uncond") is None:  # the settings' NGMS (A1111: `s_min_uncond or opts.s_min_uncond`)
+            fields.pop("s_min_uncond", None)
         return fields
 
 

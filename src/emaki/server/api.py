@@ -25,7 +25,7 @@ from emaki.infotext_codec import params_from_fields
 from emaki.jobs.store import FINISHED, Job
 from emaki.models.tokenizer import load_clip_tokenizer
 from emaki.networks.hypernetworks import ACTIVATIONS
-from emaki.params import MAX_PROMPT_LENGTH, CheckedModel, GenerationParams
+from emaki.params import MAX_PROMPT_LENGTH, CheckedModel, GenerationParams, speed_preset
 from emaki.prompts import count_tokens
 from emaki.prompts.styles import Style, delete_style, save_style
 from emaki.prompts.tag_list import load_tags, search_tags
@@ -56,6 +56,8 @@ class JobRequest(GenerationParams):
     `mask`) and whether to keep its images in the gallery."""
 
     save: bool = True
+    speed: str | None = Field(None, description="A speed preset, as `emaki generate --speed`: exact or fast (NGMS, "
+                              "T-GATE and token merging; docs/performance.md); the fields this request sets win")
 
 
 def job_view(service: Service, job: Job) -> dict[str, Any]:
@@ -98,7 +100,8 @@ class GridRequest(GridSpec):
     by name; `init_image` and `mask` the images themselves), the axes and options are
     `GridSpec`'s, `save` whether its images go to the gallery."""
 
-    params: dict[str, Any] = Field(default_factory=dict, description="GenerationParams fields")
+    params: dict[str, Any] = Field(default_factory=dict, description="GenerationParams fields, and `speed` (a preset, "
+                                   "as `/api/jobs` takes it)")
     save: bool = True
 
     def spec(self) -> GridSpec:
@@ -196,6 +199,13 @@ def training_options() -> dict[str, Any]:
     hypernetwork activations."""
     return {"templates": list(TEMPLATE_NAMES), "learn_rates": DEFAULT_LEARN_RATES, "max_vectors": MAX_VECTORS,
             "activations": list(ACTIVATIONS)}
+
+
+@router.get("/speed/{name}")
+def speed_view(name: str, steps: int = Query(20, ge=1, le=1000)) -> dict[str, Any]:
+    """The fields the speed preset `name` (exact, fast) sets for a run of `steps` steps, as
+    `emaki generate --speed` sets them (the page's Speed menu fills its boxes with them)."""
+    return speed_preset(name, steps)
 
 
 @router.get("/options/schema")
@@ -510,7 +520,8 @@ class SDUpscaleRequest(CheckedModel):
     `init_image` the picture itself, width×height the tile size), enlarged by `scale` with
     `upscaler` ("None": not enlarged), redrawn in tiles overlapping by `overlap`."""
 
-    params: dict[str, Any] = Field(default_factory=dict, description="GenerationParams fields")
+    params: dict[str, Any] = Field(default_factory=dict, description="GenerationParams fields, and `speed` (a preset, "
+                                   "as `/api/jobs` takes it)")
     upscaler: str = "None"
     scale: float = Field(2.0, ge=1.0, le=8.0)
     overlap: int = Field(64, ge=0, le=2048)

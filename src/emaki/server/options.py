@@ -46,6 +46,8 @@ OPTION_FIELDS = {
     "initial_noise_multiplier": "initial_noise_multiplier",
     "inpainting_mask_weight": "inpainting_mask_weight",
     "token_merging_ratio": "token_merging_ratio",
+    "s_min_uncond": "s_min_uncond",  # A1111's "Negative Guidance minimum sigma"
+    "s_min_uncond_all": "s_min_uncond_all",  # its "NGMS: Skip every step"
 }
 # Where emaki writes images is the workspace's: these report it and refuse another folder.
 OUTPUT_FOLDER_OPTIONS = tuple(key for key in A1111_OPTIONS if key.startswith("outdir_"))

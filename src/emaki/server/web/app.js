@@ -11,7 +11,7 @@ import {
 } from "./js/core.js";
 import { setUpBatch } from "./js/batch.js";
 import { loadUpscalers, setUpExtras } from "./js/extras.js";
-import { fillForm, loadChoices, readForm, reloadCheckpoints } from "./js/form.js";
+import { fillForm, loadChoices, readForm, reloadCheckpoints, setUpSpeed } from "./js/form.js";
 import { loadGallery, renderItems, setUpGallery } from "./js/gallery.js";
 import { setUpInit, useAsInit } from "./js/init_image.js";
 import { loadLoras, setUpLoras } from "./js/loras.js";
@@ -327,6 +327,7 @@ async function start() {
   $("gallery-refresh").addEventListener("click", () => loadGallery());
   $("gallery-more").addEventListener("click", () => loadGallery({ more: true }));
   setUpDrop();
+  setUpSpeed();
   setUpInit();
   setUpInpaint();
   setUpExtras();

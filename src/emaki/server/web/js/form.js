@@ -87,6 +87,10 @@ function numberOrNull(id) {
 function readSpeed() {
   const fields = {};
   if ($("tiling").checked) fields.tiling = true;
+  if ($("ngms-all").checked) fields.s_min_uncond_all = true;
+  // A preset also goes by name: the server sets what the boxes leave off (exact: off, whatever
+  // the server's settings say).
+  if ($("speed").value) fields.speed = $("speed").value;
   for (const [field, id] of [["cache_interval", "cache-interval"], ["gate_step", "gate-step"]]) {
     const value = intOrNull(id);
     if (value) fields[field] = value;
@@ -98,12 +102,41 @@ function readSpeed() {
   return fields;
 }
 
+const SPEED_BOXES = { cache_interval: "cache-interval", gate_step: "gate-step", s_min_uncond: "ngms",
+  token_merging_ratio: "token-merging" };
+
+// Fills the speed boxes from `fields` (a missing one: off); `tiling` only when the fields are a
+// whole image's, as a preset has no say over it.
+function fillSpeedBoxes(fields) {
+  for (const [field, id] of Object.entries(SPEED_BOXES)) $(id).value = fields[field] ?? 0;
+  $("ngms-all").checked = Boolean(fields.s_min_uncond_all);
+}
+
 function fillSpeed(params) {
   $("tiling").checked = Boolean(params.tiling);
-  $("cache-interval").value = params.cache_interval ?? 0;
-  $("gate-step").value = params.gate_step ?? 0;
-  $("ngms").value = params.s_min_uncond ?? 0;
-  $("token-merging").value = params.token_merging_ratio ?? 0;
+  fillSpeedBoxes(params);
+  $("speed").value = "";  // an image's own values, whatever preset made them
+}
+
+// The Speed menu: a preset fills the boxes with what `emaki generate --speed` would use for this
+// many steps (the server says which: /api/speed/NAME), and follows a change of Steps; editing a
+// box makes the choice custom again.
+async function applySpeedPreset() {
+  const name = $("speed").value;
+  if (!name) return;
+  try {
+    fillSpeedBoxes(await api(`/api/speed/${encodeURIComponent(name)}?steps=${intOrNull("steps") ?? 20}`));
+  } catch (error) {
+    showError(`Could not read the ${name} speed preset: ${error.message}`);
+  }
+}
+
+export function setUpSpeed() {
+  $("speed").addEventListener("change", applySpeedPreset);
+  $("steps").addEventListener("change", applySpeedPreset);
+  for (const id of [...Object.values(SPEED_BOXES), "ngms-all"]) {
+    $(id).addEventListener("input", () => { $("speed").value = ""; });
+  }
 }
 
 export function setDenoise(value) {
