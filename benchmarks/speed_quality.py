@@ -4,10 +4,17 @@ For `--n` random training-distribution captions (`emaki.demo.faces`), one image 
 seed with the exact path and with each variant; each image is scored by the demo evaluator
 (`emaki.demo.describe`: attribute accuracy, as `emaki.demo.quality.prompt_accuracy` counts it)
 and compared with the exact image (PSNR). A variant is `name` from VARIANTS or `key=value,...`
-of GenerationParams fields.
+of GenerationParams fields; `precision=...` and `compile=true` in it set the variant's
+`DevicePolicy` instead.
 
     .venv/bin/python benchmarks/speed_quality.py --n 100
     .venv/bin/python benchmarks/speed_quality.py --n 100 --sampler "DPM++ 2M" --variants fast gate_step=8
+
+On a GPU (benchmarks/gpu.sh), the reference on the CPU in fp32 and the variants on the GPU: the
+default path (`default`: auto precision, fp16 there) must be the same picture.
+
+    python benchmarks/speed_quality.py --n 100 --device cuda --precision auto --reference-device cpu \
+        --reference-precision fp32 --variants default precision=fp32 fast compile=true
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "tome30": {"token_merging_ratio": 0.3},  # ToMe: share of the full-resolution tokens merged
     "tome50": {"token_merging_ratio": 0.5},
     "fast": {},  # `--speed fast`
+    "default": {},  # the exact path, on --device at --precision (against a reference elsewhere)
 }
 
 
@@ -45,8 +53,17 @@ def variant_fields(spec: str, steps: int) -> dict[str, Any]:
     if spec in VARIANTS:
         fields = VARIANTS[spec]
     else:
-        fields = {k: json.loads(v) for k, v in (item.split("=", 1) for item in spec.split(","))}
-    return {k: max(1, round(steps * float(v[:-1]) / 100)) if isinstance(v, str) else v for k, v in fields.items()}
+        fields = {k: parse_value(v) for k, v in (item.split("=", 1) for item in spec.split(","))}
+    return {k: max(1, round(steps * float(v[:-1]) / 100)) if isinstance(v, str) and v.endswith("%") else v
+            for k, v in fields.items()}
+
+
+def parse_value(text: str) -> Any:
+    """A `key=value` variant's value: JSON (numbers, true), else the text itself (fp32)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -62,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cfg", type=float, default=7.0)
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="where the variants run (cpu, cuda)")
+    parser.add_argument("--reference-device", help="where the exact reference runs (default: --device)")
+    parser.add_argument("--reference-precision", help="the reference's precision (default: --precision)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -75,9 +95,20 @@ def main(argv: list[str] | None = None) -> int:
     from emaki.workspace import Workspace
 
     torch.set_num_threads(args.threads)
-    engine = Engine(Workspace(Path(tempfile.mkdtemp(prefix="emaki-speed-"))),
-                    DevicePolicy.choose(args.precision, "cpu", threads=args.threads))
+    workspace = Workspace(Path(tempfile.mkdtemp(prefix="emaki-speed-")))
+    engines: dict[tuple[str, str, bool], Engine] = {}
+
+    def engine_for(device: str, precision: str, compiled: bool) -> Engine:
+        key = (device, precision, compiled)
+        if key not in engines:
+            engines[key] = Engine(workspace, DevicePolicy.choose(precision, device, threads=args.threads,
+                                                                 compile=compiled))
+        return engines[key]
+
+    reference = (args.reference_device or args.device, args.reference_precision or args.precision, False)
     variants = {"exact": {}, **{v: variant_fields(v, args.steps) for v in args.variants}}
+    policies = {name: (args.device, str(fields.pop("precision", args.precision)), bool(fields.pop("compile", False)))
+                for name, fields in variants.items()} | {"exact": reference}
     scores = {name: {"correct": 0, "counted": 0, "psnr": [], "seconds": 0.0} for name in variants}
     rng = random.Random(0)
     for i in range(args.n):
@@ -88,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             params = GenerationParams.create(prompt=prompt, seed=1000 + i, steps=args.steps, sampler_name=args.sampler,
                                              cfg_scale=args.cfg, **fields)
             start = time.perf_counter()
-            image = engine.generate(params, save=False).images[0].image
+            image = engine_for(*policies[name]).generate(params, save=False).images[0].image
             score = scores[name]
             score["seconds"] += time.perf_counter() - start
             pixels = np.asarray(image)
@@ -100,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
                     continue  # closed eyes hide the colour
                 score["counted"] += 1
                 score["correct"] += got[attribute] == want[attribute]
-    report = {"n": args.n, "steps": args.steps, "sampler": args.sampler, "cfg": args.cfg, "variants": {}}
+    report = {"n": args.n, "steps": args.steps, "sampler": args.sampler, "cfg": args.cfg, "variants": {},
+              "policies": {name: list(policy) for name, policy in policies.items()}}
     print(f"{'variant':>12} {'fields':>60} {'accuracy':>9} {'Δ points':>9} {'PSNR mean':>10} {'PSNR min':>9} {'s':>6}")
     base = 100 * scores["exact"]["correct"] / scores["exact"]["counted"]
     for name, fields in variants.items():
