@@ -44,6 +44,8 @@ def client(models: Path) -> Iterator[TestClient]:
 def test_a_merge_is_traced_back_to_its_parents(client: TestClient, models: Path) -> None:
     merged = submitted(client, "/api/merge", {"models": ["a", "b"], "alpha": ALPHA, "output": "mix.safetensors"})
     assert wait_job(client, merged["id"])["status"] == "done"
+    # listed as soon as the job is seen done (its end made the listing stale before it was recorded)
+    assert "mix" in [m["model_name"] for m in client.get("/sdapi/v1/sd-models").json()]
 
     job = submitted(client, "/api/lineage", {"model": "mix", "candidates": ["a", "b.safetensors"]})
     assert job["kind"] == "lineage" and job["status"] in ("queued", "running")

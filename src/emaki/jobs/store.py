@@ -187,6 +187,9 @@ class JobStore:
         self._db.executescript(SCHEMA)
         self._migrate()
         self.on_finish: list[Callable[[str], None]] = []  # called with the job id after it ends
+        # Called with the job id before its end is recorded, so before anyone can see it ended:
+        # what must be true when a client sees a job done (a listing that shows the file it wrote).
+        self.before_finish: list[Callable[[str], None]] = []
         self._write_error: str | None = None  # why the latest write failed (None once one succeeds)
         self._kept: dict[str, KeptEnd] = {}  # job id -> its end, not yet written
 
@@ -326,6 +329,8 @@ class JobStore:
         """Record how a job ended, with its gallery rows, in one transaction; `note` (e.g. that a
         worker died and the job was retried) replaces the job's note when given."""
         assert status in FINISHED
+        for callback in self.before_finish:
+            callback(job_id)
         now = time.time()
         with self._transaction("record the job's end") as db:
             for image in images:

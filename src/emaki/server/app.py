@@ -186,18 +186,24 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
 
     uncollected = UncollectedImages(store, worker)
 
+    def job_ending(job_id: str) -> None:  # before its end is recorded: a client that sees it done sees its file
+        try:  # a listing must not fail the job, nor reach the worker
+            job = store.get(job_id)
+            if job is not None and job.kind in ("train", *WRITING_KINDS):  # it wrote a file the listings should show
+                service.catalog.invalidate()
+        except Exception:
+            log.exception("as job %s ended", job_id)
+
     def job_ended(job_id: str) -> None:  # in the thread that ended it (the worker's, or a cancel's)
         uncollected.ended(job_id)
         try:  # tidying up must not fail the job, nor reach the worker
             job = store.get(job_id)
-            if job is None:
-                return
-            remove_input(job.params, service.inputs)  # a requeued job does not end: its upload stays
-            if job.kind in ("train", *WRITING_KINDS):  # it wrote a file the listings should show
-                service.catalog.invalidate()
+            if job is not None:
+                remove_input(job.params, service.inputs)  # a requeued job does not end: its upload stays
         except Exception:
             log.exception("after job %s ended", job_id)
 
+    store.before_finish.append(job_ending)
     store.on_finish.append(job_ended)
     bell = ChangeBell()
 

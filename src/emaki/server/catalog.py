@@ -88,29 +88,34 @@ class Catalog:
         self.text_width = text_width
         self._lock = threading.Lock()
         self._listing: tuple[Inventory, list[CheckpointEntry]] | None = None
+        self._invalidations = 0  # how many times a file was made: a walk begun before the last one may lack it
 
     def refresh(self) -> Inventory:
         """Walk the folders (and hash what is new) once; requests read the cached listing."""
-        inventory = take_inventory(self.workspace, text_width=self.text_width, hashes=True, libraries=self.libraries)
-        entries = _checkpoint_entries(inventory, HashCache(self.workspace.hash_cache))
-        with self._lock:
-            self._listing = (inventory, entries)
-        return inventory
+        return self._walk()[0]
 
     def invalidate(self) -> None:
         """Forget the listing (a file was made or trained): the next read walks the folders again."""
         with self._lock:
             self._listing = None
+            self._invalidations += 1
+
+    def _walk(self) -> tuple[Inventory, list[CheckpointEntry]]:
+        """The folders as they are now; kept as the listing unless a file was made while they
+        were walked (the walk may have passed its folder already)."""
+        with self._lock:
+            invalidations = self._invalidations
+        inventory = take_inventory(self.workspace, text_width=self.text_width, hashes=True, libraries=self.libraries)
+        listing = (inventory, _checkpoint_entries(inventory, HashCache(self.workspace.hash_cache)))
+        with self._lock:
+            if self._invalidations == invalidations:
+                self._listing = listing
+        return listing
 
     def _cached(self) -> tuple[Inventory, list[CheckpointEntry]]:
         with self._lock:
             listing = self._listing
-        if listing is None:
-            self.refresh()
-            with self._lock:
-                listing = self._listing
-        assert listing is not None
-        return listing
+        return listing if listing is not None else self._walk()
 
     @property
     def inventory(self) -> Inventory:
@@ -123,11 +128,8 @@ class Catalog:
         check_plain_name(field, name)
         entries = self.checkpoints()
         found = _named(entries, name)
-        if found is None:
-            # The file may be newer than the listing: a job that wrote it is seen as done a moment
-            # before its end invalidates the listing, and a user may have copied it in since.
-            self.refresh()
-            entries = self.checkpoints()
+        if found is None:  # the file may be newer than the listing: a user may have copied it in since
+            entries = list(self._walk()[1])
             found = _named(entries, name)
         if found is None:
             known = ", ".join(e.title for e in entries) or "none"
