@@ -3,7 +3,8 @@
 For `--n` random training-distribution captions (`emaki.demo.faces`), one image per caption and
 seed with the exact path and with each variant; each image is scored by the demo evaluator
 (`emaki.demo.describe`: attribute accuracy, as `emaki.demo.quality.prompt_accuracy` counts it)
-and compared with the exact image (PSNR). A variant is `name` from VARIANTS or `key=value,...`
+and compared with the exact image (PSNR, and `same %`: the share of seeds whose every attribute the
+evaluator reads as it reads the exact image's). A variant is `name` from VARIANTS or `key=value,...`
 of GenerationParams fields; `precision=...` and `compile=true` in it set the variant's
 `DevicePolicy` instead.
 
@@ -109,12 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     variants = {"exact": {}, **{v: variant_fields(v, args.steps) for v in args.variants}}
     policies = {name: (args.device, str(fields.pop("precision", args.precision)), bool(fields.pop("compile", False)))
                 for name, fields in variants.items()} | {"exact": reference}
-    scores = {name: {"correct": 0, "counted": 0, "psnr": [], "seconds": 0.0} for name in variants}
+    scores = {name: {"correct": 0, "counted": 0, "psnr": [], "seconds": 0.0, "same": 0} for name in variants}
     rng = random.Random(0)
     for i in range(args.n):
         attrs = random_attributes(rng)
         prompt, want = caption(attrs, rng), attrs.to_dict()
         exact: np.ndarray | None = None
+        exact_read: dict[str, Any] | None = None
         for name, fields in variants.items():
             params = GenerationParams.create(prompt=prompt, seed=1000 + i, steps=args.steps, sampler_name=args.sampler,
                                              cfg_scale=args.cfg, **fields)
@@ -126,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
             exact = pixels if exact is None else exact
             score["psnr"].append(psnr(pixels, exact))
             got = describe(image)
+            read = {a: got[a] for a in ATTRIBUTES if not (a == "eye_color" and attrs.expression == "closed eyes")}
+            exact_read = read if exact_read is None else exact_read
+            score["same"] += read == exact_read  # the evaluator reads the reference's picture from this one
             for attribute in ATTRIBUTES:
                 if attribute == "eye_color" and attrs.expression == "closed eyes":
                     continue  # closed eyes hide the colour
@@ -133,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
                 score["correct"] += got[attribute] == want[attribute]
     report = {"n": args.n, "steps": args.steps, "sampler": args.sampler, "cfg": args.cfg, "variants": {},
               "policies": {name: list(policy) for name, policy in policies.items()}}
-    print(f"{'variant':>12} {'fields':>60} {'accuracy':>9} {'Δ points':>9} {'PSNR mean':>10} {'PSNR min':>9} {'s':>6}")
+    print(f"{'variant':>12} {'fields':>60} {'accuracy':>9} {'Δ points':>9} {'PSNR mean':>10} {'PSNR min':>9} "
+          f"{'same %':>7} {'s':>6}")
     base = 100 * scores["exact"]["correct"] / scores["exact"]["counted"]
     for name, fields in variants.items():
         s = scores[name]
@@ -141,10 +147,10 @@ def main(argv: list[str] | None = None) -> int:
         psnrs = np.array(s["psnr"])
         row = {"fields": fields, "accuracy": round(accuracy, 2), "delta_points": round(accuracy - base, 2),
                "psnr_mean": round(float(psnrs.mean()), 2), "psnr_min": round(float(psnrs.min()), 2),
-               "seconds": round(s["seconds"], 1)}
+               "same_attributes": round(100 * s["same"] / args.n, 1), "seconds": round(s["seconds"], 1)}
         report["variants"][name] = row
         print(f"{name:>12} {json.dumps(fields):>60} {accuracy:9.2f} {accuracy - base:+9.2f} {psnrs.mean():10.1f} "
-              f"{psnrs.min():9.1f} {s['seconds']:6.1f}", flush=True)
+              f"{psnrs.min():9.1f} {100 * s['same'] / args.n:7.1f} {s['seconds']:6.1f}", flush=True)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     return 0

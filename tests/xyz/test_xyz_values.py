@@ -122,7 +122,17 @@ def test_a1111_numbers_its_axes_per_tab():
     assert [img2img[i].label for i in (5, 6, 9, 10, 27, 28)] == [
         "CFG Scale", "Image CFG Scale", "Sampler", "Checkpoint name", "Cond. Image Mask Weight", "VAE"]
     ours = [axis.label for axis in AXES if axis not in txt2img and axis not in img2img]
-    assert ours == ["LoRA weight", "Hypernet str.", "Cache interval", "Gate step"]
+    assert ours == ["LoRA weight", "Hypernet str.", "Cache interval", "Gate step", "Speed"]
+
+
+def test_the_speed_axis_puts_each_preset_for_the_cells_steps():
+    plan = plan_grid(PARAMS.updated(steps=12, token_merging_ratio=0.3),
+                     GridSpec(x=AxisSpec(axis="Speed", values="exact, FAST")))
+    exact, fast = (cell.params for cell in plan.cells)
+    assert (exact.s_min_uncond, exact.gate_step, exact.token_merging_ratio) == (0.0, 0, 0.0)
+    assert (fast.s_min_uncond, fast.s_min_uncond_all, fast.gate_step, fast.token_merging_ratio) == (4.0, True, 6, 0.5)
+    with pytest.raises(ParamsError, match="Speed: 'turbo' is not one of exact, fast"):
+        values_of("Speed", "exact, turbo")
 
 
 def test_prompt_search_and_replace_needs_its_first_value_in_a_prompt():

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from emaki.errors import EmakiError, ParamsError
-from emaki.params import GenerationParams
+from emaki.params import SPEEDS, GenerationParams, speed_preset
 from emaki.workspace import Workspace
 from emaki.xyz.choices import (
     Choices,
@@ -101,6 +101,12 @@ class Axis:
 
     def names(self) -> tuple[str, ...]:
         return (self.label, *self.aliases)
+
+
+def apply_speed(fields: Fields, value: Any, values: Sequence[Any]) -> None:
+    """The speed preset's fields (`emaki generate --speed`) for the cell's steps: an axis that
+    puts the exact path beside `--speed fast`."""
+    fields.update(speed_preset(value, fields["steps"]))
 
 
 def set_field(name: str) -> Apply:
@@ -414,6 +420,7 @@ OURS: tuple[Axis, ...] = (
          aliases=("Hypernetwork strength",)),
     Axis("Cache interval", "int", set_field("cache_interval")),
     Axis("Gate step", "int", set_field("gate_step")),
+    Axis("Speed", "str", apply_speed, resolve=check_choices(*SPEEDS), choices=lambda workspace: list(SPEEDS)),
 )
 AXES: tuple[Axis, ...] = A1111_AXES + OURS
 NOTHING = AXES[0]
