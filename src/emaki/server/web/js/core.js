@@ -200,6 +200,31 @@ export function watchJob(id, holder, { queued, progress, finished, lost }) {
   });
 }
 
+// Watch a panel's job (Merge, Trace) until it ends: the panel's elements are named after it
+// (`${panel}-start`, `-cancel`, `-progress`, `-status`); the status line says `doing` and how far,
+// each progress event counts in `window.emaki[counter]`; a lost watch is shown, naming `what`, and
+// ends it as `finished(null)`.
+export function watchPanelJob(panel, holder, job, { doing, what, counter, finished }) {
+  holder.job = job.id;
+  $(`${panel}-start`).disabled = true;
+  $(`${panel}-cancel`).disabled = false;
+  $(`${panel}-progress`).value = 0;
+  $(`${panel}-status`).textContent = "Queued";
+  watchJob(job.id, holder, {
+    progress: (event) => {
+      const fraction = Math.max(0, Math.min(1, event.progress || 0));
+      $(`${panel}-progress`).value = fraction;
+      $(`${panel}-status`).textContent = `${doing}: ${Math.round(fraction * 100)}%`;
+      window.emaki[counter] += 1;
+    },
+    finished,
+    lost: (error) => {
+      showError(`Lost track of the ${what}: ${error.message}`);
+      finished(null);
+    },
+  });
+}
+
 // Stop the watch `holder` keeps (`watchJob`): its event stream closed, no job to watch.
 export function stopWatching(holder) {
   if (holder.events) holder.events.close();

@@ -4,7 +4,7 @@
 // the residual) and the summary lines the CLI prints. Loaded by index.html on its own: it only
 // reads the shared page state, and lists the checkpoints whenever the Merge tab opens.
 import {
-  $, api, cancelJob, clearError, element, fillSelect, showError, stopWatching, watchJob,
+  $, api, cancelJob, clearError, element, fillSelect, showError, stopWatching, watchPanelJob,
 } from "./core.js";
 
 const trace = { job: null, events: null, names: [] };
@@ -55,29 +55,11 @@ async function startLineage() {
     showError(`Trace not started: ${error.message}`);
     return;
   }
-  trace.job = job.id;
   trace.names = body.candidates;  // the result names candidates by file, in this order
-  $("lineage-start").disabled = true;
-  $("lineage-cancel").disabled = false;
-  $("lineage-progress").value = 0;
-  $("lineage-status").textContent = "Queued";
   $("lineage-summary").replaceChildren();
   $("lineage-table").hidden = true;
-  watchJob(job.id, trace, {
-    progress: showLineageProgress,
-    finished: finishLineage,
-    lost: (error) => {
-      showError(`Lost track of the trace: ${error.message}`);
-      finishLineage(null);
-    },
-  });
-}
-
-function showLineageProgress(event) {
-  const fraction = Math.max(0, Math.min(1, event.progress || 0));
-  $("lineage-progress").value = fraction;
-  $("lineage-status").textContent = `Comparing: ${Math.round(fraction * 100)}%`;
-  window.emaki.lineageEvents += 1;
+  watchPanelJob("lineage", trace, job, { doing: "Comparing", what: "trace", counter: "lineageEvents",
+    finished: finishLineage });
 }
 
 // A residual (a fraction of the model's norm) as the CLI writes it.

@@ -3,7 +3,7 @@
 // or polling with credentials); the new checkpoint joins the model lists when it is done, and its
 // recipe is shown.
 import {
-  $, api, cancelJob, clearError, element, fillSelect, showError, stopWatching, watchJob,
+  $, api, cancelJob, clearError, element, fillSelect, showError, stopWatching, watchPanelJob,
 } from "./core.js";
 
 const merge = { job: null, events: null, loras: [], onDone: () => {} };
@@ -114,26 +114,7 @@ async function startMerge() {
     return;
   }
   $("merge-recipe").hidden = true;
-  merge.job = job.id;
-  $("merge-start").disabled = true;
-  $("merge-cancel").disabled = false;
-  $("merge-progress").value = 0;
-  $("merge-status").textContent = "Queued";
-  watchJob(job.id, merge, {
-    progress: showMergeProgress,
-    finished: finishMerge,
-    lost: (error) => {
-      showError(`Lost track of the merge: ${error.message}`);
-      finishMerge(null);
-    },
-  });
-}
-
-function showMergeProgress(event) {
-  const fraction = Math.max(0, Math.min(1, event.progress || 0));
-  $("merge-progress").value = fraction;
-  $("merge-status").textContent = `Merging: ${Math.round(fraction * 100)}%`;
-  window.emaki.mergeEvents += 1;
+  watchPanelJob("merge", merge, job, { doing: "Merging", what: "merge", counter: "mergeEvents", finished: finishMerge });
 }
 
 function finishMerge(job) {
