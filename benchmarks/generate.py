@@ -61,14 +61,18 @@ def build_checkpoint(path: Path) -> None:
 
 
 def feature_fields(name: str, steps: int) -> dict:
-    from emaki.params import speed_preset
+    """A feature's GenerationParams fields: a name of FEATURES, or `key=value,...` as
+    benchmarks/speed_quality.py takes them (e.g. `s_min_uncond=8,s_min_uncond_all=true`)."""
+    from speed_quality import variant_fields
 
-    if name == "fast":
-        return speed_preset("fast", steps)
-    if name.startswith("compile"):
-        return {}
-    return {k: max(1, round(steps * float(v[:-1]) / 100)) if isinstance(v, str) else v
-            for k, v in FEATURES[name].items()}
+    return variant_fields(name, steps, FEATURES)
+
+
+def feature_spec(text: str) -> str:
+    """An argparse type: a feature's name, or fields as `key=value,...`."""
+    if text not in FEATURES and "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(FEATURES)}, or key=value,... (got {text!r})")
+    return text
 
 
 def stamp(device: str) -> float:
@@ -174,11 +178,11 @@ def main() -> None:
     parser.add_argument("--worker", choices=["emaki", "diffusers"])
     parser.add_argument("--size", type=int)
     parser.add_argument("--precision")
-    parser.add_argument("--features", nargs="+", choices=list(FEATURES),
+    parser.add_argument("--features", nargs="+", type=feature_spec,
                         help="time these speed features against emaki's exact path (no diffusers run)")
-    parser.add_argument("--feature", default="exact", choices=list(FEATURES))
+    parser.add_argument("--feature", default="exact", type=feature_spec)
     parser.add_argument("--sampler", default="DPM++ 2M Karras", choices=["DPM++ 2M Karras", "Euler a"])
-    parser.add_argument("--vs-diffusers", nargs="+", default=["exact"], choices=list(FEATURES),
+    parser.add_argument("--vs-diffusers", nargs="+", default=["exact"], type=feature_spec,
                         help="emaki variants timed against diffusers (e.g. exact fast)")
     args = parser.parse_args()
     if args.worker:

@@ -46,13 +46,15 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-def variant_fields(spec: str, steps: int) -> dict[str, Any]:
+def variant_fields(spec: str, steps: int, named: dict[str, dict[str, Any]] = VARIANTS) -> dict[str, Any]:
+    """The GenerationParams fields of a variant: `fast` (the preset), a name in `named`, or
+    `key=value,...`; a value "N%" is that share of the steps."""
     from emaki.params import speed_preset
 
     if spec == "fast":
         return speed_preset("fast", steps)
-    if spec in VARIANTS:
-        fields = VARIANTS[spec]
+    if spec in named:
+        fields = named[spec]
     else:
         fields = {k: parse_value(v) for k, v in (item.split("=", 1) for item in spec.split(","))}
     return {k: max(1, round(steps * float(v[:-1]) / 100)) if isinstance(v, str) and v.endswith("%") else v
