@@ -245,6 +245,18 @@ def speed_preset(name: str, steps: int) -> dict[str, Any]:
             "token_merging_ratio": 0.5}
 
 
+def expand_speed(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Fields as a request or a batch line sends them, with `speed` (a preset's name, as
+    `--speed`), if there, replaced by the preset's fields that the others do not set.
+
+    >>> expand_speed({"speed": "fast", "steps": 8, "token_merging_ratio": 0})["gate_step"]
+    4
+    """
+    values = dict(fields)
+    speed = values.pop("speed", None)
+    return values | speed_preset_under(speed, values.get("steps"), values)
+
+
 def speed_preset_under(name: str | None, steps: Any, given: Mapping[str, Any]) -> dict[str, Any]:
     """The fields of the preset `name` (none when `name` is None) that `given` does not set
     (None counts as not set): the options a user names win over the preset, as `--speed fast

@@ -106,11 +106,20 @@ def test_a_failing_item_is_failed_with_its_reason_and_the_others_are_made(tmp_pa
     ('{"prompt": "1girl", "sampler": "Euler"}', "sampler"),
     ('{"prompt": "1girl",', "not valid JSON"),
     ('["1girl"]', "expected a JSON object"),
+    ('{"prompt": "1girl", "speed": "turbo"}', "speed: expected exact or fast"),
 ])
 def test_a_bad_line_is_named_before_anything_runs(tmp_path, line, named):
     prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "ok"}, "", line, {"prompt": "ok too"}])
     with pytest.raises(ParamsError, match=rf"prompts\.jsonl:3: .*{named}"):
         read_batch(prompts)
+
+
+def test_a_line_may_name_a_speed_preset_under_its_own_fields(tmp_path):
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [
+        {"prompt": "a", "steps": 12, "speed": "fast", "token_merging_ratio": 0}, {"prompt": "a", "steps": 12}])
+    fast, exact = (item.params for item in read_batch(prompts))
+    assert (fast.s_min_uncond, fast.s_min_uncond_all, fast.gate_step, fast.token_merging_ratio) == (4.0, True, 6, 0.0)
+    assert (exact.s_min_uncond, exact.gate_step) == (0.0, 0)
 
 
 def test_a_bad_line_exits_2_naming_the_line_and_writes_nothing(tmp_path, capsys):

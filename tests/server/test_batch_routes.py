@@ -121,6 +121,8 @@ def test_a_bad_item_is_422_naming_it_and_nothing_is_queued(client: TestClient) -
     before = job_count(client)
     response = client.post("/api/batch", json={"name": "bad", "items": [RED, FAST | {"prompt": "x", "steps": 0}]})
     assert response.status_code == 422 and "items[1].steps" in response.json()["detail"]
+    response = client.post("/api/batch", json={"name": "bad", "items": [RED, FAST | {"prompt": "x", "speed": "turbo"}]})
+    assert response.status_code == 422 and "items[1].speed: expected exact or fast" in response.json()["detail"]
     response = client.post("/api/batch", json={"name": "bad", "jsonl": json.dumps(RED) + "\n\n{not json"})
     assert response.status_code == 422 and "jsonl:3" in response.json()["detail"]
     response = client.post("/api/batch", json={"name": "bad", "items": [RED, FAST | {"prompt": "x", "model": "nope"}]})

@@ -1,5 +1,5 @@
 """Reading a batch file: JSON Lines, one `GenerationParams` object per line (the native API's
-field names), each line validated and judged by the prompt policy before anything runs.
+field names, `speed` too), each line validated and judged by the prompt policy before anything runs.
 
 Each item gets a content key: a hash of its canonical params JSON (the fields that differ from
 the defaults, keys sorted), so reordering or reformatting the file keeps every key. The key names
@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from emaki.engine.policy import ensure_params_allowed
 from emaki.errors import EmakiError, ParamsError, PolicyViolation
 from emaki.jobs.rendered import JobRequest
-from emaki.params import GenerationParams, quotable
+from emaki.params import GenerationParams, expand_speed, quotable
 
 KEY_HEX = 16  # 64 bits of the hash: no collision in any batch a person runs (1e-10 at 10^5 items)
 MAX_LINE_CHARS = 1_000_000  # a line is one params object; prompts are bounded far below this
@@ -76,7 +76,7 @@ def parse_line(text: str, where: str) -> GenerationParams:
     if not isinstance(fields, dict):
         raise ParamsError(f"{where}: expected a JSON object of generation parameters, got {type(fields).__name__}")
     try:
-        return GenerationParams.create(**fields)
+        return GenerationParams.create(**expand_speed(fields))
     except ParamsError as e:
         raise ParamsError(f"{where}: {e}") from None
 
@@ -87,7 +87,9 @@ def item_params(fields: Any, where: str) -> GenerationParams:
     if not isinstance(fields, dict):
         raise ParamsError(f"{where}: expected a JSON object of generation parameters, got {type(fields).__name__}")
     try:
-        return GenerationParams(**fields)
+        return GenerationParams(**expand_speed(fields))
+    except ParamsError as e:  # a speed preset's name
+        raise ParamsError(f"{where}.{e}") from None
     except ValidationError as e:
         problems = []
         for error in e.errors():

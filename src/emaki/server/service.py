@@ -27,7 +27,7 @@ from emaki.files import atomic_write
 from emaki.jobs.faults import StorageError, StorageFull, WorkersUnavailable, storage_error
 from emaki.jobs.store import Job, JobStore
 from emaki.jobs.worker import Worker
-from emaki.params import GenerationParams, ImageTooLarge, speed_preset_under
+from emaki.params import GenerationParams, ImageTooLarge, expand_speed
 from emaki.prompts import extract_networks
 from emaki.prompts.styles import Style, read_styles, styles_files
 from emaki.sampling import parse_sampler_name
@@ -207,9 +207,7 @@ class Service:
         if mask is not None and init is None:
             raise ParamsError("mask: inpainting needs the image to repaint too (init_image)")
         settings = self.options.all() | self.checked_options(overrides or {})
-        values = dict(fields)
-        speed = values.pop("speed", None)  # a preset (`emaki generate --speed`) under the fields the request set
-        values |= speed_preset_under(speed, values.get("steps"), values)
+        values = expand_speed(fields)  # a preset (`emaki generate --speed`) under the fields the request set
         for option, field in OPTION_FIELDS.items():
             values.setdefault(field, settings[option])
         if values.get("model"):
