@@ -154,6 +154,7 @@ FIELDS: tuple[InfotextField, ...] = _table(
      _reads("eta_noise_seed_delta", int)),
     # A1111 writes it from the ratio the run used (its `tomesd` patch); emaki's `TokenMerging`.
     ("Token merging ratio", _extension("Token merging ratio"), _reads("token_merging_ratio", float)),
+    ("Token merging ratio hr", _extension("Token merging ratio hr"), _reads("token_merging_ratio_hr", float)),
     ("RNG", lambda p, f: p.rng if p.rng != "GPU" else None, _reads("rng")),
     ("Tiling", lambda p, f: "True" if p.tiling else None, _reads_flag("tiling")),
     ("Hires resize", lambda p, f: _hires(p, f"{p.hr_resize_x}x{p.hr_resize_y}" if _hires_resized(p) else None),

@@ -112,6 +112,8 @@ class GenerationParams(CheckedModel):
                            "and the negative prompt dropped (0: off)")
     token_merging_ratio: float = Field(0.0, ge=0.0, le=0.9, description="ToMe, A1111's token merging ratio: the "
                                        "share of tokens merged before self-attention at full resolution (0: off)")
+    token_merging_ratio_hr: float = Field(0.0, ge=0.0, le=0.9, description="A1111's token merging ratio of the hires "
+                                          "fix's second pass (0: token_merging_ratio's)")
     eta_noise_seed_delta: int = Field(0, ge=0, le=MAX_SEED, description="added to the seed of the noise after the first")
     rng: Literal["CPU", "GPU", "NV"] = "CPU"
     prompt_dialect: Literal["a1111", "novelai"] = "a1111"

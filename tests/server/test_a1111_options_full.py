@@ -34,7 +34,7 @@ A1111_DEFAULTS: dict[str, Any] = {
 SPECIAL_VALUES: dict[str, Any] = {
     "CLIP_stop_at_last_layers": 2, "eta_noise_seed_delta": 31337, "randn_source": "NV", "emphasis": "No norm",
     "sd_hypernetwork_strength": 0.5, "initial_noise_multiplier": 0.9, "inpainting_mask_weight": 0.5,
-    "token_merging_ratio": 0.5,
+    "token_merging_ratio": 0.5, "token_merging_ratio_hr": 0.3, "token_merging_ratio_img2img": 0.4,
 }
 UNCHANGEABLE = {"sd_model_checkpoint", "sd_checkpoint_hash", "sd_vae", "sd_hypernetwork"}
 

@@ -179,6 +179,30 @@ def test_the_speed_menu_fills_the_preset_and_follows_the_steps(page: Any, sessio
     expect(page.locator("#gate-step")).to_have_value("0")
 
 
+def test_the_hires_fix_sends_its_token_merging_ratio(page: Any, session: Session, module_server: Any) -> None:
+    from playwright.sync_api import expect
+
+    page.locator("#prompt").fill("1girl, hires merging")
+    for box, value in (("steps", "1"), ("width", "64"), ("height", "64")):
+        page.locator(f"#{box}").fill(value)
+    page.locator("#hires").check()
+    page.locator("#hr-token-merging").fill("0.3")
+    finished = page.evaluate("window.emaki.finishedJobs")
+    with page.expect_request(lambda r: r.url.endswith("/api/jobs") and r.method == "POST") as request:
+        page.locator("#generate").click()
+    assert request.value.post_data_json["token_merging_ratio_hr"] == 0.3
+    page.wait_for_function(f"window.emaki.finishedJobs > {finished}")
+    with module_server.client() as api:
+        newest = api.get("/api/gallery?limit=1").json()[0]
+    assert "Token merging ratio hr: 0.3" in newest["infotext"]
+    # ... and a dropped PNG puts it back
+    page.locator("#hr-token-merging").fill("0")
+    page.locator("#hires").uncheck()
+    page.evaluate(DROP_JS, [base64.b64encode(png_bytes(newest["infotext"])).decode(), "hires.png"])
+    expect(page.locator("#hires")).to_be_checked()
+    expect(page.locator("#hr-token-merging")).to_have_value("0.3")
+
+
 def test_dropped_png_restores_the_settings(page: Any, session: Session) -> None:
     from playwright.sync_api import expect
 

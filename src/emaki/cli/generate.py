@@ -82,6 +82,7 @@ OPTION_FIELDS = {
     "hypernetwork": "hypernetwork", "hypernetwork_strength": "hypernetwork_strength", "init_image": "init_image",
     "denoise": "denoising_strength", "resize_mode": "resize_mode", "hires": "enable_hr", "hr_scale": "hr_scale",
     "hr_upscaler": "hr_upscaler", "hr_steps": "hr_second_pass_steps", "hr_sampler": "hr_sampler_name",
+    "hr_token_merging": "token_merging_ratio_hr",
 }
 INPAINTING_OPTIONS = ("mask", "mask_blur", "fill", "area", "padding", "invert", "noise_multiplier", "mask_weight")
 # Options that are not params fields: read by the commands, or by the engine's surroundings.
@@ -165,6 +166,7 @@ def generate_command(
     hr_upscaler: Annotated[str | None, typer.Option("--hr-upscaler", help='Hires fix: "Latent" (default), "Latent (nearest-exact)", ..., "Lanczos", "Nearest", or an upscaler model by name ("R-ESRGAN 4x+", a file stem in the upscalers folder).')] = None,
     hr_steps: Annotated[int | None, typer.Option("--hr-steps", help="Hires fix: steps of the second pass (default: --steps).")] = None,
     hr_sampler: Annotated[str | None, typer.Option("--hr-sampler", help="Hires fix: sampler of the second pass (default: --sampler).")] = None,
+    hr_token_merging: Annotated[float | None, typer.Option("--hr-token-merging", help="Hires fix: token merging ratio of the second pass (A1111's token_merging_ratio_hr; default: --token-merging's).")] = None,
 ) -> None:
     """Generate images from a prompt (txt2img; img2img with --init-image)."""
     # torch, diffusers and transformers take seconds to import: only the commands that run a

@@ -135,4 +135,4 @@ class HiresFix(Extension):
             upscaled = torch.cat([encode_image(parts.vae, image, run.policy) for image in images])
         # A1111 draws the second pass's noise from new generators with the same seeds.
         return denoise(run, batch, upscaled, on_step, sampler=self.sampler, sigmas=self.sigmas,
-                       start_sigma=self.start_sigma, conds=self.conditioning(run, batch.index))
+                       start_sigma=self.start_sigma, conds=self.conditioning(run, batch.index), second_pass=True)

@@ -111,6 +111,7 @@ class Run:
     # `conds`/`unconds` hold the batch whose (network-free) prompts `encoded` are.
     prompts: list[ImagePrompt] = field(default_factory=list)
     encoded: tuple[tuple[str, str], ...] = ()
+    second_pass: bool = False  # the sampling pass under way is a hires fix's second pass (`stages.denoise`)
 
     @property
     def model(self) -> LoadedModel:

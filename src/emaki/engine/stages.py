@@ -131,9 +131,11 @@ def initial_latents(run: Run, batch: Batch) -> torch.Tensor | None:
 
 def denoise(run: Run, batch: Batch, start: torch.Tensor | None, on_step: StepCallback, *,
             sampler: Sampler | None = None, sigmas: torch.Tensor | None = None, start_sigma: torch.Tensor | None = None,
-            conds: tuple[list, list] | None = None) -> torch.Tensor:
+            conds: tuple[list, list] | None = None, second_pass: bool = False) -> torch.Tensor:
     """One sampling pass: noise from the batch's seeds at the start sigma, on top of `start`
-    when given. A second pass (hires fix) passes its own sampler, sigmas and conditioning."""
+    when given. A second pass (hires fix) passes its own sampler, sigmas and conditioning, and
+    says so (`run.second_pass`, for the extensions that treat it apart)."""
+    run.second_pass = second_pass
     sampler = sampler or run.sampler
     sigmas = run.sigmas if sigmas is None else sigmas
     start_sigma = run.start_sigma if start_sigma is None else start_sigma

@@ -61,6 +61,7 @@ class Txt2ImgRequest(CheckedModel):
     refiner_checkpoint: str | None = None
     refiner_switch_at: float | None = None
     token_merging_ratio: float = 0.0  # 0: the `token_merging_ratio` setting's (A1111's `ratio or opts.ratio`)
+    token_merging_ratio_hr: float = 0.0  # 0: the `token_merging_ratio_hr` setting's, then the ratio above
     disable_extra_networks: bool = False
     comments: dict[str, Any] | None = None
     enable_hr: bool = False
@@ -137,8 +138,9 @@ class Txt2ImgRequest(CheckedModel):
                 fields[key] = value
         if self.disable_extra_networks:
             fields["prompt"] = extract_networks(fields.get("prompt", ""))[0]
-        if not fields.get("token_merging_ratio"):  # the settings' (or override_settings') ratio
-            fields.pop("token_merging_ratio", None)
+        for ratio in ("token_merging_ratio", "token_merging_ratio_hr"):
+            if not fields.get(ratio):  # the settings' (or override_settings') ratio
+                fields.pop(ratio, None)
         if fields.get("s_min_uncond") is None:  # the settings' NGMS (A1111: `s_min_uncond or opts.s_min_uncond`)
             fields.pop("s_min_uncond", None)
         return fields

@@ -46,9 +46,13 @@ OPTION_FIELDS = {
     "initial_noise_multiplier": "initial_noise_multiplier",
     "inpainting_mask_weight": "inpainting_mask_weight",
     "token_merging_ratio": "token_merging_ratio",
+    "token_merging_ratio_hr": "token_merging_ratio_hr",
     "s_min_uncond": "s_min_uncond",  # A1111's "Negative Guidance minimum sigma"
     "s_min_uncond_all": "s_min_uncond_all",  # its "NGMS: Skip every step"
 }
+# Settings emaki acts on that fill a field only in some requests (`Service.prepare`: img2img's
+# token merging), checked by that field's rule.
+CHECKED_AS = {"token_merging_ratio_img2img": "token_merging_ratio"}
 # Where emaki writes images is the workspace's: these report it and refuse another folder.
 OUTPUT_FOLDER_OPTIONS = tuple(key for key in A1111_OPTIONS if key.startswith("outdir_"))
 # Follows `sd_model_checkpoint` (as in A1111, which sets it when a model loads): never stored.
@@ -95,8 +99,8 @@ def check_option(key: str, value: Any) -> Any:
     """The value as stored; a wrong type, choice or range raises `ParamsError` naming the key
     (the rule of the generation field it fills, when it fills one; else its default's type, as
     A1111's `Options.same_type`, with int and float alike)."""
-    if key in OPTION_FIELDS:
-        field = OPTION_FIELDS[key]
+    field = OPTION_FIELDS.get(key) or CHECKED_AS.get(key)
+    if field is not None:
         try:
             checked = GenerationParams.model_validate({field: value})
         except ValidationError as e:
@@ -145,7 +149,7 @@ def options_schema() -> list[dict[str, Any]]:
     sections = _sections()
     return [{"key": key, "type": _schema_type(key), "default": default,
              "section": sections.get(key, EMAKI_SECTION), "choices": _choices(key),
-             "applied": key in OPTION_FIELDS or key in NAMED_OPTIONS,
+             "applied": key in OPTION_FIELDS or key in CHECKED_AS or key in NAMED_OPTIONS,
              "readonly": key in OUTPUT_FOLDER_OPTIONS or key in DERIVED_OPTIONS}
             for key, default in DEFAULTS.items()]
 

@@ -208,6 +208,9 @@ class Service:
             raise ParamsError("mask: inpainting needs the image to repaint too (init_image)")
         settings = self.options.all() | self.checked_options(overrides or {})
         values = expand_speed(fields)  # a preset (`emaki generate --speed`) under the fields the request set
+        if init is not None and not values.get("token_merging_ratio") and not (overrides or {}).get("token_merging_ratio"):
+            # img2img: A1111's `token_merging_ratio_img2img` setting, when set, before `token_merging_ratio`
+            values["token_merging_ratio"] = settings["token_merging_ratio_img2img"] or settings["token_merging_ratio"]
         for option, field in OPTION_FIELDS.items():
             values.setdefault(field, settings[option])
         if values.get("model"):

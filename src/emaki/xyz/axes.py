@@ -403,7 +403,7 @@ A1111_AXES: tuple[Axis, ...] = (
     _missing("UniPC Order", "int", cost=0.5),
     _missing("Face restore", "str"),
     Axis("Token merging ratio", "float", set_field("token_merging_ratio")),
-    _missing("Token merging ratio high-res", "float"),
+    Axis("Token merging ratio high-res", "float", set_field("token_merging_ratio_hr")),
     _missing("Always discard next-to-last sigma", "str"),
     _missing("SGM noise multiplier", "str", missing="emaki runs SD 1.x models only"),
     _missing("Refiner checkpoint", "str", cost=1.0),

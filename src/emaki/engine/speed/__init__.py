@@ -33,6 +33,7 @@ def speed_extensions(params: GenerationParams) -> list[Extension]:
         extensions.append(CrossAttentionGate(params.gate_step))
     if params.cache_interval > 1:
         extensions.append(DeepFeatureCache(params.cache_interval))
-    if params.token_merging_ratio > 0:
-        extensions.append(TokenMerging(params.token_merging_ratio))
+    hires_ratio = (params.token_merging_ratio_hr or params.token_merging_ratio) if params.enable_hr else 0.0
+    if params.token_merging_ratio > 0 or hires_ratio > 0:
+        extensions.append(TokenMerging(params.token_merging_ratio, hires_ratio=hires_ratio))
     return extensions

@@ -124,11 +124,15 @@ def self_attention_blocks(unet: torch.nn.Module) -> dict[str, BasicTransformerBl
 
 
 class TokenMerging(PassCounting):
-    """`--token-merging R`: merge R of the tokens before self-attention at full resolution."""
+    """`--token-merging R`: merge R of the tokens before self-attention at full resolution; in
+    a hires fix's second pass, `hires_ratio` of them (A1111's `token_merging_ratio_hr`, which
+    falls back to R; 0 in either pass: that pass runs unmerged)."""
 
-    def __init__(self, ratio: float, *, max_downsample: int = 1, random_dst: bool = True) -> None:
+    def __init__(self, ratio: float, *, hires_ratio: float = 0.0, max_downsample: int = 1,
+                 random_dst: bool = True) -> None:
         super().__init__()
         self.ratio, self.max_downsample, self.random_dst = ratio, max_downsample, random_dst
+        self.first_ratio, self.hires_ratio = ratio, hires_ratio
         self.seed = 0
         self.passes = 0  # sampling passes of the run so far (each batch's, the hires passes)
         self.calls = 0  # denoiser calls of this pass
@@ -149,6 +153,7 @@ class TokenMerging(PassCounting):
     def start_pass(self, run: Run, denoiser: Callable[..., torch.Tensor]) -> None:
         self.passes += 1
         self.calls = 0
+        self.ratio = self.hires_ratio if run.second_pass else self.first_ratio
 
     def before_call(self) -> None:
         self.calls += 1
@@ -165,7 +170,7 @@ class TokenMerging(PassCounting):
     def _matcher(self, name: str) -> Callable[..., None]:
         def match(block: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             x = hidden_states(args, kwargs)
-            grid = grid_of(x.shape[1], self.latent, self.max_downsample) if x.ndim == 3 else None
+            grid = grid_of(x.shape[1], self.latent, self.max_downsample) if x.ndim == 3 and self.ratio else None
             self.matches[name] = (match_tokens(x, *grid, self.ratio, self.generator)
                                   if grid is not None else None)
 
@@ -187,4 +192,6 @@ class TokenMerging(PassCounting):
         return make
 
     def infotext_fields(self, run: Run) -> dict[str, object]:
-        return {"Token merging ratio": self.ratio}
+        """A1111's fields: the ratio when not 0, and with a hires fix its second pass's."""
+        fields: dict[str, object] = {"Token merging ratio": self.first_ratio} if self.first_ratio else {}
+        return fields | ({"Token merging ratio hr": self.hires_ratio} if self.hires_ratio else {})

@@ -73,6 +73,8 @@ export function readForm(tab) {
     params.hr_scale = $("hr-scale").value.trim() === "" ? 2 : Number($("hr-scale").value);
     params.hr_upscaler = $("hr-upscaler").value;
     params.hr_second_pass_steps = intOrNull("hr-steps") ?? 0;
+    const hiresMerging = numberOrNull("hr-token-merging");
+    if (hiresMerging) params.token_merging_ratio_hr = hiresMerging;
     params.denoising_strength = denoise === "" ? 0.75 : Number(denoise);
   }
   return params;
@@ -166,6 +168,7 @@ export function fillForm(params, fields = {}) {
   if (params.enable_hr) {
     if (params.hr_scale != null) $("hr-scale").value = params.hr_scale;
     if (params.hr_second_pass_steps != null) $("hr-steps").value = params.hr_second_pass_steps;
+    $("hr-token-merging").value = params.token_merging_ratio_hr || 0;
     if ([...$("hr-upscaler").options].some((o) => o.value === params.hr_upscaler)) {
       $("hr-upscaler").value = params.hr_upscaler;
     } else if (params.hr_upscaler) {
