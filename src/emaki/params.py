@@ -232,19 +232,19 @@ def speed_preset(name: str, steps: int) -> dict[str, Any]:
     """The fields `--speed NAME` sets for a run of `steps` steps: `exact` turns every
     approximation off; `fast` turns on those that kept the demo model's attribute accuracy within
     2 points of the exact path — NGMS on every step below sigma 4, T-GATE from half the steps and
-    token merging at 0.5; not DeepCache, which lost 3-5 points (docs/performance.md has the
-    measurements).
+    token merging at 0.5 (in a hires fix's second pass too: its own ratio, 0, falls back to
+    that); not DeepCache, which lost 3-5 points (docs/performance.md has the measurements).
 
     >>> speed_preset("fast", 20)
-    {'s_min_uncond': 4.0, 's_min_uncond_all': True, 'cache_interval': 0, 'gate_step': 10, 'token_merging_ratio': 0.5}
+    {'s_min_uncond': 4.0, 's_min_uncond_all': True, 'cache_interval': 0, 'gate_step': 10, 'token_merging_ratio': 0.5, 'token_merging_ratio_hr': 0.0}
     """
     if name not in SPEEDS:
         raise ParamsError(f"speed: expected {' or '.join(SPEEDS)}, got {name!r}")
     if name == "exact":
         return {"s_min_uncond": 0.0, "s_min_uncond_all": False, "cache_interval": 0, "gate_step": 0,
-                "token_merging_ratio": 0.0}
+                "token_merging_ratio": 0.0, "token_merging_ratio_hr": 0.0}
     return {"s_min_uncond": 4.0, "s_min_uncond_all": True, "cache_interval": 0, "gate_step": max(1, round(steps / 2)),
-            "token_merging_ratio": 0.5}
+            "token_merging_ratio": 0.5, "token_merging_ratio_hr": 0.0}
 
 
 def expand_speed(fields: Mapping[str, Any]) -> dict[str, Any]:

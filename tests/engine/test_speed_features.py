@@ -33,7 +33,8 @@ from emaki.sampling.denoiser import CFGDenoiser
 
 PROMPT = "1girl, solo, pink hair, twintails, green eyes, smile, blue background"
 STEPS = 8
-OFF = {"s_min_uncond": 0.0, "s_min_uncond_all": False, "cache_interval": 0, "gate_step": 0, "token_merging_ratio": 0.0}
+OFF = {"s_min_uncond": 0.0, "s_min_uncond_all": False, "cache_interval": 0, "gate_step": 0, "token_merging_ratio": 0.0,
+       "token_merging_ratio_hr": 0.0}
 
 
 def params(**fields: object) -> GenerationParams:

@@ -19,7 +19,7 @@ from emaki.infotext import parse_infotext
 from emaki.server import ServerSettings, create_app
 
 FAST = {"prompt": "1girl", "steps": 2, "width": 64, "height": 64, "sampler_name": "Euler", "seed": 5}
-SPEED_FIELDS = ("NGMS", "NGMS all steps", "Gate step", "Token merging ratio", "Cache interval")
+SPEED_FIELDS = ("NGMS", "NGMS all steps", "Gate step", "Token merging ratio", "Token merging ratio hr", "Cache interval")
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def test_the_preset_route_says_what_each_preset_sets(client: TestClient) -> None
     fast = client.get("/api/speed/fast", params={"steps": 8})
     assert fast.status_code == 200, fast.text
     assert fast.json() == {"s_min_uncond": 4.0, "s_min_uncond_all": True, "cache_interval": 0, "gate_step": 4,
-                           "token_merging_ratio": 0.5}
+                           "token_merging_ratio": 0.5, "token_merging_ratio_hr": 0.0}
     assert client.get("/api/speed/exact").json()["token_merging_ratio"] == 0.0
     unknown = client.get("/api/speed/turbo")
     assert unknown.status_code == 422 and "speed: expected exact or fast" in unknown.json()["detail"], unknown.text
@@ -61,12 +61,15 @@ def test_a_job_runs_the_fast_preset_under_the_fields_it_sets(client: TestClient)
 
 def test_exact_turns_off_what_the_settings_turn_on(client: TestClient) -> None:
     before = client.get("/sdapi/v1/options").json()
-    assert client.post("/sdapi/v1/options", json={"token_merging_ratio": 0.5, "s_min_uncond": 2.0}).status_code == 200
+    changed = {"token_merging_ratio": 0.5, "s_min_uncond": 2.0, "token_merging_ratio_hr": 0.3}
+    assert client.post("/sdapi/v1/options", json=changed).status_code == 200
+    hires = {"enable_hr": True, "hr_scale": 1.5, "denoising_strength": 0.5}
     try:
         assert job_speed_fields(client, FAST) == {"NGMS": "2", "Token merging ratio": "0.5"}  # the settings'
-        assert job_speed_fields(client, {**FAST, "speed": "exact"}) == {}
+        assert job_speed_fields(client, {**FAST, **hires})["Token merging ratio hr"] == "0.3"
+        assert job_speed_fields(client, {**FAST, **hires, "speed": "exact"}) == {}
     finally:
-        client.post("/sdapi/v1/options", json={key: before[key] for key in ("token_merging_ratio", "s_min_uncond")})
+        client.post("/sdapi/v1/options", json={key: before[key] for key in changed})
 
 
 def test_a_grid_takes_the_preset_in_its_params(client: TestClient) -> None:
