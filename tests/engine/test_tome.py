@@ -213,11 +213,13 @@ def test_a1111_route_field_and_override_settings():
         assert bad.status_code == 422 and "token_merging_ratio" in bad.text
 
 
-def test_token_merging_ratio_is_an_xyz_axis():
+@pytest.mark.parametrize(("label", "field"), [("Token merging ratio", "token_merging_ratio"),
+                                             ("Token merging ratio high-res", "token_merging_ratio_hr")])
+def test_token_merging_ratios_are_xyz_axes(label, field):
     from emaki.xyz.axes import find_axis
 
-    axis = find_axis("Token merging ratio")
+    axis = find_axis(label)
     fields: dict[str, object] = {}
     assert axis.apply is not None
     axis.apply(fields, 0.5, [0.0, 0.5])
-    assert fields == {"token_merging_ratio": 0.5}
+    assert fields == {field: 0.5}

@@ -1,6 +1,6 @@
 """Token merging in the hires fix's second pass (A1111's `token_merging_ratio_hr`, falling back to
 `token_merging_ratio`; infotext `Token merging ratio hr`) on every surface: the engine, the CLI,
-the A1111 routes with their settings (and `token_merging_ratio_img2img`), the X/Y/Z axis."""
+the A1111 routes with their settings (and `token_merging_ratio_img2img`); the X/Y/Z axis is in test_tome.py."""
 
 from __future__ import annotations
 
@@ -85,12 +85,3 @@ def test_a1111_fields_and_settings():
         refused = client.post("/sdapi/v1/options", json={"token_merging_ratio_img2img": 2})
         assert refused.status_code == 422 and "token_merging_ratio_img2img" in refused.text  # the ratio's rule
 
-
-def test_the_high_res_ratio_is_an_xyz_axis():
-    from emaki.xyz.axes import find_axis
-
-    axis = find_axis("Token merging ratio high-res")
-    fields: dict[str, object] = {}
-    assert axis.apply is not None
-    axis.apply(fields, 0.5, [0.0, 0.5])
-    assert fields == {"token_merging_ratio_hr": 0.5}
