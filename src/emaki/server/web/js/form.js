@@ -93,24 +93,21 @@ function readSpeed() {
   // A preset also goes by name: the server sets what the boxes leave off (exact: off, whatever
   // the server's settings say).
   if ($("speed").value) fields.speed = $("speed").value;
-  for (const [field, id] of [["cache_interval", "cache-interval"], ["gate_step", "gate-step"]]) {
-    const value = intOrNull(id);
-    if (value) fields[field] = value;
-  }
-  for (const [field, id] of [["s_min_uncond", "ngms"], ["token_merging_ratio", "token-merging"]]) {
-    const value = numberOrNull(id);
+  for (const [field, [id, read]] of Object.entries(SPEED_BOXES)) {
+    const value = read(id);
     if (value) fields[field] = value;
   }
   return fields;
 }
 
-const SPEED_BOXES = { cache_interval: "cache-interval", gate_step: "gate-step", s_min_uncond: "ngms",
-  token_merging_ratio: "token-merging" };
+// Each speed box: the field it fills, its id and how its text is read.
+const SPEED_BOXES = { cache_interval: ["cache-interval", intOrNull], gate_step: ["gate-step", intOrNull],
+  s_min_uncond: ["ngms", numberOrNull], token_merging_ratio: ["token-merging", numberOrNull] };
 
 // Fills the speed boxes from `fields` (a missing one: off); `tiling` only when the fields are a
 // whole image's, as a preset has no say over it.
 function fillSpeedBoxes(fields) {
-  for (const [field, id] of Object.entries(SPEED_BOXES)) $(id).value = fields[field] ?? 0;
+  for (const [field, [id]] of Object.entries(SPEED_BOXES)) $(id).value = fields[field] ?? 0;
   $("ngms-all").checked = Boolean(fields.s_min_uncond_all);
 }
 
@@ -136,7 +133,7 @@ async function applySpeedPreset() {
 export function setUpSpeed() {
   $("speed").addEventListener("change", applySpeedPreset);
   $("steps").addEventListener("change", applySpeedPreset);
-  for (const id of [...Object.values(SPEED_BOXES), "ngms-all"]) {
+  for (const id of [...Object.values(SPEED_BOXES).map(([box]) => box), "ngms-all"]) {
     $(id).addEventListener("input", () => { $("speed").value = ""; });
   }
 }
