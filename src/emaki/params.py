@@ -165,7 +165,8 @@ class GenerationParams(CheckedModel):
     @field_validator("s_min_uncond", mode="before")
     @classmethod
     def _unset_ngms_is_off(cls, value: Any) -> Any:
-        """A1111's API sends `s_min_uncond: null` for its setting's default, which is 0 (off)."""
+        """`s_min_uncond: null` (what A1111's clients send for "the setting's") is 0, off, where no
+        setting fills it first (the A1111 routes leave null out, so the server's setting applies)."""
         return 0.0 if value is None else value
 
     @model_validator(mode="before")
